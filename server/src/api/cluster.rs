@@ -1,0 +1,137 @@
+//! The Cluster service: initialise, change membership, read status.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use grant_proto::v1 as pb;
+use grant_proto::v1::cluster_server::Cluster;
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+
+use super::errors::ApiError;
+use super::NodeContext;
+use crate::raft::typ::*;
+use crate::raft::NodeInfo;
+
+pub struct ClusterService {
+    ctx: NodeContext,
+}
+
+impl ClusterService {
+    pub fn new(ctx: NodeContext) -> Self {
+        ClusterService { ctx }
+    }
+}
+
+/// Most members a cluster may name at once.
+const MEMBERS_MAX: usize = 9;
+
+fn node_info(n: &pb::Node) -> Result<(u64, NodeInfo), ApiError> {
+    if n.id == 0 {
+        return Err(ApiError::invalid("node.id", "must be positive"));
+    }
+    for (field, a) in [("node.raft_addr", &n.raft_addr), ("node.api_addr", &n.api_addr)] {
+        if a.len() > 255 || a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
+            return Err(ApiError::invalid(field, format!("{a:?} is not host:port")));
+        }
+    }
+    Ok((n.id, NodeInfo { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
+}
+
+fn members_of(m: &StoredMembership) -> (Vec<pb::Node>, Vec<pb::Node>) {
+    let voters: BTreeSet<u64> = m.voter_ids().collect();
+    let mut v = Vec::new();
+    let mut l = Vec::new();
+    for (id, n) in m.nodes() {
+        let node = pb::Node { id: *id, raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() };
+        if voters.contains(id) {
+            v.push(node)
+        } else {
+            l.push(node)
+        }
+    }
+    (v, l)
+}
+
+impl ClusterService {
+    fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
+        let m = self.ctx.raft.metrics().borrow_watched().membership_config.clone();
+        let (voters, learners) = members_of(&m);
+        pb::MembershipResponse { log_index, voters, learners }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn initialize(&self, req: Request<pb::InitializeRequest>) -> Result<Response<pb::InitializeResponse>, Status> {
+        let r = req.into_inner();
+        if r.members.is_empty() || r.members.len() > MEMBERS_MAX {
+            return Err(ApiError::invalid("members", format!("name 1-{MEMBERS_MAX} members")).into());
+        }
+        let mut members = BTreeMap::new();
+        for n in &r.members {
+            let (id, info) = node_info(n)?;
+            if members.insert(id, info).is_some() {
+                return Err(ApiError::invalid("members", format!("node id {id} named twice")).into());
+            }
+        }
+        if !members.contains_key(&self.ctx.config.node_id) {
+            return Err(ApiError::invalid("members", "must include the node that initialises").into());
+        }
+        self.ctx.raft.initialize(members).await.map_err(|e| match e {
+            openraft::errors::RaftError::APIError(e) => ApiError::FailedPrecondition(e.to_string()),
+            openraft::errors::RaftError::Fatal(f) => ApiError::Unavailable(f.to_string()),
+        })?;
+        Ok(Response::new(pb::InitializeResponse {}))
+    }
+
+    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let node = req.into_inner().node.ok_or_else(|| ApiError::invalid("node", "required"))?;
+        let (id, info) = node_info(&node)?;
+        let resp = self.ctx.raft.add_learner(id, info, true).await.map_err(ApiError::from)?;
+        Ok(Response::new(self.membership_response(resp.log_id.index)))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        let voters: BTreeSet<u64> = r.voters.iter().copied().collect();
+        if voters.is_empty() || voters.len() > MEMBERS_MAX {
+            return Err(ApiError::invalid("voters", format!("name 1-{MEMBERS_MAX} voters")).into());
+        }
+        let resp = self.ctx.raft.change_membership(voters, r.retain).await.map_err(ApiError::from)?;
+        Ok(Response::new(self.membership_response(resp.log_id.index)))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.ctx.raft.metrics().borrow_watched().clone();
+        let (voters, learners) = members_of(&m.membership_config);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let leader_api_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.get_node(&l).map(|n| n.api_addr.clone()))
+            .unwrap_or_default();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: m.id,
+            role: role.into(),
+            leader_id: m.current_leader.unwrap_or(0),
+            has_leader: m.current_leader.is_some(),
+            leader_api_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
+            initialized: !voters.is_empty(),
+            voters,
+            learners,
+        }))
+    }
+}

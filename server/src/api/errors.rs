@@ -1,0 +1,129 @@
+//! The one place where server errors become gRPC statuses. Each status
+//! carries a stable machine-readable code in the `x-grant-error` metadata;
+//! clients match on that, never on the message.
+
+use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::ledger::Rejection;
+use crate::raft::typ::*;
+use crate::raft::TypeConfig;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid {field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// This node is not the leader; retry on the leader (safe: nothing was proposed).
+    #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
+    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    /// The entry may or may not have committed: retry with the same request id.
+    #[error("outcome unknown after a leader change; retry with the same request id")]
+    OutcomeUnknown { leader_id: Option<u64>, leader_addr: Option<String> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidArgument { field, message: message.into() }
+    }
+
+    /// The stable code clients see in `x-grant-error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument { .. } => "invalid_argument",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::FailedPrecondition(_) => "failed_precondition",
+            ApiError::ResourceExhausted(_) => "resource_exhausted",
+            ApiError::NotLeader { .. } => "not_leader",
+            ApiError::OutcomeUnknown { .. } => "outcome_unknown",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn grpc_code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::NotLeader { .. } | ApiError::OutcomeUnknown { .. } | ApiError::Unavailable(_) => {
+                Code::Unavailable
+            }
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+
+    pub fn from_forward(f: &ForwardToLeader) -> Self {
+        ApiError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let mut s = Status::new(e.grpc_code(), e.to_string());
+        let md = s.metadata_mut();
+        md.insert(ERROR_CODE_KEY, MetadataValue::from_static(e.code()));
+        if let ApiError::NotLeader { leader_id, leader_addr } | ApiError::OutcomeUnknown { leader_id, leader_addr } = &e {
+            if let Some(id) = leader_id {
+                md.insert(LEADER_ID_KEY, MetadataValue::from(*id));
+            }
+            if let Some(v) = leader_addr.as_deref().and_then(|a| MetadataValue::try_from(a).ok()) {
+                md.insert(LEADER_ADDR_KEY, v);
+            }
+        }
+        s
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::NotFound(m) => ApiError::NotFound(m),
+            Rejection::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            Rejection::ResourceExhausted(m) => ApiError::ResourceExhausted(m),
+        }
+    }
+}
+
+impl From<RaftError<ClientWriteError>> for ApiError {
+    fn from(e: RaftError<ClientWriteError>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::from_forward(&f),
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => ApiError::OutcomeUnknown {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.as_ref().map(|n| n.api_addr.clone()),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ApiError::FailedPrecondition(c.to_string()),
+            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => ApiError::FailedPrecondition(p.to_string()),
+            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
+
+impl From<RaftError<openraft::errors::LinearizableReadError<TypeConfig>>> for ApiError {
+    fn from(e: RaftError<openraft::errors::LinearizableReadError<TypeConfig>>) -> Self {
+        use openraft::errors::LinearizableReadError as L;
+        match e {
+            RaftError::APIError(L::ForwardToLeader(f)) => ApiError::from_forward(&f),
+            RaftError::APIError(L::QuorumNotEnough(q)) => ApiError::Unavailable(format!("no quorum: {q}")),
+            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,272 @@
+//! The Grants service: Issue, Check, Revoke, CompleteTask, Get, List.
+
+use grant_proto::v1 as pb;
+use grant_proto::v1::grants_server::Grants;
+use openraft::ReadPolicy;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::batcher::CheckBatcher;
+use super::errors::ApiError;
+use super::{now_ms, token, validate, NodeContext};
+use crate::ledger::{self, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason};
+use crate::limits::*;
+use crate::storage::keyspace;
+
+pub struct GrantsService {
+    ctx: NodeContext,
+    checks: CheckBatcher,
+}
+
+impl GrantsService {
+    pub fn new(ctx: NodeContext) -> Self {
+        let checks = CheckBatcher::start(ctx.clone());
+        GrantsService { ctx, checks }
+    }
+
+    /// Make a read linearizable (read index through the leader), unless the
+    /// caller accepts a possibly stale answer from this node.
+    async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
+        if !allow_stale {
+            self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
+        }
+        Ok(())
+    }
+}
+
+fn receipt(log_index: u64, audit_seq: u64) -> Option<pb::Receipt> {
+    Some(pb::Receipt { log_index, audit_seq, entry_hash: Vec::new() })
+}
+
+fn to_pb_grant(g: &GrantRecord, now: i64) -> pb::Grant {
+    let state = match g.state_at(now) {
+        GrantState::Active => pb::GrantState::Active,
+        GrantState::Revoked => pb::GrantState::Revoked,
+        GrantState::Expired => pb::GrantState::Expired,
+    };
+    pb::Grant {
+        grant_id: g.grant_id.clone(),
+        subject: g.subject.clone(),
+        task_id: g.task_id.clone(),
+        scopes: g.scopes.iter().map(|s| pb::Scope { resource: s.resource.clone(), actions: s.actions.clone() }).collect(),
+        intent: g.intent.clone(),
+        issued_at_ms: g.issued_at_ms,
+        expires_at_ms: g.expires_at_ms,
+        state: state as i32,
+        revoked_at_ms: g.revoked_at_ms,
+        revoke_reason: g.revoke_reason.clone(),
+        issuer: g.issuer.clone(),
+    }
+}
+
+fn to_pb_reason(r: Reason) -> pb::Reason {
+    match r {
+        Reason::Allowed => pb::Reason::Allowed,
+        Reason::UnknownGrant => pb::Reason::UnknownGrant,
+        Reason::Revoked => pb::Reason::Revoked,
+        Reason::Expired => pb::Reason::Expired,
+        Reason::SubjectMismatch => pb::Reason::SubjectMismatch,
+        Reason::OutOfScope => pb::Reason::OutOfScope,
+        Reason::BadToken => pb::Reason::BadToken,
+        Reason::TaskCompleted => pb::Reason::TaskCompleted,
+    }
+}
+
+fn unexpected(r: CommandResult) -> ApiError {
+    match r {
+        CommandResult::Rejected(rej) => rej.into(),
+        other => ApiError::Internal(format!("unexpected apply result {other:?}")),
+    }
+}
+
+/// Fingerprint of an Issue's parameters: a request id reused with other
+/// parameters is refused instead of answered with the first grant.
+fn fingerprint(r: &pb::IssueRequest, scopes: &[ledger::Scope], ttl_seconds: u64) -> String {
+    let mut h = Sha256::new();
+    for part in [r.subject.as_bytes(), r.task_id.as_bytes(), r.intent.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    for s in scopes {
+        h.update((s.resource.len() as u64).to_be_bytes());
+        h.update(s.resource.as_bytes());
+        for a in &s.actions {
+            h.update((a.len() as u64).to_be_bytes());
+            h.update(a.as_bytes());
+        }
+        h.update(b"\xff");
+    }
+    h.update(ttl_seconds.to_be_bytes());
+    hex::encode(h.finalize())
+}
+
+#[tonic::async_trait]
+impl Grants for GrantsService {
+    async fn issue(&self, req: Request<pb::IssueRequest>) -> Result<Response<pb::IssueResponse>, Status> {
+        let r = req.into_inner();
+        validate::request_id(&r.request_id)?;
+        validate::spiffe_id("subject", &r.subject)?;
+        validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
+        validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
+        let scopes: Vec<ledger::Scope> =
+            r.scopes.iter().map(|s| ledger::Scope { resource: s.resource.clone(), actions: s.actions.clone() }).collect();
+        validate::scopes(&scopes)?;
+        let cfg = &self.ctx.config;
+        let ttl_seconds = match r.ttl_seconds {
+            0 => cfg.ttl_seconds_default,
+            t if t > cfg.ttl_seconds_max => {
+                return Err(ApiError::invalid("ttl_seconds", format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max)).into())
+            }
+            t => t,
+        };
+        let minted = token::mint();
+        let now = now_ms();
+        let cmd = Command::Issue(ledger::IssueCmd {
+            request_id: r.request_id.clone(),
+            fingerprint: fingerprint(&r, &scopes, ttl_seconds),
+            grant_id: minted.grant_id,
+            subject: r.subject.clone(),
+            task_id: r.task_id.clone(),
+            scopes,
+            intent: r.intent.clone(),
+            issuer: String::new(),
+            token_hash: minted.token_hash,
+            now_ms: now,
+            expires_at_ms: now + (ttl_seconds as i64) * 1000,
+        });
+        match self.ctx.propose(cmd).await? {
+            (CommandResult::Issued { grant, replayed, audit_seq }, index) => Ok(Response::new(pb::IssueResponse {
+                grant: Some(to_pb_grant(&grant, now_ms())),
+                token: if replayed { String::new() } else { minted.token },
+                replayed,
+                receipt: receipt(index, audit_seq),
+            })),
+            (other, _) => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let r = req.into_inner();
+        if r.token.len() > TOKEN_BYTES_MAX {
+            return Err(ApiError::invalid("token", format!("longer than {TOKEN_BYTES_MAX} bytes")).into());
+        }
+        let (grant_id, token_hash) = token::parse(&r.token)?;
+        validate::spiffe_id("identity", &r.identity)?;
+        validate::name("resource", &r.resource, RESOURCE_BYTES_MAX)?;
+        validate::name("action", &r.action, ACTION_BYTES_MAX)?;
+        let cmd = CheckCmd {
+            grant_id,
+            token_hash,
+            identity: r.identity,
+            resource: r.resource,
+            action: r.action,
+            actor: String::new(),
+        };
+        let (o, index) = self.checks.check(cmd).await?;
+        Ok(Response::new(pb::CheckResponse {
+            decision: if o.allow { pb::Decision::Allow } else { pb::Decision::Deny } as i32,
+            reason: to_pb_reason(o.reason) as i32,
+            grant_id: o.grant_id,
+            receipt: receipt(index, o.audit_seq),
+        }))
+    }
+
+    async fn revoke(&self, req: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        let r = req.into_inner();
+        if !r.request_id.is_empty() {
+            validate::request_id(&r.request_id)?;
+        }
+        validate::grant_id("grant_id", &r.grant_id)?;
+        validate::text("reason", &r.reason, REVOKE_REASON_BYTES_MAX)?;
+        let cmd = Command::Revoke(ledger::RevokeCmd {
+            grant_id: r.grant_id,
+            reason: r.reason,
+            actor: String::new(),
+            now_ms: now_ms(),
+        });
+        match self.ctx.propose(cmd).await? {
+            (CommandResult::Revoked { grant, already_inactive, audit_seq }, index) => Ok(Response::new(pb::RevokeResponse {
+                grant: Some(to_pb_grant(&grant, now_ms())),
+                already_inactive,
+                receipt: receipt(index, audit_seq),
+            })),
+            (other, _) => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn complete_task(
+        &self,
+        req: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let r = req.into_inner();
+        if !r.request_id.is_empty() {
+            validate::request_id(&r.request_id)?;
+        }
+        validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
+        let cmd = Command::CompleteTask(ledger::CompleteTaskCmd { task_id: r.task_id, actor: String::new(), now_ms: now_ms() });
+        match self.ctx.propose(cmd).await? {
+            (CommandResult::TaskCompleted { revoked_grant_ids, already_completed, audit_seq }, index) => {
+                Ok(Response::new(pb::CompleteTaskResponse {
+                    revoked_grant_ids,
+                    already_completed,
+                    receipt: receipt(index, audit_seq),
+                }))
+            }
+            (other, _) => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.into_inner();
+        validate::grant_id("grant_id", &r.grant_id)?;
+        self.read_barrier(r.allow_stale).await?;
+        let g = self
+            .ctx
+            .state
+            .grant(&r.grant_id)
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("no grant {}", r.grant_id)))?;
+        Ok(Response::new(pb::GetResponse {
+            grant: Some(to_pb_grant(&g, now_ms())),
+            applied_index: self.ctx.state.last_applied_index().map_err(ApiError::from)?,
+            stale_allowed: r.allow_stale,
+        }))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.into_inner();
+        let prefix = match &r.by {
+            Some(pb::list_request::By::TaskId(t)) => {
+                validate::name("task_id", t, TASK_ID_BYTES_MAX)?;
+                keyspace::by_task_prefix(t)
+            }
+            Some(pb::list_request::By::Subject(s)) => {
+                validate::spiffe_id("subject", s)?;
+                keyspace::by_subject_prefix(s)
+            }
+            None => return Err(ApiError::invalid("by", "name a task_id or a subject").into()),
+        };
+        let page_size = match r.page_size {
+            0 => LIST_PAGE_SIZE_DEFAULT,
+            n if n > LIST_PAGE_SIZE_MAX => {
+                return Err(ApiError::invalid("page_size", format!("{n} exceeds {LIST_PAGE_SIZE_MAX}")).into())
+            }
+            n => n,
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            validate::grant_id("page_token", &r.page_token)?;
+            Some(r.page_token.as_str())
+        };
+        self.read_barrier(r.allow_stale).await?;
+        let (grants, more) = self.ctx.state.list(&prefix, after, page_size as usize).map_err(ApiError::from)?;
+        let now = now_ms();
+        Ok(Response::new(pb::ListResponse {
+            next_page_token: if more { grants.last().map(|g| g.grant_id.clone()).unwrap_or_default() } else { String::new() },
+            grants: grants.iter().map(|g| to_pb_grant(g, now)).collect(),
+            applied_index: self.ctx.state.last_applied_index().map_err(ApiError::from)?,
+            stale_allowed: r.allow_stale,
+        }))
+    }
+}

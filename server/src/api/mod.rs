@@ -1,0 +1,52 @@
+//! The public gRPC services: validate and size-check a request, turn it into
+//! a log command, propose it, and map the outcome to a response or a status.
+
+pub mod batcher;
+pub mod cluster;
+pub mod errors;
+pub mod grants;
+pub mod token;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::ledger::{Command, CommandResult};
+use crate::raft::Raft;
+use crate::storage::StateReader;
+use errors::ApiError;
+
+/// What every service of one node shares.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub config: Arc<Config>,
+    pub raft: Raft,
+    pub state: StateReader,
+    proposals: Arc<Semaphore>,
+}
+
+impl NodeContext {
+    pub fn new(config: Arc<Config>, raft: Raft, state: StateReader) -> Self {
+        NodeContext { config, raft, state, proposals: Arc::new(Semaphore::new(crate::limits::PROPOSALS_IN_FLIGHT_MAX)) }
+    }
+
+    /// Propose a command and wait for its result; returns (result, log index).
+    pub async fn propose(&self, cmd: Command) -> Result<(CommandResult, u64), ApiError> {
+        let _permit = self.proposals.try_acquire().map_err(|_| {
+            ApiError::ResourceExhausted(format!(
+                "more than {} writes in flight on this node (proposals_in_flight_max)",
+                crate::limits::PROPOSALS_IN_FLIGHT_MAX
+            ))
+        })?;
+        let resp = self.raft.client_write(cmd).await?;
+        Ok((resp.data, resp.log_id.index))
+    }
+}
+
+/// Leader time for log commands: milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

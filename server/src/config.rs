@@ -1,0 +1,249 @@
+//! Configuration: a TOML file, then `GRANTD_*` environment variables, then
+//! flags (each later source wins), validated here into [`Config`], which is
+//! what the rest of the server reads. Nothing else looks at the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// Highest `check_batch_max` a configuration may set (the log entry size
+/// limit is checked against it at compile time).
+pub const CHECK_BATCH_MAX_CEILING: usize = 1024;
+
+#[derive(Parser, Debug, Default)]
+#[command(name = "grantd", version, about = "grant-ledger node: a Raft-replicated store of task-scoped grants")]
+pub struct Args {
+    /// TOML config file; its keys are the long flag names with '_' for '-'.
+    #[arg(long, env = "GRANTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// This node's id in the cluster (a positive integer, unique, never reused).
+    #[arg(long, env = "GRANTD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Directory holding this node's Raft log and state.
+    #[arg(long, env = "GRANTD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the public gRPC API (Grants, Cluster) [default: 127.0.0.1:7101].
+    #[arg(long, env = "GRANTD_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Address of the internal Raft service that peers connect to [default: 127.0.0.1:7201].
+    #[arg(long, env = "GRANTD_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// Leader heartbeat interval [default: 100].
+    #[arg(long, env = "GRANTD_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Lower bound of the randomised election timeout [default: 600].
+    #[arg(long, env = "GRANTD_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomised election timeout [default: 1200].
+    #[arg(long, env = "GRANTD_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Timeout of one Raft RPC to a peer [default: 2000].
+    #[arg(long, env = "GRANTD_PEER_RPC_TIMEOUT_MS")]
+    pub peer_rpc_timeout_ms: Option<u64>,
+    /// Build a snapshot after this many log entries since the last [default: 10000].
+    #[arg(long, env = "GRANTD_SNAPSHOT_LOGS_SINCE_LAST")]
+    pub snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept behind a snapshot for slow followers [default: 1000].
+    #[arg(long, env = "GRANTD_LOGS_KEPT_AFTER_SNAPSHOT")]
+    pub logs_kept_after_snapshot: Option<u64>,
+    /// TTL of a grant whose Issue does not name one [default: 300].
+    #[arg(long, env = "GRANTD_TTL_SECONDS_DEFAULT")]
+    pub ttl_seconds_default: Option<u64>,
+    /// Longest TTL an Issue may ask for [default: 3600].
+    #[arg(long, env = "GRANTD_TTL_SECONDS_MAX")]
+    pub ttl_seconds_max: Option<u64>,
+    /// Most checks batched into one log entry [default: 256].
+    #[arg(long, env = "GRANTD_CHECK_BATCH_MAX")]
+    pub check_batch_max: Option<usize>,
+    /// How often the leader commits a sweep of expired grants [default: 1000].
+    #[arg(long, env = "GRANTD_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+    /// Log filter in tracing's EnvFilter syntax [default: info].
+    #[arg(long, env = "GRANTD_LOG")]
+    pub log: Option<String>,
+}
+
+/// The file form: every key optional, unknown keys refused.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    api_addr: Option<SocketAddr>,
+    raft_addr: Option<SocketAddr>,
+    heartbeat_interval_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    peer_rpc_timeout_ms: Option<u64>,
+    snapshot_logs_since_last: Option<u64>,
+    logs_kept_after_snapshot: Option<u64>,
+    ttl_seconds_default: Option<u64>,
+    ttl_seconds_max: Option<u64>,
+    check_batch_max: Option<usize>,
+    sweep_interval_ms: Option<u64>,
+    log: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Serialize, Debug, Clone)]
+pub struct Config {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub peer_rpc_timeout_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub logs_kept_after_snapshot: u64,
+    pub ttl_seconds_default: u64,
+    pub ttl_seconds_max: u64,
+    pub check_batch_max: usize,
+    pub sweep_interval_ms: u64,
+    pub log: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("missing setting {0} (flag --{1}, env {2}, or key {0} in the config file)")]
+    Missing(&'static str, &'static str, &'static str),
+    #[error("invalid setting {0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl Config {
+    /// Merge file, environment and flags, then validate.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($f:ident, $default:expr) => {
+                args.$f.clone().or(file.$f.clone()).unwrap_or($default)
+            };
+        }
+        let node_id = args
+            .node_id
+            .or(file.node_id)
+            .ok_or(ConfigError::Missing("node_id", "node-id", "GRANTD_NODE_ID"))?;
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .ok_or(ConfigError::Missing("data_dir", "data-dir", "GRANTD_DATA_DIR"))?;
+        let c = Config {
+            node_id,
+            data_dir,
+            api_addr: pick!(api_addr, "127.0.0.1:7101".parse().unwrap()),
+            raft_addr: pick!(raft_addr, "127.0.0.1:7201".parse().unwrap()),
+            heartbeat_interval_ms: pick!(heartbeat_interval_ms, 100),
+            election_timeout_min_ms: pick!(election_timeout_min_ms, 600),
+            election_timeout_max_ms: pick!(election_timeout_max_ms, 1200),
+            peer_rpc_timeout_ms: pick!(peer_rpc_timeout_ms, 2000),
+            snapshot_logs_since_last: pick!(snapshot_logs_since_last, 10_000),
+            logs_kept_after_snapshot: pick!(logs_kept_after_snapshot, 1000),
+            ttl_seconds_default: pick!(ttl_seconds_default, 300),
+            ttl_seconds_max: pick!(ttl_seconds_max, 3600),
+            check_batch_max: pick!(check_batch_max, 256),
+            sweep_interval_ms: pick!(sweep_interval_ms, 1000),
+            log: pick!(log, "info".to_string()),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |k, m: String| Err(ConfigError::Invalid(k, m));
+        if self.node_id == 0 {
+            return bad("node_id", "must be a positive integer".into());
+        }
+        if self.api_addr == self.raft_addr {
+            return bad("raft_addr", "must differ from api_addr".into());
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return bad("heartbeat_interval_ms", "must be positive".into());
+        }
+        if self.election_timeout_min_ms < 3 * self.heartbeat_interval_ms {
+            return bad("election_timeout_min_ms", "must be at least 3 heartbeat intervals".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return bad("election_timeout_max_ms", "must exceed election_timeout_min_ms".into());
+        }
+        if self.peer_rpc_timeout_ms == 0 {
+            return bad("peer_rpc_timeout_ms", "must be positive".into());
+        }
+        if self.snapshot_logs_since_last == 0 {
+            return bad("snapshot_logs_since_last", "must be positive".into());
+        }
+        if self.ttl_seconds_max == 0 || self.ttl_seconds_max > limits::TTL_SECONDS_CEILING {
+            return bad("ttl_seconds_max", format!("must be in 1..={}", limits::TTL_SECONDS_CEILING));
+        }
+        if self.ttl_seconds_default == 0 || self.ttl_seconds_default > self.ttl_seconds_max {
+            return bad("ttl_seconds_default", "must be in 1..=ttl_seconds_max".into());
+        }
+        if self.check_batch_max == 0 || self.check_batch_max > CHECK_BATCH_MAX_CEILING {
+            return bad("check_batch_max", format!("must be in 1..={CHECK_BATCH_MAX_CEILING}"));
+        }
+        if self.sweep_interval_ms < 10 {
+            return bad("sweep_interval_ms", "must be at least 10".into());
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args { node_id: Some(1), data_dir: Some("/tmp/x".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "node_id = 7\nttl_seconds_max = 100\nttl_seconds_default = 50\n").unwrap();
+        let a = Args { config: Some(p), node_id: Some(3), ..Default::default() };
+        let a = Args { data_dir: Some("/d".into()), ..a };
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.ttl_seconds_max, 100);
+        assert_eq!(c.ttl_seconds_default, 50);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "nod_id = 7\n").unwrap();
+        let a = Args { config: Some(p), ..args() };
+        assert!(matches!(Config::load(&a), Err(ConfigError::Parse { .. })));
+        let a = Args { ttl_seconds_default: Some(7200), ..args() };
+        assert!(matches!(Config::load(&a), Err(ConfigError::Invalid("ttl_seconds_default", _))));
+        let a = Args { node_id: Some(0), ..args() };
+        assert!(matches!(Config::load(&a), Err(ConfigError::Invalid("node_id", _))));
+        assert!(matches!(Config::load(&Args::default()), Err(ConfigError::Missing("node_id", ..))));
+    }
+}

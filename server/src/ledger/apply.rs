@@ -1,0 +1,249 @@
+//! Apply one command to the ledger state: decide, then list the writes.
+
+use super::*;
+use crate::limits;
+
+/// Everything apply needs besides the command and the state: where the entry
+/// sits in the log and where the audit sequence stands. Both come from the
+/// replicated state, never from the local node.
+pub struct ApplyCtx {
+    pub log_index: u64,
+    pub audit_seq_next: u64,
+}
+
+struct Out {
+    writes: Vec<Write>,
+    seq: u64,
+    log_index: u64,
+}
+
+impl Out {
+    fn record(&mut self, mut r: AuditRecord) -> u64 {
+        let seq = self.seq;
+        r.seq = seq;
+        r.log_index = self.log_index;
+        self.seq += 1;
+        self.writes.push(Write::Audit(r));
+        seq
+    }
+}
+
+fn record(kind: RecordKind, time_ms: i64, actor: &str, g: Option<&GrantRecord>) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        log_index: 0,
+        time_ms,
+        kind,
+        actor: actor.to_string(),
+        subject: g.map(|g| g.subject.clone()).unwrap_or_default(),
+        task_id: g.map(|g| g.task_id.clone()).unwrap_or_default(),
+        grant_id: g.map(|g| g.grant_id.clone()).unwrap_or_default(),
+        resource: String::new(),
+        action: String::new(),
+        intent: g.map(|g| g.intent.clone()).unwrap_or_default(),
+        allow: true,
+        reason: String::new(),
+    }
+}
+
+/// Apply `cmd` at `ctx` against `state`. Deterministic: the same command,
+/// context and state give the same [`Applied`] on every replica.
+pub fn apply(cmd: &Command, ctx: ApplyCtx, state: &impl LedgerState) -> Result<Applied, StateError> {
+    let mut out = Out { writes: Vec::new(), seq: ctx.audit_seq_next, log_index: ctx.log_index };
+    let result = match cmd {
+        Command::Issue(c) => issue(c, ctx.log_index, state, &mut out)?,
+        Command::Checks { now_ms, checks } => {
+            let mut outcomes = Vec::with_capacity(checks.len());
+            for c in checks {
+                outcomes.push(check(c, *now_ms, state, &mut out)?);
+            }
+            CommandResult::Checked(outcomes)
+        }
+        Command::Revoke(c) => revoke(c, state, &mut out)?,
+        Command::CompleteTask(c) => complete_task(c, state, &mut out)?,
+        Command::Sweep(c) => sweep(c, state, &mut out)?,
+    };
+    Ok(Applied { result, writes: out.writes, audit_seq_next: out.seq })
+}
+
+fn issue(c: &IssueCmd, log_index: u64, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+    if let Some(d) = state.dedupe(&c.request_id)? {
+        if d.fingerprint != c.fingerprint {
+            return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(format!(
+                "request id {:?} was already used for a different request",
+                c.request_id
+            ))));
+        }
+        // A retry, possibly delayed past a revoke or expiry: answer with the
+        // grant as it is now, never a new one.
+        let grant = state.grant(&d.grant_id)?.ok_or_else(|| {
+            StateError(format!("dedupe record points at missing grant {}", d.grant_id))
+        })?;
+        return Ok(CommandResult::Issued { grant, replayed: true, audit_seq: 0 });
+    }
+    if state.task_completed(&c.task_id)? {
+        return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(format!(
+            "task {:?} is completed; it takes no new grants",
+            c.task_id
+        ))));
+    }
+    if state.task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)?.len() >= limits::GRANTS_PER_TASK_MAX {
+        return Ok(CommandResult::Rejected(Rejection::ResourceExhausted(format!(
+            "task {:?} already holds {} grants (grants_per_task_max)",
+            c.task_id,
+            limits::GRANTS_PER_TASK_MAX
+        ))));
+    }
+    let grant = GrantRecord {
+        grant_id: c.grant_id.clone(),
+        subject: c.subject.clone(),
+        task_id: c.task_id.clone(),
+        scopes: c.scopes.clone(),
+        intent: c.intent.clone(),
+        issuer: c.issuer.clone(),
+        issued_at_ms: c.now_ms,
+        expires_at_ms: c.expires_at_ms,
+        token_hash: c.token_hash.clone(),
+        state: GrantState::Active,
+        revoked_at_ms: 0,
+        revoke_reason: String::new(),
+        issued_index: log_index,
+    };
+    if state.grant(&grant.grant_id)?.is_some() {
+        // Grant ids are 128 random bits drawn by the leader: a collision is a bug.
+        return Err(StateError(format!("grant id {} already exists", grant.grant_id)));
+    }
+    let mut r = record(RecordKind::Issue, c.now_ms, &c.issuer, Some(&grant));
+    r.resource = grant.scopes.iter().map(|s| s.resource.as_str()).collect::<Vec<_>>().join(",");
+    let audit_seq = out.record(r);
+    out.writes.push(Write::InsertGrant(grant.clone()));
+    out.writes.push(Write::PutDedupe {
+        request_id: c.request_id.clone(),
+        record: DedupeRecord {
+            grant_id: c.grant_id.clone(),
+            fingerprint: c.fingerprint.clone(),
+            applied_at_ms: c.now_ms,
+        },
+    });
+    Ok(CommandResult::Issued { grant, replayed: false, audit_seq })
+}
+
+/// Equal in time independent of where the inputs differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check(c: &CheckCmd, now_ms: i64, state: &impl LedgerState, out: &mut Out) -> Result<CheckOutcome, StateError> {
+    let grant = if c.grant_id.is_empty() { None } else { state.grant(&c.grant_id)? };
+    let reason = match &grant {
+        None => Reason::UnknownGrant,
+        Some(g) if !ct_eq(g.token_hash.as_bytes(), c.token_hash.as_bytes()) => Reason::BadToken,
+        Some(g) => match g.state_at(now_ms) {
+            GrantState::Revoked if state.task_completed(&g.task_id)? => Reason::TaskCompleted,
+            GrantState::Revoked => Reason::Revoked,
+            GrantState::Expired => Reason::Expired,
+            GrantState::Active if g.subject != c.identity => Reason::SubjectMismatch,
+            GrantState::Active if !g.covers(&c.resource, &c.action) => Reason::OutOfScope,
+            GrantState::Active => Reason::Allowed,
+        },
+    };
+    let allow = reason == Reason::Allowed;
+    // A bad token says nothing trustworthy about the grant it names.
+    let known = grant.as_ref().filter(|_| reason != Reason::BadToken);
+    let mut r = record(RecordKind::Check, now_ms, &c.actor, known);
+    if known.is_none() {
+        r.subject = c.identity.clone();
+    }
+    r.resource = c.resource.clone();
+    r.action = c.action.clone();
+    r.allow = allow;
+    r.reason = format!("{reason:?}");
+    let audit_seq = out.record(r);
+    Ok(CheckOutcome {
+        allow,
+        reason,
+        grant_id: known.map(|g| g.grant_id.clone()).unwrap_or_default(),
+        audit_seq,
+    })
+}
+
+fn revoke(c: &RevokeCmd, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+    let Some(mut grant) = state.grant(&c.grant_id)? else {
+        return Ok(CommandResult::Rejected(Rejection::NotFound(format!("no grant {}", c.grant_id))));
+    };
+    if grant.state != GrantState::Active {
+        return Ok(CommandResult::Revoked { grant, already_inactive: true, audit_seq: 0 });
+    }
+    if grant.state_at(c.now_ms) == GrantState::Expired {
+        // Past its expiry but not swept yet: retire it as expired, which is
+        // what it already was for every check.
+        grant.state = GrantState::Expired;
+        let mut r = record(RecordKind::Expire, c.now_ms, "", Some(&grant));
+        r.reason = "expired".into();
+        let audit_seq = out.record(r);
+        out.writes.push(Write::Retire(grant.clone()));
+        return Ok(CommandResult::Revoked { grant, already_inactive: true, audit_seq });
+    }
+    grant.state = GrantState::Revoked;
+    grant.revoked_at_ms = c.now_ms;
+    grant.revoke_reason = c.reason.clone();
+    let mut r = record(RecordKind::Revoke, c.now_ms, &c.actor, Some(&grant));
+    r.reason = c.reason.clone();
+    let audit_seq = out.record(r);
+    out.writes.push(Write::Retire(grant.clone()));
+    Ok(CommandResult::Revoked { grant, already_inactive: false, audit_seq })
+}
+
+fn complete_task(c: &CompleteTaskCmd, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+    let already_completed = state.task_completed(&c.task_id)?;
+    let mut revoked = Vec::new();
+    for id in state.task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)? {
+        let mut g = state
+            .grant(&id)?
+            .ok_or_else(|| StateError(format!("task index points at missing grant {id}")))?;
+        if g.state != GrantState::Active {
+            continue;
+        }
+        if g.state_at(c.now_ms) == GrantState::Expired {
+            g.state = GrantState::Expired;
+        } else {
+            g.state = GrantState::Revoked;
+            g.revoked_at_ms = c.now_ms;
+            g.revoke_reason = "task completed".into();
+            revoked.push(g.grant_id.clone());
+        }
+        out.writes.push(Write::Retire(g));
+    }
+    let mut r = record(RecordKind::CompleteTask, c.now_ms, &c.actor, None);
+    r.task_id = c.task_id.clone();
+    r.reason = format!("revoked {} grants", revoked.len());
+    let audit_seq = out.record(r);
+    if !already_completed {
+        out.writes.push(Write::CompleteTask { task_id: c.task_id.clone() });
+    }
+    Ok(CommandResult::TaskCompleted { revoked_grant_ids: revoked, already_completed, audit_seq })
+}
+
+fn sweep(c: &SweepCmd, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+    let mut expired = 0u32;
+    for id in state.expired_grant_ids(c.now_ms, limits::SWEEP_GRANTS_MAX)? {
+        let mut g = state
+            .grant(&id)?
+            .ok_or_else(|| StateError(format!("expiry index points at missing grant {id}")))?;
+        g.state = GrantState::Expired;
+        let mut r = record(RecordKind::Expire, c.now_ms, "", Some(&g));
+        r.reason = "expired".into();
+        out.record(r);
+        out.writes.push(Write::Retire(g));
+        expired += 1;
+    }
+    let mut dedupe_dropped = 0u32;
+    for (at, request_id) in state.dedupe_older_than(c.now_ms - limits::DEDUPE_WINDOW_MS, limits::SWEEP_DEDUPE_MAX)? {
+        out.writes.push(Write::DeleteDedupe { request_id, applied_at_ms: at });
+        dedupe_dropped += 1;
+    }
+    Ok(CommandResult::Swept { expired, dedupe_dropped })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! Unit tests of the ledger rules over an in-memory state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+
+#[derive(Default)]
+struct Mem {
+    grants: BTreeMap<String, GrantRecord>,
+    dedupe: BTreeMap<String, DedupeRecord>,
+    completed: BTreeSet<String>,
+    audit: Vec<AuditRecord>,
+    seq: u64,
+    index: u64,
+}
+
+impl LedgerState for Mem {
+    fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
+        Ok(self.grants.get(id).cloned())
+    }
+    fn dedupe(&self, r: &str) -> Result<Option<DedupeRecord>, StateError> {
+        Ok(self.dedupe.get(r).cloned())
+    }
+    fn task_grant_ids(&self, task: &str, limit: usize) -> Result<Vec<String>, StateError> {
+        Ok(self.grants.values().filter(|g| g.task_id == task).map(|g| g.grant_id.clone()).take(limit).collect())
+    }
+    fn task_completed(&self, task: &str) -> Result<bool, StateError> {
+        Ok(self.completed.contains(task))
+    }
+    fn expired_grant_ids(&self, now: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut v: Vec<_> = self
+            .grants
+            .values()
+            .filter(|g| g.state == GrantState::Active && g.expires_at_ms <= now)
+            .map(|g| (g.expires_at_ms, g.grant_id.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+    fn dedupe_older_than(&self, before: i64, limit: usize) -> Result<Vec<(i64, String)>, StateError> {
+        let mut v: Vec<_> = self
+            .dedupe
+            .iter()
+            .filter(|(_, d)| d.applied_at_ms < before)
+            .map(|(k, d)| (d.applied_at_ms, k.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().take(limit).collect())
+    }
+}
+
+impl Mem {
+    fn run(&mut self, cmd: Command) -> CommandResult {
+        self.index += 1;
+        let a = apply(&cmd, ApplyCtx { log_index: self.index, audit_seq_next: self.seq }, self).unwrap();
+        self.seq = a.audit_seq_next;
+        for w in a.writes {
+            match w {
+                Write::InsertGrant(g) | Write::Retire(g) => {
+                    self.grants.insert(g.grant_id.clone(), g);
+                }
+                Write::PutDedupe { request_id, record } => {
+                    self.dedupe.insert(request_id, record);
+                }
+                Write::DeleteDedupe { request_id, .. } => {
+                    self.dedupe.remove(&request_id);
+                }
+                Write::CompleteTask { task_id } => {
+                    self.completed.insert(task_id);
+                }
+                Write::Audit(r) => self.audit.push(r),
+            }
+        }
+        a.result
+    }
+}
+
+const AGENT: &str = "spiffe://example.org/agent/planner";
+
+fn issue_cmd(req: &str, grant: &str, task: &str, now: i64, ttl_ms: i64) -> Command {
+    Command::Issue(IssueCmd {
+        request_id: req.into(),
+        fingerprint: format!("fp-{task}"),
+        grant_id: grant.into(),
+        subject: AGENT.into(),
+        task_id: task.into(),
+        scopes: vec![Scope { resource: "github".into(), actions: vec!["read".into()] }],
+        intent: "read the issue".into(),
+        issuer: "spiffe://example.org/orchestrator".into(),
+        token_hash: format!("hash-{grant}"),
+        now_ms: now,
+        expires_at_ms: now + ttl_ms,
+    })
+}
+
+fn check_cmd(grant: &str, identity: &str, resource: &str, action: &str, now: i64) -> Command {
+    Command::Checks {
+        now_ms: now,
+        checks: vec![CheckCmd {
+            grant_id: grant.into(),
+            token_hash: format!("hash-{grant}"),
+            identity: identity.into(),
+            resource: resource.into(),
+            action: action.into(),
+            actor: String::new(),
+        }],
+    }
+}
+
+fn reason(r: CommandResult) -> Reason {
+    match r {
+        CommandResult::Checked(v) => v[0].reason,
+        other => panic!("not a check result: {other:?}"),
+    }
+}
+
+#[test]
+fn issue_check_revoke_check() {
+    let mut m = Mem::default();
+    assert!(matches!(m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000)), CommandResult::Issued { replayed: false, .. }));
+    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 2000))), Reason::Allowed);
+    let r = m.run(Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "done".into(), actor: "x".into(), now_ms: 3000 }));
+    assert!(matches!(r, CommandResult::Revoked { already_inactive: false, .. }));
+    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 4000))), Reason::Revoked);
+    // Revoke again: idempotent, says it was already inactive.
+    let r = m.run(Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "again".into(), actor: "x".into(), now_ms: 5000 }));
+    assert!(matches!(r, CommandResult::Revoked { already_inactive: true, .. }));
+    assert_eq!(m.grants["g1"].revoke_reason, "done");
+}
+
+#[test]
+fn deny_reasons() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    assert_eq!(reason(m.run(check_cmd("g1", "spiffe://example.org/agent/other", "github", "read", 2000))), Reason::SubjectMismatch);
+    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "write", 2000))), Reason::OutOfScope);
+    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "jira", "read", 2000))), Reason::OutOfScope);
+    assert_eq!(reason(m.run(check_cmd("nope", AGENT, "github", "read", 2000))), Reason::UnknownGrant);
+    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 61_000))), Reason::Expired);
+    let mut bad = check_cmd("g1", AGENT, "github", "read", 2000);
+    if let Command::Checks { checks, .. } = &mut bad {
+        checks[0].token_hash = "forged".into();
+    }
+    assert_eq!(reason(m.run(bad)), Reason::BadToken);
+    // Every decision is on the record.
+    assert_eq!(m.audit.iter().filter(|r| r.kind == RecordKind::Check).count(), 6);
+    assert!(m.audit.iter().filter(|r| r.kind == RecordKind::Check).all(|r| !r.allow));
+}
+
+#[test]
+fn retry_returns_same_grant_even_after_revoke() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    m.run(Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "done".into(), actor: "x".into(), now_ms: 2000 }));
+    // A delayed retry with a fresh grant id drawn by a new leader.
+    match m.run(issue_cmd("r1", "g2", "t1", 3000, 60_000)) {
+        CommandResult::Issued { grant, replayed, .. } => {
+            assert!(replayed);
+            assert_eq!(grant.grant_id, "g1");
+            assert_eq!(grant.state, GrantState::Revoked);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.grants.len(), 1);
+    // The same request id with other parameters is refused.
+    let r = m.run(issue_cmd("r1", "g3", "other-task", 3000, 60_000));
+    assert!(matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(_))));
+    assert_eq!(m.grants.len(), 1);
+}
+
+#[test]
+fn complete_task_revokes_all_and_closes_task() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
+    m.run(issue_cmd("r3", "g3", "t2", 1000, 60_000));
+    match m.run(Command::CompleteTask(CompleteTaskCmd { task_id: "t1".into(), actor: "o".into(), now_ms: 2000 })) {
+        CommandResult::TaskCompleted { revoked_grant_ids, already_completed, .. } => {
+            assert_eq!(revoked_grant_ids, vec!["g1".to_string(), "g2".to_string()]);
+            assert!(!already_completed);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 3000))), Reason::TaskCompleted);
+    assert_eq!(reason(m.run(check_cmd("g3", AGENT, "github", "read", 3000))), Reason::Allowed);
+    let r = m.run(issue_cmd("r4", "g4", "t1", 3000, 60_000));
+    assert!(matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(_))));
+    let again = m.run(Command::CompleteTask(CompleteTaskCmd { task_id: "t1".into(), actor: "o".into(), now_ms: 4000 }));
+    assert!(matches!(again, CommandResult::TaskCompleted { already_completed: true, ref revoked_grant_ids, .. } if revoked_grant_ids.is_empty()));
+}
+
+#[test]
+fn sweep_retires_expired_and_old_dedupe() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 1000));
+    m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
+    assert_eq!(m.run(Command::Sweep(SweepCmd { now_ms: 2000 })), CommandResult::Swept { expired: 1, dedupe_dropped: 0 });
+    assert_eq!(m.grants["g1"].state, GrantState::Expired);
+    assert_eq!(m.grants["g2"].state, GrantState::Active);
+    let later = 1000 + limits::DEDUPE_WINDOW_MS + 1;
+    assert_eq!(m.run(Command::Sweep(SweepCmd { now_ms: later })), CommandResult::Swept { expired: 1, dedupe_dropped: 2 });
+}
+
+#[test]
+fn apply_is_deterministic() {
+    let cmds = vec![
+        issue_cmd("r1", "g1", "t1", 1000, 5000),
+        check_cmd("g1", AGENT, "github", "read", 1500),
+        Command::Sweep(SweepCmd { now_ms: 7000 }),
+        Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "x".into(), actor: "a".into(), now_ms: 8000 }),
+    ];
+    let (mut a, mut b) = (Mem::default(), Mem::default());
+    let ra: Vec<_> = cmds.iter().cloned().map(|c| a.run(c)).collect();
+    let rb: Vec<_> = cmds.into_iter().map(|c| b.run(c)).collect();
+    assert_eq!(ra, rb);
+    assert_eq!(a.audit, b.audit);
+    assert_eq!(a.grants, b.grants);
+    let seqs: Vec<u64> = a.audit.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+}

@@ -1,0 +1,33 @@
+//! The ledger: pure, deterministic rules that turn one log command into a
+//! result and a list of state writes.
+//!
+//! Nothing here reads a clock, draws randomness, does I/O or looks at local
+//! config: time and ids come inside the command, written by the leader, and
+//! state comes through the [`LedgerState`] trait. Every replica that applies
+//! the same entry to the same state gets the same writes, byte for byte.
+
+mod apply;
+mod types;
+
+pub use apply::{apply, ApplyCtx};
+pub use types::*;
+
+/// Read access to the state the ledger decides on. The storage layer
+/// implements it over sled; the unit tests over a map.
+pub trait LedgerState {
+    fn grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StateError>;
+    fn dedupe(&self, request_id: &str) -> Result<Option<DedupeRecord>, StateError>;
+    /// Ids of the grants of a task, at most `limit`.
+    fn task_grant_ids(&self, task_id: &str, limit: usize) -> Result<Vec<String>, StateError>;
+    fn task_completed(&self, task_id: &str) -> Result<bool, StateError>;
+    /// Active grants whose expiry is at or before `now_ms`, oldest first, at most `limit`.
+    fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
+    /// Dedupe records applied before `before_ms`, oldest first, at most `limit`:
+    /// (applied_at_ms, request_id).
+    fn dedupe_older_than(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StateError>;
+}
+
+/// A failure to read state: the storage is broken. Apply cannot continue.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger state unreadable: {0}")]
+pub struct StateError(pub String);

@@ -1,0 +1,238 @@
+//! The log command (what the leader proposes), the stored records, and the
+//! result of applying a command. These are the replicated format: changing a
+//! field changes what every replica stores, so the storage format version in
+//! storage::keyspace must change with it.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub resource: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantState {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// A grant as stored. Holds the SHA-256 of the token secret, never the token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub grant_id: String,
+    pub subject: String,
+    pub task_id: String,
+    pub scopes: Vec<Scope>,
+    pub intent: String,
+    pub issuer: String,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// Hex SHA-256 of the token secret.
+    pub token_hash: String,
+    pub state: GrantState,
+    pub revoked_at_ms: i64,
+    pub revoke_reason: String,
+    /// Log index of the entry that issued the grant.
+    pub issued_index: u64,
+}
+
+impl GrantRecord {
+    /// The state as of `now_ms`: an active grant past its expiry is expired,
+    /// whether or not the sweep has retired it yet.
+    pub fn state_at(&self, now_ms: i64) -> GrantState {
+        match self.state {
+            GrantState::Active if now_ms >= self.expires_at_ms => GrantState::Expired,
+            s => s,
+        }
+    }
+
+    pub fn covers(&self, resource: &str, action: &str) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| s.resource == resource && s.actions.iter().any(|a| a == action))
+    }
+}
+
+/// What a request id was used for, kept for the dedupe window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DedupeRecord {
+    pub grant_id: String,
+    /// Hex SHA-256 over the request's parameters: a reuse of the id with
+    /// other parameters is refused rather than answered with another grant.
+    pub fingerprint: String,
+    pub applied_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IssueCmd {
+    pub request_id: String,
+    pub fingerprint: String,
+    pub grant_id: String,
+    pub subject: String,
+    pub task_id: String,
+    pub scopes: Vec<Scope>,
+    pub intent: String,
+    pub issuer: String,
+    pub token_hash: String,
+    pub now_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// One check inside a batch entry. The token secret is already hashed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CheckCmd {
+    /// Empty when the presented token was malformed: recorded as a deny.
+    pub grant_id: String,
+    pub token_hash: String,
+    pub identity: String,
+    pub resource: String,
+    pub action: String,
+    pub actor: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RevokeCmd {
+    pub grant_id: String,
+    pub reason: String,
+    pub actor: String,
+    pub now_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CompleteTaskCmd {
+    pub task_id: String,
+    pub actor: String,
+    pub now_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SweepCmd {
+    pub now_ms: i64,
+}
+
+/// The log command: what the leader proposes. It is not the public request:
+/// it carries the leader's time, generated ids and only hashes of secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Issue(IssueCmd),
+    /// Many checks in one entry (group commit), decided at one leader time.
+    Checks { now_ms: i64, checks: Vec<CheckCmd> },
+    Revoke(RevokeCmd),
+    CompleteTask(CompleteTaskCmd),
+    Sweep(SweepCmd),
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Issue(c) => write!(f, "issue(req={}, grant={})", c.request_id, c.grant_id),
+            Command::Checks { checks, .. } => write!(f, "checks(n={})", checks.len()),
+            Command::Revoke(c) => write!(f, "revoke(grant={})", c.grant_id),
+            Command::CompleteTask(c) => write!(f, "complete_task(task={})", c.task_id),
+            Command::Sweep(c) => write!(f, "sweep(now={})", c.now_ms),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Allowed,
+    UnknownGrant,
+    Revoked,
+    Expired,
+    SubjectMismatch,
+    OutOfScope,
+    BadToken,
+    TaskCompleted,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CheckOutcome {
+    pub allow: bool,
+    pub reason: Reason,
+    pub grant_id: String,
+    pub audit_seq: u64,
+}
+
+/// Why the ledger refused a command. A value, not an error: the entry is
+/// applied (it is in the log) and changes nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    NotFound(String),
+    FailedPrecondition(String),
+    ResourceExhausted(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum CommandResult {
+    Issued { grant: GrantRecord, replayed: bool, audit_seq: u64 },
+    Checked(Vec<CheckOutcome>),
+    Revoked { grant: GrantRecord, already_inactive: bool, audit_seq: u64 },
+    TaskCompleted { revoked_grant_ids: Vec<String>, already_completed: bool, audit_seq: u64 },
+    Swept { expired: u32, dedupe_dropped: u32 },
+    Rejected(Rejection),
+    /// Blank and membership entries.
+    Nothing,
+}
+
+impl std::fmt::Display for CommandResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Issue,
+    Check,
+    Revoke,
+    CompleteTask,
+    Expire,
+}
+
+/// One record of a privileged call, in apply order. This is the seed of the
+/// signed audit chain: the chain will add canonical bytes, the previous
+/// entry's hash and checkpoints on top of these fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub log_index: u64,
+    pub time_ms: i64,
+    pub kind: RecordKind,
+    pub actor: String,
+    pub subject: String,
+    pub task_id: String,
+    pub grant_id: String,
+    pub resource: String,
+    pub action: String,
+    pub intent: String,
+    pub allow: bool,
+    pub reason: String,
+}
+
+/// One change to the state. The storage layer turns these into keys and
+/// values (storage::keyspace) and writes all of one entry's writes in one
+/// atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Insert a new grant with its task, subject and expiry index entries.
+    InsertGrant(GrantRecord),
+    /// Update a grant that is leaving the active state (revoked or expired):
+    /// rewrites the row and drops it from the expiry index.
+    Retire(GrantRecord),
+    PutDedupe { request_id: String, record: DedupeRecord },
+    DeleteDedupe { request_id: String, applied_at_ms: i64 },
+    CompleteTask { task_id: String },
+    Audit(AuditRecord),
+}
+
+/// The outcome of applying one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub result: CommandResult,
+    pub writes: Vec<Write>,
+    /// The audit sequence number the next entry starts from.
+    pub audit_seq_next: u64,
+}

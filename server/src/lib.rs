@@ -1,0 +1,13 @@
+//! grantd: a grant-ledger node.
+//!
+//! Layers, top to bottom: `api` (validate, propose, map errors) → `raft`
+//! (openraft types, peer network) → `storage` (durable log, state machine)
+//! → `ledger` (pure rules). Arrows point down only.
+
+pub mod api;
+pub mod config;
+pub mod ledger;
+pub mod limits;
+pub mod node;
+pub mod raft;
+pub mod storage;

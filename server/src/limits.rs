@@ -1,0 +1,87 @@
+//! Every size, count, queue and rate the server enforces, in one place.
+//!
+//! A request over a limit is refused with InvalidArgument (a field too large)
+//! or ResourceExhausted (a queue full) and changes nothing. docs/limits.md
+//! lists them for users; keep the two in step.
+
+/// Bytes in a request id (printable ASCII).
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+/// Bytes in a subject or identity (a SPIFFE ID). SPIFFE itself caps URIs at 2048.
+pub const SUBJECT_BYTES_MAX: usize = 2048;
+/// Bytes in a SPIFFE trust domain name.
+pub const TRUST_DOMAIN_BYTES_MAX: usize = 255;
+/// Bytes in a task id.
+pub const TASK_ID_BYTES_MAX: usize = 256;
+/// Bytes in the free-text intent of a grant.
+pub const INTENT_BYTES_MAX: usize = 4096;
+/// Scopes in one grant.
+pub const SCOPES_PER_GRANT_MAX: usize = 16;
+/// Actions in one scope.
+pub const ACTIONS_PER_SCOPE_MAX: usize = 16;
+/// Bytes in a resource (tool) name.
+pub const RESOURCE_BYTES_MAX: usize = 256;
+/// Bytes in an action name.
+pub const ACTION_BYTES_MAX: usize = 64;
+/// Bytes in a revoke reason.
+pub const REVOKE_REASON_BYTES_MAX: usize = 512;
+/// Bytes in a token as handed out (prefix + hex grant id + hex secret).
+pub const TOKEN_BYTES_MAX: usize = 128;
+/// Grants one task may hold; completing a task revokes them in one entry.
+pub const GRANTS_PER_TASK_MAX: usize = 10_000;
+/// Grants in one page of List.
+pub const LIST_PAGE_SIZE_MAX: u32 = 500;
+/// Page size of List when the request says 0.
+pub const LIST_PAGE_SIZE_DEFAULT: u32 = 100;
+/// Bytes in one gRPC message, in either direction, on the public API.
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes in one gRPC message between peers (append entries, snapshot chunks).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes of snapshot data in one chunk sent to a peer.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Checks waiting to be batched into a log entry; beyond it Check answers
+/// ResourceExhausted.
+pub const PENDING_CHECKS_MAX: usize = 8192;
+/// Check batches in flight through Raft at once.
+pub const CHECK_BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Writes (Issue, Revoke, CompleteTask, admin) in flight through Raft at once
+/// on one node; beyond it the request answers ResourceExhausted.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4096;
+/// Grants the expiry sweep retires in one log entry.
+pub const SWEEP_GRANTS_MAX: usize = 1000;
+/// Dedupe records the sweep drops in one log entry.
+pub const SWEEP_DEDUPE_MAX: usize = 1000;
+/// Time a request id is remembered after it was applied.
+pub const DEDUPE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+/// Upper bound any TTL configuration may take (30 days).
+pub const TTL_SECONDS_CEILING: u64 = 30 * 24 * 60 * 60;
+/// Bytes in a serialized log entry. The sled log store keeps every entry far
+/// below sled's blob threshold (see storage::log_store) so that an fdatasync
+/// of its single data file makes it durable.
+pub const LOG_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Upper bound on the encoded size of one check in a batch entry.
+pub const CHECK_ENCODED_BYTES_MAX: usize =
+    TOKEN_BYTES_MAX + SUBJECT_BYTES_MAX + RESOURCE_BYTES_MAX + ACTION_BYTES_MAX + 512;
+
+/// Upper bound on the encoded size of one issue command.
+pub const ISSUE_ENCODED_BYTES_MAX: usize = REQUEST_ID_BYTES_MAX
+    + SUBJECT_BYTES_MAX
+    + TASK_ID_BYTES_MAX
+    + INTENT_BYTES_MAX
+    + SCOPES_PER_GRANT_MAX * (RESOURCE_BYTES_MAX + ACTIONS_PER_SCOPE_MAX * (ACTION_BYTES_MAX + 8) + 32)
+    + 1024;
+
+// Relations the code relies on, checked at compile time.
+const _: () = assert!(LIST_PAGE_SIZE_DEFAULT <= LIST_PAGE_SIZE_MAX);
+const _: () = assert!(ISSUE_ENCODED_BYTES_MAX * 2 < MESSAGE_BYTES_MAX);
+const _: () = assert!(
+    // Validation refuses control characters, so JSON escapes at most
+    // doubles a field ('"' and '\\' take two bytes).
+    2 * CHECK_ENCODED_BYTES_MAX * crate::config::CHECK_BATCH_MAX_CEILING < LOG_ENTRY_BYTES_MAX
+);
+const _: () = assert!(2 * ISSUE_ENCODED_BYTES_MAX < LOG_ENTRY_BYTES_MAX);
+const _: () = assert!(LOG_ENTRY_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
+
+/// Bytes of one snapshot received from a leader (held in memory to install).
+pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;

@@ -1,0 +1,100 @@
+//! One grantd node's lifecycle: open storage, start Raft, serve the public
+//! and peer gRPC services, run the leader's expiry sweep, shut down cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use grant_proto::v1::cluster_server::ClusterServer;
+use grant_proto::v1::grants_server::GrantsServer;
+use grant_proto::v1::raft::raft_peer_server::RaftPeerServer;
+use tokio::sync::watch;
+
+use crate::api::cluster::ClusterService;
+use crate::api::grants::GrantsService;
+use crate::api::{now_ms, NodeContext};
+use crate::config::Config;
+use crate::ledger::{Command, SweepCmd};
+use crate::limits;
+use crate::raft::network::Network;
+use crate::raft::service::RaftPeerService;
+use crate::raft::Raft;
+use crate::storage::{LogStore, StateMachine};
+
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)?;
+    let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
+    let sm = StateMachine::open(&config.data_dir)?;
+    let state = sm.reader();
+
+    let raft_config = openraft::Config {
+        cluster_name: "grant-ledger".into(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()?;
+    let network = Network::new(Duration::from_millis(config.peer_rpc_timeout_ms));
+    let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, sm).await?;
+
+    let ctx = NodeContext::new(config.clone(), raft.clone(), state);
+    let api = tonic::transport::Server::builder()
+        .add_service(
+            GrantsServer::new(GrantsService::new(ctx.clone()))
+                .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .serve_with_shutdown(config.api_addr, wait(shutdown.clone()));
+    let peer = tonic::transport::Server::builder()
+        .add_service(
+            RaftPeerServer::new(RaftPeerService::new(raft.clone()))
+                .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_shutdown(config.raft_addr, wait(shutdown.clone()));
+    let api = tokio::spawn(api);
+    let peer = tokio::spawn(peer);
+    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
+    tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "grantd serving");
+
+    let _ = shutdown.wait_for(|s| *s).await;
+    tracing::info!("shutting down");
+    sweeper.abort();
+    api.await??;
+    peer.await??;
+    raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// While this node leads, commit a sweep of expired grants every interval.
+/// Expired grants already deny at check time; the sweep retires them from
+/// the active indexes and records their expiry.
+async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.sweep_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() {
+        tick.tick().await;
+        if !ctx.raft.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let due = ctx.state.has_expired(now).unwrap_or(false) || ctx.state.has_old_dedupe(now - limits::DEDUPE_WINDOW_MS).unwrap_or(false);
+        if !due {
+            continue;
+        }
+        match ctx.propose(Command::Sweep(SweepCmd { now_ms: now })).await {
+            Ok((r, index)) => tracing::debug!(?r, index, "sweep applied"),
+            Err(e) => tracing::debug!(error = %e, "sweep not applied"),
+        }
+    }
+}

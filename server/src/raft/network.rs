@@ -1,0 +1,133 @@
+//! Outgoing Raft traffic: one cached, lazily connected tonic channel per
+//! peer, with connect and request timeouts. tonic reconnects a broken
+//! channel by itself; openraft backs off between failed RPCs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grant_proto::v1::raft::raft_peer_client::RaftPeerClient;
+use grant_proto::v1::raft::{RaftPayload, SnapshotChunk};
+use openraft::errors::{NetworkError, ReplicationClosed, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
+use openraft::{AnyError, OptionalSend, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+
+use super::codec;
+use super::typ::*;
+use super::{NodeId, NodeInfo, TypeConfig};
+use crate::limits;
+
+#[derive(Clone)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    rpc_timeout: Duration,
+}
+
+impl Network {
+    pub fn new(rpc_timeout: Duration) -> Self {
+        Network { channels: Default::default(), rpc_timeout }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut m = self.channels.lock().expect("channel cache lock");
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(self.rpc_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        m.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerConnection { target, channel: self.channel(&node.raft_addr) }
+    }
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    channel: Result<Channel, String>,
+}
+
+fn unreachable(e: impl std::fmt::Display) -> RPCError {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))
+}
+
+fn network_err(e: impl std::fmt::Display) -> NetworkError<TypeConfig> {
+    NetworkError::new(&AnyError::error(e.to_string()))
+}
+
+/// A transport failure means the peer may be down: report it unreachable so
+/// openraft backs off; anything else is a network error worth a retry.
+fn status_err(s: tonic::Status) -> RPCError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(s),
+        _ => RPCError::Network(network_err(s)),
+    }
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError> {
+        let ch = self.channel.clone().map_err(unreachable)?;
+        Ok(RaftPeerClient::new(ch)
+            .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RPCError> {
+        let data = codec::encode(&rpc);
+        let resp = self.client()?.append_entries(RaftPayload { data }).await.map_err(status_err)?;
+        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, _option: RPCOption) -> Result<VoteResponse, RPCError> {
+        let data = codec::encode(&rpc);
+        let resp = self.client()?.vote(RaftPayload { data }).await.map_err(status_err)?;
+        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError> {
+        let header = codec::encode(&(vote, snapshot.meta.clone()));
+        let data = snapshot.snapshot;
+        let mut chunks = vec![SnapshotChunk { header, data: Vec::new() }];
+        chunks.extend(
+            data.chunks(limits::SNAPSHOT_CHUNK_BYTES).map(|c| SnapshotChunk { header: Vec::new(), data: c.to_vec() }),
+        );
+        tracing::info!(target = self.target, bytes = data.len(), "sending snapshot");
+        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
+        let resp = client
+            .install_snapshot(futures::stream::iter(chunks))
+            .await
+            .map_err(|s| StreamingError::Network(network_err(s)))?;
+        codec::decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(network_err(e)))
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}

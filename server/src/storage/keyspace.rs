@@ -1,0 +1,159 @@
+//! Every key of the state machine's sled tree, declared in one place.
+//!
+//! The state lives in one sled tree so that all writes of one applied entry
+//! go in one atomic `apply_batch`. Keys start with a one-byte prefix naming
+//! their space; integers are big-endian so keys sort in numeric order;
+//! variable-length parts inside a key are length-prefixed so no prefix of one
+//! key is mistaken for another's.
+//!
+//! Values are JSON of the ledger's records.
+
+use crate::ledger::{AuditRecord, DedupeRecord, GrantRecord, Write};
+use crate::raft::codec;
+
+/// On-disk format version, checked at start-up.
+/// 1: first format (grants, task/subject/expiry indexes, dedupe, completed
+///    tasks, audit records, meta).
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const GRANT: u8 = 0x01;
+pub const BY_TASK: u8 = 0x02;
+pub const BY_SUBJECT: u8 = 0x03;
+pub const EXPIRY: u8 = 0x04;
+pub const DEDUPE: u8 = 0x05;
+pub const DEDUPE_BY_TIME: u8 = 0x06;
+pub const TASK_COMPLETED: u8 = 0x07;
+pub const AUDIT: u8 = 0x08;
+pub const META: u8 = 0x09;
+
+pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
+pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
+pub const META_AUDIT_SEQ_NEXT: &[u8] = b"\x09audit_seq_next";
+pub const META_FORMAT_VERSION: &[u8] = b"\x09format_version";
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 2).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn lp(s: &str) -> Vec<u8> {
+    let len = u16::try_from(s.len()).expect("field lengths are limited far below 64 KiB");
+    let mut v = len.to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn ms(t: i64) -> [u8; 8] {
+    (t.max(0) as u64).to_be_bytes()
+}
+
+pub fn grant(id: &str) -> Vec<u8> {
+    key(GRANT, &[id.as_bytes()])
+}
+/// Prefix of all index keys of one task; the grant id follows.
+pub fn by_task_prefix(task: &str) -> Vec<u8> {
+    key(BY_TASK, &[&lp(task)])
+}
+pub fn by_subject_prefix(subject: &str) -> Vec<u8> {
+    key(BY_SUBJECT, &[&lp(subject)])
+}
+pub fn expiry(at_ms: i64, id: &str) -> Vec<u8> {
+    key(EXPIRY, &[&ms(at_ms), id.as_bytes()])
+}
+pub fn expiry_upto(at_ms: i64) -> Vec<u8> {
+    // Every expiry key with time <= at_ms sorts below this one.
+    key(EXPIRY, &[&ms(at_ms.saturating_add(1))])
+}
+pub fn dedupe(request_id: &str) -> Vec<u8> {
+    key(DEDUPE, &[request_id.as_bytes()])
+}
+pub fn dedupe_by_time(at_ms: i64, request_id: &str) -> Vec<u8> {
+    key(DEDUPE_BY_TIME, &[&ms(at_ms), request_id.as_bytes()])
+}
+pub fn task_completed(task: &str) -> Vec<u8> {
+    key(TASK_COMPLETED, &[task.as_bytes()])
+}
+pub fn audit(seq: u64) -> Vec<u8> {
+    key(AUDIT, &[&seq.to_be_bytes()])
+}
+
+/// The id that ends an index key after `prefix`.
+pub fn suffix_id(k: &[u8], prefix_len: usize) -> String {
+    String::from_utf8_lossy(&k[prefix_len..]).into_owned()
+}
+
+pub fn decode_time_key(k: &[u8]) -> (i64, String) {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[1..9]);
+    (u64::from_be_bytes(b) as i64, String::from_utf8_lossy(&k[9..]).into_owned())
+}
+
+/// Turn one ledger write into sled operations.
+pub fn encode_write(w: &Write, batch: &mut sled::Batch) {
+    match w {
+        Write::InsertGrant(g) => {
+            batch.insert(grant(&g.grant_id), codec::encode(g));
+            let mut t = by_task_prefix(&g.task_id);
+            t.extend_from_slice(g.grant_id.as_bytes());
+            batch.insert(t, &[][..]);
+            let mut s = by_subject_prefix(&g.subject);
+            s.extend_from_slice(g.grant_id.as_bytes());
+            batch.insert(s, &[][..]);
+            batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
+        }
+        Write::Retire(g) => {
+            batch.insert(grant(&g.grant_id), codec::encode(g));
+            batch.remove(expiry(g.expires_at_ms, &g.grant_id));
+        }
+        Write::PutDedupe { request_id, record } => {
+            batch.insert(dedupe(request_id), codec::encode(record));
+            batch.insert(dedupe_by_time(record.applied_at_ms, request_id), &[][..]);
+        }
+        Write::DeleteDedupe { request_id, applied_at_ms } => {
+            batch.remove(dedupe(request_id));
+            batch.remove(dedupe_by_time(*applied_at_ms, request_id));
+        }
+        Write::CompleteTask { task_id } => {
+            batch.insert(task_completed(task_id), &[][..]);
+        }
+        Write::Audit(r) => {
+            batch.insert(audit(r.seq), codec::encode(r));
+        }
+    }
+}
+
+pub fn decode_grant(v: &[u8]) -> std::io::Result<GrantRecord> {
+    codec::decode(v)
+}
+pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {
+    codec::decode(v)
+}
+pub fn decode_audit(v: &[u8]) -> std::io::Result<AuditRecord> {
+    codec::decode(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_prefix_keeps_tasks_apart() {
+        // "ab" + grant "c..." must not fall under task "abc".
+        assert!(!by_task_prefix("ab").starts_with(&by_task_prefix("abc")));
+        let mut k = by_task_prefix("ab");
+        k.extend_from_slice(b"cdef");
+        assert!(!k.starts_with(&by_task_prefix("abc")));
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time() {
+        assert!(expiry(999, "z") < expiry(1000, "a"));
+        assert!(expiry(1000, "zzzz") < expiry_upto(1000));
+        assert!(expiry(1001, "a") > expiry_upto(1000));
+        assert_eq!(decode_time_key(&expiry(1234, "gid")), (1234, "gid".to_string()));
+    }
+}

@@ -1,0 +1,20 @@
+//! Durable storage: the Raft log (sled, made durable with fdatasync) and the
+//! state machine (sled, one key space declared in `keyspace`).
+
+pub mod keyspace;
+pub mod log_store;
+pub mod state_machine;
+
+pub use log_store::LogStore;
+pub use state_machine::{StateMachine, StateReader};
+
+use std::io;
+
+pub(crate) fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// fsync a directory so that a file created or renamed in it survives a crash.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,407 @@
+//! The replicated state machine: applies committed entries through the pure
+//! ledger into sled, one atomic batch per entry; builds and installs
+//! snapshots.
+//!
+//! State lives in one sled tree (see `keyspace`) named by generation
+//! (`state.<n>`). Installing a snapshot fills a fresh tree and then switches
+//! the pointer in the `meta` tree, because sled cannot clear a tree
+//! atomically. Snapshots are kept as one file, written to a temporary name,
+//! fsynced and renamed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+
+use super::keyspace as ks;
+use super::{io_err, sync_dir};
+use crate::ledger::{self, CommandResult, DedupeRecord, GrantRecord, LedgerState, StateError};
+use crate::raft::codec;
+use crate::raft::typ::*;
+use crate::raft::TypeConfig;
+
+const ACTIVE_TREE: &[u8] = b"active_tree";
+const SNAPSHOT_FILE: &str = "current.snap";
+
+/// Read-side handle to the state, shared with the API layer.
+#[derive(Clone)]
+pub struct StateReader {
+    tree: Arc<RwLock<sled::Tree>>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    reader: StateReader,
+    snapshot_dir: PathBuf,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    audit_seq_next: u64,
+}
+
+impl StateReader {
+    pub fn tree(&self) -> sled::Tree {
+        self.tree.read().expect("state tree lock").clone()
+    }
+
+    pub fn last_applied_index(&self) -> io::Result<u64> {
+        Ok(read_meta::<Option<LogId>>(&self.tree(), ks::META_LAST_APPLIED)?
+            .flatten()
+            .map(|l| l.index())
+            .unwrap_or(0))
+    }
+
+    pub fn grant(&self, id: &str) -> io::Result<Option<GrantRecord>> {
+        match self.tree().get(ks::grant(id)).map_err(io_err)? {
+            Some(v) => Ok(Some(ks::decode_grant(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of grants under an index prefix, after the grant id `after`.
+    pub fn list(&self, prefix: &[u8], after: Option<&str>, limit: usize) -> io::Result<(Vec<GrantRecord>, bool)> {
+        let tree = self.tree();
+        let start = match after {
+            Some(a) => {
+                let mut s = prefix.to_vec();
+                s.extend_from_slice(a.as_bytes());
+                s.push(0); // first key strictly after `a`
+                s
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for kv in tree.range(start..) {
+            let (k, _) = kv.map_err(io_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let id = ks::suffix_id(&k, prefix.len());
+            let g = tree
+                .get(ks::grant(&id))
+                .map_err(io_err)?
+                .ok_or_else(|| io_err(format!("index points at missing grant {id}")))?;
+            out.push(ks::decode_grant(&g)?);
+        }
+        Ok((out, more))
+    }
+
+    /// Audit records in `[from, to)`, at most `limit`.
+    pub fn audit_records(&self, from: u64, limit: usize) -> io::Result<Vec<ledger::AuditRecord>> {
+        let mut out = Vec::new();
+        for kv in self.tree().range(ks::audit(from)..).take(limit) {
+            let (k, v) = kv.map_err(io_err)?;
+            if k[0] != ks::AUDIT {
+                break;
+            }
+            out.push(ks::decode_audit(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> io::Result<Option<T>> {
+    match tree.get(k).map_err(io_err)? {
+        Some(v) => Ok(Some(codec::decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// The ledger's view of a sled tree.
+struct SledState<'a>(&'a sled::Tree);
+
+fn se(e: impl std::fmt::Display) -> StateError {
+    StateError(e.to_string())
+}
+
+impl LedgerState for SledState<'_> {
+    fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
+        match self.0.get(ks::grant(id)).map_err(se)? {
+            Some(v) => Ok(Some(ks::decode_grant(&v).map_err(se)?)),
+            None => Ok(None),
+        }
+    }
+    fn dedupe(&self, request_id: &str) -> Result<Option<DedupeRecord>, StateError> {
+        match self.0.get(ks::dedupe(request_id)).map_err(se)? {
+            Some(v) => Ok(Some(ks::decode_dedupe(&v).map_err(se)?)),
+            None => Ok(None),
+        }
+    }
+    fn task_grant_ids(&self, task: &str, limit: usize) -> Result<Vec<String>, StateError> {
+        let p = ks::by_task_prefix(task);
+        self.0
+            .scan_prefix(&p)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
+            .collect()
+    }
+    fn task_completed(&self, task: &str) -> Result<bool, StateError> {
+        self.0.contains_key(ks::task_completed(task)).map_err(se)
+    }
+    fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.0
+            .range(vec![ks::EXPIRY]..ks::expiry_upto(now_ms))
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
+            .collect()
+    }
+    fn dedupe_older_than(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StateError> {
+        let end = ks::dedupe_by_time(before_ms, "");
+        self.0
+            .range(vec![ks::DEDUPE_BY_TIME]..end)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| ks::decode_time_key(&k)).map_err(se))
+            .collect()
+    }
+}
+
+impl StateMachine {
+    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+        let db = sled::Config::new().path(dir.join("state")).open().map_err(io_err)?;
+        let snapshot_dir = dir.join("snapshot");
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let meta = db.open_tree("meta").map_err(io_err)?;
+        let name = match meta.get(ACTIVE_TREE).map_err(io_err)? {
+            Some(n) => n.to_vec(),
+            None => {
+                meta.insert(ACTIVE_TREE, b"state.0".to_vec()).map_err(io_err)?;
+                b"state.0".to_vec()
+            }
+        };
+        let tree = db.open_tree(&name).map_err(io_err)?;
+        match read_meta::<u32>(&tree, ks::META_FORMAT_VERSION)? {
+            None => {
+                tree.insert(ks::META_FORMAT_VERSION, codec::encode(&ks::FORMAT_VERSION)).map_err(io_err)?;
+            }
+            Some(v) if v == ks::FORMAT_VERSION => {}
+            Some(v) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("state format version {v} on disk, this grantd reads {}", ks::FORMAT_VERSION),
+                ))
+            }
+        }
+        db.flush().map_err(io_err)?;
+        let last_applied = read_meta::<Option<LogId>>(&tree, ks::META_LAST_APPLIED)?.flatten();
+        let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
+        let audit_seq_next = read_meta(&tree, ks::META_AUDIT_SEQ_NEXT)?.unwrap_or(0);
+        Ok(StateMachine {
+            db,
+            reader: StateReader { tree: Arc::new(RwLock::new(tree)) },
+            snapshot_dir,
+            last_applied,
+            membership,
+            audit_seq_next,
+        })
+    }
+
+    pub fn reader(&self) -> StateReader {
+        self.reader.clone()
+    }
+
+    /// Serialize the whole state tree: (u32 key len, key, u32 value len, value)*.
+    fn dump(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for kv in self.reader.tree().iter() {
+            let (k, v) = kv.map_err(io_err)?;
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(&k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
+        }
+        Ok(out)
+    }
+
+    fn write_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let m = codec::encode(meta);
+        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&(m.len() as u32).to_be_bytes())?;
+            f.write_all(&m)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.snapshot_dir.join(SNAPSHOT_FILE))?;
+        sync_dir(&self.snapshot_dir)
+    }
+
+    fn read_snapshot_file(&self) -> io::Result<Option<Snapshot>> {
+        let bytes = match std::fs::read(self.snapshot_dir.join(SNAPSHOT_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot file");
+        let len = u32::from_be_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
+        let meta: SnapshotMeta = codec::decode(bytes.get(4..4 + len).ok_or_else(bad)?)?;
+        Ok(Some(Snapshot { meta, snapshot: bytes[4 + len..].to_vec() }))
+    }
+
+    fn apply_one(&mut self, entry: Entry) -> io::Result<CommandResult> {
+        let tree = self.reader.tree();
+        let log_id = entry.log_id();
+        let mut batch = sled::Batch::default();
+        let result = match entry.payload {
+            EntryPayload::Blank => CommandResult::Nothing,
+            EntryPayload::Normal(cmd) => {
+                let ctx = ledger_ctx(log_id.index(), self.audit_seq_next);
+                let applied = ledger::apply(&cmd, ctx, &SledState(&tree)).map_err(io_err)?;
+                for w in &applied.writes {
+                    ks::encode_write(w, &mut batch);
+                }
+                self.audit_seq_next = applied.audit_seq_next;
+                applied.result
+            }
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(log_id.clone()), m);
+                batch.insert(ks::META_MEMBERSHIP, codec::encode(&self.membership));
+                CommandResult::Nothing
+            }
+        };
+        batch.insert(ks::META_AUDIT_SEQ_NEXT, codec::encode(&self.audit_seq_next));
+        batch.insert(ks::META_LAST_APPLIED, codec::encode(&Some(log_id.clone())));
+        tree.apply_batch(batch).map_err(io_err)?;
+        self.last_applied = Some(log_id);
+        Ok(result)
+    }
+
+    /// Load snapshot data into a fresh tree and make it the active one.
+    fn load(&mut self, data: &[u8]) -> io::Result<()> {
+        let meta_tree = self.db.open_tree("meta").map_err(io_err)?;
+        let current = meta_tree.get(ACTIVE_TREE).map_err(io_err)?.map(|v| v.to_vec()).unwrap_or_default();
+        let gen: u64 = std::str::from_utf8(&current)
+            .ok()
+            .and_then(|s| s.strip_prefix("state."))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let name = format!("state.{}", gen + 1);
+        self.db.drop_tree(&name).map_err(io_err)?;
+        let fresh = self.db.open_tree(&name).map_err(io_err)?;
+        let mut batch = sled::Batch::default();
+        let mut rest = data;
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed snapshot data");
+        let take = |rest: &mut &[u8]| -> io::Result<Vec<u8>> {
+            let len = u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
+            let v = rest.get(4..4 + len).ok_or_else(bad)?.to_vec();
+            *rest = &rest[4 + len..];
+            Ok(v)
+        };
+        while !rest.is_empty() {
+            let k = take(&mut rest)?;
+            let v = take(&mut rest)?;
+            batch.insert(k, v);
+        }
+        fresh.apply_batch(batch).map_err(io_err)?;
+        match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
+            Some(v) if v == ks::FORMAT_VERSION => {}
+            v => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("snapshot format version {v:?}")));
+            }
+        }
+        self.db.flush().map_err(io_err)?;
+        meta_tree.insert(ACTIVE_TREE, name.as_bytes()).map_err(io_err)?;
+        self.db.flush().map_err(io_err)?;
+        *self.reader.tree.write().expect("state tree lock") = fresh.clone();
+        if !current.is_empty() {
+            self.db.drop_tree(&current).map_err(io_err)?;
+        }
+        self.last_applied = read_meta::<Option<LogId>>(&fresh, ks::META_LAST_APPLIED)?.flatten();
+        self.membership = read_meta(&fresh, ks::META_MEMBERSHIP)?.unwrap_or_default();
+        self.audit_seq_next = read_meta(&fresh, ks::META_AUDIT_SEQ_NEXT)?.unwrap_or(0);
+        Ok(())
+    }
+}
+
+fn ledger_ctx(log_index: u64, audit_seq_next: u64) -> ledger::ApplyCtx {
+    ledger::ApplyCtx { log_index, audit_seq_next }
+}
+
+/// A snapshot captured while apply was paused, written out by the builder.
+pub struct SnapshotBuilder {
+    sm: StateMachine,
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // The state up to the snapshot must be durable before openraft may
+        // purge the log behind it.
+        let db = self.sm.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await.map_err(io_err)?.map_err(io_err)?;
+        self.sm.write_snapshot_file(&self.meta, &self.data)?;
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: std::mem::take(&mut self.data) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.last_applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + OptionalSend {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = self.apply_one(entry)?;
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Called on the state machine task, so no entry is applied while the
+        // state is copied: the copy is exactly the state at last_applied.
+        let data = self.dump().expect("state machine tree readable");
+        let meta = SnapshotMeta { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() };
+        SnapshotBuilder { sm: self.clone(), meta, data }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        self.load(&snapshot)?;
+        if self.last_applied != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot data applied up to {:?}, meta says {:?}", self.last_applied, meta.last_log_id),
+            ));
+        }
+        self.write_snapshot_file(meta, &snapshot)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        self.read_snapshot_file()
+    }
+}
+
+impl StateReader {
+    /// Whether any active grant has expired by `now_ms` (the sweep has work).
+    pub fn has_expired(&self, now_ms: i64) -> io::Result<bool> {
+        Ok(self.tree().range(vec![ks::EXPIRY]..ks::expiry_upto(now_ms)).next().transpose().map_err(io_err)?.is_some())
+    }
+
+    /// Whether any dedupe record is older than `before_ms`.
+    pub fn has_old_dedupe(&self, before_ms: i64) -> io::Result<bool> {
+        let end = ks::dedupe_by_time(before_ms, "");
+        Ok(self.tree().range(vec![ks::DEDUPE_BY_TIME]..end).next().transpose().map_err(io_err)?.is_some())
+    }
+}
