@@ -1,0 +1,275 @@
+//! Test harness: real `grantd` processes on loopback ports, real sled on
+//! disk under a temporary directory, stopped by PID when the test ends.
+//!
+//! Binaries come from the workspace target directory (`cargo build --bins`
+//! first; the test script does) or from `GRANTD_BIN`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use grant_client::v1 as pb;
+use grant_client::{Client, Options};
+
+pub use grant_client;
+pub use grant_proto;
+
+/// Upper bound for any wait on observable state in a test.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+pub fn grantd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GRANTD_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/grantd
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("grantd");
+    assert!(bin.exists(), "{} not built: run `cargo build --bins` first", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    pub fn member(&self) -> pb::Node {
+        pb::Node { id: self.id, raft_addr: self.raft_addr.clone(), api_addr: self.api_addr.clone() }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Start `n` nodes, initialise them as voters, wait for a leader.
+    pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    pub async fn start_with(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster { nodes: Vec::new(), extra_args: extra.iter().map(|s| s.to_string()).collect(), dir };
+        for id in 1..=n {
+            c.add_node_proc(id);
+        }
+        let client = c.client();
+        let members: Vec<pb::Node> = c.nodes.iter().map(|n| n.member()).collect();
+        wait_for("node 1 to answer", || async { client.status_of(&c.nodes[0].api_addr).await.is_ok() }).await;
+        client.initialize(&c.nodes[0].api_addr, members).await.expect("initialize");
+        c.wait_leader().await;
+        c
+    }
+
+    /// Create and spawn a node process with a fresh data directory.
+    pub fn add_node_proc(&mut self, id: u64) -> &NodeProc {
+        let node = NodeProc {
+            id,
+            api_addr: format!("127.0.0.1:{}", free_port()),
+            raft_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            child: None,
+        };
+        self.nodes.push(node);
+        self.spawn(id);
+        self.node(id)
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    /// Start (or restart) node `id` on its address and data directory.
+    pub fn spawn(&mut self, id: u64) {
+        let extra = self.extra_args.clone();
+        let log_path = self.dir.path().join(format!("node{id}.log"));
+        let n = self.node_mut(id);
+        assert!(n.child.is_none(), "node {id} already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let child = Command::new(grantd_bin())
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args(["--api-addr", &n.api_addr, "--raft-addr", &n.raft_addr])
+            .args(["--heartbeat-interval-ms", "50", "--election-timeout-min-ms", "300", "--election-timeout-max-ms", "600"])
+            .args(["--peer-rpc-timeout-ms", "1000", "--log", "info"])
+            .args(&extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn grantd");
+        n.child = Some(child);
+    }
+
+    /// kill -9 node `id`.
+    pub fn kill(&mut self, id: u64) {
+        let n = self.node_mut(id);
+        if let Some(mut c) = n.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM node `id` and wait for it to exit; returns whether it exited 0.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        let n = self.node_mut(id);
+        let Some(mut c) = n.child.take() else { return true };
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                c.kill().ok();
+                c.wait().ok();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Delete node `id`'s data directory (the node must be stopped).
+    pub fn wipe(&mut self, id: u64) {
+        let n = self.node(id);
+        assert!(n.child.is_none(), "stop node {id} before wiping it");
+        std::fs::remove_dir_all(&n.data_dir).ok();
+    }
+
+    /// A client that knows every node.
+    pub fn client(&self) -> Client {
+        Client::new(self.nodes.iter().map(|n| n.api_addr.clone()).collect(), Options::default()).unwrap()
+    }
+
+    /// A client bound to one node that does not follow the leader.
+    pub fn node_client(&self, id: u64) -> Client {
+        let opts = Options { attempts_max: 1, ..Options::default() };
+        Client::new(vec![self.node(id).api_addr.clone()], opts).unwrap()
+    }
+
+    pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
+        self.client().status_of(&self.node(id).api_addr).await.ok()
+    }
+
+    /// Wait until a running node reports itself leader and a quorum agrees.
+    pub async fn wait_leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            for n in &self.nodes {
+                if n.child.is_none() {
+                    continue;
+                }
+                if let Some(s) = self.status(n.id).await {
+                    if s.role == "leader" && s.has_leader && s.leader_id == n.id && s.applied_index > 0 {
+                        return n.id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT_MAX:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every running node has applied the same index, then return
+    /// their (node id, state digest, index).
+    pub async fn converged_digests(&self) -> Vec<(u64, String, u64)> {
+        let client = self.client();
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let mut out = Vec::new();
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Ok(s) = client.status_with(&n.api_addr, true).await {
+                    out.push((n.id, s.state_digest, s.state_digest_index));
+                }
+            }
+            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            if out.len() == running && out.iter().all(|d| d.2 == out[0].2 && d.2 > 0) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "nodes did not converge: {out:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                c.kill().ok();
+                c.wait().ok();
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the node logs of a failed test where a person can read them.
+            let keep = std::env::temp_dir().join(format!("grant-ledger-failed-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for n in &self.nodes {
+                let log = self.dir.path().join(format!("node{}.log", n.id));
+                let _ = std::fs::copy(&log, keep.join(format!("node{}.log", n.id)));
+            }
+            eprintln!("node logs kept in {}", keep.display());
+        }
+    }
+}
+
+/// Send a signal to a process we started, by PID.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill(1)");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// Poll `f` until it returns true, at most WAIT_MAX.
+pub async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT_MAX;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub const AGENT: &str = "spiffe://example.org/agent/planner";
+
+pub fn issue_req(task: &str, ttl_seconds: u64) -> pb::IssueRequest {
+    pb::IssueRequest {
+        request_id: String::new(),
+        subject: AGENT.into(),
+        task_id: task.into(),
+        scopes: vec![pb::Scope { resource: "github".into(), actions: vec!["read".into(), "comment".into()] }],
+        intent: "triage issue 42".into(),
+        ttl_seconds,
+    }
+}
+
+pub fn check_req(token: &str) -> pb::CheckRequest {
+    pb::CheckRequest { token: token.into(), identity: AGENT.into(), resource: "github".into(), action: "read".into() }
+}
+
+pub fn reason(r: &pb::CheckResponse) -> pb::Reason {
+    pb::Reason::try_from(r.reason).unwrap()
+}

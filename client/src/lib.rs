@@ -1,0 +1,263 @@
+//! grant-ledger's Rust client: follows the leader and retries safely.
+//!
+//! Every write carries a request id (generated when the caller gives none),
+//! so a retry after a lost answer never creates a second grant; revoke and
+//! complete-task are idempotent. A follower answers writes with the
+//! leader's address in `x-grant-leader-addr`; the client goes there. A node
+//! that does not answer is skipped for the next endpoint. Retries are bounded
+//! by `Options::attempts_max` with a capped backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use grant_proto::v1 as pb;
+use grant_proto::v1::cluster_client::ClusterClient;
+use grant_proto::v1::grants_client::GrantsClient;
+use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use grant_proto::v1;
+
+/// Tuning of the client's retries and timeouts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Attempts per call, across leader changes and unreachable nodes.
+    pub attempts_max: u32,
+    /// First backoff between attempts; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            attempts_max: 30,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("bad endpoint {0:?}: {1}")]
+    BadEndpoint(String, String),
+    #[error("{} ({}): {}", .0.code(), error_code(.0).unwrap_or("-"), .0.message())]
+    Status(Status),
+}
+
+impl ClientError {
+    /// The server's stable error code (`x-grant-error`), if any.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Status(s) => error_code(s),
+            _ => None,
+        }
+    }
+    pub fn grpc_code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+pub fn error_code(s: &Status) -> Option<&str> {
+    s.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok())
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    options: Options,
+    /// Where the last successful call went: the leader, most likely.
+    preferred: Mutex<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// A new random request id (128 bits, hex).
+pub fn new_request_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<String>, options: Options) -> Result<Client, ClientError> {
+        let first = endpoints.first().cloned().ok_or(ClientError::NoEndpoints)?;
+        let c = Client { endpoints, options, preferred: Mutex::new(first), channels: Mutex::new(HashMap::new()) };
+        for e in &c.endpoints {
+            c.channel(e)?;
+        }
+        Ok(c)
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut m = self.channels.lock().expect("channel cache lock");
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let c = Endpoint::from_shared(url)
+            .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?
+            .connect_timeout(self.options.connect_timeout)
+            .timeout(self.options.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        m.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Run `f` against the preferred node, following leader hints and moving
+    /// on from unreachable nodes, at most `attempts_max` times.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = self.options.backoff_initial;
+        let mut addr = self.preferred.lock().expect("lock").clone();
+        let mut last = None;
+        for attempt in 0..self.options.attempts_max {
+            let ch = self.channel(&addr)?;
+            match f(ch).await {
+                Ok(v) => {
+                    *self.preferred.lock().expect("lock") = addr;
+                    return Ok(v);
+                }
+                Err(s) if retryable(&s) => {
+                    let hint = s.metadata().get(LEADER_ADDR_KEY).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    match hint {
+                        // Go straight to the leader the follower named.
+                        Some(h) if h != addr => addr = h,
+                        _ => {
+                            let i = self.endpoints.iter().position(|e| *e == addr).map(|i| i + 1).unwrap_or(attempt as usize);
+                            addr = self.endpoints[i % self.endpoints.len()].clone();
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(self.options.backoff_max);
+                        }
+                    }
+                    last = Some(s);
+                }
+                Err(s) => return Err(ClientError::Status(s)),
+            }
+        }
+        Err(ClientError::Status(last.unwrap_or_else(|| Status::unavailable("no attempt made"))))
+    }
+
+    /// Call one specific node, without leader following (status of each node).
+    pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        self.status_with(addr, false).await
+    }
+
+    /// Status of one node, with its state digest when `digest` is set.
+    pub async fn status_with(&self, addr: &str, digest: bool) -> Result<pb::StatusResponse, ClientError> {
+        let ch = self.channel(addr)?;
+        ClusterClient::new(ch).status(pb::StatusRequest { include_state_digest: digest }).await.map(|r| r.into_inner()).map_err(ClientError::Status)
+    }
+
+    /// Issue a grant. An empty request id is replaced by a fresh one, which
+    /// all retries of this call reuse.
+    pub async fn issue(&self, mut req: pb::IssueRequest) -> Result<pb::IssueResponse, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        self.call(|ch| {
+            let req = req.clone();
+            async move { GrantsClient::new(ch).issue(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn check(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { GrantsClient::new(ch).check(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn revoke(&self, mut req: pb::RevokeRequest) -> Result<pb::RevokeResponse, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        self.call(|ch| {
+            let req = req.clone();
+            async move { GrantsClient::new(ch).revoke(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn complete_task(&self, mut req: pb::CompleteTaskRequest) -> Result<pb::CompleteTaskResponse, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        self.call(|ch| {
+            let req = req.clone();
+            async move { GrantsClient::new(ch).complete_task(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { GrantsClient::new(ch).get(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { GrantsClient::new(ch).list(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn initialize(&self, addr: &str, members: Vec<pb::Node>) -> Result<(), ClientError> {
+        let ch = self.channel(addr)?;
+        ClusterClient::new(ch)
+            .initialize(pb::InitializeRequest { members })
+            .await
+            .map(|_| ())
+            .map_err(ClientError::Status)
+    }
+
+    pub async fn add_learner(&self, node: pb::Node) -> Result<pb::MembershipResponse, ClientError> {
+        self.call(|ch| {
+            let node = node.clone();
+            async move { ClusterClient::new(ch).add_learner(pb::AddLearnerRequest { node: Some(node) }).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn change_membership(&self, voters: Vec<u64>, retain: bool) -> Result<pb::MembershipResponse, ClientError> {
+        self.call(|ch| {
+            let req = pb::ChangeMembershipRequest { voters: voters.clone(), retain };
+            async move { ClusterClient::new(ch).change_membership(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+}
+
+/// Worth another attempt elsewhere or later: the node is not the leader, has
+/// no quorum, or cannot be reached. Every call is safe to retry: writes carry
+/// request ids or are idempotent.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+        && error_code(s) != Some("resource_exhausted")
+}

@@ -1,1 +1,290 @@
-fn main(){}
+//! grantctl: issue, check and revoke grants, and administer a cluster.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use grant_client::v1 as pb;
+use grant_client::{Client, Options};
+
+#[derive(Parser)]
+#[command(name = "grantctl", version, about = "Command line for grant-ledger")]
+struct Cli {
+    /// Public API addresses of the cluster's nodes (host:port), comma-separated.
+    #[arg(long, env = "GRANTCTL_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103")]
+    endpoints: Vec<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Issue a grant; prints the grant and its token (shown once).
+    Issue {
+        /// Workload identity the grant is bound to (spiffe://trust-domain/path).
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        task: String,
+        /// RESOURCE=ACTION[,ACTION...]; repeat for several resources.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "")]
+        intent: String,
+        /// Seconds until expiry; 0 takes the server's default.
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        /// Reuse to retry safely; generated when absent.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Check a token; exit status 0 on allow, 1 on deny.
+    Check {
+        #[arg(long)]
+        token: String,
+        /// Identity presenting the token.
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        resource: String,
+        #[arg(long)]
+        action: String,
+    },
+    /// Revoke one grant.
+    Revoke {
+        grant_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Complete a task: revoke all its grants, refuse new ones.
+    CompleteTask { task: String },
+    /// Show one grant.
+    Get {
+        grant_id: String,
+        /// Read this node's state without confirming leadership (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List the grants of a task or of a subject (all pages).
+    List {
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        task: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Initialise a new cluster on the first endpoint.
+    Init {
+        /// ID=RAFT_ADDR,API_ADDR; repeat for each initial voter.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+    },
+    /// Add a node as a learner (returns when it has caught up).
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        api_addr: String,
+    },
+    /// Set the voters (each must already be a member).
+    ChangeMembership {
+        voters: Vec<u64>,
+        /// Keep removed voters as learners.
+        #[arg(long)]
+        retain: bool,
+    },
+    /// Status of every endpoint.
+    Status,
+}
+
+fn parse_scope(s: &str) -> Result<pb::Scope, String> {
+    let (res, acts) = s.split_once('=').ok_or_else(|| format!("scope {s:?} is not RESOURCE=ACTION[,ACTION...]"))?;
+    Ok(pb::Scope { resource: res.to_string(), actions: acts.split(',').map(str::to_string).collect() })
+}
+
+fn parse_member(s: &str) -> Result<pb::Node, String> {
+    let bad = || format!("member {s:?} is not ID=RAFT_ADDR,API_ADDR");
+    let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
+    let (raft, api) = addrs.split_once(',').ok_or_else(bad)?;
+    Ok(pb::Node { id: id.parse().map_err(|_| bad())?, raft_addr: raft.into(), api_addr: api.into() })
+}
+
+fn state_name(s: i32) -> &'static str {
+    pb::GrantState::try_from(s).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")
+}
+
+fn print_grant(g: &pb::Grant) {
+    println!("grant_id: {}", g.grant_id);
+    println!("subject: {}", g.subject);
+    println!("task: {}", g.task_id);
+    for s in &g.scopes {
+        println!("scope: {}={}", s.resource, s.actions.join(","));
+    }
+    println!("intent: {}", g.intent);
+    println!("state: {}", state_name(g.state));
+    println!("issued_at_ms: {}", g.issued_at_ms);
+    println!("expires_at_ms: {}", g.expires_at_ms);
+    if g.revoked_at_ms != 0 {
+        println!("revoked_at_ms: {}", g.revoked_at_ms);
+        println!("revoke_reason: {}", g.revoke_reason);
+    }
+}
+
+fn print_receipt(r: &Option<pb::Receipt>) {
+    if let Some(r) = r {
+        println!("log_index: {}", r.log_index);
+        println!("audit_seq: {}", r.audit_seq);
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let client = Client::new(cli.endpoints.clone(), Options::default()).map_err(|e| e.to_string())?;
+    let e = |e: grant_client::ClientError| e.to_string();
+    match cli.cmd {
+        Cmd::Issue { subject, task, scopes, intent, ttl, request_id } => {
+            let scopes = scopes.iter().map(|s| parse_scope(s)).collect::<Result<Vec<_>, _>>()?;
+            let r = client
+                .issue(pb::IssueRequest { request_id, subject, task_id: task, scopes, intent, ttl_seconds: ttl })
+                .await
+                .map_err(e)?;
+            if let Some(g) = &r.grant {
+                print_grant(g);
+            }
+            if r.replayed {
+                println!("replayed: true (the token was handed out by the first attempt)");
+            } else {
+                println!("token: {}", r.token);
+            }
+            print_receipt(&r.receipt);
+        }
+        Cmd::Check { token, identity, resource, action } => {
+            let r = client.check(pb::CheckRequest { token, identity, resource, action }).await.map_err(e)?;
+            let decision = pb::Decision::try_from(r.decision).unwrap_or(pb::Decision::Unspecified);
+            let reason = pb::Reason::try_from(r.reason).unwrap_or(pb::Reason::Unspecified);
+            println!("decision: {}", decision.as_str_name());
+            println!("reason: {}", reason.as_str_name());
+            println!("grant_id: {}", r.grant_id);
+            print_receipt(&r.receipt);
+            if decision != pb::Decision::Allow {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Revoke { grant_id, reason } => {
+            let r = client.revoke(pb::RevokeRequest { request_id: String::new(), grant_id, reason }).await.map_err(e)?;
+            if let Some(g) = &r.grant {
+                print_grant(g);
+            }
+            println!("already_inactive: {}", r.already_inactive);
+            print_receipt(&r.receipt);
+        }
+        Cmd::CompleteTask { task } => {
+            let r = client.complete_task(pb::CompleteTaskRequest { request_id: String::new(), task_id: task }).await.map_err(e)?;
+            for id in &r.revoked_grant_ids {
+                println!("revoked: {id}");
+            }
+            println!("already_completed: {}", r.already_completed);
+            print_receipt(&r.receipt);
+        }
+        Cmd::Get { grant_id, stale } => {
+            let r = client.get(pb::GetRequest { grant_id, allow_stale: stale }).await.map_err(e)?;
+            if let Some(g) = &r.grant {
+                print_grant(g);
+            }
+            println!("applied_index: {}", r.applied_index);
+        }
+        Cmd::List { task, subject, stale } => {
+            let by = match (task, subject) {
+                (Some(t), _) => pb::list_request::By::TaskId(t),
+                (None, Some(s)) => pb::list_request::By::Subject(s),
+                (None, None) => return Err("name --task or --subject".into()),
+            };
+            let mut page_token = String::new();
+            loop {
+                let r = client
+                    .list(pb::ListRequest { by: Some(by.clone()), page_size: 0, page_token, allow_stale: stale })
+                    .await
+                    .map_err(e)?;
+                for g in &r.grants {
+                    println!("{} {} {} {}", g.grant_id, state_name(g.state), g.task_id, g.subject);
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+        }
+        Cmd::Cluster(c) => match c {
+            ClusterCmd::Init { members } => {
+                let members = members.iter().map(|m| parse_member(m)).collect::<Result<Vec<_>, _>>()?;
+                client.initialize(&cli.endpoints[0], members).await.map_err(e)?;
+                println!("initialized");
+            }
+            ClusterCmd::AddLearner { id, raft_addr, api_addr } => {
+                let r = client.add_learner(pb::Node { id, raft_addr, api_addr }).await.map_err(e)?;
+                print_membership(&r);
+            }
+            ClusterCmd::ChangeMembership { voters, retain } => {
+                let r = client.change_membership(voters, retain).await.map_err(e)?;
+                print_membership(&r);
+            }
+            ClusterCmd::Status => {
+                let mut failed = false;
+                for addr in client.endpoints() {
+                    match client.status_of(addr).await {
+                        Ok(s) => println!(
+                            "{addr} node={} role={} leader={} term={} last_log={} applied={} snapshot={} voters={:?} learners={:?}",
+                            s.node_id,
+                            s.role,
+                            if s.has_leader { s.leader_id.to_string() } else { "none".into() },
+                            s.term,
+                            s.last_log_index,
+                            s.applied_index,
+                            s.snapshot_index,
+                            s.voters.iter().map(|n| n.id).collect::<Vec<_>>(),
+                            s.learners.iter().map(|n| n.id).collect::<Vec<_>>(),
+                        ),
+                        Err(err) => {
+                            failed = true;
+                            println!("{addr} unreachable: {err}");
+                        }
+                    }
+                }
+                if failed {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_membership(r: &pb::MembershipResponse) {
+    println!("log_index: {}", r.log_index);
+    for n in &r.voters {
+        println!("voter: {} raft={} api={}", n.id, n.raft_addr, n.api_addr);
+    }
+    for n in &r.learners {
+        println!("learner: {} raft={} api={}", n.id, n.raft_addr, n.api_addr);
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("grantctl: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -105,7 +105,20 @@ impl Cluster for ClusterService {
         Ok(Response::new(self.membership_response(resp.log_id.index)))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let (state_digest_index, state_digest) = if req.into_inner().include_state_digest {
+            // Runs on the state machine task: no entry is applied mid-scan.
+            let d = self
+                .ctx
+                .raft
+                .with_state_machine(|sm| Box::pin(async move { sm.digest() }))
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?
+                .map_err(ApiError::from)?;
+            (d.0, d.1)
+        } else {
+            (0, String::new())
+        };
         let m = self.ctx.raft.metrics().borrow_watched().clone();
         let (voters, learners) = members_of(&m.membership_config);
         let role = match m.state {
@@ -130,6 +143,8 @@ impl Cluster for ClusterService {
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
             initialized: !voters.is_empty(),
+            state_digest,
+            state_digest_index,
             voters,
             learners,
         }))

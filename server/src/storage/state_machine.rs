@@ -207,6 +207,21 @@ impl StateMachine {
         })
     }
 
+    /// SHA-256 over every key and value of the state, with the index it
+    /// reflects. Replicas at the same index must agree (invariant 3).
+    pub fn digest(&self) -> io::Result<(u64, String)> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for kv in self.reader.tree().iter() {
+            let (k, v) = kv.map_err(io_err)?;
+            h.update((k.len() as u64).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(&v);
+        }
+        Ok((self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), hex::encode(h.finalize())))
+    }
+
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
     }
