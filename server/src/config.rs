@@ -65,6 +65,10 @@ pub struct Args {
     /// How often the leader commits a sweep of expired grants [default: 1000].
     #[arg(long, env = "GRANTD_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
+    /// Let a follower whose disk was wiped rejoin (its log reverts to empty
+    /// and it is sent a snapshot) instead of stopping the leader [default: true].
+    #[arg(long, env = "GRANTD_ALLOW_LOG_REVERSION")]
+    pub allow_log_reversion: Option<bool>,
     /// Log filter in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "GRANTD_LOG")]
     pub log: Option<String>,
@@ -88,6 +92,7 @@ struct FileConfig {
     ttl_seconds_max: Option<u64>,
     check_batch_max: Option<usize>,
     sweep_interval_ms: Option<u64>,
+    allow_log_reversion: Option<bool>,
     log: Option<String>,
 }
 
@@ -108,6 +113,7 @@ pub struct Config {
     pub ttl_seconds_max: u64,
     pub check_batch_max: usize,
     pub sweep_interval_ms: u64,
+    pub allow_log_reversion: bool,
     pub log: String,
 }
 
@@ -163,6 +169,7 @@ impl Config {
             ttl_seconds_max: pick!(ttl_seconds_max, 3600),
             check_batch_max: pick!(check_batch_max, 256),
             sweep_interval_ms: pick!(sweep_interval_ms, 1000),
+            allow_log_reversion: pick!(allow_log_reversion, true),
             log: pick!(log, "info".to_string()),
         };
         c.validate()?;

@@ -35,6 +35,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
         purge_batch_size: 256,
+        // Without it, openraft stops a leader that sees a follower's log go
+        // back (a wiped disk). docs/operations.md has the trade-off.
+        allow_log_reversion: Some(config.allow_log_reversion),
         ..Default::default()
     }
     .validate()?;
