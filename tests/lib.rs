@@ -5,7 +5,7 @@
 //! first; the test script does) or from `GRANTD_BIN`.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,16 +22,32 @@ pub fn grantd_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GRANTD_BIN") {
         return p.into();
     }
-    // target/<profile>/deps/<test binary> -> target/<profile>/grantd
+    // Beside a binary (target/<profile>/loadgen) or one level up from a
+    // test binary (target/<profile>/deps/t10-...).
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("grantd");
-    assert!(bin.exists(), "{} not built: run `cargo build --bins` first", bin.display());
-    bin
+    let here = exe.parent().expect("exe dir");
+    let candidates = [
+        here.join("grantd"),
+        here.parent().map(|p| p.join("grantd")).unwrap_or_default(),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "grantd not built next to {}: run `cargo build --bins` first",
+                exe.display()
+            )
+        })
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct NodeProc {
@@ -47,7 +63,11 @@ impl NodeProc {
         self.child.as_ref().map(|c| c.id())
     }
     pub fn member(&self) -> pb::Node {
-        pb::Node { id: self.id, raft_addr: self.raft_addr.clone(), api_addr: self.api_addr.clone() }
+        pb::Node {
+            id: self.id,
+            raft_addr: self.raft_addr.clone(),
+            api_addr: self.api_addr.clone(),
+        }
     }
 }
 
@@ -65,14 +85,24 @@ impl Cluster {
 
     pub async fn start_with(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Cluster { nodes: Vec::new(), extra_args: extra.iter().map(|s| s.to_string()).collect(), dir };
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
         for id in 1..=n {
             c.add_node_proc(id);
         }
         let client = c.client();
         let members: Vec<pb::Node> = c.nodes.iter().map(|n| n.member()).collect();
-        wait_for("node 1 to answer", || async { client.status_of(&c.nodes[0].api_addr).await.is_ok() }).await;
-        client.initialize(&c.nodes[0].api_addr, members).await.expect("initialize");
+        wait_for("node 1 to answer", || async {
+            client.status_of(&c.nodes[0].api_addr).await.is_ok()
+        })
+        .await;
+        client
+            .initialize(&c.nodes[0].api_addr, members)
+            .await
+            .expect("initialize");
         c.wait_leader().await;
         c
     }
@@ -105,13 +135,24 @@ impl Cluster {
         let log_path = self.dir.path().join(format!("node{id}.log"));
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(grantd_bin())
             .args(["--node-id", &id.to_string()])
             .arg("--data-dir")
             .arg(&n.data_dir)
             .args(["--api-addr", &n.api_addr, "--raft-addr", &n.raft_addr])
-            .args(["--heartbeat-interval-ms", "50", "--election-timeout-min-ms", "300", "--election-timeout-max-ms", "600"])
+            .args([
+                "--heartbeat-interval-ms",
+                "50",
+                "--election-timeout-min-ms",
+                "300",
+                "--election-timeout-max-ms",
+                "600",
+            ])
             .args(["--peer-rpc-timeout-ms", "1000", "--log", "info"])
             .args(&extra)
             .stdin(Stdio::null())
@@ -134,7 +175,9 @@ impl Cluster {
     /// SIGTERM node `id` and wait for it to exit; returns whether it exited 0.
     pub fn terminate(&mut self, id: u64) -> bool {
         let n = self.node_mut(id);
-        let Some(mut c) = n.child.take() else { return true };
+        let Some(mut c) = n.child.take() else {
+            return true;
+        };
         signal(c.id(), "TERM");
         let deadline = Instant::now() + WAIT_MAX;
         loop {
@@ -159,12 +202,19 @@ impl Cluster {
 
     /// A client that knows every node.
     pub fn client(&self) -> Client {
-        Client::new(self.nodes.iter().map(|n| n.api_addr.clone()).collect(), Options::default()).unwrap()
+        Client::new(
+            self.nodes.iter().map(|n| n.api_addr.clone()).collect(),
+            Options::default(),
+        )
+        .unwrap()
     }
 
     /// A client bound to one node that does not follow the leader.
     pub fn node_client(&self, id: u64) -> Client {
-        let opts = Options { attempts_max: 1, ..Options::default() };
+        let opts = Options {
+            attempts_max: 1,
+            ..Options::default()
+        };
         Client::new(vec![self.node(id).api_addr.clone()], opts).unwrap()
     }
 
@@ -181,7 +231,11 @@ impl Cluster {
                     continue;
                 }
                 if let Some(s) = self.status(n.id).await {
-                    if s.role == "leader" && s.has_leader && s.leader_id == n.id && s.applied_index > 0 {
+                    if s.role == "leader"
+                        && s.has_leader
+                        && s.leader_id == n.id
+                        && s.applied_index > 0
+                    {
                         return n.id;
                     }
                 }
@@ -223,7 +277,8 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             // Keep the node logs of a failed test where a person can read them.
-            let keep = std::env::temp_dir().join(format!("grant-ledger-failed-{}", std::process::id()));
+            let keep =
+                std::env::temp_dir().join(format!("grant-ledger-failed-{}", std::process::id()));
             let _ = std::fs::create_dir_all(&keep);
             for n in &self.nodes {
                 let log = self.dir.path().join(format!("node{}.log", n.id));
@@ -236,7 +291,10 @@ impl Drop for Cluster {
 
 /// Send a signal to a process we started, by PID.
 pub fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill(1)");
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
     assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
@@ -260,14 +318,22 @@ pub fn issue_req(task: &str, ttl_seconds: u64) -> pb::IssueRequest {
         request_id: String::new(),
         subject: AGENT.into(),
         task_id: task.into(),
-        scopes: vec![pb::Scope { resource: "github".into(), actions: vec!["read".into(), "comment".into()] }],
+        scopes: vec![pb::Scope {
+            resource: "github".into(),
+            actions: vec!["read".into(), "comment".into()],
+        }],
         intent: "triage issue 42".into(),
         ttl_seconds,
     }
 }
 
 pub fn check_req(token: &str) -> pb::CheckRequest {
-    pb::CheckRequest { token: token.into(), identity: AGENT.into(), resource: "github".into(), action: "read".into() }
+    pb::CheckRequest {
+        token: token.into(),
+        identity: AGENT.into(),
+        resource: "github".into(),
+        action: "read".into(),
+    }
 }
 
 pub fn reason(r: &pb::CheckResponse) -> pb::Reason {

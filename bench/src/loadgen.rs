@@ -1,1 +1,139 @@
-fn main(){}
+//! Load generator: starts a local three-node cluster (real grantd processes,
+//! release build recommended), runs N concurrent clients of one operation
+//! for a fixed time, and prints ops/s with p50 and p99 latency.
+//!
+//!   cargo build --release --bins
+//!   target/release/loadgen --clients 1,16,64 --seconds 10
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use grant_tests::grant_client::v1 as pb;
+use grant_tests::{check_req, issue_req, Cluster};
+
+#[derive(Parser)]
+#[command(about = "grant-ledger load generator")]
+struct Args {
+    /// Client counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Operations: issue, check, revoke.
+    #[arg(long, value_delimiter = ',', default_value = "issue,check,revoke")]
+    ops: Vec<String>,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(c: &Cluster, op: &str, clients: usize, secs: u64) -> (usize, usize, Vec<Duration>) {
+    // Revoke and check need grants to work on: issue them before the clock starts.
+    let per_client = if op == "issue" {
+        0
+    } else {
+        (8000 / clients).max(200)
+    };
+    let client = Arc::new(c.client());
+    let mut pools = Vec::new();
+    for w in 0..clients {
+        let mut pool = Vec::new();
+        let n = if op == "check" { 50 } else { per_client };
+        for i in 0..n {
+            let r = client
+                .issue(issue_req(&format!("bench-{op}-{clients}-{w}-{i}"), 3600))
+                .await
+                .unwrap();
+            pool.push((r.grant.unwrap().grant_id, r.token));
+        }
+        pools.push(pool);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (w, pool) in pools.into_iter().enumerate() {
+        let (client, stop, op) = (client.clone(), stop.clone(), op.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = match op.as_str() {
+                    "issue" => client
+                        .issue(issue_req(&format!("bench-w{w}"), 3600))
+                        .await
+                        .is_ok(),
+                    "check" => client
+                        .check(check_req(&pool[i % pool.len()].1))
+                        .await
+                        .is_ok(),
+                    "revoke" => {
+                        if i >= pool.len() {
+                            break;
+                        }
+                        client
+                            .revoke(pb::RevokeRequest {
+                                request_id: String::new(),
+                                grant_id: pool[i].0.clone(),
+                                reason: String::new(),
+                            })
+                            .await
+                            .is_ok()
+                    }
+                    other => panic!("unknown op {other}"),
+                };
+                i += 1;
+                if ok {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let _ = start;
+    all.sort();
+    (all.len(), errors, all)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let c = Cluster::start(3).await;
+    println!(
+        "{:<8} {:>8} {:>10} {:>10} {:>10} {:>8}",
+        "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
+    );
+    for op in &args.ops {
+        for &n in &args.clients {
+            let (count, errors, lat) = run(&c, op, n, args.seconds).await;
+            println!(
+                "{:<8} {:>8} {:>10.0} {:>10.2} {:>10.2} {:>8}",
+                op,
+                n,
+                count as f64 / args.seconds as f64,
+                pct(&lat, 0.50).as_secs_f64() * 1000.0,
+                pct(&lat, 0.99).as_secs_f64() * 1000.0,
+                errors
+            );
+        }
+    }
+}

@@ -72,7 +72,9 @@ impl ClientError {
 }
 
 pub fn error_code(s: &Status) -> Option<&str> {
-    s.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok())
+    s.metadata()
+        .get(ERROR_CODE_KEY)
+        .and_then(|v| v.to_str().ok())
 }
 
 pub struct Client {
@@ -94,7 +96,12 @@ pub fn new_request_id() -> String {
 impl Client {
     pub fn new(endpoints: Vec<String>, options: Options) -> Result<Client, ClientError> {
         let first = endpoints.first().cloned().ok_or(ClientError::NoEndpoints)?;
-        let c = Client { endpoints, options, preferred: Mutex::new(first), channels: Mutex::new(HashMap::new()) };
+        let c = Client {
+            endpoints,
+            options,
+            preferred: Mutex::new(first),
+            channels: Mutex::new(HashMap::new()),
+        };
         for e in &c.endpoints {
             c.channel(e)?;
         }
@@ -110,7 +117,11 @@ impl Client {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
         let c = Endpoint::from_shared(url)
             .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?
             .connect_timeout(self.options.connect_timeout)
@@ -139,12 +150,21 @@ impl Client {
                     return Ok(v);
                 }
                 Err(s) if retryable(&s) => {
-                    let hint = s.metadata().get(LEADER_ADDR_KEY).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let hint = s
+                        .metadata()
+                        .get(LEADER_ADDR_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     match hint {
                         // Go straight to the leader the follower named.
                         Some(h) if h != addr => addr = h,
                         _ => {
-                            let i = self.endpoints.iter().position(|e| *e == addr).map(|i| i + 1).unwrap_or(attempt as usize);
+                            let i = self
+                                .endpoints
+                                .iter()
+                                .position(|e| *e == addr)
+                                .map(|i| i + 1)
+                                .unwrap_or(attempt as usize);
                             addr = self.endpoints[i % self.endpoints.len()].clone();
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(self.options.backoff_max);
@@ -155,7 +175,9 @@ impl Client {
                 Err(s) => return Err(ClientError::Status(s)),
             }
         }
-        Err(ClientError::Status(last.unwrap_or_else(|| Status::unavailable("no attempt made"))))
+        Err(ClientError::Status(
+            last.unwrap_or_else(|| Status::unavailable("no attempt made")),
+        ))
     }
 
     /// Call one specific node, without leader following (status of each node).
@@ -164,9 +186,19 @@ impl Client {
     }
 
     /// Status of one node, with its state digest when `digest` is set.
-    pub async fn status_with(&self, addr: &str, digest: bool) -> Result<pb::StatusResponse, ClientError> {
+    pub async fn status_with(
+        &self,
+        addr: &str,
+        digest: bool,
+    ) -> Result<pb::StatusResponse, ClientError> {
         let ch = self.channel(addr)?;
-        ClusterClient::new(ch).status(pb::StatusRequest { include_state_digest: digest }).await.map(|r| r.into_inner()).map_err(ClientError::Status)
+        ClusterClient::new(ch)
+            .status(pb::StatusRequest {
+                include_state_digest: digest,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Status)
     }
 
     /// Issue a grant. An empty request id is replaced by a fresh one, which
@@ -177,7 +209,12 @@ impl Client {
         }
         self.call(|ch| {
             let req = req.clone();
-            async move { GrantsClient::new(ch).issue(req).await.map(|r| r.into_inner()) }
+            async move {
+                GrantsClient::new(ch)
+                    .issue(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -185,29 +222,50 @@ impl Client {
     pub async fn check(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, ClientError> {
         self.call(|ch| {
             let req = req.clone();
-            async move { GrantsClient::new(ch).check(req).await.map(|r| r.into_inner()) }
+            async move {
+                GrantsClient::new(ch)
+                    .check(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
-    pub async fn revoke(&self, mut req: pb::RevokeRequest) -> Result<pb::RevokeResponse, ClientError> {
+    pub async fn revoke(
+        &self,
+        mut req: pb::RevokeRequest,
+    ) -> Result<pb::RevokeResponse, ClientError> {
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
         self.call(|ch| {
             let req = req.clone();
-            async move { GrantsClient::new(ch).revoke(req).await.map(|r| r.into_inner()) }
+            async move {
+                GrantsClient::new(ch)
+                    .revoke(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
-    pub async fn complete_task(&self, mut req: pb::CompleteTaskRequest) -> Result<pb::CompleteTaskResponse, ClientError> {
+    pub async fn complete_task(
+        &self,
+        mut req: pb::CompleteTaskRequest,
+    ) -> Result<pb::CompleteTaskResponse, ClientError> {
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
         self.call(|ch| {
             let req = req.clone();
-            async move { GrantsClient::new(ch).complete_task(req).await.map(|r| r.into_inner()) }
+            async move {
+                GrantsClient::new(ch)
+                    .complete_task(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -223,7 +281,12 @@ impl Client {
     pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, ClientError> {
         self.call(|ch| {
             let req = req.clone();
-            async move { GrantsClient::new(ch).list(req).await.map(|r| r.into_inner()) }
+            async move {
+                GrantsClient::new(ch)
+                    .list(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -240,15 +303,32 @@ impl Client {
     pub async fn add_learner(&self, node: pb::Node) -> Result<pb::MembershipResponse, ClientError> {
         self.call(|ch| {
             let node = node.clone();
-            async move { ClusterClient::new(ch).add_learner(pb::AddLearnerRequest { node: Some(node) }).await.map(|r| r.into_inner()) }
+            async move {
+                ClusterClient::new(ch)
+                    .add_learner(pb::AddLearnerRequest { node: Some(node) })
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
-    pub async fn change_membership(&self, voters: Vec<u64>, retain: bool) -> Result<pb::MembershipResponse, ClientError> {
+    pub async fn change_membership(
+        &self,
+        voters: Vec<u64>,
+        retain: bool,
+    ) -> Result<pb::MembershipResponse, ClientError> {
         self.call(|ch| {
-            let req = pb::ChangeMembershipRequest { voters: voters.clone(), retain };
-            async move { ClusterClient::new(ch).change_membership(req).await.map(|r| r.into_inner()) }
+            let req = pb::ChangeMembershipRequest {
+                voters: voters.clone(),
+                retain,
+            };
+            async move {
+                ClusterClient::new(ch)
+                    .change_membership(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -258,6 +338,8 @@ impl Client {
 /// no quorum, or cannot be reached. Every call is safe to retry: writes carry
 /// request ids or are idempotent.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
-        && error_code(s) != Some("resource_exhausted")
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    ) && error_code(s) != Some("resource_exhausted")
 }

@@ -10,7 +10,12 @@ use grant_client::{Client, Options};
 #[command(name = "grantctl", version, about = "Command line for grant-ledger")]
 struct Cli {
     /// Public API addresses of the cluster's nodes (host:port), comma-separated.
-    #[arg(long, env = "GRANTCTL_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103")]
+    #[arg(
+        long,
+        env = "GRANTCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+    )]
     endpoints: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -107,19 +112,30 @@ enum ClusterCmd {
 }
 
 fn parse_scope(s: &str) -> Result<pb::Scope, String> {
-    let (res, acts) = s.split_once('=').ok_or_else(|| format!("scope {s:?} is not RESOURCE=ACTION[,ACTION...]"))?;
-    Ok(pb::Scope { resource: res.to_string(), actions: acts.split(',').map(str::to_string).collect() })
+    let (res, acts) = s
+        .split_once('=')
+        .ok_or_else(|| format!("scope {s:?} is not RESOURCE=ACTION[,ACTION...]"))?;
+    Ok(pb::Scope {
+        resource: res.to_string(),
+        actions: acts.split(',').map(str::to_string).collect(),
+    })
 }
 
 fn parse_member(s: &str) -> Result<pb::Node, String> {
     let bad = || format!("member {s:?} is not ID=RAFT_ADDR,API_ADDR");
     let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
     let (raft, api) = addrs.split_once(',').ok_or_else(bad)?;
-    Ok(pb::Node { id: id.parse().map_err(|_| bad())?, raft_addr: raft.into(), api_addr: api.into() })
+    Ok(pb::Node {
+        id: id.parse().map_err(|_| bad())?,
+        raft_addr: raft.into(),
+        api_addr: api.into(),
+    })
 }
 
 fn state_name(s: i32) -> &'static str {
-    pb::GrantState::try_from(s).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")
+    pb::GrantState::try_from(s)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN")
 }
 
 fn print_grant(g: &pb::Grant) {
@@ -147,13 +163,31 @@ fn print_receipt(r: &Option<pb::Receipt>) {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let client = Client::new(cli.endpoints.clone(), Options::default()).map_err(|e| e.to_string())?;
+    let client =
+        Client::new(cli.endpoints.clone(), Options::default()).map_err(|e| e.to_string())?;
     let e = |e: grant_client::ClientError| e.to_string();
     match cli.cmd {
-        Cmd::Issue { subject, task, scopes, intent, ttl, request_id } => {
-            let scopes = scopes.iter().map(|s| parse_scope(s)).collect::<Result<Vec<_>, _>>()?;
+        Cmd::Issue {
+            subject,
+            task,
+            scopes,
+            intent,
+            ttl,
+            request_id,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| parse_scope(s))
+                .collect::<Result<Vec<_>, _>>()?;
             let r = client
-                .issue(pb::IssueRequest { request_id, subject, task_id: task, scopes, intent, ttl_seconds: ttl })
+                .issue(pb::IssueRequest {
+                    request_id,
+                    subject,
+                    task_id: task,
+                    scopes,
+                    intent,
+                    ttl_seconds: ttl,
+                })
                 .await
                 .map_err(e)?;
             if let Some(g) = &r.grant {
@@ -166,8 +200,21 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             print_receipt(&r.receipt);
         }
-        Cmd::Check { token, identity, resource, action } => {
-            let r = client.check(pb::CheckRequest { token, identity, resource, action }).await.map_err(e)?;
+        Cmd::Check {
+            token,
+            identity,
+            resource,
+            action,
+        } => {
+            let r = client
+                .check(pb::CheckRequest {
+                    token,
+                    identity,
+                    resource,
+                    action,
+                })
+                .await
+                .map_err(e)?;
             let decision = pb::Decision::try_from(r.decision).unwrap_or(pb::Decision::Unspecified);
             let reason = pb::Reason::try_from(r.reason).unwrap_or(pb::Reason::Unspecified);
             println!("decision: {}", decision.as_str_name());
@@ -179,7 +226,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Revoke { grant_id, reason } => {
-            let r = client.revoke(pb::RevokeRequest { request_id: String::new(), grant_id, reason }).await.map_err(e)?;
+            let r = client
+                .revoke(pb::RevokeRequest {
+                    request_id: String::new(),
+                    grant_id,
+                    reason,
+                })
+                .await
+                .map_err(e)?;
             if let Some(g) = &r.grant {
                 print_grant(g);
             }
@@ -187,7 +241,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             print_receipt(&r.receipt);
         }
         Cmd::CompleteTask { task } => {
-            let r = client.complete_task(pb::CompleteTaskRequest { request_id: String::new(), task_id: task }).await.map_err(e)?;
+            let r = client
+                .complete_task(pb::CompleteTaskRequest {
+                    request_id: String::new(),
+                    task_id: task,
+                })
+                .await
+                .map_err(e)?;
             for id in &r.revoked_grant_ids {
                 println!("revoked: {id}");
             }
@@ -195,13 +255,23 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             print_receipt(&r.receipt);
         }
         Cmd::Get { grant_id, stale } => {
-            let r = client.get(pb::GetRequest { grant_id, allow_stale: stale }).await.map_err(e)?;
+            let r = client
+                .get(pb::GetRequest {
+                    grant_id,
+                    allow_stale: stale,
+                })
+                .await
+                .map_err(e)?;
             if let Some(g) = &r.grant {
                 print_grant(g);
             }
             println!("applied_index: {}", r.applied_index);
         }
-        Cmd::List { task, subject, stale } => {
+        Cmd::List {
+            task,
+            subject,
+            stale,
+        } => {
             let by = match (task, subject) {
                 (Some(t), _) => pb::list_request::By::TaskId(t),
                 (None, Some(s)) => pb::list_request::By::Subject(s),
@@ -210,11 +280,22 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let mut page_token = String::new();
             loop {
                 let r = client
-                    .list(pb::ListRequest { by: Some(by.clone()), page_size: 0, page_token, allow_stale: stale })
+                    .list(pb::ListRequest {
+                        by: Some(by.clone()),
+                        page_size: 0,
+                        page_token,
+                        allow_stale: stale,
+                    })
                     .await
                     .map_err(e)?;
                 for g in &r.grants {
-                    println!("{} {} {} {}", g.grant_id, state_name(g.state), g.task_id, g.subject);
+                    println!(
+                        "{} {} {} {}",
+                        g.grant_id,
+                        state_name(g.state),
+                        g.task_id,
+                        g.subject
+                    );
                 }
                 if r.next_page_token.is_empty() {
                     break;
@@ -224,12 +305,29 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Cluster(c) => match c {
             ClusterCmd::Init { members } => {
-                let members = members.iter().map(|m| parse_member(m)).collect::<Result<Vec<_>, _>>()?;
-                client.initialize(&cli.endpoints[0], members).await.map_err(e)?;
+                let members = members
+                    .iter()
+                    .map(|m| parse_member(m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                client
+                    .initialize(&cli.endpoints[0], members)
+                    .await
+                    .map_err(e)?;
                 println!("initialized");
             }
-            ClusterCmd::AddLearner { id, raft_addr, api_addr } => {
-                let r = client.add_learner(pb::Node { id, raft_addr, api_addr }).await.map_err(e)?;
+            ClusterCmd::AddLearner {
+                id,
+                raft_addr,
+                api_addr,
+            } => {
+                let r = client
+                    .add_learner(pb::Node {
+                        id,
+                        raft_addr,
+                        api_addr,
+                    })
+                    .await
+                    .map_err(e)?;
                 print_membership(&r);
             }
             ClusterCmd::ChangeMembership { voters, retain } => {

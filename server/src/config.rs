@@ -15,7 +15,11 @@ use crate::limits;
 pub const CHECK_BATCH_MAX_CEILING: usize = 1024;
 
 #[derive(Parser, Debug, Default)]
-#[command(name = "grantd", version, about = "grant-ledger node: a Raft-replicated store of task-scoped grants")]
+#[command(
+    name = "grantd",
+    version,
+    about = "grant-ledger node: a Raft-replicated store of task-scoped grants"
+)]
 pub struct Args {
     /// TOML config file; its keys are the long flag names with '_' for '-'.
     #[arg(long, env = "GRANTD_CONFIG")]
@@ -120,9 +124,15 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("missing setting {0} (flag --{1}, env {2}, or key {0} in the config file)")]
     Missing(&'static str, &'static str, &'static str),
     #[error("invalid setting {0}: {1}")]
@@ -134,9 +144,14 @@ impl Config {
     pub fn load(args: &Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
             }
             None => FileConfig::default(),
         };
@@ -145,15 +160,20 @@ impl Config {
                 args.$f.clone().or(file.$f.clone()).unwrap_or($default)
             };
         }
-        let node_id = args
-            .node_id
-            .or(file.node_id)
-            .ok_or(ConfigError::Missing("node_id", "node-id", "GRANTD_NODE_ID"))?;
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir.clone())
-            .ok_or(ConfigError::Missing("data_dir", "data-dir", "GRANTD_DATA_DIR"))?;
+        let node_id = args.node_id.or(file.node_id).ok_or(ConfigError::Missing(
+            "node_id",
+            "node-id",
+            "GRANTD_NODE_ID",
+        ))?;
+        let data_dir =
+            args.data_dir
+                .clone()
+                .or(file.data_dir.clone())
+                .ok_or(ConfigError::Missing(
+                    "data_dir",
+                    "data-dir",
+                    "GRANTD_DATA_DIR",
+                ))?;
         let c = Config {
             node_id,
             data_dir,
@@ -188,10 +208,16 @@ impl Config {
             return bad("heartbeat_interval_ms", "must be positive".into());
         }
         if self.election_timeout_min_ms < 3 * self.heartbeat_interval_ms {
-            return bad("election_timeout_min_ms", "must be at least 3 heartbeat intervals".into());
+            return bad(
+                "election_timeout_min_ms",
+                "must be at least 3 heartbeat intervals".into(),
+            );
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return bad("election_timeout_max_ms", "must exceed election_timeout_min_ms".into());
+            return bad(
+                "election_timeout_max_ms",
+                "must exceed election_timeout_min_ms".into(),
+            );
         }
         if self.peer_rpc_timeout_ms == 0 {
             return bad("peer_rpc_timeout_ms", "must be positive".into());
@@ -200,13 +226,22 @@ impl Config {
             return bad("snapshot_logs_since_last", "must be positive".into());
         }
         if self.ttl_seconds_max == 0 || self.ttl_seconds_max > limits::TTL_SECONDS_CEILING {
-            return bad("ttl_seconds_max", format!("must be in 1..={}", limits::TTL_SECONDS_CEILING));
+            return bad(
+                "ttl_seconds_max",
+                format!("must be in 1..={}", limits::TTL_SECONDS_CEILING),
+            );
         }
         if self.ttl_seconds_default == 0 || self.ttl_seconds_default > self.ttl_seconds_max {
-            return bad("ttl_seconds_default", "must be in 1..=ttl_seconds_max".into());
+            return bad(
+                "ttl_seconds_default",
+                "must be in 1..=ttl_seconds_max".into(),
+            );
         }
         if self.check_batch_max == 0 || self.check_batch_max > CHECK_BATCH_MAX_CEILING {
-            return bad("check_batch_max", format!("must be in 1..={CHECK_BATCH_MAX_CEILING}"));
+            return bad(
+                "check_batch_max",
+                format!("must be in 1..={CHECK_BATCH_MAX_CEILING}"),
+            );
         }
         if self.sweep_interval_ms < 10 {
             return bad("sweep_interval_ms", "must be at least 10".into());
@@ -224,16 +259,31 @@ mod tests {
     use super::*;
 
     fn args() -> Args {
-        Args { node_id: Some(1), data_dir: Some("/tmp/x".into()), ..Default::default() }
+        Args {
+            node_id: Some(1),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn flags_win_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "node_id = 7\nttl_seconds_max = 100\nttl_seconds_default = 50\n").unwrap();
-        let a = Args { config: Some(p), node_id: Some(3), ..Default::default() };
-        let a = Args { data_dir: Some("/d".into()), ..a };
+        std::fs::write(
+            &p,
+            "node_id = 7\nttl_seconds_max = 100\nttl_seconds_default = 50\n",
+        )
+        .unwrap();
+        let a = Args {
+            config: Some(p),
+            node_id: Some(3),
+            ..Default::default()
+        };
+        let a = Args {
+            data_dir: Some("/d".into()),
+            ..a
+        };
         let c = Config::load(&a).unwrap();
         assert_eq!(c.node_id, 3);
         assert_eq!(c.ttl_seconds_max, 100);
@@ -245,12 +295,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "nod_id = 7\n").unwrap();
-        let a = Args { config: Some(p), ..args() };
+        let a = Args {
+            config: Some(p),
+            ..args()
+        };
         assert!(matches!(Config::load(&a), Err(ConfigError::Parse { .. })));
-        let a = Args { ttl_seconds_default: Some(7200), ..args() };
-        assert!(matches!(Config::load(&a), Err(ConfigError::Invalid("ttl_seconds_default", _))));
-        let a = Args { node_id: Some(0), ..args() };
-        assert!(matches!(Config::load(&a), Err(ConfigError::Invalid("node_id", _))));
-        assert!(matches!(Config::load(&Args::default()), Err(ConfigError::Missing("node_id", ..))));
+        let a = Args {
+            ttl_seconds_default: Some(7200),
+            ..args()
+        };
+        assert!(matches!(
+            Config::load(&a),
+            Err(ConfigError::Invalid("ttl_seconds_default", _))
+        ));
+        let a = Args {
+            node_id: Some(0),
+            ..args()
+        };
+        assert!(matches!(
+            Config::load(&a),
+            Err(ConfigError::Invalid("node_id", _))
+        ));
+        assert!(matches!(
+            Config::load(&Args::default()),
+            Err(ConfigError::Missing("node_id", ..))
+        ));
     }
 }

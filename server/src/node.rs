@@ -42,7 +42,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     .validate()?;
     let network = Network::new(Duration::from_millis(config.peer_rpc_timeout_ms));
-    let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, sm).await?;
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        sm,
+    )
+    .await?;
 
     let ctx = NodeContext::new(config.clone(), raft.clone(), state);
     let api = tonic::transport::Server::builder()
@@ -70,7 +77,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     sweeper.abort();
     api.await??;
     peer.await??;
-    raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    raft.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -91,7 +100,11 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
             continue;
         }
         let now = now_ms();
-        let due = ctx.state.has_expired(now).unwrap_or(false) || ctx.state.has_old_dedupe(now - limits::DEDUPE_WINDOW_MS).unwrap_or(false);
+        let due = ctx.state.has_expired(now).unwrap_or(false)
+            || ctx
+                .state
+                .has_old_dedupe(now - limits::DEDUPE_WINDOW_MS)
+                .unwrap_or(false);
         if !due {
             continue;
         }

@@ -9,7 +9,9 @@ use openraft::StorageError;
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = LogStore::open(&dir.path().join("raft-log")).expect("open log store");
         let sm = StateMachine::open(dir.path()).expect("open state machine");
@@ -19,5 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_passes() {
-    Suite::test_all(Builder).await.expect("openraft storage suite");
+    Suite::test_all(Builder)
+        .await
+        .expect("openraft storage suite");
 }

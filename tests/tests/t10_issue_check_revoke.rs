@@ -13,39 +13,68 @@ async fn issue_check_revoke_and_task_completion() {
     let g = issued.grant.clone().unwrap();
     assert!(issued.token.starts_with("glt1_"));
     assert!(!issued.replayed);
-    assert_eq!(pb::GrantState::try_from(g.state).unwrap(), pb::GrantState::Active);
+    assert_eq!(
+        pb::GrantState::try_from(g.state).unwrap(),
+        pb::GrantState::Active
+    );
     assert!(g.expires_at_ms - g.issued_at_ms == 300_000);
 
     let allow = client.check(check_req(&issued.token)).await.unwrap();
-    assert_eq!(pb::Decision::try_from(allow.decision).unwrap(), pb::Decision::Allow);
+    assert_eq!(
+        pb::Decision::try_from(allow.decision).unwrap(),
+        pb::Decision::Allow
+    );
     assert_eq!(reason(&allow), pb::Reason::Allowed);
     assert_eq!(allow.grant_id, g.grant_id);
 
     // Bound to its subject, and to its scopes.
     let mut other = check_req(&issued.token);
     other.identity = "spiffe://example.org/agent/intruder".into();
-    assert_eq!(reason(&client.check(other).await.unwrap()), pb::Reason::SubjectMismatch);
+    assert_eq!(
+        reason(&client.check(other).await.unwrap()),
+        pb::Reason::SubjectMismatch
+    );
     let mut write = check_req(&issued.token);
     write.action = "write".into();
-    assert_eq!(reason(&client.check(write).await.unwrap()), pb::Reason::OutOfScope);
+    assert_eq!(
+        reason(&client.check(write).await.unwrap()),
+        pb::Reason::OutOfScope
+    );
     let mut jira = check_req(&issued.token);
     jira.resource = "jira".into();
-    assert_eq!(reason(&client.check(jira).await.unwrap()), pb::Reason::OutOfScope);
+    assert_eq!(
+        reason(&client.check(jira).await.unwrap()),
+        pb::Reason::OutOfScope
+    );
     // A forged secret for a real grant id.
     let forged = format!("glt1_{}_{}", g.grant_id, "0".repeat(64));
-    assert_eq!(reason(&client.check(check_req(&forged)).await.unwrap()), pb::Reason::BadToken);
+    assert_eq!(
+        reason(&client.check(check_req(&forged)).await.unwrap()),
+        pb::Reason::BadToken
+    );
 
     let revoked = client
-        .revoke(pb::RevokeRequest { request_id: String::new(), grant_id: g.grant_id.clone(), reason: "task done".into() })
+        .revoke(pb::RevokeRequest {
+            request_id: String::new(),
+            grant_id: g.grant_id.clone(),
+            reason: "task done".into(),
+        })
         .await
         .unwrap();
     assert!(!revoked.already_inactive);
     let deny = client.check(check_req(&issued.token)).await.unwrap();
-    assert_eq!(pb::Decision::try_from(deny.decision).unwrap(), pb::Decision::Deny);
+    assert_eq!(
+        pb::Decision::try_from(deny.decision).unwrap(),
+        pb::Decision::Deny
+    );
     assert_eq!(reason(&deny), pb::Reason::Revoked);
     // Revoke again: idempotent.
     let again = client
-        .revoke(pb::RevokeRequest { request_id: String::new(), grant_id: g.grant_id.clone(), reason: String::new() })
+        .revoke(pb::RevokeRequest {
+            request_id: String::new(),
+            grant_id: g.grant_id.clone(),
+            reason: String::new(),
+        })
         .await
         .unwrap();
     assert!(again.already_inactive);
@@ -54,15 +83,30 @@ async fn issue_check_revoke_and_task_completion() {
     let a = client.issue(issue_req("task-2", 300)).await.unwrap();
     let b = client.issue(issue_req("task-2", 300)).await.unwrap();
     let keep = client.issue(issue_req("task-3", 300)).await.unwrap();
-    let done = client.complete_task(pb::CompleteTaskRequest { request_id: String::new(), task_id: "task-2".into() }).await.unwrap();
+    let done = client
+        .complete_task(pb::CompleteTaskRequest {
+            request_id: String::new(),
+            task_id: "task-2".into(),
+        })
+        .await
+        .unwrap();
     let mut revoked_ids = done.revoked_grant_ids.clone();
     revoked_ids.sort();
     let mut expect = vec![a.grant.unwrap().grant_id, b.grant.unwrap().grant_id];
     expect.sort();
     assert_eq!(revoked_ids, expect);
-    assert_eq!(reason(&client.check(check_req(&a.token)).await.unwrap()), pb::Reason::TaskCompleted);
-    assert_eq!(reason(&client.check(check_req(&b.token)).await.unwrap()), pb::Reason::TaskCompleted);
-    assert_eq!(reason(&client.check(check_req(&keep.token)).await.unwrap()), pb::Reason::Allowed);
+    assert_eq!(
+        reason(&client.check(check_req(&a.token)).await.unwrap()),
+        pb::Reason::TaskCompleted
+    );
+    assert_eq!(
+        reason(&client.check(check_req(&b.token)).await.unwrap()),
+        pb::Reason::TaskCompleted
+    );
+    assert_eq!(
+        reason(&client.check(check_req(&keep.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
     // A completed task takes no new grants.
     let err = client.issue(issue_req("task-2", 300)).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::FailedPrecondition));
@@ -91,7 +135,12 @@ async fn issue_check_revoke_and_task_completion() {
     assert_eq!(seen.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), expect);
     assert!(seen.iter().all(|s| s.1 == pb::GrantState::Revoked as i32));
     let by_subject = client
-        .list(pb::ListRequest { by: Some(pb::list_request::By::Subject(AGENT.into())), page_size: 0, page_token: String::new(), allow_stale: false })
+        .list(pb::ListRequest {
+            by: Some(pb::list_request::By::Subject(AGENT.into())),
+            page_size: 0,
+            page_token: String::new(),
+            allow_stale: false,
+        })
         .await
         .unwrap();
     assert_eq!(by_subject.grants.len(), 4);
@@ -103,14 +152,28 @@ async fn expired_grant_denies_and_is_swept() {
     let client = c.client();
     let issued = client.issue(issue_req("short", 1)).await.unwrap();
     let id = issued.grant.unwrap().grant_id;
-    assert_eq!(reason(&client.check(check_req(&issued.token)).await.unwrap()), pb::Reason::Allowed);
+    assert_eq!(
+        reason(&client.check(check_req(&issued.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
     // Wait on observable state: the sweep records the expiry in the ledger.
     wait_for("the sweep to retire the grant", || async {
-        let g = client.get(pb::GetRequest { grant_id: id.clone(), allow_stale: false }).await.unwrap().grant.unwrap();
+        let g = client
+            .get(pb::GetRequest {
+                grant_id: id.clone(),
+                allow_stale: false,
+            })
+            .await
+            .unwrap()
+            .grant
+            .unwrap();
         g.state == pb::GrantState::Expired as i32
     })
     .await;
-    assert_eq!(reason(&client.check(check_req(&issued.token)).await.unwrap()), pb::Reason::Expired);
+    assert_eq!(
+        reason(&client.check(check_req(&issued.token)).await.unwrap()),
+        pb::Reason::Expired
+    );
     // Every node holds the same state once they have applied the same index.
     let d = c.converged_digests().await;
     assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ: {d:?}");
@@ -125,10 +188,23 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     let first = client.issue(req.clone()).await.unwrap();
     let second = client.issue(req.clone()).await.unwrap();
     assert!(second.replayed);
-    assert!(second.token.is_empty(), "a replay must not hand out a token");
-    assert_eq!(first.grant.as_ref().unwrap().grant_id, second.grant.as_ref().unwrap().grant_id);
+    assert!(
+        second.token.is_empty(),
+        "a replay must not hand out a token"
+    );
+    assert_eq!(
+        first.grant.as_ref().unwrap().grant_id,
+        second.grant.as_ref().unwrap().grant_id
+    );
     let id = first.grant.unwrap().grant_id;
-    client.revoke(pb::RevokeRequest { request_id: String::new(), grant_id: id.clone(), reason: String::new() }).await.unwrap();
+    client
+        .revoke(pb::RevokeRequest {
+            request_id: String::new(),
+            grant_id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
     // A delayed retry after the revoke returns the revoked grant, not a new one.
     let late = client.issue(req.clone()).await.unwrap();
     assert!(late.replayed);
@@ -136,7 +212,12 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     assert_eq!(g.grant_id, id);
     assert_eq!(g.state, pb::GrantState::Revoked as i32);
     let all = client
-        .list(pb::ListRequest { by: Some(pb::list_request::By::TaskId("retry-task".into())), page_size: 0, page_token: String::new(), allow_stale: false })
+        .list(pb::ListRequest {
+            by: Some(pb::list_request::By::TaskId("retry-task".into())),
+            page_size: 0,
+            page_token: String::new(),
+            allow_stale: false,
+        })
         .await
         .unwrap();
     assert_eq!(all.grants.len(), 1);
@@ -151,21 +232,34 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
 async fn follower_answers_with_leader_hint_and_client_follows() {
     let c = Cluster::start(3).await;
     let leader = c.wait_leader().await;
-    let follower = c.nodes.iter().map(|n| n.id).find(|&id| id != leader).unwrap();
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
     let direct = c.node_client(follower);
     let err = direct.issue(issue_req("hint", 60)).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable));
     assert_eq!(err.code(), Some("not_leader"));
     match &err {
         grant_client::ClientError::Status(s) => {
-            let addr = s.metadata().get(grant_tests::grant_proto::LEADER_ADDR_KEY).unwrap().to_str().unwrap();
+            let addr = s
+                .metadata()
+                .get(grant_tests::grant_proto::LEADER_ADDR_KEY)
+                .unwrap()
+                .to_str()
+                .unwrap();
             assert_eq!(addr, c.node(leader).api_addr);
         }
         other => panic!("{other:?}"),
     }
     // A client that starts at the follower follows the hint.
     let follower_first = grant_client::Client::new(
-        vec![c.node(follower).api_addr.clone(), c.node(leader).api_addr.clone()],
+        vec![
+            c.node(follower).api_addr.clone(),
+            c.node(leader).api_addr.clone(),
+        ],
         grant_client::Options::default(),
     )
     .unwrap();
@@ -174,9 +268,21 @@ async fn follower_answers_with_leader_hint_and_client_follows() {
     // A stale read on the follower is allowed and says so.
     let id = r.grant.unwrap().grant_id;
     wait_for("the follower to apply the grant", || async {
-        direct.get(pb::GetRequest { grant_id: id.clone(), allow_stale: true }).await.is_ok()
+        direct
+            .get(pb::GetRequest {
+                grant_id: id.clone(),
+                allow_stale: true,
+            })
+            .await
+            .is_ok()
     })
     .await;
-    let stale = direct.get(pb::GetRequest { grant_id: id.clone(), allow_stale: true }).await.unwrap();
+    let stale = direct
+        .get(pb::GetRequest {
+            grant_id: id.clone(),
+            allow_stale: true,
+        })
+        .await
+        .unwrap();
     assert!(stale.stale_allowed);
 }

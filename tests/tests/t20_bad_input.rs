@@ -28,7 +28,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
     r.intent = "x".repeat(4097);
     cases.push(("oversized intent", r));
     let mut r = issue_req("bad-input", 300);
-    r.scopes = (0..17).map(|i| pb::Scope { resource: format!("r{i}"), actions: vec!["read".into()] }).collect();
+    r.scopes = (0..17)
+        .map(|i| pb::Scope {
+            resource: format!("r{i}"),
+            actions: vec!["read".into()],
+        })
+        .collect();
     cases.push(("too many scopes", r));
     let mut r = issue_req("bad-input", 300);
     r.scopes = vec![];
@@ -41,43 +46,99 @@ async fn bad_input_is_refused_and_changes_nothing() {
     cases.push(("bad request id", r));
     for (what, req) in cases {
         let err = client.issue(req).await.expect_err(what);
-        assert_eq!(err.grpc_code(), Some(Code::InvalidArgument), "{what}: {err}");
+        assert_eq!(
+            err.grpc_code(),
+            Some(Code::InvalidArgument),
+            "{what}: {err}"
+        );
         assert_eq!(err.code(), Some("invalid_argument"), "{what}");
     }
 
     // ttl 0 means the default, so it is not an error; a check with garbage is.
-    for token in ["", "garbage", "glt1_xyz_abc", &format!("glt1_{}_{}", "a".repeat(32), "z".repeat(64))] {
+    for token in [
+        "",
+        "garbage",
+        "glt1_xyz_abc",
+        &format!("glt1_{}_{}", "a".repeat(32), "z".repeat(64)),
+    ] {
         let err = client.check(check_req(token)).await.expect_err(token);
-        assert_eq!(err.grpc_code(), Some(Code::InvalidArgument), "token {token:?}");
+        assert_eq!(
+            err.grpc_code(),
+            Some(Code::InvalidArgument),
+            "token {token:?}"
+        );
     }
     let mut bad_identity = check_req(&good.token);
     bad_identity.identity = "not-an-id".into();
-    assert_eq!(client.check(bad_identity).await.unwrap_err().grpc_code(), Some(Code::InvalidArgument));
+    assert_eq!(
+        client.check(bad_identity).await.unwrap_err().grpc_code(),
+        Some(Code::InvalidArgument)
+    );
 
     let unknown = "0123456789abcdef0123456789abcdef".to_string();
-    let err = client.revoke(pb::RevokeRequest { request_id: String::new(), grant_id: unknown.clone(), reason: String::new() }).await.unwrap_err();
-    assert_eq!(err.grpc_code(), Some(Code::NotFound));
-    let err = client.get(pb::GetRequest { grant_id: unknown, allow_stale: false }).await.unwrap_err();
-    assert_eq!(err.grpc_code(), Some(Code::NotFound));
-    let err = client.get(pb::GetRequest { grant_id: "nope".into(), allow_stale: false }).await.unwrap_err();
-    assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
     let err = client
-        .list(pb::ListRequest { by: Some(pb::list_request::By::TaskId("bad-input".into())), page_size: 501, page_token: String::new(), allow_stale: false })
+        .revoke(pb::RevokeRequest {
+            request_id: String::new(),
+            grant_id: unknown.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.grpc_code(), Some(Code::NotFound));
+    let err = client
+        .get(pb::GetRequest {
+            grant_id: unknown,
+            allow_stale: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.grpc_code(), Some(Code::NotFound));
+    let err = client
+        .get(pb::GetRequest {
+            grant_id: "nope".into(),
+            allow_stale: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
-    let err = client.list(pb::ListRequest { by: None, page_size: 0, page_token: String::new(), allow_stale: false }).await.unwrap_err();
+    let err = client
+        .list(pb::ListRequest {
+            by: Some(pb::list_request::By::TaskId("bad-input".into())),
+            page_size: 501,
+            page_token: String::new(),
+            allow_stale: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
+    let err = client
+        .list(pb::ListRequest {
+            by: None,
+            page_size: 0,
+            page_token: String::new(),
+            allow_stale: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
 
     // Nothing changed: a refused request never reaches the log. (The
     // revoke of an unknown grant is a committed no-op, which moves the
     // applied index but not the grants.)
     let all = client
-        .list(pb::ListRequest { by: Some(pb::list_request::By::TaskId("bad-input".into())), page_size: 0, page_token: String::new(), allow_stale: false })
+        .list(pb::ListRequest {
+            by: Some(pb::list_request::By::TaskId("bad-input".into())),
+            page_size: 0,
+            page_token: String::new(),
+            allow_stale: false,
+        })
         .await
         .unwrap();
     assert_eq!(all.grants.len(), 1);
-    assert_eq!(reason(&client.check(check_req(&good.token)).await.unwrap()), pb::Reason::Allowed);
+    assert_eq!(
+        reason(&client.check(check_req(&good.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
     let after = c.converged_digests().await;
     assert!(after.iter().all(|x| x.1 == after[0].1));
     assert!(before.iter().all(|x| x.1 == before[0].1));
@@ -92,7 +153,17 @@ fn grantd_refuses_bad_config_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node_id"));
     let out = std::process::Command::new(grantd_bin())
-        .args(["--node-id", "4", "--data-dir", "/d", "--ttl-seconds-max", "60", "--ttl-seconds-default", "30", "--print-config"])
+        .args([
+            "--node-id",
+            "4",
+            "--data-dir",
+            "/d",
+            "--ttl-seconds-max",
+            "60",
+            "--ttl-seconds-default",
+            "30",
+            "--print-config",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -18,7 +18,13 @@ struct Acked {
 
 /// Writers that issue grants and revoke every other one, recording only
 /// what the cluster acknowledged.
-async fn writers(c: &Cluster, n: usize, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<Acked>>>, count: Arc<AtomicUsize>) -> Vec<tokio::task::JoinHandle<()>> {
+async fn writers(
+    c: &Cluster,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    count: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|w| {
             let client = c.client();
@@ -27,12 +33,22 @@ async fn writers(c: &Cluster, n: usize, stop: Arc<AtomicBool>, acked: Arc<Mutex<
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let Ok(r) = client.issue(issue_req(&format!("w{w}-t{i}"), 600)).await else { continue };
+                    let Ok(r) = client.issue(issue_req(&format!("w{w}-t{i}"), 600)).await else {
+                        continue;
+                    };
                     let grant_id = r.grant.unwrap().grant_id;
-                    let mut a = Acked { grant_id: grant_id.clone(), token: r.token, revoked: false };
+                    let mut a = Acked {
+                        grant_id: grant_id.clone(),
+                        token: r.token,
+                        revoked: false,
+                    };
                     if i % 2 == 0 {
                         let rv = client
-                            .revoke(pb::RevokeRequest { request_id: String::new(), grant_id, reason: "fault test".into() })
+                            .revoke(pb::RevokeRequest {
+                                request_id: String::new(),
+                                grant_id,
+                                reason: "fault test".into(),
+                            })
                             .await;
                         a.revoked = rv.is_ok();
                     }
@@ -48,26 +64,51 @@ async fn assert_all_acknowledged_present(c: &Cluster, acked: &[Acked]) {
     let client = c.client();
     for a in acked {
         let r = client.check(check_req(&a.token)).await.unwrap();
-        let want = if a.revoked { pb::Reason::Revoked } else { pb::Reason::Allowed };
-        assert_eq!(reason(&r), want, "grant {} (revoked: {})", a.grant_id, a.revoked);
+        let want = if a.revoked {
+            pb::Reason::Revoked
+        } else {
+            pb::Reason::Allowed
+        };
+        assert_eq!(
+            reason(&r),
+            want,
+            "grant {} (revoked: {})",
+            a.grant_id,
+            a.revoked
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_stream_loses_nothing_acknowledged() {
-    let mut c = Cluster::start_with(3, &["--snapshot-logs-since-last", "150", "--logs-kept-after-snapshot", "20"]).await;
+    let mut c = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-logs-since-last",
+            "150",
+            "--logs-kept-after-snapshot",
+            "20",
+        ],
+    )
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let tasks = writers(&c, 4, stop.clone(), acked.clone(), count.clone()).await;
 
-    wait_for("load before the kill", || async { count.load(Ordering::Relaxed) >= 60 }).await;
+    wait_for("load before the kill", || async {
+        count.load(Ordering::Relaxed) >= 60
+    })
+    .await;
     let old_leader = c.wait_leader().await;
     c.kill(old_leader);
     let at_kill = count.load(Ordering::Relaxed);
     let new_leader = c.wait_leader().await;
     assert_ne!(new_leader, old_leader);
-    wait_for("load after the kill", || async { count.load(Ordering::Relaxed) >= at_kill + 60 }).await;
+    wait_for("load after the kill", || async {
+        count.load(Ordering::Relaxed) >= at_kill + 60
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -80,49 +121,110 @@ async fn leader_killed_mid_stream_loses_nothing_acknowledged() {
     c.spawn(old_leader);
     let d = c.converged_digests().await;
     assert_eq!(d.len(), 3);
-    assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ after restart: {d:?}");
+    assert!(
+        d.iter().all(|x| x.1 == d[0].1),
+        "replicas differ after restart: {d:?}"
+    );
     // Each node's own (stale) view agrees that revoked grants are revoked.
     for n in &c.nodes {
         let direct = c.node_client(n.id);
         for a in acked.iter().filter(|a| a.revoked).take(20) {
-            let g = direct.get(pb::GetRequest { grant_id: a.grant_id.clone(), allow_stale: true }).await.unwrap().grant.unwrap();
-            assert_eq!(g.state, pb::GrantState::Revoked as i32, "node {} grant {}", n.id, a.grant_id);
+            let g = direct
+                .get(pb::GetRequest {
+                    grant_id: a.grant_id.clone(),
+                    allow_stale: true,
+                })
+                .await
+                .unwrap()
+                .grant
+                .unwrap();
+            assert_eq!(
+                g.state,
+                pb::GrantState::Revoked as i32,
+                "node {} grant {}",
+                n.id,
+                a.grant_id
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_follower_rejoins_through_a_snapshot() {
-    let mut c = Cluster::start_with(3, &["--snapshot-logs-since-last", "100", "--logs-kept-after-snapshot", "10"]).await;
+    let mut c = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-logs-since-last",
+            "100",
+            "--logs-kept-after-snapshot",
+            "10",
+        ],
+    )
+    .await;
     let client = c.client();
     let mut tokens = Vec::new();
     for i in 0..150 {
-        let r = client.issue(issue_req(&format!("snap-{i}"), 600)).await.unwrap();
+        let r = client
+            .issue(issue_req(&format!("snap-{i}"), 600))
+            .await
+            .unwrap();
         tokens.push((r.grant.unwrap().grant_id, r.token));
     }
     let leader = c.wait_leader().await;
-    let victim = c.nodes.iter().map(|n| n.id).find(|&id| id != leader).unwrap();
+    let victim = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
     c.kill(victim);
     c.wipe(victim);
     // Writes go on while it is away, and the log is purged behind a snapshot.
     for (id, _) in tokens.iter().take(30) {
-        client.revoke(pb::RevokeRequest { request_id: String::new(), grant_id: id.clone(), reason: String::new() }).await.unwrap();
+        client
+            .revoke(pb::RevokeRequest {
+                request_id: String::new(),
+                grant_id: id.clone(),
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
     }
     for i in 150..260 {
-        client.issue(issue_req(&format!("snap-{i}"), 600)).await.unwrap();
+        client
+            .issue(issue_req(&format!("snap-{i}"), 600))
+            .await
+            .unwrap();
     }
     wait_for("the leader to snapshot and purge", || async {
-        c.status(leader).await.map(|s| s.snapshot_index > 150).unwrap_or(false)
+        c.status(leader)
+            .await
+            .map(|s| s.snapshot_index > 150)
+            .unwrap_or(false)
     })
     .await;
     c.spawn(victim);
     let d = c.converged_digests().await;
-    assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ after snapshot install: {d:?}");
+    assert!(
+        d.iter().all(|x| x.1 == d[0].1),
+        "replicas differ after snapshot install: {d:?}"
+    );
     let s = c.status(victim).await.unwrap();
-    assert!(s.snapshot_index > 0, "the wiped node should have installed a snapshot: {s:?}");
+    assert!(
+        s.snapshot_index > 0,
+        "the wiped node should have installed a snapshot: {s:?}"
+    );
     let direct = c.node_client(victim);
     for (id, _) in tokens.iter().take(30) {
-        let g = direct.get(pb::GetRequest { grant_id: id.clone(), allow_stale: true }).await.unwrap().grant.unwrap();
+        let g = direct
+            .get(pb::GetRequest {
+                grant_id: id.clone(),
+                allow_stale: true,
+            })
+            .await
+            .unwrap()
+            .grant
+            .unwrap();
         assert_eq!(g.state, pb::GrantState::Revoked as i32);
     }
 }
@@ -138,5 +240,8 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_state() {
     c.spawn(leader);
     let d = c.converged_digests().await;
     assert!(d.iter().all(|x| x.1 == d[0].1));
-    assert_eq!(reason(&client.check(check_req(&r.token)).await.unwrap()), pb::Reason::Allowed);
+    assert_eq!(
+        reason(&client.check(check_req(&r.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
 }

@@ -35,9 +35,12 @@ impl CheckBatcher {
                 "more than {} checks waiting (pending_checks_max)",
                 limits::PENDING_CHECKS_MAX
             )),
-            mpsc::error::TrySendError::Closed(_) => ApiError::Unavailable("node is shutting down".into()),
+            mpsc::error::TrySendError::Closed(_) => {
+                ApiError::Unavailable("node is shutting down".into())
+            }
         })?;
-        rx.await.map_err(|_| ApiError::Unavailable("node is shutting down".into()))?
+        rx.await
+            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?
     }
 }
 
@@ -45,7 +48,9 @@ async fn run(ctx: NodeContext, mut rx: mpsc::Receiver<(CheckCmd, Reply)>) {
     let in_flight = Arc::new(Semaphore::new(limits::CHECK_BATCHES_IN_FLIGHT_MAX));
     let batch_max = ctx.config.check_batch_max;
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < batch_max {
             match rx.try_recv() {
@@ -56,17 +61,26 @@ async fn run(ctx: NodeContext, mut rx: mpsc::Receiver<(CheckCmd, Reply)>) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let (checks, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let res = ctx.propose(Command::Checks { now_ms: now_ms(), checks }).await;
+            let res = ctx
+                .propose(Command::Checks {
+                    now_ms: now_ms(),
+                    checks,
+                })
+                .await;
             drop(permit);
             match res {
-                Ok((CommandResult::Checked(outcomes), index)) if outcomes.len() == replies.len() => {
+                Ok((CommandResult::Checked(outcomes), index))
+                    if outcomes.len() == replies.len() =>
+                {
                     for (o, r) in outcomes.into_iter().zip(replies) {
                         let _ = r.send(Ok((o, index)));
                     }
                 }
                 Ok((other, _)) => {
                     for r in replies {
-                        let _ = r.send(Err(ApiError::Internal(format!("unexpected result for checks: {other:?}"))));
+                        let _ = r.send(Err(ApiError::Internal(format!(
+                            "unexpected result for checks: {other:?}"
+                        ))));
                     }
                 }
                 Err(e) => {
@@ -78,4 +92,3 @@ async fn run(ctx: NodeContext, mut rx: mpsc::Receiver<(CheckCmd, Reply)>) {
         });
     }
 }
-

@@ -30,12 +30,21 @@ fn node_info(n: &pb::Node) -> Result<(u64, NodeInfo), ApiError> {
     if n.id == 0 {
         return Err(ApiError::invalid("node.id", "must be positive"));
     }
-    for (field, a) in [("node.raft_addr", &n.raft_addr), ("node.api_addr", &n.api_addr)] {
+    for (field, a) in [
+        ("node.raft_addr", &n.raft_addr),
+        ("node.api_addr", &n.api_addr),
+    ] {
         if a.len() > 255 || a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
             return Err(ApiError::invalid(field, format!("{a:?} is not host:port")));
         }
     }
-    Ok((n.id, NodeInfo { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
+    Ok((
+        n.id,
+        NodeInfo {
+            raft_addr: n.raft_addr.clone(),
+            api_addr: n.api_addr.clone(),
+        },
+    ))
 }
 
 fn members_of(m: &StoredMembership) -> (Vec<pb::Node>, Vec<pb::Node>) {
@@ -43,7 +52,11 @@ fn members_of(m: &StoredMembership) -> (Vec<pb::Node>, Vec<pb::Node>) {
     let mut v = Vec::new();
     let mut l = Vec::new();
     for (id, n) in m.nodes() {
-        let node = pb::Node { id: *id, raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() };
+        let node = pb::Node {
+            id: *id,
+            raft_addr: n.raft_addr.clone(),
+            api_addr: n.api_addr.clone(),
+        };
         if voters.contains(id) {
             v.push(node)
         } else {
@@ -55,40 +68,76 @@ fn members_of(m: &StoredMembership) -> (Vec<pb::Node>, Vec<pb::Node>) {
 
 impl ClusterService {
     fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
-        let m = self.ctx.raft.metrics().borrow_watched().membership_config.clone();
+        let m = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         let (voters, learners) = members_of(&m);
-        pb::MembershipResponse { log_index, voters, learners }
+        pb::MembershipResponse {
+            log_index,
+            voters,
+            learners,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn initialize(&self, req: Request<pb::InitializeRequest>) -> Result<Response<pb::InitializeResponse>, Status> {
+    async fn initialize(
+        &self,
+        req: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::InitializeResponse>, Status> {
         let r = req.into_inner();
         if r.members.is_empty() || r.members.len() > MEMBERS_MAX {
-            return Err(ApiError::invalid("members", format!("name 1-{MEMBERS_MAX} members")).into());
+            return Err(
+                ApiError::invalid("members", format!("name 1-{MEMBERS_MAX} members")).into(),
+            );
         }
         let mut members = BTreeMap::new();
         for n in &r.members {
             let (id, info) = node_info(n)?;
             if members.insert(id, info).is_some() {
-                return Err(ApiError::invalid("members", format!("node id {id} named twice")).into());
+                return Err(
+                    ApiError::invalid("members", format!("node id {id} named twice")).into(),
+                );
             }
         }
         if !members.contains_key(&self.ctx.config.node_id) {
-            return Err(ApiError::invalid("members", "must include the node that initialises").into());
+            return Err(
+                ApiError::invalid("members", "must include the node that initialises").into(),
+            );
         }
-        self.ctx.raft.initialize(members).await.map_err(|e| match e {
-            openraft::errors::RaftError::APIError(e) => ApiError::FailedPrecondition(e.to_string()),
-            openraft::errors::RaftError::Fatal(f) => ApiError::Unavailable(f.to_string()),
-        })?;
+        self.ctx
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| match e {
+                openraft::errors::RaftError::APIError(e) => {
+                    ApiError::FailedPrecondition(e.to_string())
+                }
+                openraft::errors::RaftError::Fatal(f) => ApiError::Unavailable(f.to_string()),
+            })?;
         Ok(Response::new(pb::InitializeResponse {}))
     }
 
-    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
-        let node = req.into_inner().node.ok_or_else(|| ApiError::invalid("node", "required"))?;
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let node = req
+            .into_inner()
+            .node
+            .ok_or_else(|| ApiError::invalid("node", "required"))?;
         let (id, info) = node_info(&node)?;
-        let resp = self.ctx.raft.add_learner(id, info, true).await.map_err(ApiError::from)?;
+        let resp = self
+            .ctx
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(self.membership_response(resp.log_id.index)))
     }
 
@@ -101,11 +150,19 @@ impl Cluster for ClusterService {
         if voters.is_empty() || voters.len() > MEMBERS_MAX {
             return Err(ApiError::invalid("voters", format!("name 1-{MEMBERS_MAX} voters")).into());
         }
-        let resp = self.ctx.raft.change_membership(voters, r.retain).await.map_err(ApiError::from)?;
+        let resp = self
+            .ctx
+            .raft
+            .change_membership(voters, r.retain)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(self.membership_response(resp.log_id.index)))
     }
 
-    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let (state_digest_index, state_digest) = if req.into_inner().include_state_digest {
             // Runs on the state machine task: no entry is applied mid-scan.
             let d = self

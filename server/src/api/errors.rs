@@ -13,7 +13,10 @@ use crate::raft::TypeConfig;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid {field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -22,10 +25,16 @@ pub enum ApiError {
     ResourceExhausted(String),
     /// This node is not the leader; retry on the leader (safe: nothing was proposed).
     #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
-    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
     /// The entry may or may not have committed: retry with the same request id.
     #[error("outcome unknown after a leader change; retry with the same request id")]
-    OutcomeUnknown { leader_id: Option<u64>, leader_addr: Option<String> },
+    OutcomeUnknown {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -34,7 +43,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        ApiError::InvalidArgument { field, message: message.into() }
+        ApiError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
     }
 
     /// The stable code clients see in `x-grant-error`.
@@ -57,15 +69,18 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
-            ApiError::NotLeader { .. } | ApiError::OutcomeUnknown { .. } | ApiError::Unavailable(_) => {
-                Code::Unavailable
-            }
+            ApiError::NotLeader { .. }
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }
 
     pub fn from_forward(f: &ForwardToLeader) -> Self {
-        ApiError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
+        ApiError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.as_ref().map(|n| n.api_addr.clone()),
+        }
     }
 }
 
@@ -74,11 +89,22 @@ impl From<ApiError> for Status {
         let mut s = Status::new(e.grpc_code(), e.to_string());
         let md = s.metadata_mut();
         md.insert(ERROR_CODE_KEY, MetadataValue::from_static(e.code()));
-        if let ApiError::NotLeader { leader_id, leader_addr } | ApiError::OutcomeUnknown { leader_id, leader_addr } = &e {
+        if let ApiError::NotLeader {
+            leader_id,
+            leader_addr,
+        }
+        | ApiError::OutcomeUnknown {
+            leader_id,
+            leader_addr,
+        } = &e
+        {
             if let Some(id) = leader_id {
                 md.insert(LEADER_ID_KEY, MetadataValue::from(*id));
             }
-            if let Some(v) = leader_addr.as_deref().and_then(|a| MetadataValue::try_from(a).ok()) {
+            if let Some(v) = leader_addr
+                .as_deref()
+                .and_then(|a| MetadataValue::try_from(a).ok())
+            {
                 md.insert(LEADER_ADDR_KEY, v);
             }
         }
@@ -100,12 +126,18 @@ impl From<RaftError<ClientWriteError>> for ApiError {
     fn from(e: RaftError<ClientWriteError>) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::from_forward(&f),
-            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => ApiError::OutcomeUnknown {
-                leader_id: f.leader_id,
-                leader_addr: f.leader_node.as_ref().map(|n| n.api_addr.clone()),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ApiError::FailedPrecondition(c.to_string()),
-            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => ApiError::FailedPrecondition(p.to_string()),
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+                ApiError::OutcomeUnknown {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.as_ref().map(|n| n.api_addr.clone()),
+                }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                ApiError::FailedPrecondition(c.to_string())
+            }
+            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
+                ApiError::FailedPrecondition(p.to_string())
+            }
             RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
         }
     }
@@ -116,7 +148,9 @@ impl From<RaftError<openraft::errors::LinearizableReadError<TypeConfig>>> for Ap
         use openraft::errors::LinearizableReadError as L;
         match e {
             RaftError::APIError(L::ForwardToLeader(f)) => ApiError::from_forward(&f),
-            RaftError::APIError(L::QuorumNotEnough(q)) => ApiError::Unavailable(format!("no quorum: {q}")),
+            RaftError::APIError(L::QuorumNotEnough(q)) => {
+                ApiError::Unavailable(format!("no quorum: {q}"))
+            }
             RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
         }
     }

@@ -28,14 +28,21 @@ impl GrantsService {
     /// caller accepts a possibly stale answer from this node.
     async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
         if !allow_stale {
-            self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
+            self.ctx
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await?;
         }
         Ok(())
     }
 }
 
 fn receipt(log_index: u64, audit_seq: u64) -> Option<pb::Receipt> {
-    Some(pb::Receipt { log_index, audit_seq, entry_hash: Vec::new() })
+    Some(pb::Receipt {
+        log_index,
+        audit_seq,
+        entry_hash: Vec::new(),
+    })
 }
 
 fn to_pb_grant(g: &GrantRecord, now: i64) -> pb::Grant {
@@ -48,7 +55,14 @@ fn to_pb_grant(g: &GrantRecord, now: i64) -> pb::Grant {
         grant_id: g.grant_id.clone(),
         subject: g.subject.clone(),
         task_id: g.task_id.clone(),
-        scopes: g.scopes.iter().map(|s| pb::Scope { resource: s.resource.clone(), actions: s.actions.clone() }).collect(),
+        scopes: g
+            .scopes
+            .iter()
+            .map(|s| pb::Scope {
+                resource: s.resource.clone(),
+                actions: s.actions.clone(),
+            })
+            .collect(),
         intent: g.intent.clone(),
         issued_at_ms: g.issued_at_ms,
         expires_at_ms: g.expires_at_ms,
@@ -83,7 +97,11 @@ fn unexpected(r: CommandResult) -> ApiError {
 /// parameters is refused instead of answered with the first grant.
 fn fingerprint(r: &pb::IssueRequest, scopes: &[ledger::Scope], ttl_seconds: u64) -> String {
     let mut h = Sha256::new();
-    for part in [r.subject.as_bytes(), r.task_id.as_bytes(), r.intent.as_bytes()] {
+    for part in [
+        r.subject.as_bytes(),
+        r.task_id.as_bytes(),
+        r.intent.as_bytes(),
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -102,20 +120,33 @@ fn fingerprint(r: &pb::IssueRequest, scopes: &[ledger::Scope], ttl_seconds: u64)
 
 #[tonic::async_trait]
 impl Grants for GrantsService {
-    async fn issue(&self, req: Request<pb::IssueRequest>) -> Result<Response<pb::IssueResponse>, Status> {
+    async fn issue(
+        &self,
+        req: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
         let r = req.into_inner();
         validate::request_id(&r.request_id)?;
         validate::spiffe_id("subject", &r.subject)?;
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
         validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
-        let scopes: Vec<ledger::Scope> =
-            r.scopes.iter().map(|s| ledger::Scope { resource: s.resource.clone(), actions: s.actions.clone() }).collect();
+        let scopes: Vec<ledger::Scope> = r
+            .scopes
+            .iter()
+            .map(|s| ledger::Scope {
+                resource: s.resource.clone(),
+                actions: s.actions.clone(),
+            })
+            .collect();
         validate::scopes(&scopes)?;
         let cfg = &self.ctx.config;
         let ttl_seconds = match r.ttl_seconds {
             0 => cfg.ttl_seconds_default,
             t if t > cfg.ttl_seconds_max => {
-                return Err(ApiError::invalid("ttl_seconds", format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max)).into())
+                return Err(ApiError::invalid(
+                    "ttl_seconds",
+                    format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max),
+                )
+                .into())
             }
             t => t,
         };
@@ -135,9 +166,20 @@ impl Grants for GrantsService {
             expires_at_ms: now + (ttl_seconds as i64) * 1000,
         });
         match self.ctx.propose(cmd).await? {
-            (CommandResult::Issued { grant, replayed, audit_seq }, index) => Ok(Response::new(pb::IssueResponse {
+            (
+                CommandResult::Issued {
+                    grant,
+                    replayed,
+                    audit_seq,
+                },
+                index,
+            ) => Ok(Response::new(pb::IssueResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
-                token: if replayed { String::new() } else { minted.token },
+                token: if replayed {
+                    String::new()
+                } else {
+                    minted.token
+                },
                 replayed,
                 receipt: receipt(index, audit_seq),
             })),
@@ -145,10 +187,15 @@ impl Grants for GrantsService {
         }
     }
 
-    async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn check(
+        &self,
+        req: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let r = req.into_inner();
         if r.token.len() > TOKEN_BYTES_MAX {
-            return Err(ApiError::invalid("token", format!("longer than {TOKEN_BYTES_MAX} bytes")).into());
+            return Err(
+                ApiError::invalid("token", format!("longer than {TOKEN_BYTES_MAX} bytes")).into(),
+            );
         }
         let (grant_id, token_hash) = token::parse(&r.token)?;
         validate::spiffe_id("identity", &r.identity)?;
@@ -164,14 +211,21 @@ impl Grants for GrantsService {
         };
         let (o, index) = self.checks.check(cmd).await?;
         Ok(Response::new(pb::CheckResponse {
-            decision: if o.allow { pb::Decision::Allow } else { pb::Decision::Deny } as i32,
+            decision: if o.allow {
+                pb::Decision::Allow
+            } else {
+                pb::Decision::Deny
+            } as i32,
             reason: to_pb_reason(o.reason) as i32,
             grant_id: o.grant_id,
             receipt: receipt(index, o.audit_seq),
         }))
     }
 
-    async fn revoke(&self, req: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
         let r = req.into_inner();
         if !r.request_id.is_empty() {
             validate::request_id(&r.request_id)?;
@@ -185,7 +239,14 @@ impl Grants for GrantsService {
             now_ms: now_ms(),
         });
         match self.ctx.propose(cmd).await? {
-            (CommandResult::Revoked { grant, already_inactive, audit_seq }, index) => Ok(Response::new(pb::RevokeResponse {
+            (
+                CommandResult::Revoked {
+                    grant,
+                    already_inactive,
+                    audit_seq,
+                },
+                index,
+            ) => Ok(Response::new(pb::RevokeResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
                 already_inactive,
                 receipt: receipt(index, audit_seq),
@@ -203,15 +264,24 @@ impl Grants for GrantsService {
             validate::request_id(&r.request_id)?;
         }
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
-        let cmd = Command::CompleteTask(ledger::CompleteTaskCmd { task_id: r.task_id, actor: String::new(), now_ms: now_ms() });
+        let cmd = Command::CompleteTask(ledger::CompleteTaskCmd {
+            task_id: r.task_id,
+            actor: String::new(),
+            now_ms: now_ms(),
+        });
         match self.ctx.propose(cmd).await? {
-            (CommandResult::TaskCompleted { revoked_grant_ids, already_completed, audit_seq }, index) => {
-                Ok(Response::new(pb::CompleteTaskResponse {
+            (
+                CommandResult::TaskCompleted {
                     revoked_grant_ids,
                     already_completed,
-                    receipt: receipt(index, audit_seq),
-                }))
-            }
+                    audit_seq,
+                },
+                index,
+            ) => Ok(Response::new(pb::CompleteTaskResponse {
+                revoked_grant_ids,
+                already_completed,
+                receipt: receipt(index, audit_seq),
+            })),
             (other, _) => Err(unexpected(other).into()),
         }
     }
@@ -228,12 +298,19 @@ impl Grants for GrantsService {
             .ok_or_else(|| ApiError::NotFound(format!("no grant {}", r.grant_id)))?;
         Ok(Response::new(pb::GetResponse {
             grant: Some(to_pb_grant(&g, now_ms())),
-            applied_index: self.ctx.state.last_applied_index().map_err(ApiError::from)?,
+            applied_index: self
+                .ctx
+                .state
+                .last_applied_index()
+                .map_err(ApiError::from)?,
             stale_allowed: r.allow_stale,
         }))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.into_inner();
         let prefix = match &r.by {
             Some(pb::list_request::By::TaskId(t)) => {
@@ -249,7 +326,11 @@ impl Grants for GrantsService {
         let page_size = match r.page_size {
             0 => LIST_PAGE_SIZE_DEFAULT,
             n if n > LIST_PAGE_SIZE_MAX => {
-                return Err(ApiError::invalid("page_size", format!("{n} exceeds {LIST_PAGE_SIZE_MAX}")).into())
+                return Err(ApiError::invalid(
+                    "page_size",
+                    format!("{n} exceeds {LIST_PAGE_SIZE_MAX}"),
+                )
+                .into())
             }
             n => n,
         };
@@ -260,12 +341,27 @@ impl Grants for GrantsService {
             Some(r.page_token.as_str())
         };
         self.read_barrier(r.allow_stale).await?;
-        let (grants, more) = self.ctx.state.list(&prefix, after, page_size as usize).map_err(ApiError::from)?;
+        let (grants, more) = self
+            .ctx
+            .state
+            .list(&prefix, after, page_size as usize)
+            .map_err(ApiError::from)?;
         let now = now_ms();
         Ok(Response::new(pb::ListResponse {
-            next_page_token: if more { grants.last().map(|g| g.grant_id.clone()).unwrap_or_default() } else { String::new() },
+            next_page_token: if more {
+                grants
+                    .last()
+                    .map(|g| g.grant_id.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             grants: grants.iter().map(|g| to_pb_grant(g, now)).collect(),
-            applied_index: self.ctx.state.last_applied_index().map_err(ApiError::from)?,
+            applied_index: self
+                .ctx
+                .state
+                .last_applied_index()
+                .map_err(ApiError::from)?,
             stale_allowed: r.allow_stale,
         }))
     }

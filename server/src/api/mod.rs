@@ -30,7 +30,12 @@ pub struct NodeContext {
 
 impl NodeContext {
     pub fn new(config: Arc<Config>, raft: Raft, state: StateReader) -> Self {
-        NodeContext { config, raft, state, proposals: Arc::new(Semaphore::new(crate::limits::PROPOSALS_IN_FLIGHT_MAX)) }
+        NodeContext {
+            config,
+            raft,
+            state,
+            proposals: Arc::new(Semaphore::new(crate::limits::PROPOSALS_IN_FLIGHT_MAX)),
+        }
     }
 
     /// Propose a command and wait for its result; returns (result, log index).
@@ -48,5 +53,8 @@ impl NodeContext {
 
 /// Leader time for log commands: milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -37,11 +37,20 @@ fn hash_secret(secret_hex: &str) -> String {
 
 /// Split a presented token into (grant id, hash of its secret).
 pub fn parse(token: &str) -> Result<(String, String), ApiError> {
-    let bad = || ApiError::invalid("token", "not a grant-ledger token (glt1_<grant id>_<secret>)");
+    let bad = || {
+        ApiError::invalid(
+            "token",
+            "not a grant-ledger token (glt1_<grant id>_<secret>)",
+        )
+    };
     let rest = token.strip_prefix(PREFIX).ok_or_else(bad)?;
     let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
     validate::grant_id("token", id).map_err(|_| bad())?;
-    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if secret.len() != 64
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(bad());
     }
     Ok((id.to_string(), hash_secret(secret)))
@@ -63,7 +72,13 @@ mod tests {
 
     #[test]
     fn garbage_refused() {
-        for t in ["", "glt1_", "glt1_abc_def", "xyz", &format!("glt1_{}_{}", "g".repeat(32), "0".repeat(64))] {
+        for t in [
+            "",
+            "glt1_",
+            "glt1_abc_def",
+            "xyz",
+            &format!("glt1_{}_{}", "g".repeat(32), "0".repeat(64)),
+        ] {
             assert!(parse(t).is_err(), "{t:?}");
         }
     }

@@ -14,27 +14,51 @@ pub fn spiffe_id(field: &'static str, s: &str) -> R {
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if s.len() > SUBJECT_BYTES_MAX {
-        return Err(ApiError::invalid(field, format!("longer than {SUBJECT_BYTES_MAX} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("longer than {SUBJECT_BYTES_MAX} bytes"),
+        ));
     }
-    let rest = s
-        .strip_prefix("spiffe://")
-        .ok_or_else(|| ApiError::invalid(field, format!("{s:?} is not a SPIFFE ID (spiffe://trust-domain/path)")))?;
+    let rest = s.strip_prefix("spiffe://").ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("{s:?} is not a SPIFFE ID (spiffe://trust-domain/path)"),
+        )
+    })?;
     let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
     if td.is_empty() || td.len() > TRUST_DOMAIN_BYTES_MAX {
         return Err(ApiError::invalid(field, "trust domain must be 1-255 bytes"));
     }
-    if !td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
-        return Err(ApiError::invalid(field, format!("trust domain {td:?} may hold only a-z, 0-9, '.', '-', '_'")));
+    if !td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("trust domain {td:?} may hold only a-z, 0-9, '.', '-', '_'"),
+        ));
     }
     if path.is_empty() {
-        return Err(ApiError::invalid(field, "a workload SPIFFE ID needs a path after the trust domain"));
+        return Err(ApiError::invalid(
+            field,
+            "a workload SPIFFE ID needs a path after the trust domain",
+        ));
     }
     for seg in path.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(ApiError::invalid(field, "path segments must not be empty, '.' or '..'"));
+            return Err(ApiError::invalid(
+                field,
+                "path segments must not be empty, '.' or '..'",
+            ));
         }
-        if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-            return Err(ApiError::invalid(field, format!("path segment {seg:?} may hold only A-Z, a-z, 0-9, '.', '-', '_'")));
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!("path segment {seg:?} may hold only A-Z, a-z, 0-9, '.', '-', '_'"),
+            ));
         }
     }
     Ok(())
@@ -42,10 +66,16 @@ pub fn spiffe_id(field: &'static str, s: &str) -> R {
 
 pub fn request_id(s: &str) -> R {
     if s.is_empty() || s.len() > REQUEST_ID_BYTES_MAX {
-        return Err(ApiError::invalid("request_id", format!("must be 1-{REQUEST_ID_BYTES_MAX} bytes")));
+        return Err(ApiError::invalid(
+            "request_id",
+            format!("must be 1-{REQUEST_ID_BYTES_MAX} bytes"),
+        ));
     }
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::invalid("request_id", "must be printable ASCII without spaces"));
+        return Err(ApiError::invalid(
+            "request_id",
+            "must be printable ASCII without spaces",
+        ));
     }
     Ok(())
 }
@@ -56,7 +86,10 @@ pub fn name(field: &'static str, s: &str, max: usize) -> R {
         return Err(ApiError::invalid(field, format!("must be 1-{max} bytes")));
     }
     if s.chars().any(char::is_control) {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -66,22 +99,34 @@ pub fn text(field: &'static str, s: &str, max: usize) -> R {
         return Err(ApiError::invalid(field, format!("longer than {max} bytes")));
     }
     if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ApiError::invalid(field, "must not contain control characters other than newline and tab"));
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters other than newline and tab",
+        ));
     }
     Ok(())
 }
 
 pub fn scopes(scopes: &[Scope]) -> R {
     if scopes.is_empty() {
-        return Err(ApiError::invalid("scopes", "at least one scope is required"));
+        return Err(ApiError::invalid(
+            "scopes",
+            "at least one scope is required",
+        ));
     }
     if scopes.len() > SCOPES_PER_GRANT_MAX {
-        return Err(ApiError::invalid("scopes", format!("more than {SCOPES_PER_GRANT_MAX} scopes")));
+        return Err(ApiError::invalid(
+            "scopes",
+            format!("more than {SCOPES_PER_GRANT_MAX} scopes"),
+        ));
     }
     for s in scopes {
         name("scopes.resource", &s.resource, RESOURCE_BYTES_MAX)?;
         if s.actions.is_empty() || s.actions.len() > ACTIONS_PER_SCOPE_MAX {
-            return Err(ApiError::invalid("scopes.actions", format!("each scope needs 1-{ACTIONS_PER_SCOPE_MAX} actions")));
+            return Err(ApiError::invalid(
+                "scopes.actions",
+                format!("each scope needs 1-{ACTIONS_PER_SCOPE_MAX} actions"),
+            ));
         }
         for a in &s.actions {
             name("scopes.actions", a, ACTION_BYTES_MAX)?;
@@ -92,10 +137,16 @@ pub fn scopes(scopes: &[Scope]) -> R {
 
 /// Grant ids are 32 lowercase hex characters.
 pub fn grant_id(field: &'static str, s: &str) -> R {
-    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
-        Err(ApiError::invalid(field, "must be a grant id (32 lowercase hex characters)"))
+        Err(ApiError::invalid(
+            field,
+            "must be a grant id (32 lowercase hex characters)",
+        ))
     }
 }
 

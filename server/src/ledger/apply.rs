@@ -48,8 +48,16 @@ fn record(kind: RecordKind, time_ms: i64, actor: &str, g: Option<&GrantRecord>) 
 
 /// Apply `cmd` at `ctx` against `state`. Deterministic: the same command,
 /// context and state give the same [`Applied`] on every replica.
-pub fn apply(cmd: &Command, ctx: ApplyCtx, state: &impl LedgerState) -> Result<Applied, StateError> {
-    let mut out = Out { writes: Vec::new(), seq: ctx.audit_seq_next, log_index: ctx.log_index };
+pub fn apply(
+    cmd: &Command,
+    ctx: ApplyCtx,
+    state: &impl LedgerState,
+) -> Result<Applied, StateError> {
+    let mut out = Out {
+        writes: Vec::new(),
+        seq: ctx.audit_seq_next,
+        log_index: ctx.log_index,
+    };
     let result = match cmd {
         Command::Issue(c) => issue(c, ctx.log_index, state, &mut out)?,
         Command::Checks { now_ms, checks } => {
@@ -63,36 +71,59 @@ pub fn apply(cmd: &Command, ctx: ApplyCtx, state: &impl LedgerState) -> Result<A
         Command::CompleteTask(c) => complete_task(c, state, &mut out)?,
         Command::Sweep(c) => sweep(c, state, &mut out)?,
     };
-    Ok(Applied { result, writes: out.writes, audit_seq_next: out.seq })
+    Ok(Applied {
+        result,
+        writes: out.writes,
+        audit_seq_next: out.seq,
+    })
 }
 
-fn issue(c: &IssueCmd, log_index: u64, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+fn issue(
+    c: &IssueCmd,
+    log_index: u64,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
     if let Some(d) = state.dedupe(&c.request_id)? {
         if d.fingerprint != c.fingerprint {
-            return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(format!(
-                "request id {:?} was already used for a different request",
-                c.request_id
-            ))));
+            return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
+                format!(
+                    "request id {:?} was already used for a different request",
+                    c.request_id
+                ),
+            )));
         }
         // A retry, possibly delayed past a revoke or expiry: answer with the
         // grant as it is now, never a new one.
         let grant = state.grant(&d.grant_id)?.ok_or_else(|| {
-            StateError(format!("dedupe record points at missing grant {}", d.grant_id))
+            StateError(format!(
+                "dedupe record points at missing grant {}",
+                d.grant_id
+            ))
         })?;
-        return Ok(CommandResult::Issued { grant, replayed: true, audit_seq: 0 });
+        return Ok(CommandResult::Issued {
+            grant,
+            replayed: true,
+            audit_seq: 0,
+        });
     }
     if state.task_completed(&c.task_id)? {
-        return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(format!(
-            "task {:?} is completed; it takes no new grants",
-            c.task_id
-        ))));
+        return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
+            format!("task {:?} is completed; it takes no new grants", c.task_id),
+        )));
     }
-    if state.task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)?.len() >= limits::GRANTS_PER_TASK_MAX {
-        return Ok(CommandResult::Rejected(Rejection::ResourceExhausted(format!(
-            "task {:?} already holds {} grants (grants_per_task_max)",
-            c.task_id,
-            limits::GRANTS_PER_TASK_MAX
-        ))));
+    if state
+        .task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)?
+        .len()
+        >= limits::GRANTS_PER_TASK_MAX
+    {
+        return Ok(CommandResult::Rejected(Rejection::ResourceExhausted(
+            format!(
+                "task {:?} already holds {} grants (grants_per_task_max)",
+                c.task_id,
+                limits::GRANTS_PER_TASK_MAX
+            ),
+        )));
     }
     let grant = GrantRecord {
         grant_id: c.grant_id.clone(),
@@ -111,10 +142,18 @@ fn issue(c: &IssueCmd, log_index: u64, state: &impl LedgerState, out: &mut Out) 
     };
     if state.grant(&grant.grant_id)?.is_some() {
         // Grant ids are 128 random bits drawn by the leader: a collision is a bug.
-        return Err(StateError(format!("grant id {} already exists", grant.grant_id)));
+        return Err(StateError(format!(
+            "grant id {} already exists",
+            grant.grant_id
+        )));
     }
     let mut r = record(RecordKind::Issue, c.now_ms, &c.issuer, Some(&grant));
-    r.resource = grant.scopes.iter().map(|s| s.resource.as_str()).collect::<Vec<_>>().join(",");
+    r.resource = grant
+        .scopes
+        .iter()
+        .map(|s| s.resource.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let audit_seq = out.record(r);
     out.writes.push(Write::InsertGrant(grant.clone()));
     out.writes.push(Write::PutDedupe {
@@ -125,7 +164,11 @@ fn issue(c: &IssueCmd, log_index: u64, state: &impl LedgerState, out: &mut Out) 
             applied_at_ms: c.now_ms,
         },
     });
-    Ok(CommandResult::Issued { grant, replayed: false, audit_seq })
+    Ok(CommandResult::Issued {
+        grant,
+        replayed: false,
+        audit_seq,
+    })
 }
 
 /// Equal in time independent of where the inputs differ.
@@ -133,8 +176,17 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check(c: &CheckCmd, now_ms: i64, state: &impl LedgerState, out: &mut Out) -> Result<CheckOutcome, StateError> {
-    let grant = if c.grant_id.is_empty() { None } else { state.grant(&c.grant_id)? };
+fn check(
+    c: &CheckCmd,
+    now_ms: i64,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CheckOutcome, StateError> {
+    let grant = if c.grant_id.is_empty() {
+        None
+    } else {
+        state.grant(&c.grant_id)?
+    };
     let reason = match &grant {
         None => Reason::UnknownGrant,
         Some(g) if !ct_eq(g.token_hash.as_bytes(), c.token_hash.as_bytes()) => Reason::BadToken,
@@ -167,12 +219,23 @@ fn check(c: &CheckCmd, now_ms: i64, state: &impl LedgerState, out: &mut Out) -> 
     })
 }
 
-fn revoke(c: &RevokeCmd, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+fn revoke(
+    c: &RevokeCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
     let Some(mut grant) = state.grant(&c.grant_id)? else {
-        return Ok(CommandResult::Rejected(Rejection::NotFound(format!("no grant {}", c.grant_id))));
+        return Ok(CommandResult::Rejected(Rejection::NotFound(format!(
+            "no grant {}",
+            c.grant_id
+        ))));
     };
     if grant.state != GrantState::Active {
-        return Ok(CommandResult::Revoked { grant, already_inactive: true, audit_seq: 0 });
+        return Ok(CommandResult::Revoked {
+            grant,
+            already_inactive: true,
+            audit_seq: 0,
+        });
     }
     if grant.state_at(c.now_ms) == GrantState::Expired {
         // Past its expiry but not swept yet: retire it as expired, which is
@@ -182,7 +245,11 @@ fn revoke(c: &RevokeCmd, state: &impl LedgerState, out: &mut Out) -> Result<Comm
         r.reason = "expired".into();
         let audit_seq = out.record(r);
         out.writes.push(Write::Retire(grant.clone()));
-        return Ok(CommandResult::Revoked { grant, already_inactive: true, audit_seq });
+        return Ok(CommandResult::Revoked {
+            grant,
+            already_inactive: true,
+            audit_seq,
+        });
     }
     grant.state = GrantState::Revoked;
     grant.revoked_at_ms = c.now_ms;
@@ -191,10 +258,18 @@ fn revoke(c: &RevokeCmd, state: &impl LedgerState, out: &mut Out) -> Result<Comm
     r.reason = c.reason.clone();
     let audit_seq = out.record(r);
     out.writes.push(Write::Retire(grant.clone()));
-    Ok(CommandResult::Revoked { grant, already_inactive: false, audit_seq })
+    Ok(CommandResult::Revoked {
+        grant,
+        already_inactive: false,
+        audit_seq,
+    })
 }
 
-fn complete_task(c: &CompleteTaskCmd, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+fn complete_task(
+    c: &CompleteTaskCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
     let already_completed = state.task_completed(&c.task_id)?;
     let mut revoked = Vec::new();
     for id in state.task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)? {
@@ -219,12 +294,22 @@ fn complete_task(c: &CompleteTaskCmd, state: &impl LedgerState, out: &mut Out) -
     r.reason = format!("revoked {} grants", revoked.len());
     let audit_seq = out.record(r);
     if !already_completed {
-        out.writes.push(Write::CompleteTask { task_id: c.task_id.clone() });
+        out.writes.push(Write::CompleteTask {
+            task_id: c.task_id.clone(),
+        });
     }
-    Ok(CommandResult::TaskCompleted { revoked_grant_ids: revoked, already_completed, audit_seq })
+    Ok(CommandResult::TaskCompleted {
+        revoked_grant_ids: revoked,
+        already_completed,
+        audit_seq,
+    })
 }
 
-fn sweep(c: &SweepCmd, state: &impl LedgerState, out: &mut Out) -> Result<CommandResult, StateError> {
+fn sweep(
+    c: &SweepCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
     let mut expired = 0u32;
     for id in state.expired_grant_ids(c.now_ms, limits::SWEEP_GRANTS_MAX)? {
         let mut g = state
@@ -238,11 +323,20 @@ fn sweep(c: &SweepCmd, state: &impl LedgerState, out: &mut Out) -> Result<Comman
         expired += 1;
     }
     let mut dedupe_dropped = 0u32;
-    for (at, request_id) in state.dedupe_older_than(c.now_ms - limits::DEDUPE_WINDOW_MS, limits::SWEEP_DEDUPE_MAX)? {
-        out.writes.push(Write::DeleteDedupe { request_id, applied_at_ms: at });
+    for (at, request_id) in state.dedupe_older_than(
+        c.now_ms - limits::DEDUPE_WINDOW_MS,
+        limits::SWEEP_DEDUPE_MAX,
+    )? {
+        out.writes.push(Write::DeleteDedupe {
+            request_id,
+            applied_at_ms: at,
+        });
         dedupe_dropped += 1;
     }
-    Ok(CommandResult::Swept { expired, dedupe_dropped })
+    Ok(CommandResult::Swept {
+        expired,
+        dedupe_dropped,
+    })
 }
 
 #[cfg(test)]

@@ -24,7 +24,11 @@ pub trait LedgerState {
     fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
     /// Dedupe records applied before `before_ms`, oldest first, at most `limit`:
     /// (applied_at_ms, request_id).
-    fn dedupe_older_than(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StateError>;
+    fn dedupe_older_than(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StateError>;
 }
 
 /// A failure to read state: the storage is broken. Apply cannot continue.

@@ -118,7 +118,10 @@ pub struct SweepCmd {
 pub enum Command {
     Issue(IssueCmd),
     /// Many checks in one entry (group commit), decided at one leader time.
-    Checks { now_ms: i64, checks: Vec<CheckCmd> },
+    Checks {
+        now_ms: i64,
+        checks: Vec<CheckCmd>,
+    },
     Revoke(RevokeCmd),
     CompleteTask(CompleteTaskCmd),
     Sweep(SweepCmd),
@@ -167,11 +170,26 @@ pub enum Rejection {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum CommandResult {
-    Issued { grant: GrantRecord, replayed: bool, audit_seq: u64 },
+    Issued {
+        grant: GrantRecord,
+        replayed: bool,
+        audit_seq: u64,
+    },
     Checked(Vec<CheckOutcome>),
-    Revoked { grant: GrantRecord, already_inactive: bool, audit_seq: u64 },
-    TaskCompleted { revoked_grant_ids: Vec<String>, already_completed: bool, audit_seq: u64 },
-    Swept { expired: u32, dedupe_dropped: u32 },
+    Revoked {
+        grant: GrantRecord,
+        already_inactive: bool,
+        audit_seq: u64,
+    },
+    TaskCompleted {
+        revoked_grant_ids: Vec<String>,
+        already_completed: bool,
+        audit_seq: u64,
+    },
+    Swept {
+        expired: u32,
+        dedupe_dropped: u32,
+    },
     Rejected(Rejection),
     /// Blank and membership entries.
     Nothing,
@@ -222,9 +240,17 @@ pub enum Write {
     /// Update a grant that is leaving the active state (revoked or expired):
     /// rewrites the row and drops it from the expiry index.
     Retire(GrantRecord),
-    PutDedupe { request_id: String, record: DedupeRecord },
-    DeleteDedupe { request_id: String, applied_at_ms: i64 },
-    CompleteTask { task_id: String },
+    PutDedupe {
+        request_id: String,
+        record: DedupeRecord,
+    },
+    DeleteDedupe {
+        request_id: String,
+        applied_at_ms: i64,
+    },
+    CompleteTask {
+        task_id: String,
+    },
     Audit(AuditRecord),
 }
 

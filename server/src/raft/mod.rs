@@ -50,7 +50,8 @@ pub mod typ {
     pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
     pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
     pub type IOFlushed = openraft::storage::IOFlushed<TypeConfig>;
-    pub type RaftError<E = openraft::errors::Infallible> = openraft::errors::RaftError<TypeConfig, E>;
+    pub type RaftError<E = openraft::errors::Infallible> =
+        openraft::errors::RaftError<TypeConfig, E>;
     pub type RPCError<E = openraft::errors::Infallible> = openraft::errors::RPCError<TypeConfig, E>;
     pub type StreamingError = openraft::errors::StreamingError<TypeConfig>;
     pub type ClientWriteError = openraft::errors::ClientWriteError<TypeConfig>;

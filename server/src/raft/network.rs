@@ -27,7 +27,10 @@ pub struct Network {
 
 impl Network {
     pub fn new(rpc_timeout: Duration) -> Self {
-        Network { channels: Default::default(), rpc_timeout }
+        Network {
+            channels: Default::default(),
+            rpc_timeout,
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -51,7 +54,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
-        PeerConnection { target, channel: self.channel(&node.raft_addr) }
+        PeerConnection {
+            target,
+            channel: self.channel(&node.raft_addr),
+        }
     }
 }
 
@@ -72,7 +78,9 @@ fn network_err(e: impl std::fmt::Display) -> NetworkError<TypeConfig> {
 /// openraft backs off; anything else is a network error worth a retry.
 fn status_err(s: tonic::Status) -> RPCError {
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(s),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(s)
+        }
         _ => RPCError::Network(network_err(s)),
     }
 }
@@ -95,13 +103,25 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse, RPCError> {
         let data = codec::encode(&rpc);
-        let resp = self.client()?.append_entries(RaftPayload { data }).await.map_err(status_err)?;
+        let resp = self
+            .client()?
+            .append_entries(RaftPayload { data })
+            .await
+            .map_err(status_err)?;
         codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, _option: RPCOption) -> Result<VoteResponse, RPCError> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        _option: RPCOption,
+    ) -> Result<VoteResponse, RPCError> {
         let data = codec::encode(&rpc);
-        let resp = self.client()?.vote(RaftPayload { data }).await.map_err(status_err)?;
+        let resp = self
+            .client()?
+            .vote(RaftPayload { data })
+            .await
+            .map_err(status_err)?;
         codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
     }
 
@@ -114,12 +134,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse, StreamingError> {
         let header = codec::encode(&(vote, snapshot.meta.clone()));
         let data = snapshot.snapshot;
-        let mut chunks = vec![SnapshotChunk { header, data: Vec::new() }];
+        let mut chunks = vec![SnapshotChunk {
+            header,
+            data: Vec::new(),
+        }];
         chunks.extend(
-            data.chunks(limits::SNAPSHOT_CHUNK_BYTES).map(|c| SnapshotChunk { header: Vec::new(), data: c.to_vec() }),
+            data.chunks(limits::SNAPSHOT_CHUNK_BYTES)
+                .map(|c| SnapshotChunk {
+                    header: Vec::new(),
+                    data: c.to_vec(),
+                }),
         );
         tracing::info!(target = self.target, bytes = data.len(), "sending snapshot");
-        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
         let resp = client
             .install_snapshot(futures::stream::iter(chunks))
             .await

@@ -89,7 +89,10 @@ pub fn suffix_id(k: &[u8], prefix_len: usize) -> String {
 pub fn decode_time_key(k: &[u8]) -> (i64, String) {
     let mut b = [0u8; 8];
     b.copy_from_slice(&k[1..9]);
-    (u64::from_be_bytes(b) as i64, String::from_utf8_lossy(&k[9..]).into_owned())
+    (
+        u64::from_be_bytes(b) as i64,
+        String::from_utf8_lossy(&k[9..]).into_owned(),
+    )
 }
 
 /// Turn one ledger write into sled operations.
@@ -113,7 +116,10 @@ pub fn encode_write(w: &Write, batch: &mut sled::Batch) {
             batch.insert(dedupe(request_id), codec::encode(record));
             batch.insert(dedupe_by_time(record.applied_at_ms, request_id), &[][..]);
         }
-        Write::DeleteDedupe { request_id, applied_at_ms } => {
+        Write::DeleteDedupe {
+            request_id,
+            applied_at_ms,
+        } => {
             batch.remove(dedupe(request_id));
             batch.remove(dedupe_by_time(*applied_at_ms, request_id));
         }
@@ -154,6 +160,9 @@ mod tests {
         assert!(expiry(999, "z") < expiry(1000, "a"));
         assert!(expiry(1000, "zzzz") < expiry_upto(1000));
         assert!(expiry(1001, "a") > expiry_upto(1000));
-        assert_eq!(decode_time_key(&expiry(1234, "gid")), (1234, "gid".to_string()));
+        assert_eq!(
+            decode_time_key(&expiry(1234, "gid")),
+            (1234, "gid".to_string())
+        );
     }
 }

@@ -51,7 +51,9 @@ impl Syncer {
         self.db.flush().map_err(io_err)?;
         self.data_file.sync_data()?;
         let blobs = self.dir.join("blobs");
-        let Ok(rd) = std::fs::read_dir(&blobs) else { return Ok(()) };
+        let Ok(rd) = std::fs::read_dir(&blobs) else {
+            return Ok(());
+        };
         let mut synced = self.synced_blobs.lock().expect("syncer lock");
         let mut present = HashSet::new();
         let mut new = false;
@@ -86,7 +88,9 @@ impl LogStore {
         }
         let log = db.open_tree("log").map_err(io_err)?;
         let meta = db.open_tree("meta").map_err(io_err)?;
-        let data_file = std::fs::OpenOptions::new().read(true).open(dir.join("db"))?;
+        let data_file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(dir.join("db"))?;
         let syncer = Arc::new(Syncer {
             db: db.clone(),
             dir: dir.to_path_buf(),
@@ -106,11 +110,21 @@ impl LogStore {
                     waiting.extend(flush_rx.try_iter());
                     let res = s.sync();
                     for cb in waiting {
-                        cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                        cb.io_completed(
+                            res.as_ref()
+                                .map(|_| ())
+                                .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                        );
                     }
                 }
             })?;
-        Ok(LogStore { db, log, meta, syncer, flush_tx })
+        Ok(LogStore {
+            db,
+            log,
+            meta,
+            syncer,
+            flush_tx,
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> io::Result<Option<T>> {
@@ -121,10 +135,16 @@ impl LogStore {
     }
 
     /// Write a meta value and make it durable before returning.
-    async fn put_meta_durable<T: serde::Serialize>(&self, k: &'static [u8], v: &T) -> io::Result<()> {
+    async fn put_meta_durable<T: serde::Serialize>(
+        &self,
+        k: &'static [u8],
+        v: &T,
+    ) -> io::Result<()> {
         self.meta.insert(k, codec::encode(v)).map_err(io_err)?;
         let s = self.syncer.clone();
-        tokio::task::spawn_blocking(move || s.sync()).await.map_err(io_err)?
+        tokio::task::spawn_blocking(move || s.sync())
+            .await
+            .map_err(io_err)?
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
@@ -172,8 +192,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(META_LAST_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_log_id = self
+            .last_entry_log_id()?
+            .or_else(|| last_purged_log_id.clone());
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -187,7 +212,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not needed for safety (it only speeds up re-apply after a restart),
         // so it rides on the next append's sync.
-        self.meta.insert(META_COMMITTED, codec::encode(&committed)).map_err(io_err)?;
+        self.meta
+            .insert(META_COMMITTED, codec::encode(&committed))
+            .map_err(io_err)?;
         Ok(())
     }
 
@@ -196,16 +223,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed) -> Result<(), io::Error>
-    where I: IntoIterator<Item = Entry> + OptionalSend {
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+    {
         let mut batch = sled::Batch::default();
         for e in entries {
             let bytes = codec::encode(&e);
             // Entries are bounded by construction (limits::LOG_ENTRY_BYTES_MAX).
-            assert!(bytes.len() <= crate::limits::LOG_ENTRY_BYTES_MAX, "log entry of {} bytes", bytes.len());
+            assert!(
+                bytes.len() <= crate::limits::LOG_ENTRY_BYTES_MAX,
+                "log entry of {} bytes",
+                bytes.len()
+            );
             batch.insert(&e.index().to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(io_err)?;
-        self.flush_tx.send(callback).map_err(|_| io_err("raft log sync thread is gone"))?;
+        self.flush_tx
+            .send(callback)
+            .map_err(|_| io_err("raft log sync thread is gone"))?;
         Ok(())
     }
 
@@ -220,7 +255,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.meta.insert(META_LAST_PURGED, codec::encode(&log_id)).map_err(io_err)?;
+        self.meta
+            .insert(META_LAST_PURGED, codec::encode(&log_id))
+            .map_err(io_err)?;
         let mut batch = sled::Batch::default();
         for kv in self.log.range(..=log_id.index().to_be_bytes()) {
             batch.remove(kv.map_err(io_err)?.0);

@@ -49,10 +49,12 @@ impl StateReader {
     }
 
     pub fn last_applied_index(&self) -> io::Result<u64> {
-        Ok(read_meta::<Option<LogId>>(&self.tree(), ks::META_LAST_APPLIED)?
-            .flatten()
-            .map(|l| l.index())
-            .unwrap_or(0))
+        Ok(
+            read_meta::<Option<LogId>>(&self.tree(), ks::META_LAST_APPLIED)?
+                .flatten()
+                .map(|l| l.index())
+                .unwrap_or(0),
+        )
     }
 
     pub fn grant(&self, id: &str) -> io::Result<Option<GrantRecord>> {
@@ -63,7 +65,12 @@ impl StateReader {
     }
 
     /// One page of grants under an index prefix, after the grant id `after`.
-    pub fn list(&self, prefix: &[u8], after: Option<&str>, limit: usize) -> io::Result<(Vec<GrantRecord>, bool)> {
+    pub fn list(
+        &self,
+        prefix: &[u8],
+        after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<(Vec<GrantRecord>, bool)> {
         let tree = self.tree();
         let start = match after {
             Some(a) => {
@@ -156,7 +163,11 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
             .collect()
     }
-    fn dedupe_older_than(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StateError> {
+    fn dedupe_older_than(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StateError> {
         let end = ks::dedupe_by_time(before_ms, "");
         self.0
             .range(vec![ks::DEDUPE_BY_TIME]..end)
@@ -169,27 +180,35 @@ impl LedgerState for SledState<'_> {
 
 impl StateMachine {
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
-        let db = sled::Config::new().path(dir.join("state")).open().map_err(io_err)?;
+        let db = sled::Config::new()
+            .path(dir.join("state"))
+            .open()
+            .map_err(io_err)?;
         let snapshot_dir = dir.join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
         let meta = db.open_tree("meta").map_err(io_err)?;
         let name = match meta.get(ACTIVE_TREE).map_err(io_err)? {
             Some(n) => n.to_vec(),
             None => {
-                meta.insert(ACTIVE_TREE, b"state.0".to_vec()).map_err(io_err)?;
+                meta.insert(ACTIVE_TREE, b"state.0".to_vec())
+                    .map_err(io_err)?;
                 b"state.0".to_vec()
             }
         };
         let tree = db.open_tree(&name).map_err(io_err)?;
         match read_meta::<u32>(&tree, ks::META_FORMAT_VERSION)? {
             None => {
-                tree.insert(ks::META_FORMAT_VERSION, codec::encode(&ks::FORMAT_VERSION)).map_err(io_err)?;
+                tree.insert(ks::META_FORMAT_VERSION, codec::encode(&ks::FORMAT_VERSION))
+                    .map_err(io_err)?;
             }
             Some(v) if v == ks::FORMAT_VERSION => {}
             Some(v) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("state format version {v} on disk, this grantd reads {}", ks::FORMAT_VERSION),
+                    format!(
+                        "state format version {v} on disk, this grantd reads {}",
+                        ks::FORMAT_VERSION
+                    ),
                 ))
             }
         }
@@ -199,7 +218,9 @@ impl StateMachine {
         let audit_seq_next = read_meta(&tree, ks::META_AUDIT_SEQ_NEXT)?.unwrap_or(0);
         Ok(StateMachine {
             db,
-            reader: StateReader { tree: Arc::new(RwLock::new(tree)) },
+            reader: StateReader {
+                tree: Arc::new(RwLock::new(tree)),
+            },
             snapshot_dir,
             last_applied,
             membership,
@@ -219,7 +240,10 @@ impl StateMachine {
             h.update((v.len() as u64).to_be_bytes());
             h.update(&v);
         }
-        Ok((self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), hex::encode(h.finalize())))
+        Ok((
+            self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            hex::encode(h.finalize()),
+        ))
     }
 
     pub fn reader(&self) -> StateReader {
@@ -263,7 +287,10 @@ impl StateMachine {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot file");
         let len = u32::from_be_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
         let meta: SnapshotMeta = codec::decode(bytes.get(4..4 + len).ok_or_else(bad)?)?;
-        Ok(Some(Snapshot { meta, snapshot: bytes[4 + len..].to_vec() }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: bytes[4 + len..].to_vec(),
+        }))
     }
 
     fn apply_one(&mut self, entry: Entry) -> io::Result<CommandResult> {
@@ -297,7 +324,11 @@ impl StateMachine {
     /// Load snapshot data into a fresh tree and make it the active one.
     fn load(&mut self, data: &[u8]) -> io::Result<()> {
         let meta_tree = self.db.open_tree("meta").map_err(io_err)?;
-        let current = meta_tree.get(ACTIVE_TREE).map_err(io_err)?.map(|v| v.to_vec()).unwrap_or_default();
+        let current = meta_tree
+            .get(ACTIVE_TREE)
+            .map_err(io_err)?
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
         let gen: u64 = std::str::from_utf8(&current)
             .ok()
             .and_then(|s| s.strip_prefix("state."))
@@ -310,7 +341,8 @@ impl StateMachine {
         let mut rest = data;
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed snapshot data");
         let take = |rest: &mut &[u8]| -> io::Result<Vec<u8>> {
-            let len = u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
+            let len =
+                u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
             let v = rest.get(4..4 + len).ok_or_else(bad)?.to_vec();
             *rest = &rest[4 + len..];
             Ok(v)
@@ -324,11 +356,16 @@ impl StateMachine {
         match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
             Some(v) if v == ks::FORMAT_VERSION => {}
             v => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("snapshot format version {v:?}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot format version {v:?}"),
+                ));
             }
         }
         self.db.flush().map_err(io_err)?;
-        meta_tree.insert(ACTIVE_TREE, name.as_bytes()).map_err(io_err)?;
+        meta_tree
+            .insert(ACTIVE_TREE, name.as_bytes())
+            .map_err(io_err)?;
         self.db.flush().map_err(io_err)?;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         if !current.is_empty() {
@@ -342,7 +379,10 @@ impl StateMachine {
 }
 
 fn ledger_ctx(log_index: u64, audit_seq_next: u64) -> ledger::ApplyCtx {
-    ledger::ApplyCtx { log_index, audit_seq_next }
+    ledger::ApplyCtx {
+        log_index,
+        audit_seq_next,
+    }
 }
 
 /// A snapshot captured while apply was paused, written out by the builder.
@@ -359,9 +399,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // The state up to the snapshot must be durable before openraft may
         // purge the log behind it.
         let db = self.sm.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await.map_err(io_err)?.map_err(io_err)?;
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
         self.sm.write_snapshot_file(&self.meta, &self.data)?;
-        Ok(Snapshot { meta: self.meta.clone(), snapshot: std::mem::take(&mut self.data) })
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: std::mem::take(&mut self.data),
+        })
     }
 }
 
@@ -374,7 +420,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + OptionalSend,
+    {
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = self.apply_one(entry)?;
             if let Some(r) = responder {
@@ -388,16 +436,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Called on the state machine task, so no entry is applied while the
         // state is copied: the copy is exactly the state at last_applied.
         let data = self.dump().expect("state machine tree readable");
-        let meta = SnapshotMeta { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() };
-        SnapshotBuilder { sm: self.clone(), meta, data }
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied.clone(),
+            last_membership: self.membership.clone(),
+        };
+        SnapshotBuilder {
+            sm: self.clone(),
+            meta,
+            data,
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         self.load(&snapshot)?;
         if self.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot data applied up to {:?}, meta says {:?}", self.last_applied, meta.last_log_id),
+                format!(
+                    "snapshot data applied up to {:?}, meta says {:?}",
+                    self.last_applied, meta.last_log_id
+                ),
             ));
         }
         self.write_snapshot_file(meta, &snapshot)
@@ -411,12 +473,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl StateReader {
     /// Whether any active grant has expired by `now_ms` (the sweep has work).
     pub fn has_expired(&self, now_ms: i64) -> io::Result<bool> {
-        Ok(self.tree().range(vec![ks::EXPIRY]..ks::expiry_upto(now_ms)).next().transpose().map_err(io_err)?.is_some())
+        Ok(self
+            .tree()
+            .range(vec![ks::EXPIRY]..ks::expiry_upto(now_ms))
+            .next()
+            .transpose()
+            .map_err(io_err)?
+            .is_some())
     }
 
     /// Whether any dedupe record is older than `before_ms`.
     pub fn has_old_dedupe(&self, before_ms: i64) -> io::Result<bool> {
         let end = ks::dedupe_by_time(before_ms, "");
-        Ok(self.tree().range(vec![ks::DEDUPE_BY_TIME]..end).next().transpose().map_err(io_err)?.is_some())
+        Ok(self
+            .tree()
+            .range(vec![ks::DEDUPE_BY_TIME]..end)
+            .next()
+            .transpose()
+            .map_err(io_err)?
+            .is_some())
     }
 }

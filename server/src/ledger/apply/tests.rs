@@ -22,7 +22,13 @@ impl LedgerState for Mem {
         Ok(self.dedupe.get(r).cloned())
     }
     fn task_grant_ids(&self, task: &str, limit: usize) -> Result<Vec<String>, StateError> {
-        Ok(self.grants.values().filter(|g| g.task_id == task).map(|g| g.grant_id.clone()).take(limit).collect())
+        Ok(self
+            .grants
+            .values()
+            .filter(|g| g.task_id == task)
+            .map(|g| g.grant_id.clone())
+            .take(limit)
+            .collect())
     }
     fn task_completed(&self, task: &str) -> Result<bool, StateError> {
         Ok(self.completed.contains(task))
@@ -37,7 +43,11 @@ impl LedgerState for Mem {
         v.sort();
         Ok(v.into_iter().take(limit).map(|(_, id)| id).collect())
     }
-    fn dedupe_older_than(&self, before: i64, limit: usize) -> Result<Vec<(i64, String)>, StateError> {
+    fn dedupe_older_than(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StateError> {
         let mut v: Vec<_> = self
             .dedupe
             .iter()
@@ -52,7 +62,15 @@ impl LedgerState for Mem {
 impl Mem {
     fn run(&mut self, cmd: Command) -> CommandResult {
         self.index += 1;
-        let a = apply(&cmd, ApplyCtx { log_index: self.index, audit_seq_next: self.seq }, self).unwrap();
+        let a = apply(
+            &cmd,
+            ApplyCtx {
+                log_index: self.index,
+                audit_seq_next: self.seq,
+            },
+            self,
+        )
+        .unwrap();
         self.seq = a.audit_seq_next;
         for w in a.writes {
             match w {
@@ -84,7 +102,10 @@ fn issue_cmd(req: &str, grant: &str, task: &str, now: i64, ttl_ms: i64) -> Comma
         grant_id: grant.into(),
         subject: AGENT.into(),
         task_id: task.into(),
-        scopes: vec![Scope { resource: "github".into(), actions: vec!["read".into()] }],
+        scopes: vec![Scope {
+            resource: "github".into(),
+            actions: vec!["read".into()],
+        }],
         intent: "read the issue".into(),
         issuer: "spiffe://example.org/orchestrator".into(),
         token_hash: format!("hash-{grant}"),
@@ -117,14 +138,48 @@ fn reason(r: CommandResult) -> Reason {
 #[test]
 fn issue_check_revoke_check() {
     let mut m = Mem::default();
-    assert!(matches!(m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000)), CommandResult::Issued { replayed: false, .. }));
-    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 2000))), Reason::Allowed);
-    let r = m.run(Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "done".into(), actor: "x".into(), now_ms: 3000 }));
-    assert!(matches!(r, CommandResult::Revoked { already_inactive: false, .. }));
-    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 4000))), Reason::Revoked);
+    assert!(matches!(
+        m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000)),
+        CommandResult::Issued {
+            replayed: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 2000))),
+        Reason::Allowed
+    );
+    let r = m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g1".into(),
+        reason: "done".into(),
+        actor: "x".into(),
+        now_ms: 3000,
+    }));
+    assert!(matches!(
+        r,
+        CommandResult::Revoked {
+            already_inactive: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 4000))),
+        Reason::Revoked
+    );
     // Revoke again: idempotent, says it was already inactive.
-    let r = m.run(Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "again".into(), actor: "x".into(), now_ms: 5000 }));
-    assert!(matches!(r, CommandResult::Revoked { already_inactive: true, .. }));
+    let r = m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g1".into(),
+        reason: "again".into(),
+        actor: "x".into(),
+        now_ms: 5000,
+    }));
+    assert!(matches!(
+        r,
+        CommandResult::Revoked {
+            already_inactive: true,
+            ..
+        }
+    ));
     assert_eq!(m.grants["g1"].revoke_reason, "done");
 }
 
@@ -132,29 +187,67 @@ fn issue_check_revoke_check() {
 fn deny_reasons() {
     let mut m = Mem::default();
     m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
-    assert_eq!(reason(m.run(check_cmd("g1", "spiffe://example.org/agent/other", "github", "read", 2000))), Reason::SubjectMismatch);
-    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "write", 2000))), Reason::OutOfScope);
-    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "jira", "read", 2000))), Reason::OutOfScope);
-    assert_eq!(reason(m.run(check_cmd("nope", AGENT, "github", "read", 2000))), Reason::UnknownGrant);
-    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 61_000))), Reason::Expired);
+    assert_eq!(
+        reason(m.run(check_cmd(
+            "g1",
+            "spiffe://example.org/agent/other",
+            "github",
+            "read",
+            2000
+        ))),
+        Reason::SubjectMismatch
+    );
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "write", 2000))),
+        Reason::OutOfScope
+    );
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "jira", "read", 2000))),
+        Reason::OutOfScope
+    );
+    assert_eq!(
+        reason(m.run(check_cmd("nope", AGENT, "github", "read", 2000))),
+        Reason::UnknownGrant
+    );
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 61_000))),
+        Reason::Expired
+    );
     let mut bad = check_cmd("g1", AGENT, "github", "read", 2000);
     if let Command::Checks { checks, .. } = &mut bad {
         checks[0].token_hash = "forged".into();
     }
     assert_eq!(reason(m.run(bad)), Reason::BadToken);
     // Every decision is on the record.
-    assert_eq!(m.audit.iter().filter(|r| r.kind == RecordKind::Check).count(), 6);
-    assert!(m.audit.iter().filter(|r| r.kind == RecordKind::Check).all(|r| !r.allow));
+    assert_eq!(
+        m.audit
+            .iter()
+            .filter(|r| r.kind == RecordKind::Check)
+            .count(),
+        6
+    );
+    assert!(m
+        .audit
+        .iter()
+        .filter(|r| r.kind == RecordKind::Check)
+        .all(|r| !r.allow));
 }
 
 #[test]
 fn retry_returns_same_grant_even_after_revoke() {
     let mut m = Mem::default();
     m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
-    m.run(Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "done".into(), actor: "x".into(), now_ms: 2000 }));
+    m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g1".into(),
+        reason: "done".into(),
+        actor: "x".into(),
+        now_ms: 2000,
+    }));
     // A delayed retry with a fresh grant id drawn by a new leader.
     match m.run(issue_cmd("r1", "g2", "t1", 3000, 60_000)) {
-        CommandResult::Issued { grant, replayed, .. } => {
+        CommandResult::Issued {
+            grant, replayed, ..
+        } => {
             assert!(replayed);
             assert_eq!(grant.grant_id, "g1");
             assert_eq!(grant.state, GrantState::Revoked);
@@ -164,7 +257,10 @@ fn retry_returns_same_grant_even_after_revoke() {
     assert_eq!(m.grants.len(), 1);
     // The same request id with other parameters is refused.
     let r = m.run(issue_cmd("r1", "g3", "other-task", 3000, 60_000));
-    assert!(matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(_))));
+    assert!(matches!(
+        r,
+        CommandResult::Rejected(Rejection::FailedPrecondition(_))
+    ));
     assert_eq!(m.grants.len(), 1);
 }
 
@@ -174,19 +270,42 @@ fn complete_task_revokes_all_and_closes_task() {
     m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
     m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
     m.run(issue_cmd("r3", "g3", "t2", 1000, 60_000));
-    match m.run(Command::CompleteTask(CompleteTaskCmd { task_id: "t1".into(), actor: "o".into(), now_ms: 2000 })) {
-        CommandResult::TaskCompleted { revoked_grant_ids, already_completed, .. } => {
+    match m.run(Command::CompleteTask(CompleteTaskCmd {
+        task_id: "t1".into(),
+        actor: "o".into(),
+        now_ms: 2000,
+    })) {
+        CommandResult::TaskCompleted {
+            revoked_grant_ids,
+            already_completed,
+            ..
+        } => {
             assert_eq!(revoked_grant_ids, vec!["g1".to_string(), "g2".to_string()]);
             assert!(!already_completed);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(reason(m.run(check_cmd("g1", AGENT, "github", "read", 3000))), Reason::TaskCompleted);
-    assert_eq!(reason(m.run(check_cmd("g3", AGENT, "github", "read", 3000))), Reason::Allowed);
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 3000))),
+        Reason::TaskCompleted
+    );
+    assert_eq!(
+        reason(m.run(check_cmd("g3", AGENT, "github", "read", 3000))),
+        Reason::Allowed
+    );
     let r = m.run(issue_cmd("r4", "g4", "t1", 3000, 60_000));
-    assert!(matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(_))));
-    let again = m.run(Command::CompleteTask(CompleteTaskCmd { task_id: "t1".into(), actor: "o".into(), now_ms: 4000 }));
-    assert!(matches!(again, CommandResult::TaskCompleted { already_completed: true, ref revoked_grant_ids, .. } if revoked_grant_ids.is_empty()));
+    assert!(matches!(
+        r,
+        CommandResult::Rejected(Rejection::FailedPrecondition(_))
+    ));
+    let again = m.run(Command::CompleteTask(CompleteTaskCmd {
+        task_id: "t1".into(),
+        actor: "o".into(),
+        now_ms: 4000,
+    }));
+    assert!(
+        matches!(again, CommandResult::TaskCompleted { already_completed: true, ref revoked_grant_ids, .. } if revoked_grant_ids.is_empty())
+    );
 }
 
 #[test]
@@ -194,11 +313,23 @@ fn sweep_retires_expired_and_old_dedupe() {
     let mut m = Mem::default();
     m.run(issue_cmd("r1", "g1", "t1", 1000, 1000));
     m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
-    assert_eq!(m.run(Command::Sweep(SweepCmd { now_ms: 2000 })), CommandResult::Swept { expired: 1, dedupe_dropped: 0 });
+    assert_eq!(
+        m.run(Command::Sweep(SweepCmd { now_ms: 2000 })),
+        CommandResult::Swept {
+            expired: 1,
+            dedupe_dropped: 0
+        }
+    );
     assert_eq!(m.grants["g1"].state, GrantState::Expired);
     assert_eq!(m.grants["g2"].state, GrantState::Active);
     let later = 1000 + limits::DEDUPE_WINDOW_MS + 1;
-    assert_eq!(m.run(Command::Sweep(SweepCmd { now_ms: later })), CommandResult::Swept { expired: 1, dedupe_dropped: 2 });
+    assert_eq!(
+        m.run(Command::Sweep(SweepCmd { now_ms: later })),
+        CommandResult::Swept {
+            expired: 1,
+            dedupe_dropped: 2
+        }
+    );
 }
 
 #[test]
@@ -207,7 +338,12 @@ fn apply_is_deterministic() {
         issue_cmd("r1", "g1", "t1", 1000, 5000),
         check_cmd("g1", AGENT, "github", "read", 1500),
         Command::Sweep(SweepCmd { now_ms: 7000 }),
-        Command::Revoke(RevokeCmd { grant_id: "g1".into(), reason: "x".into(), actor: "a".into(), now_ms: 8000 }),
+        Command::Revoke(RevokeCmd {
+            grant_id: "g1".into(),
+            reason: "x".into(),
+            actor: "a".into(),
+            now_ms: 8000,
+        }),
     ];
     let (mut a, mut b) = (Mem::default(), Mem::default());
     let ra: Vec<_> = cmds.iter().cloned().map(|c| a.run(c)).collect();
