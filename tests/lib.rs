@@ -339,3 +339,13 @@ pub fn check_req(token: &str) -> pb::CheckRequest {
 pub fn reason(r: &pb::CheckResponse) -> pb::Reason {
     pb::Reason::try_from(r.reason).unwrap()
 }
+
+/// A linearizable List of one task's grants, first page.
+pub fn list_task_req(task: &str, page_size: u32) -> pb::ListRequest {
+    pb::ListRequest {
+        by: Some(pb::list_request::By::TaskId(task.into())),
+        page_size,
+        page_token: String::new(),
+        allow_stale: false,
+    }
+}

@@ -211,15 +211,7 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     let g = late.grant.unwrap();
     assert_eq!(g.grant_id, id);
     assert_eq!(g.state, pb::GrantState::Revoked as i32);
-    let all = client
-        .list(pb::ListRequest {
-            by: Some(pb::list_request::By::TaskId("retry-task".into())),
-            page_size: 0,
-            page_token: String::new(),
-            allow_stale: false,
-        })
-        .await
-        .unwrap();
+    let all = client.list(list_task_req("retry-task", 0)).await.unwrap();
     assert_eq!(all.grants.len(), 1);
     // The same id with other parameters is refused and creates nothing.
     let mut changed = req.clone();

@@ -102,12 +102,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
     let err = client
-        .list(pb::ListRequest {
-            by: Some(pb::list_request::By::TaskId("bad-input".into())),
-            page_size: 501,
-            page_token: String::new(),
-            allow_stale: false,
-        })
+        .list(list_task_req("bad-input", 501))
         .await
         .unwrap_err();
     assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
@@ -125,15 +120,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     // Nothing changed: a refused request never reaches the log. (The
     // revoke of an unknown grant is a committed no-op, which moves the
     // applied index but not the grants.)
-    let all = client
-        .list(pb::ListRequest {
-            by: Some(pb::list_request::By::TaskId("bad-input".into())),
-            page_size: 0,
-            page_token: String::new(),
-            allow_stale: false,
-        })
-        .await
-        .unwrap();
+    let all = client.list(list_task_req("bad-input", 0)).await.unwrap();
     assert_eq!(all.grants.len(), 1);
     assert_eq!(
         reason(&client.check(check_req(&good.token)).await.unwrap()),
