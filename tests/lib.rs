@@ -324,6 +324,7 @@ pub fn issue_req(task: &str, ttl_seconds: u64) -> pb::IssueRequest {
         }],
         intent: "triage issue 42".into(),
         ttl_seconds,
+        token_secret: String::new(),
     }
 }
 

@@ -93,6 +93,14 @@ pub fn new_request_id() -> String {
     hex::encode(b)
 }
 
+/// A new token secret: 256 bits from the OS CSPRNG, hex.
+pub fn new_token_secret() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 impl Client {
     pub fn new(endpoints: Vec<String>, options: Options) -> Result<Client, ClientError> {
         let first = endpoints.first().cloned().ok_or(ClientError::NoEndpoints)?;
@@ -201,11 +209,15 @@ impl Client {
             .map_err(ClientError::Status)
     }
 
-    /// Issue a grant. An empty request id is replaced by a fresh one, which
-    /// all retries of this call reuse.
+    /// Issue a grant. An empty request id is replaced by a fresh one, and an
+    /// empty token secret by 256 random bits, which all retries of this call
+    /// reuse: a retry whose first answer was lost still gets the token.
     pub async fn issue(&self, mut req: pb::IssueRequest) -> Result<pb::IssueResponse, ClientError> {
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
+        }
+        if req.token_secret.is_empty() {
+            req.token_secret = new_token_secret();
         }
         self.call(|ch| {
             let req = req.clone();

@@ -41,6 +41,15 @@ enum Cmd {
         /// Reuse to retry safely; generated when absent.
         #[arg(long, default_value = "")]
         request_id: String,
+        /// The token's secret (64 hex characters); reuse it with the request id
+        /// so that a retry gets the token back. Generated when absent.
+        #[arg(
+            long,
+            env = "GRANTCTL_TOKEN_SECRET",
+            default_value = "",
+            hide_env_values = true
+        )]
+        token_secret: String,
     },
     /// Check a token; exit status 0 on allow, 1 on deny.
     Check {
@@ -174,6 +183,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             intent,
             ttl,
             request_id,
+            token_secret,
         } => {
             let scopes = scopes
                 .iter()
@@ -187,6 +197,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     scopes,
                     intent,
                     ttl_seconds: ttl,
+                    token_secret,
                 })
                 .await
                 .map_err(e)?;

@@ -185,16 +185,29 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     let client = c.client();
     let mut req = issue_req("retry-task", 300);
     req.request_id = "req-0001".into();
+    req.token_secret = "5e".repeat(32);
     let first = client.issue(req.clone()).await.unwrap();
+    // A retry carrying the same secret (what the client library does for its
+    // own retries) gets the same grant and its token back.
     let second = client.issue(req.clone()).await.unwrap();
     assert!(second.replayed);
-    assert!(
-        second.token.is_empty(),
-        "a replay must not hand out a token"
-    );
+    assert_eq!(second.token, first.token);
     assert_eq!(
         first.grant.as_ref().unwrap().grant_id,
         second.grant.as_ref().unwrap().grant_id
+    );
+    // A replay without the original secret gets the grant but no token.
+    let mut other_secret = req.clone();
+    other_secret.token_secret = String::new();
+    let third = client.issue(other_secret).await.unwrap();
+    assert!(third.replayed);
+    assert!(
+        third.token.is_empty(),
+        "a replay without the secret must not hand out a token"
+    );
+    assert_eq!(
+        third.grant.unwrap().grant_id,
+        first.grant.as_ref().unwrap().grant_id
     );
     let id = first.grant.unwrap().grant_id;
     client

@@ -94,7 +94,9 @@ fn unexpected(r: CommandResult) -> ApiError {
 }
 
 /// Fingerprint of an Issue's parameters: a request id reused with other
-/// parameters is refused instead of answered with the first grant.
+/// parameters is refused instead of answered with the first grant. The token
+/// secret is not part of it: a replay gets the grant whatever secret it
+/// carries, and the token only with the original one.
 fn fingerprint(r: &pb::IssueRequest, scopes: &[ledger::Scope], ttl_seconds: u64) -> String {
     let mut h = Sha256::new();
     for part in [
@@ -150,7 +152,13 @@ impl Grants for GrantsService {
             }
             t => t,
         };
-        let minted = token::mint();
+        let caller_secret = if r.token_secret.is_empty() {
+            None
+        } else {
+            token::validate_secret(&r.token_secret)?;
+            Some(r.token_secret.as_str())
+        };
+        let minted = token::mint(caller_secret);
         let now = now_ms();
         let cmd = Command::Issue(ledger::IssueCmd {
             request_id: r.request_id.clone(),
@@ -175,10 +183,14 @@ impl Grants for GrantsService {
                 index,
             ) => Ok(Response::new(pb::IssueResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
-                token: if replayed {
-                    String::new()
-                } else {
-                    minted.token
+                token: match (replayed, caller_secret) {
+                    (false, _) => minted.token,
+                    // Only the holder of the original secret gets the token
+                    // back: the grant keeps the hash it must match.
+                    (true, Some(secret)) if token::hash_secret(secret) == grant.token_hash => {
+                        token::compose(&grant.grant_id, secret)
+                    }
+                    (true, _) => String::new(),
                 },
                 replayed,
                 receipt: receipt(index, audit_seq),

@@ -16,23 +16,51 @@ pub struct Minted {
     pub token_hash: String,
 }
 
-pub fn mint() -> Minted {
+/// Draw a grant id, and a secret unless the caller chose one (already
+/// validated with [`validate_secret`]).
+pub fn mint(caller_secret: Option<&str>) -> Minted {
     let mut rng = rand::rngs::OsRng;
     let mut id = [0u8; 16];
-    let mut secret = [0u8; 32];
     rng.fill_bytes(&mut id);
-    rng.fill_bytes(&mut secret);
     let grant_id = hex::encode(id);
-    let secret_hex = hex::encode(secret);
+    let secret_hex = match caller_secret {
+        Some(s) => s.to_string(),
+        None => {
+            let mut secret = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            hex::encode(secret)
+        }
+    };
     Minted {
-        token: format!("{PREFIX}{grant_id}_{secret_hex}"),
+        token: compose(&grant_id, &secret_hex),
         token_hash: hash_secret(&secret_hex),
         grant_id,
     }
 }
 
-fn hash_secret(secret_hex: &str) -> String {
+pub fn compose(grant_id: &str, secret_hex: &str) -> String {
+    format!("{PREFIX}{grant_id}_{secret_hex}")
+}
+
+pub fn hash_secret(secret_hex: &str) -> String {
     hex::encode(Sha256::digest(secret_hex.as_bytes()))
+}
+
+fn is_secret(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub fn validate_secret(s: &str) -> Result<(), ApiError> {
+    if is_secret(s) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "token_secret",
+            "must be 64 lowercase hex characters (256 random bits)",
+        ))
+    }
 }
 
 /// Split a presented token into (grant id, hash of its secret).
@@ -62,12 +90,22 @@ mod tests {
 
     #[test]
     fn minted_token_parses_to_its_grant_and_hash() {
-        let m = mint();
+        let m = mint(None);
         let (id, h) = parse(&m.token).unwrap();
         assert_eq!(id, m.grant_id);
         assert_eq!(h, m.token_hash);
         assert!(!m.token.contains(&m.token_hash));
         assert!(m.token.len() <= crate::limits::TOKEN_BYTES_MAX);
+    }
+
+    #[test]
+    fn caller_secret_gives_a_token_the_caller_can_rebuild() {
+        let secret = "ab".repeat(32);
+        let m = mint(Some(&secret));
+        assert_eq!(m.token, compose(&m.grant_id, &secret));
+        assert_eq!(parse(&m.token).unwrap().1, m.token_hash);
+        assert!(validate_secret("short").is_err());
+        assert!(validate_secret(&"AB".repeat(32)).is_err());
     }
 
     #[test]
