@@ -38,6 +38,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         // Without it, openraft stops a leader that sees a follower's log go
         // back (a wiped disk). docs/operations.md has the trade-off.
         allow_log_reversion: Some(config.allow_log_reversion),
+        // Replicate an entry while the leader's own fsync is still running,
+        // instead of after it: one fsync less on every write's latency.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     }
     .validate()?;
@@ -53,6 +56,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     let ctx = NodeContext::new(config.clone(), raft.clone(), state);
     let api = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .add_service(
             GrantsServer::new(GrantsService::new(ctx.clone()))
                 .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
@@ -61,6 +65,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .serve_with_shutdown(config.api_addr, wait(shutdown.clone()));
     let peer = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .add_service(
             RaftPeerServer::new(RaftPeerService::new(raft.clone()))
                 .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
