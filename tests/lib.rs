@@ -56,6 +56,7 @@ pub struct NodeProc {
     pub raft_addr: String,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    paused: bool,
 }
 
 impl NodeProc {
@@ -115,6 +116,7 @@ impl Cluster {
             raft_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: self.dir.path().join(format!("node{id}")),
             child: None,
+            paused: false,
         };
         self.nodes.push(node);
         self.spawn(id);
@@ -170,6 +172,34 @@ impl Cluster {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
+        n.paused = false;
+    }
+
+    /// SIGSTOP node `id`: it keeps its sockets but answers nothing.
+    pub fn pause(&mut self, id: u64) {
+        let n = self.node_mut(id);
+        signal(n.pid().expect("node running"), "STOP");
+        n.paused = true;
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&mut self, id: u64) {
+        let n = self.node_mut(id);
+        signal(n.pid().expect("node running"), "CONT");
+        n.paused = false;
+    }
+
+    fn answering(&self) -> impl Iterator<Item = &NodeProc> {
+        self.nodes.iter().filter(|n| n.child.is_some() && !n.paused)
+    }
+
+    /// A client that knows every node that is running and not paused.
+    pub fn answering_client(&self) -> Client {
+        Client::new(
+            self.answering().map(|n| n.api_addr.clone()).collect(),
+            Options::default(),
+        )
+        .unwrap()
     }
 
     /// SIGTERM node `id` and wait for it to exit; returns whether it exited 0.
@@ -226,10 +256,7 @@ impl Cluster {
     pub async fn wait_leader(&self) -> u64 {
         let deadline = Instant::now() + WAIT_MAX;
         loop {
-            for n in &self.nodes {
-                if n.child.is_none() {
-                    continue;
-                }
+            for n in self.answering() {
                 if let Some(s) = self.status(n.id).await {
                     if s.role == "leader"
                         && s.has_leader
@@ -252,12 +279,12 @@ impl Cluster {
         let deadline = Instant::now() + WAIT_MAX;
         loop {
             let mut out = Vec::new();
-            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            for n in self.answering() {
                 if let Ok(s) = client.status_with(&n.api_addr, true).await {
                     out.push((n.id, s.state_digest, s.state_digest_index));
                 }
             }
-            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            let running = self.answering().count();
             if out.len() == running && out.iter().all(|d| d.2 == out[0].2 && d.2 > 0) {
                 return out;
             }
@@ -271,6 +298,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
+                // SIGKILL ends a stopped process too.
                 c.kill().ok();
                 c.wait().ok();
             }

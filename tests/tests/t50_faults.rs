@@ -245,3 +245,73 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_state() {
         pb::Reason::Allowed
     );
 }
+
+/// Invariant 2 across a paused leader: while the old leader is frozen
+/// (SIGSTOP past the election timeout) the others elect a new one and
+/// acknowledge a revoke. When the old leader wakes up it still believes it
+/// leads, but no check it serves may allow the revoked grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_old_leader_never_allows_a_revoked_grant() {
+    let mut c = Cluster::start(3).await;
+    let client = c.client();
+    let issued = client.issue(issue_req("pause", 600)).await.unwrap();
+    let grant_id = issued.grant.unwrap().grant_id;
+    assert_eq!(
+        reason(&client.check(check_req(&issued.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
+
+    let old = c.wait_leader().await;
+    c.pause(old);
+    let new = c.wait_leader().await;
+    assert_ne!(new, old);
+    let others = c.answering_client();
+    let r = others
+        .revoke(pb::RevokeRequest {
+            request_id: String::new(),
+            grant_id: grant_id.clone(),
+            reason: "pause test".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!r.already_inactive);
+
+    c.resume(old);
+    // Straight to the woken node, with no leader following: it answers
+    // either with an error (it learns it was deposed) or with a deny.
+    let direct = c.node_client(old);
+    for _ in 0..20 {
+        match direct.check(check_req(&issued.token)).await {
+            Ok(r) => assert_eq!(
+                reason(&r),
+                pb::Reason::Revoked,
+                "stale allow from the old leader"
+            ),
+            Err(e) => assert_eq!(e.grpc_code(), Some(tonic::Code::Unavailable), "{e}"),
+        }
+        match direct
+            .get(pb::GetRequest {
+                grant_id: grant_id.clone(),
+                allow_stale: false,
+            })
+            .await
+        {
+            Ok(g) => assert_eq!(
+                g.grant.unwrap().state,
+                pb::GrantState::Revoked as i32,
+                "stale linearizable read"
+            ),
+            Err(e) => assert_eq!(e.grpc_code(), Some(tonic::Code::Unavailable), "{e}"),
+        }
+    }
+    // And through the leader-following client, from any node: deny.
+    assert_eq!(
+        reason(&c.client().check(check_req(&issued.token)).await.unwrap()),
+        pb::Reason::Revoked
+    );
+    let d = c.converged_digests().await;
+    assert!(
+        d.iter().all(|x| x.1 == d[0].1),
+        "replicas differ after the pause: {d:?}"
+    );
+}
