@@ -96,10 +96,12 @@ impl Cluster {
         }
         let client = c.client();
         let members: Vec<pb::Node> = c.nodes.iter().map(|n| n.member()).collect();
-        wait_for("node 1 to answer", || async {
-            client.status_of(&c.nodes[0].api_addr).await.is_ok()
-        })
-        .await;
+        for n in &c.nodes {
+            wait_for("every node to answer", || async {
+                client.status_of(&n.api_addr).await.is_ok()
+            })
+            .await;
+        }
         client
             .initialize(&c.nodes[0].api_addr, members)
             .await
