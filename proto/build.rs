@@ -1,10 +1,14 @@
 //! Compiles the protos without a system `protoc`: protox parses them in pure
 //! Rust, tonic-prost-build generates the code.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_none() {
+        return Ok(());
+    }
     let files = [
         "protos/grantledger/v1/grants.proto",
         "protos/grantledger/v1/cluster.proto",
         "protos/grantledger/v1/raft.proto",
+        "protos/grantledger/v1/audit.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

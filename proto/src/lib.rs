@@ -1,6 +1,10 @@
 //! The wire contract of grant-ledger: protobuf messages and gRPC services
-//! generated from `protos/`. No I/O lives here.
+//! generated from `protos/` (feature `grpc`), and the audit format with its
+//! offline verifier (`audit`). No I/O lives here.
 
+pub mod audit;
+
+#[cfg(feature = "grpc")]
 pub mod v1 {
     tonic::include_proto!("grantledger.v1");
 

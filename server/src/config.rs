@@ -73,6 +73,12 @@ pub struct Args {
     /// and it is sent a snapshot) instead of stopping the leader [default: true].
     #[arg(long, env = "GRANTD_ALLOW_LOG_REVERSION")]
     pub allow_log_reversion: Option<bool>,
+    /// How often the leader signs and commits an audit checkpoint when the log grew [default: 1000].
+    #[arg(long, env = "GRANTD_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// The origin line of audit checkpoints: names this log; the same on every node [default: grant-ledger].
+    #[arg(long, env = "GRANTD_AUDIT_ORIGIN")]
+    pub audit_origin: Option<String>,
     /// Log filter in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "GRANTD_LOG")]
     pub log: Option<String>,
@@ -97,6 +103,8 @@ struct FileConfig {
     check_batch_max: Option<usize>,
     sweep_interval_ms: Option<u64>,
     allow_log_reversion: Option<bool>,
+    checkpoint_interval_ms: Option<u64>,
+    audit_origin: Option<String>,
     log: Option<String>,
 }
 
@@ -118,6 +126,8 @@ pub struct Config {
     pub check_batch_max: usize,
     pub sweep_interval_ms: u64,
     pub allow_log_reversion: bool,
+    pub checkpoint_interval_ms: u64,
+    pub audit_origin: String,
     pub log: String,
 }
 
@@ -190,6 +200,8 @@ impl Config {
             check_batch_max: pick!(check_batch_max, 256),
             sweep_interval_ms: pick!(sweep_interval_ms, 1000),
             allow_log_reversion: pick!(allow_log_reversion, true),
+            checkpoint_interval_ms: pick!(checkpoint_interval_ms, 1000),
+            audit_origin: pick!(audit_origin, "grant-ledger".to_string()),
             log: pick!(log, "info".to_string()),
         };
         c.validate()?;
@@ -242,6 +254,15 @@ impl Config {
                 "check_batch_max",
                 format!("must be in 1..={CHECK_BATCH_MAX_CEILING}"),
             );
+        }
+        if self.checkpoint_interval_ms < 10 {
+            return bad("checkpoint_interval_ms", "must be at least 10".into());
+        }
+        if self.audit_origin.is_empty()
+            || self.audit_origin.len() > 256
+            || self.audit_origin.chars().any(char::is_control)
+        {
+            return bad("audit_origin", "must be 1-256 bytes on one line".into());
         }
         if self.sweep_interval_ms < 10 {
             return bad("sweep_interval_ms", "must be at least 10".into());

@@ -5,6 +5,7 @@
 //! → `ledger` (pure rules). Arrows point down only.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod ledger;
 pub mod limits;

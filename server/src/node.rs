@@ -23,6 +23,10 @@ use crate::storage::{LogStore, StateMachine};
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)?;
+    let node_key = Arc::new(crate::audit::keys::load_or_create(
+        &config.data_dir,
+        config.node_id,
+    )?);
     let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
     let sm = StateMachine::open(&config.data_dir)?;
     let state = sm.reader();
@@ -75,11 +79,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let api = tokio::spawn(api);
     let peer = tokio::spawn(peer);
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
+    let publisher = tokio::spawn(crate::audit::publisher::run(
+        ctx.clone(),
+        node_key,
+        shutdown.clone(),
+    ));
     tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "grantd serving");
 
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!("shutting down");
     sweeper.abort();
+    publisher.abort();
     api.await??;
     peer.await??;
     raft.shutdown()

@@ -37,12 +37,31 @@ impl GrantsService {
     }
 }
 
-fn receipt(log_index: u64, audit_seq: u64) -> Option<pb::Receipt> {
-    Some(pb::Receipt {
-        log_index,
-        audit_seq,
-        entry_hash: Vec::new(),
-    })
+impl GrantsService {
+    /// Where the request landed: its log index and, when it appended an
+    /// audit entry, that entry's sequence number and hash.
+    fn receipt(
+        &self,
+        log_index: u64,
+        audit_seq: Option<u64>,
+    ) -> Result<Option<pb::Receipt>, ApiError> {
+        let (audit_seq, entry_hash) = match audit_seq {
+            Some(seq) => {
+                let h = self
+                    .ctx
+                    .state
+                    .audit_hash(seq)?
+                    .ok_or_else(|| ApiError::Internal(format!("audit entry {seq} missing")))?;
+                (seq, h.to_vec())
+            }
+            None => (0, Vec::new()),
+        };
+        Ok(Some(pb::Receipt {
+            log_index,
+            audit_seq,
+            entry_hash,
+        }))
+    }
 }
 
 fn to_pb_grant(g: &GrantRecord, now: i64) -> pb::Grant {
@@ -193,7 +212,7 @@ impl Grants for GrantsService {
                     (true, _) => String::new(),
                 },
                 replayed,
-                receipt: receipt(index, audit_seq),
+                receipt: self.receipt(index, audit_seq)?,
             })),
             (other, _) => Err(unexpected(other).into()),
         }
@@ -230,7 +249,7 @@ impl Grants for GrantsService {
             } as i32,
             reason: to_pb_reason(o.reason) as i32,
             grant_id: o.grant_id,
-            receipt: receipt(index, o.audit_seq),
+            receipt: self.receipt(index, Some(o.audit_seq))?,
         }))
     }
 
@@ -261,7 +280,7 @@ impl Grants for GrantsService {
             ) => Ok(Response::new(pb::RevokeResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
                 already_inactive,
-                receipt: receipt(index, audit_seq),
+                receipt: self.receipt(index, audit_seq)?,
             })),
             (other, _) => Err(unexpected(other).into()),
         }
@@ -292,7 +311,7 @@ impl Grants for GrantsService {
             ) => Ok(Response::new(pb::CompleteTaskResponse {
                 revoked_grant_ids,
                 already_completed,
-                receipt: receipt(index, audit_seq),
+                receipt: self.receipt(index, audit_seq)?,
             })),
             (other, _) => Err(unexpected(other).into()),
         }

@@ -1,48 +1,63 @@
 //! Apply one command to the ledger state: decide, then list the writes.
 
+use grant_proto::audit::note::{self, VerifierKey};
+
 use super::*;
 use crate::limits;
 
 /// Everything apply needs besides the command and the state: where the entry
-/// sits in the log and where the audit sequence stands. Both come from the
+/// sits in the log and the head of the audit chain. Both come from the
 /// replicated state, never from the local node.
 pub struct ApplyCtx {
     pub log_index: u64,
-    pub audit_seq_next: u64,
+    pub chain: Chain,
 }
 
 struct Out {
     writes: Vec<Write>,
-    seq: u64,
+    chain: Chain,
     log_index: u64,
 }
 
 impl Out {
-    fn record(&mut self, mut r: AuditRecord) -> u64 {
-        let seq = self.seq;
-        r.seq = seq;
-        r.log_index = self.log_index;
-        self.seq += 1;
-        self.writes.push(Write::Audit(r));
+    /// Chain an entry and write it in the same batch as the change it
+    /// records: a change is never without its entry, nor an entry without
+    /// its change.
+    fn record(&mut self, r: AuditEntry) -> u64 {
+        let chained = self.chain.append(r, self.log_index);
+        let seq = chained.entry.seq;
+        self.writes.push(Write::Audit(chained));
         seq
     }
 }
 
-fn record(kind: RecordKind, time_ms: i64, actor: &str, g: Option<&GrantRecord>) -> AuditRecord {
-    AuditRecord {
-        seq: 0,
-        log_index: 0,
-        time_ms,
-        kind,
-        actor: actor.to_string(),
-        subject: g.map(|g| g.subject.clone()).unwrap_or_default(),
-        task_id: g.map(|g| g.task_id.clone()).unwrap_or_default(),
-        grant_id: g.map(|g| g.grant_id.clone()).unwrap_or_default(),
-        resource: String::new(),
-        action: String::new(),
-        intent: g.map(|g| g.intent.clone()).unwrap_or_default(),
-        allow: true,
-        reason: String::new(),
+fn record(kind: Kind, time_ms: i64, actor: &str, g: Option<&GrantRecord>) -> AuditEntry {
+    let mut e = AuditEntry::new(kind, time_ms);
+    e.actor = actor.to_string();
+    if let Some(g) = g {
+        e.subject = g.subject.clone();
+        e.task_id = g.task_id.clone();
+        e.grant_id = g.grant_id.clone();
+        e.intent = g.intent.clone();
+    }
+    e
+}
+
+/// The audit entry of a membership change, applied at the time of the last
+/// entry (a membership entry carries no leader time of its own).
+pub fn apply_membership(voters: &str, learners: &str, time_ms: i64, ctx: ApplyCtx) -> Applied {
+    let mut out = Out {
+        writes: Vec::new(),
+        chain: ctx.chain,
+        log_index: ctx.log_index,
+    };
+    let mut r = AuditEntry::new(Kind::Membership, time_ms);
+    r.detail = format!("voters={voters} learners={learners}");
+    out.record(r);
+    Applied {
+        result: CommandResult::Nothing,
+        writes: out.writes,
+        chain: out.chain,
     }
 }
 
@@ -55,7 +70,7 @@ pub fn apply(
 ) -> Result<Applied, StateError> {
     let mut out = Out {
         writes: Vec::new(),
-        seq: ctx.audit_seq_next,
+        chain: ctx.chain,
         log_index: ctx.log_index,
     };
     let result = match cmd {
@@ -70,11 +85,13 @@ pub fn apply(
         Command::Revoke(c) => revoke(c, state, &mut out)?,
         Command::CompleteTask(c) => complete_task(c, state, &mut out)?,
         Command::Sweep(c) => sweep(c, state, &mut out)?,
+        Command::RegisterKey(c) => register_key(c, state, &mut out)?,
+        Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
     };
     Ok(Applied {
         result,
         writes: out.writes,
-        audit_seq_next: out.seq,
+        chain: out.chain,
     })
 }
 
@@ -104,7 +121,7 @@ fn issue(
         return Ok(CommandResult::Issued {
             grant,
             replayed: true,
-            audit_seq: 0,
+            audit_seq: None,
         });
     }
     if state.task_completed(&c.task_id)? {
@@ -147,7 +164,7 @@ fn issue(
             grant.grant_id
         )));
     }
-    let mut r = record(RecordKind::Issue, c.now_ms, &c.issuer, Some(&grant));
+    let mut r = record(Kind::Issue, c.now_ms, &c.issuer, Some(&grant));
     r.resource = grant
         .scopes
         .iter()
@@ -167,7 +184,7 @@ fn issue(
     Ok(CommandResult::Issued {
         grant,
         replayed: false,
-        audit_seq,
+        audit_seq: Some(audit_seq),
     })
 }
 
@@ -202,13 +219,17 @@ fn check(
     let allow = reason == Reason::Allowed;
     // A bad token says nothing trustworthy about the grant it names.
     let known = grant.as_ref().filter(|_| reason != Reason::BadToken);
-    let mut r = record(RecordKind::Check, now_ms, &c.actor, known);
+    let mut r = record(Kind::Check, now_ms, &c.actor, known);
     if known.is_none() {
         r.subject = c.identity.clone();
     }
     r.resource = c.resource.clone();
     r.action = c.action.clone();
-    r.allow = allow;
+    r.decision = if allow {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    };
     r.reason = format!("{reason:?}");
     let audit_seq = out.record(r);
     Ok(CheckOutcome {
@@ -234,34 +255,34 @@ fn revoke(
         return Ok(CommandResult::Revoked {
             grant,
             already_inactive: true,
-            audit_seq: 0,
+            audit_seq: None,
         });
     }
     if grant.state_at(c.now_ms) == GrantState::Expired {
         // Past its expiry but not swept yet: retire it as expired, which is
         // what it already was for every check.
         grant.state = GrantState::Expired;
-        let mut r = record(RecordKind::Expire, c.now_ms, "", Some(&grant));
+        let mut r = record(Kind::Expire, c.now_ms, "", Some(&grant));
         r.reason = "expired".into();
         let audit_seq = out.record(r);
         out.writes.push(Write::Retire(grant.clone()));
         return Ok(CommandResult::Revoked {
             grant,
             already_inactive: true,
-            audit_seq,
+            audit_seq: Some(audit_seq),
         });
     }
     grant.state = GrantState::Revoked;
     grant.revoked_at_ms = c.now_ms;
     grant.revoke_reason = c.reason.clone();
-    let mut r = record(RecordKind::Revoke, c.now_ms, &c.actor, Some(&grant));
+    let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&grant));
     r.reason = c.reason.clone();
     let audit_seq = out.record(r);
     out.writes.push(Write::Retire(grant.clone()));
     Ok(CommandResult::Revoked {
         grant,
         already_inactive: false,
-        audit_seq,
+        audit_seq: Some(audit_seq),
     })
 }
 
@@ -289,7 +310,7 @@ fn complete_task(
         }
         out.writes.push(Write::Retire(g));
     }
-    let mut r = record(RecordKind::CompleteTask, c.now_ms, &c.actor, None);
+    let mut r = record(Kind::CompleteTask, c.now_ms, &c.actor, None);
     r.task_id = c.task_id.clone();
     r.reason = format!("revoked {} grants", revoked.len());
     let audit_seq = out.record(r);
@@ -301,7 +322,7 @@ fn complete_task(
     Ok(CommandResult::TaskCompleted {
         revoked_grant_ids: revoked,
         already_completed,
-        audit_seq,
+        audit_seq: Some(audit_seq),
     })
 }
 
@@ -316,7 +337,7 @@ fn sweep(
             .grant(&id)?
             .ok_or_else(|| StateError(format!("expiry index points at missing grant {id}")))?;
         g.state = GrantState::Expired;
-        let mut r = record(RecordKind::Expire, c.now_ms, "", Some(&g));
+        let mut r = record(Kind::Expire, c.now_ms, "", Some(&g));
         r.reason = "expired".into();
         out.record(r);
         out.writes.push(Write::Retire(g));
@@ -337,6 +358,92 @@ fn sweep(
         expired,
         dedupe_dropped,
     })
+}
+
+fn register_key(
+    c: &RegisterKeyCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
+    let key = match VerifierKey::parse(&c.verifier_key) {
+        Ok(k) => k,
+        Err(e) => {
+            return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
+                format!("bad verifier key: {e}"),
+            )))
+        }
+    };
+    let previous = state.roster_key(&key.name)?;
+    if previous.as_deref() == Some(c.verifier_key.as_str()) {
+        return Ok(CommandResult::KeyRegistered { audit_seq: None });
+    }
+    let mut r = AuditEntry::new(Kind::KeyRoster, c.now_ms);
+    r.actor = key.name.clone();
+    r.subject = format!("node/{}", c.node_id);
+    r.reason = if previous.is_some() {
+        "rotate".into()
+    } else {
+        "register".into()
+    };
+    r.detail = c.verifier_key.clone();
+    let audit_seq = out.record(r);
+    out.writes.push(Write::RosterKey {
+        name: key.name,
+        verifier_key: c.verifier_key.clone(),
+    });
+    Ok(CommandResult::KeyRegistered {
+        audit_seq: Some(audit_seq),
+    })
+}
+
+/// Keep a checkpoint only if it is signed by the roster key of its signer
+/// and states the root this replica computed at that size: a replica never
+/// holds a signed checkpoint that its own entries contradict.
+fn checkpoint(
+    c: &CheckpointCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
+    let reject = |m: String| Ok(CommandResult::Rejected(Rejection::FailedPrecondition(m)));
+    let parsed = match note::parse(&c.note) {
+        Ok(p) => p,
+        Err(e) => return reject(format!("unreadable checkpoint: {e}")),
+    };
+    let mut trusted = Vec::new();
+    for (name, _, _) in &parsed.signatures {
+        if let Some(k) = state.roster_key(name)? {
+            if let Ok(k) = VerifierKey::parse(&k) {
+                trusted.push(k);
+            }
+        }
+    }
+    let cp = match note::verify(&c.note, &trusted) {
+        Ok((cp, _)) => cp,
+        Err(e) => return reject(format!("checkpoint not signed by a roster key: {e}")),
+    };
+    if let Some(latest) = state.latest_checkpoint_size()? {
+        if cp.size <= latest {
+            return reject(format!(
+                "checkpoint of size {} is not newer than {latest}",
+                cp.size
+            ));
+        }
+    }
+    match state.tree_root(cp.size)? {
+        Some(root) if root == cp.root => {}
+        Some(_) => {
+            return reject(format!(
+                "checkpoint root at size {} differs from this log's",
+                cp.size
+            ))
+        }
+        None => return reject(format!("no tree head of size {} in this log", cp.size)),
+    }
+    out.writes.push(Write::PutCheckpoint {
+        size: cp.size,
+        note: c.note.clone(),
+    });
+    Ok(CommandResult::Checkpointed { size: cp.size })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 mod apply;
 mod types;
 
-pub use apply::{apply, ApplyCtx};
+pub use apply::{apply, apply_membership, ApplyCtx};
 pub use types::*;
 
 /// Read access to the state the ledger decides on. The storage layer
@@ -29,6 +29,13 @@ pub trait LedgerState {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StateError>;
+    /// The verifier key recorded in the roster under a key name.
+    fn roster_key(&self, name: &str) -> Result<Option<String>, StateError>;
+    /// The Merkle root of the audit tree when it had `size` entries, if that
+    /// size ended an applied log entry.
+    fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError>;
+    /// Size of the newest checkpoint kept.
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError>;
 }
 
 /// A failure to read state: the storage is broken. Apply cannot continue.

@@ -112,6 +112,22 @@ pub struct SweepCmd {
     pub now_ms: i64,
 }
 
+/// Record a node's checkpoint signing key in the roster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegisterKeyCmd {
+    pub node_id: u64,
+    /// Verifier key text: `<name>+<key id>+<base64 key>`.
+    pub verifier_key: String,
+    pub now_ms: i64,
+}
+
+/// A checkpoint the leader signed, to be kept by every replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointCmd {
+    /// The C2SP signed note.
+    pub note: String,
+}
+
 /// The log command: what the leader proposes. It is not the public request:
 /// it carries the leader's time, generated ids and only hashes of secrets.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -125,6 +141,23 @@ pub enum Command {
     Revoke(RevokeCmd),
     CompleteTask(CompleteTaskCmd),
     Sweep(SweepCmd),
+    RegisterKey(RegisterKeyCmd),
+    Checkpoint(CheckpointCmd),
+}
+
+impl Command {
+    /// The leader time the command carries, if it carries one.
+    pub fn time_ms(&self) -> Option<i64> {
+        match self {
+            Command::Issue(c) => Some(c.now_ms),
+            Command::Checks { now_ms, .. } => Some(*now_ms),
+            Command::Revoke(c) => Some(c.now_ms),
+            Command::CompleteTask(c) => Some(c.now_ms),
+            Command::Sweep(c) => Some(c.now_ms),
+            Command::RegisterKey(c) => Some(c.now_ms),
+            Command::Checkpoint(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Command {
@@ -135,6 +168,8 @@ impl std::fmt::Display for Command {
             Command::Revoke(c) => write!(f, "revoke(grant={})", c.grant_id),
             Command::CompleteTask(c) => write!(f, "complete_task(task={})", c.task_id),
             Command::Sweep(c) => write!(f, "sweep(now={})", c.now_ms),
+            Command::RegisterKey(c) => write!(f, "register_key(node={})", c.node_id),
+            Command::Checkpoint(_) => write!(f, "checkpoint"),
         }
     }
 }
@@ -169,26 +204,34 @@ pub enum Rejection {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// `audit_seq` is the entry this command appended, None when it appended
+/// none (a replayed issue, a revoke of an inactive grant).
 pub enum CommandResult {
     Issued {
         grant: GrantRecord,
         replayed: bool,
-        audit_seq: u64,
+        audit_seq: Option<u64>,
     },
     Checked(Vec<CheckOutcome>),
     Revoked {
         grant: GrantRecord,
         already_inactive: bool,
-        audit_seq: u64,
+        audit_seq: Option<u64>,
     },
     TaskCompleted {
         revoked_grant_ids: Vec<String>,
         already_completed: bool,
-        audit_seq: u64,
+        audit_seq: Option<u64>,
     },
     Swept {
         expired: u32,
         dedupe_dropped: u32,
+    },
+    KeyRegistered {
+        audit_seq: Option<u64>,
+    },
+    Checkpointed {
+        size: u64,
     },
     Rejected(Rejection),
     /// Blank and membership entries.
@@ -201,34 +244,9 @@ impl std::fmt::Display for CommandResult {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    Issue,
-    Check,
-    Revoke,
-    CompleteTask,
-    Expire,
-}
+pub use grant_proto::audit::{Decision, Entry as AuditEntry, Kind};
 
-/// One record of a privileged call, in apply order. This is the seed of the
-/// signed audit chain: the chain will add canonical bytes, the previous
-/// entry's hash and checkpoints on top of these fields.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct AuditRecord {
-    pub seq: u64,
-    pub log_index: u64,
-    pub time_ms: i64,
-    pub kind: RecordKind,
-    pub actor: String,
-    pub subject: String,
-    pub task_id: String,
-    pub grant_id: String,
-    pub resource: String,
-    pub action: String,
-    pub intent: String,
-    pub allow: bool,
-    pub reason: String,
-}
+pub use crate::audit::chain::{Chain, Chained};
 
 /// One change to the state. The storage layer turns these into keys and
 /// values (storage::keyspace) and writes all of one entry's writes in one
@@ -251,7 +269,18 @@ pub enum Write {
     CompleteTask {
         task_id: String,
     },
-    Audit(AuditRecord),
+    /// One audit entry, already chained (sequence, prev hash, hashes).
+    Audit(Chained),
+    /// Record a node's signing key in the roster (verifier key text).
+    RosterKey {
+        name: String,
+        verifier_key: String,
+    },
+    /// Keep a signed checkpoint of this tree size.
+    PutCheckpoint {
+        size: u64,
+        note: String,
+    },
 }
 
 /// The outcome of applying one entry.
@@ -259,6 +288,6 @@ pub enum Write {
 pub struct Applied {
     pub result: CommandResult,
     pub writes: Vec<Write>,
-    /// The audit sequence number the next entry starts from.
-    pub audit_seq_next: u64,
+    /// The head of the audit chain after this entry.
+    pub chain: Chain,
 }

@@ -8,13 +8,18 @@
 //!
 //! Values are JSON of the ledger's records.
 
-use crate::ledger::{AuditRecord, DedupeRecord, GrantRecord, Write};
+use grant_proto::audit::export::Line;
+
+use crate::ledger::{DedupeRecord, GrantRecord, Write};
 use crate::raft::codec;
 
 /// On-disk format version, checked at start-up.
 /// 1: first format (grants, task/subject/expiry indexes, dedupe, completed
 ///    tasks, audit records, meta).
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the audit chain: entries are audit_v1 export lines with their hash,
+///    plus leaf hashes, tree roots by size, checkpoints, the key roster and
+///    the chain head in meta.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -25,10 +30,17 @@ pub const DEDUPE_BY_TIME: u8 = 0x06;
 pub const TASK_COMPLETED: u8 = 0x07;
 pub const AUDIT: u8 = 0x08;
 pub const META: u8 = 0x09;
+pub const AUDIT_LEAF: u8 = 0x0a;
+pub const TREE_ROOT: u8 = 0x0b;
+pub const CHECKPOINT: u8 = 0x0c;
+pub const ROSTER: u8 = 0x0d;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
-pub const META_AUDIT_SEQ_NEXT: &[u8] = b"\x09audit_seq_next";
+pub const META_CHAIN: &[u8] = b"\x09chain";
+/// Leader time of the last applied command: the time of entries (membership
+/// changes) whose log entry carries none.
+pub const META_LAST_TIME: &[u8] = b"\x09last_time_ms";
 pub const META_FORMAT_VERSION: &[u8] = b"\x09format_version";
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -80,6 +92,18 @@ pub fn task_completed(task: &str) -> Vec<u8> {
 pub fn audit(seq: u64) -> Vec<u8> {
     key(AUDIT, &[&seq.to_be_bytes()])
 }
+pub fn audit_leaf(seq: u64) -> Vec<u8> {
+    key(AUDIT_LEAF, &[&seq.to_be_bytes()])
+}
+pub fn tree_root(size: u64) -> Vec<u8> {
+    key(TREE_ROOT, &[&size.to_be_bytes()])
+}
+pub fn checkpoint(size: u64) -> Vec<u8> {
+    key(CHECKPOINT, &[&size.to_be_bytes()])
+}
+pub fn roster(name: &str) -> Vec<u8> {
+    key(ROSTER, &[name.as_bytes()])
+}
 
 /// The id that ends an index key after `prefix`.
 pub fn suffix_id(k: &[u8], prefix_len: usize) -> String {
@@ -126,8 +150,19 @@ pub fn encode_write(w: &Write, batch: &mut sled::Batch) {
         Write::CompleteTask { task_id } => {
             batch.insert(task_completed(task_id), &[][..]);
         }
-        Write::Audit(r) => {
-            batch.insert(audit(r.seq), codec::encode(r));
+        Write::Audit(c) => {
+            let line = Line::Entry {
+                entry: c.entry.clone(),
+                hash: c.hash,
+            };
+            batch.insert(audit(c.entry.seq), line.to_json().into_bytes());
+            batch.insert(audit_leaf(c.entry.seq), &c.leaf_hash[..]);
+        }
+        Write::RosterKey { name, verifier_key } => {
+            batch.insert(roster(name), verifier_key.as_bytes());
+        }
+        Write::PutCheckpoint { size, note } => {
+            batch.insert(checkpoint(*size), note.as_bytes());
         }
     }
 }
@@ -138,8 +173,17 @@ pub fn decode_grant(v: &[u8]) -> std::io::Result<GrantRecord> {
 pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {
     codec::decode(v)
 }
-pub fn decode_audit(v: &[u8]) -> std::io::Result<AuditRecord> {
-    codec::decode(v)
+/// A stored audit entry: its export line (entry and hash).
+pub fn decode_audit(
+    v: &[u8],
+) -> std::io::Result<(grant_proto::audit::Entry, grant_proto::audit::Hash)> {
+    match codec::decode::<Line>(v)? {
+        Line::Entry { entry, hash } => Ok((entry, hash)),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "audit key holds no entry",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,6 @@ pub(crate) fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 /// fsync a directory so that a file created or renamed in it survives a crash.
-pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }

@@ -19,7 +19,11 @@ use openraft::{EntryPayload, OptionalSend};
 
 use super::keyspace as ks;
 use super::{io_err, sync_dir};
-use crate::ledger::{self, CommandResult, DedupeRecord, GrantRecord, LedgerState, StateError};
+use grant_proto::audit::Hash;
+
+use crate::ledger::{
+    self, AuditEntry, Chain, CommandResult, DedupeRecord, GrantRecord, LedgerState, StateError,
+};
 use crate::raft::codec;
 use crate::raft::typ::*;
 use crate::raft::TypeConfig;
@@ -40,7 +44,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    audit_seq_next: u64,
+    chain: Chain,
+    last_time_ms: i64,
 }
 
 impl StateReader {
@@ -102,17 +107,112 @@ impl StateReader {
         Ok((out, more))
     }
 
-    /// Audit records in `[from, to)`, at most `limit`.
-    pub fn audit_records(&self, from: u64, limit: usize) -> io::Result<Vec<ledger::AuditRecord>> {
+    /// Audit entries from `from`, at most `limit`, with their hashes.
+    pub fn audit_entries(&self, from: u64, limit: usize) -> io::Result<Vec<(AuditEntry, Hash)>> {
         let mut out = Vec::new();
-        for kv in self.tree().range(ks::audit(from)..).take(limit) {
-            let (k, v) = kv.map_err(io_err)?;
-            if k[0] != ks::AUDIT {
-                break;
-            }
-            out.push(ks::decode_audit(&v)?);
+        for kv in self
+            .tree()
+            .range(ks::audit(from)..vec![ks::AUDIT + 1])
+            .take(limit)
+        {
+            out.push(ks::decode_audit(&kv.map_err(io_err)?.1)?);
         }
         Ok(out)
+    }
+
+    /// Stored audit entries as export lines, from `from`, at most `limit`.
+    pub fn audit_lines(&self, from: u64, limit: usize) -> io::Result<Vec<Vec<u8>>> {
+        self.tree()
+            .range(ks::audit(from)..vec![ks::AUDIT + 1])
+            .take(limit)
+            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(io_err))
+            .collect()
+    }
+
+    pub fn audit_hash(&self, seq: u64) -> io::Result<Option<Hash>> {
+        match self.tree().get(ks::audit(seq)).map_err(io_err)? {
+            Some(v) => Ok(Some(ks::decode_audit(&v)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Leaf hashes of the first `size` entries (for proofs).
+    pub fn leaf_hashes(&self, size: u64) -> io::Result<Vec<Hash>> {
+        let mut out = Vec::with_capacity(size as usize);
+        for kv in self.tree().range(ks::audit_leaf(0)..ks::audit_leaf(size)) {
+            let v = kv.map_err(io_err)?.1;
+            out.push(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| io_err("leaf hash is not 32 bytes"))?,
+            );
+        }
+        if out.len() as u64 != size {
+            return Err(io_err(format!(
+                "{} leaf hashes stored below size {size}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    pub fn tree_root(&self, size: u64) -> io::Result<Option<Hash>> {
+        SledState(&self.tree()).tree_root(size).map_err(io_err)
+    }
+
+    /// Every kept checkpoint, smallest first: (size, note).
+    pub fn checkpoints(&self) -> io::Result<Vec<(u64, String)>> {
+        self.tree()
+            .scan_prefix([ks::CHECKPOINT])
+            .map(|kv| {
+                let (k, v) = kv.map_err(io_err)?;
+                Ok((
+                    u64::from_be_bytes(k[1..9].try_into().unwrap()),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    pub fn latest_checkpoint(&self) -> io::Result<Option<(u64, String)>> {
+        match self.tree().scan_prefix([ks::CHECKPOINT]).next_back() {
+            Some(kv) => {
+                let (k, v) = kv.map_err(io_err)?;
+                Ok(Some((
+                    u64::from_be_bytes(k[1..9].try_into().unwrap()),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Checkpoint of exactly `size`, if one was kept.
+    pub fn checkpoint(&self, size: u64) -> io::Result<Option<String>> {
+        Ok(self
+            .tree()
+            .get(ks::checkpoint(size))
+            .map_err(io_err)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Verifier keys in the roster, by key name.
+    pub fn roster(&self) -> io::Result<Vec<(String, String)>> {
+        self.tree()
+            .scan_prefix([ks::ROSTER])
+            .map(|kv| {
+                let (k, v) = kv.map_err(io_err)?;
+                Ok((
+                    String::from_utf8_lossy(&k[1..]).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The chain head as of the last applied entry.
+    pub fn chain(&self) -> io::Result<Chain> {
+        Ok(read_meta(&self.tree(), ks::META_CHAIN)?.unwrap_or_default())
     }
 }
 
@@ -162,6 +262,31 @@ impl LedgerState for SledState<'_> {
             .take(limit)
             .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
             .collect()
+    }
+    fn roster_key(&self, name: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .0
+            .get(ks::roster(name))
+            .map_err(se)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+    fn tree_root(&self, size: u64) -> Result<Option<Hash>, StateError> {
+        match self.0.get(ks::tree_root(size)).map_err(se)? {
+            Some(v) => Ok(Some(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| se("tree root is not 32 bytes"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
+        match self.0.scan_prefix([ks::CHECKPOINT]).keys().next_back() {
+            Some(k) => Ok(Some(u64::from_be_bytes(
+                k.map_err(se)?[1..9].try_into().unwrap(),
+            ))),
+            None => Ok(None),
+        }
     }
     fn dedupe_older_than(
         &self,
@@ -215,7 +340,8 @@ impl StateMachine {
         db.flush().map_err(io_err)?;
         let last_applied = read_meta::<Option<LogId>>(&tree, ks::META_LAST_APPLIED)?.flatten();
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
-        let audit_seq_next = read_meta(&tree, ks::META_AUDIT_SEQ_NEXT)?.unwrap_or(0);
+        let chain = read_meta(&tree, ks::META_CHAIN)?.unwrap_or_default();
+        let last_time_ms = read_meta(&tree, ks::META_LAST_TIME)?.unwrap_or(0);
         Ok(StateMachine {
             db,
             reader: StateReader {
@@ -224,7 +350,8 @@ impl StateMachine {
             snapshot_dir,
             last_applied,
             membership,
-            audit_seq_next,
+            chain,
+            last_time_ms,
         })
     }
 
@@ -296,25 +423,47 @@ impl StateMachine {
     fn apply_one(&mut self, entry: Entry) -> io::Result<CommandResult> {
         let tree = self.reader.tree();
         let log_id = entry.log_id();
-        let mut batch = sled::Batch::default();
-        let result = match entry.payload {
-            EntryPayload::Blank => CommandResult::Nothing,
+        let ctx = ledger::ApplyCtx {
+            log_index: log_id.index(),
+            chain: self.chain.clone(),
+        };
+        let applied = match entry.payload {
+            EntryPayload::Blank => None,
             EntryPayload::Normal(cmd) => {
-                let ctx = ledger_ctx(log_id.index(), self.audit_seq_next);
-                let applied = ledger::apply(&cmd, ctx, &SledState(&tree)).map_err(io_err)?;
-                for w in &applied.writes {
-                    ks::encode_write(w, &mut batch);
+                if let Some(t) = cmd.time_ms() {
+                    self.last_time_ms = t;
                 }
-                self.audit_seq_next = applied.audit_seq_next;
-                applied.result
+                Some(ledger::apply(&cmd, ctx, &SledState(&tree)).map_err(io_err)?)
             }
             EntryPayload::Membership(m) => {
+                let voters: Vec<String> = m.voter_ids().map(|id| id.to_string()).collect();
+                let learners: Vec<String> = m.learner_ids().map(|id| id.to_string()).collect();
                 self.membership = StoredMembership::new(Some(log_id.clone()), m);
-                batch.insert(ks::META_MEMBERSHIP, codec::encode(&self.membership));
-                CommandResult::Nothing
+                Some(ledger::apply_membership(
+                    &voters.join(","),
+                    &learners.join(","),
+                    self.last_time_ms,
+                    ctx,
+                ))
             }
         };
-        batch.insert(ks::META_AUDIT_SEQ_NEXT, codec::encode(&self.audit_seq_next));
+        let mut batch = sled::Batch::default();
+        let result = match applied {
+            None => CommandResult::Nothing,
+            Some(a) => {
+                for w in &a.writes {
+                    ks::encode_write(w, &mut batch);
+                }
+                if a.chain.size() != self.chain.size() {
+                    batch.insert(ks::tree_root(a.chain.size()), &a.chain.root()[..]);
+                }
+                self.chain = a.chain;
+                a.result
+            }
+        };
+        batch.insert(ks::META_MEMBERSHIP, codec::encode(&self.membership));
+        batch.insert(ks::META_CHAIN, codec::encode(&self.chain));
+        batch.insert(ks::META_LAST_TIME, codec::encode(&self.last_time_ms));
         batch.insert(ks::META_LAST_APPLIED, codec::encode(&Some(log_id.clone())));
         tree.apply_batch(batch).map_err(io_err)?;
         self.last_applied = Some(log_id);
@@ -373,15 +522,9 @@ impl StateMachine {
         }
         self.last_applied = read_meta::<Option<LogId>>(&fresh, ks::META_LAST_APPLIED)?.flatten();
         self.membership = read_meta(&fresh, ks::META_MEMBERSHIP)?.unwrap_or_default();
-        self.audit_seq_next = read_meta(&fresh, ks::META_AUDIT_SEQ_NEXT)?.unwrap_or(0);
+        self.chain = read_meta(&fresh, ks::META_CHAIN)?.unwrap_or_default();
+        self.last_time_ms = read_meta(&fresh, ks::META_LAST_TIME)?.unwrap_or(0);
         Ok(())
-    }
-}
-
-fn ledger_ctx(log_index: u64, audit_seq_next: u64) -> ledger::ApplyCtx {
-    ledger::ApplyCtx {
-        log_index,
-        audit_seq_next,
     }
 }
 

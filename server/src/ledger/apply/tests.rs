@@ -9,12 +9,24 @@ struct Mem {
     grants: BTreeMap<String, GrantRecord>,
     dedupe: BTreeMap<String, DedupeRecord>,
     completed: BTreeSet<String>,
-    audit: Vec<AuditRecord>,
-    seq: u64,
+    audit: Vec<AuditEntry>,
+    chain: Chain,
+    roots: BTreeMap<u64, grant_proto::audit::Hash>,
+    roster: BTreeMap<String, String>,
+    checkpoints: BTreeMap<u64, String>,
     index: u64,
 }
 
 impl LedgerState for Mem {
+    fn roster_key(&self, name: &str) -> Result<Option<String>, StateError> {
+        Ok(self.roster.get(name).cloned())
+    }
+    fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError> {
+        Ok(self.roots.get(&size).copied())
+    }
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
+        Ok(self.checkpoints.keys().next_back().copied())
+    }
     fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
         Ok(self.grants.get(id).cloned())
     }
@@ -66,12 +78,13 @@ impl Mem {
             &cmd,
             ApplyCtx {
                 log_index: self.index,
-                audit_seq_next: self.seq,
+                chain: self.chain.clone(),
             },
             self,
         )
         .unwrap();
-        self.seq = a.audit_seq_next;
+        self.chain = a.chain;
+        self.roots.insert(self.chain.size(), self.chain.root());
         for w in a.writes {
             match w {
                 Write::InsertGrant(g) | Write::Retire(g) => {
@@ -86,7 +99,13 @@ impl Mem {
                 Write::CompleteTask { task_id } => {
                     self.completed.insert(task_id);
                 }
-                Write::Audit(r) => self.audit.push(r),
+                Write::Audit(c) => self.audit.push(c.entry),
+                Write::RosterKey { name, verifier_key } => {
+                    self.roster.insert(name, verifier_key);
+                }
+                Write::PutCheckpoint { size, note } => {
+                    self.checkpoints.insert(size, note);
+                }
             }
         }
         a.result
@@ -219,18 +238,12 @@ fn deny_reasons() {
     }
     assert_eq!(reason(m.run(bad)), Reason::BadToken);
     // Every decision is on the record.
-    assert_eq!(
-        m.audit
-            .iter()
-            .filter(|r| r.kind == RecordKind::Check)
-            .count(),
-        6
-    );
+    assert_eq!(m.audit.iter().filter(|r| r.kind == Kind::Check).count(), 6);
     assert!(m
         .audit
         .iter()
-        .filter(|r| r.kind == RecordKind::Check)
-        .all(|r| !r.allow));
+        .filter(|r| r.kind == Kind::Check)
+        .all(|r| r.decision == Decision::Deny));
 }
 
 #[test]
@@ -353,4 +366,105 @@ fn apply_is_deterministic() {
     assert_eq!(a.grants, b.grants);
     let seqs: Vec<u64> = a.audit.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+}
+
+mod audit_chain {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use grant_proto::audit::note::{sign, Checkpoint, VerifierKey};
+
+    fn register(m: &mut Mem, key: &SigningKey, name: &str) -> CommandResult {
+        m.run(Command::RegisterKey(RegisterKeyCmd {
+            node_id: 1,
+            verifier_key: VerifierKey::new(name, key.verifying_key()).encode(),
+            now_ms: 10,
+        }))
+    }
+
+    fn checkpoint(
+        m: &mut Mem,
+        key: &SigningKey,
+        name: &str,
+        size: u64,
+        root: grant_proto::audit::Hash,
+    ) -> CommandResult {
+        let note = sign(
+            &Checkpoint {
+                origin: "o".into(),
+                size,
+                root,
+                time_ms: 1,
+            },
+            name,
+            key,
+        );
+        m.run(Command::Checkpoint(CheckpointCmd { note }))
+    }
+
+    #[test]
+    fn entries_chain_and_every_state_change_has_one() {
+        let mut m = Mem::default();
+        m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+        m.run(check_cmd("g1", AGENT, "github", "read", 1500));
+        m.run(Command::Revoke(RevokeCmd {
+            grant_id: "g1".into(),
+            reason: "x".into(),
+            actor: "a".into(),
+            now_ms: 2000,
+        }));
+        let kinds: Vec<Kind> = m.audit.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![Kind::Issue, Kind::Check, Kind::Revoke]);
+        for (i, e) in m.audit.iter().enumerate() {
+            assert_eq!(e.seq, i as u64);
+            let prev = if i == 0 {
+                [0; 32]
+            } else {
+                m.audit[i - 1].hash()
+            };
+            assert_eq!(e.prev_hash, prev);
+        }
+        assert_eq!(m.chain.size(), 3);
+        assert_eq!(m.audit[1].decision, Decision::Allow);
+    }
+
+    #[test]
+    fn only_roster_signed_checkpoints_of_this_log_are_kept() {
+        let mut m = Mem::default();
+        let k = SigningKey::from_bytes(&[1; 32]);
+        assert!(matches!(
+            register(&mut m, &k, "node-1"),
+            CommandResult::KeyRegistered { audit_seq: Some(0) }
+        ));
+        // Registering the same key again appends nothing.
+        assert!(matches!(
+            register(&mut m, &k, "node-1"),
+            CommandResult::KeyRegistered { audit_seq: None }
+        ));
+        m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+        let (size, root) = (m.chain.size(), m.chain.root());
+        // Signed by a key outside the roster: refused.
+        let stranger = SigningKey::from_bytes(&[2; 32]);
+        assert!(matches!(
+            checkpoint(&mut m, &stranger, "node-9", size, root),
+            CommandResult::Rejected(_)
+        ));
+        // A root this log never had: refused.
+        assert!(matches!(
+            checkpoint(&mut m, &k, "node-1", size, [7; 32]),
+            CommandResult::Rejected(_)
+        ));
+        assert!(m.checkpoints.is_empty());
+        assert_eq!(
+            checkpoint(&mut m, &k, "node-1", size, root),
+            CommandResult::Checkpointed { size }
+        );
+        // Not newer than the last one: refused.
+        assert!(matches!(
+            checkpoint(&mut m, &k, "node-1", size, root),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(m.checkpoints.len(), 1);
+        // Checkpoints are not entries: the tree did not grow.
+        assert_eq!(m.chain.size(), size);
+    }
 }

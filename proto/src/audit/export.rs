@@ -1,0 +1,417 @@
+//! The audit export file (version 1) and the offline verifier.
+//!
+//! An export is JSON Lines: a header line, then every entry in sequence
+//! order, then every checkpoint in size order:
+//! ```text
+//! {"type":"header","format":"grant-ledger-audit-export","version":1,"origin":"...","entries":N,"checkpoints":M}
+//! {"type":"entry","seq":0,...every Entry field...,"hash":"<hex>"}
+//! {"type":"checkpoint","note":"<signed note text>"}
+//! ```
+//! The verifier trusts nothing in the file: it recomputes every entry hash
+//! and the chain, rebuilds the Merkle root at every checkpoint size, and
+//! checks every checkpoint's signature against keys the auditor supplies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::merkle::Frontier;
+use super::note::{self, VerifierKey};
+use super::{Entry, Hash, Kind};
+
+pub const FORMAT: &str = "grant-ledger-audit-export";
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    Header {
+        format: String,
+        version: u32,
+        origin: String,
+        entries: u64,
+        checkpoints: u64,
+    },
+    Entry {
+        #[serde(flatten)]
+        entry: Entry,
+        #[serde(with = "super::hex32")]
+        hash: Hash,
+    },
+    Checkpoint {
+        note: String,
+    },
+}
+
+impl Line {
+    pub fn header(origin: &str, entries: u64, checkpoints: u64) -> Line {
+        Line::Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            origin: origin.into(),
+            entries,
+            checkpoints,
+        }
+    }
+
+    pub fn entry(e: Entry) -> Line {
+        let hash = e.hash();
+        Line::Entry { entry: e, hash }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("export lines serialize")
+    }
+}
+
+/// Where verification failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// A line of the file that does not parse (1-based).
+    Line(usize),
+    Header,
+    /// The entry that should hold this sequence number.
+    Seq(u64),
+    /// The checkpoint of this tree size.
+    Checkpoint(u64),
+    Export,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Line(n) => write!(f, "line {n}"),
+            Position::Header => write!(f, "header"),
+            Position::Seq(s) => write!(f, "seq {s}"),
+            Position::Checkpoint(s) => write!(f, "checkpoint at size {s}"),
+            Position::Export => write!(f, "export"),
+        }
+    }
+}
+
+/// The first thing wrong with an export, with the evidence for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {problem}")]
+pub struct VerifyError {
+    pub at: Position,
+    pub problem: String,
+    pub evidence: Vec<String>,
+}
+
+fn fail<T>(
+    at: Position,
+    problem: impl Into<String>,
+    evidence: Vec<String>,
+) -> Result<T, VerifyError> {
+    Err(VerifyError {
+        at,
+        problem: problem.into(),
+        evidence,
+    })
+}
+
+/// What a successful verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub origin: String,
+    pub entries: u64,
+    pub checkpoints: u64,
+    /// Entries covered by the largest verified checkpoint.
+    pub covered: u64,
+    pub first_time_ms: Option<i64>,
+    pub last_time_ms: Option<i64>,
+    pub signers: BTreeSet<String>,
+    pub roster: Vec<String>,
+}
+
+/// Parse a trusted-keys file: one verifier key per line, `#` comments.
+pub fn parse_trusted_keys(text: &str) -> Result<Vec<VerifierKey>, note::NoteError> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(VerifierKey::parse)
+        .collect()
+}
+
+/// Verify an export against the auditor's trusted keys.
+pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyError> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, first)) = lines.next() else {
+        return fail(Position::Header, "empty export", vec![]);
+    };
+    let origin = match serde_json::from_str::<Line>(first) {
+        Ok(Line::Header {
+            format,
+            version,
+            origin,
+            ..
+        }) if format == FORMAT && version == VERSION => origin,
+        Ok(Line::Header {
+            format, version, ..
+        }) => {
+            return fail(
+                Position::Header,
+                format!("unknown format {format:?} version {version}"),
+                vec![],
+            )
+        }
+        _ => {
+            return fail(
+                Position::Header,
+                "the first line is not an export header",
+                vec![first.to_string()],
+            )
+        }
+    };
+    let mut entries: Vec<(Entry, Hash)> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for (i, l) in lines {
+        match serde_json::from_str::<Line>(l) {
+            Ok(Line::Entry { entry, hash }) => entries.push((entry, hash)),
+            Ok(Line::Checkpoint { note }) => notes.push(note),
+            Ok(Line::Header { .. }) => {
+                return fail(Position::Line(i + 1), "a second header", vec![])
+            }
+            Err(e) => {
+                return fail(
+                    Position::Line(i + 1),
+                    format!("unreadable line: {e}"),
+                    vec![l.to_string()],
+                )
+            }
+        }
+    }
+
+    // Parse checkpoints first, so the roots they need are kept on the way.
+    let mut parsed = Vec::new();
+    for n in &notes {
+        match note::parse(n) {
+            Ok(p) => parsed.push((p.checkpoint.clone(), n)),
+            Err(e) => {
+                return fail(
+                    Position::Export,
+                    format!("unreadable checkpoint: {e}"),
+                    vec![n.clone()],
+                )
+            }
+        }
+    }
+    let needed: BTreeSet<u64> = parsed.iter().map(|(c, _)| c.size).collect();
+
+    // The chain and the tree.
+    let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
+    let mut frontier = Frontier::default();
+    let mut prev: Hash = [0; 32];
+    let mut roster: Vec<(VerifierKey, u64)> = Vec::new();
+    if needed.contains(&0) {
+        roots.insert(0, frontier.root());
+    }
+    for (i, (e, stated)) in entries.iter().enumerate() {
+        let seq = i as u64;
+        if e.seq != seq {
+            return fail(
+                Position::Seq(seq),
+                format!("found entry seq {} where seq {seq} belongs: an entry is missing, inserted or out of order", e.seq),
+                vec![serde_json::to_string(e).unwrap_or_default()],
+            );
+        }
+        if e.prev_hash != prev {
+            return fail(
+                Position::Seq(seq),
+                "prev_hash is not the hash of the entry before it: the chain is broken",
+                vec![
+                    format!("prev_hash in entry: {}", hex::encode(e.prev_hash)),
+                    format!("hash of seq {}: {}", seq.wrapping_sub(1), hex::encode(prev)),
+                ],
+            );
+        }
+        let h = e.hash();
+        if &h != stated {
+            return fail(
+                Position::Seq(seq),
+                "the entry's content does not hash to the hash recorded with it: it was modified",
+                vec![
+                    format!("recorded: {}", hex::encode(stated)),
+                    format!("recomputed: {}", hex::encode(h)),
+                ],
+            );
+        }
+        prev = h;
+        frontier.push(e.leaf_hash());
+        if needed.contains(&frontier.size) {
+            roots.insert(frontier.size, frontier.root());
+        }
+        if e.kind == Kind::KeyRoster {
+            match VerifierKey::parse(&e.detail) {
+                Ok(k) => roster.push((k, seq)),
+                Err(err) => {
+                    return fail(
+                        Position::Seq(seq),
+                        format!("key roster entry with a bad key: {err}"),
+                        vec![e.detail.clone()],
+                    )
+                }
+            }
+        }
+    }
+    let n = entries.len() as u64;
+
+    // The checkpoints, smallest first.
+    parsed.sort_by_key(|(c, _)| c.size);
+    let mut signers = BTreeSet::new();
+    let mut covered = 0;
+    let mut last: Option<(u64, Hash, &String)> = None;
+    for (c, text) in &parsed {
+        let at = Position::Checkpoint(c.size);
+        let (cp, names) = match note::verify(text, trusted) {
+            Ok(v) => v,
+            Err(e) => return fail(at, format!("{e}"), vec![(*text).clone()]),
+        };
+        if cp.origin != origin {
+            return fail(
+                at,
+                format!("origin {:?} is not this log's origin {origin:?}", cp.origin),
+                vec![(*text).clone()],
+            );
+        }
+        for name in &names {
+            let in_roster = roster
+                .iter()
+                .any(|(k, seq)| &k.name == name && *seq < cp.size.max(1) && trusted.contains(k));
+            if !in_roster {
+                return fail(
+                    at,
+                    format!(
+                        "signed by {name}, whose key is not in the log's key roster before size {}",
+                        cp.size
+                    ),
+                    vec![(*text).clone()],
+                );
+            }
+        }
+        if let Some((size, root, other)) = last {
+            if size == cp.size && root != cp.root {
+                return fail(
+                    at,
+                    "two signed checkpoints of the same size with different roots: the log forked",
+                    vec![other.clone(), (*text).clone()],
+                );
+            }
+        }
+        if cp.size > n {
+            return fail(
+                at,
+                format!("the checkpoint covers {} entries but the export holds {n}: entries were truncated", cp.size),
+                vec![(*text).clone()],
+            );
+        }
+        let rebuilt = roots[&cp.size];
+        if rebuilt != cp.root {
+            let from = last.map(|l| l.0).unwrap_or(0);
+            return fail(
+                at,
+                format!("entries in [{from}, {}) do not rebuild the signed root: they were changed after signing", cp.size),
+                vec![format!("signed root: {}", hex::encode(cp.root)), format!("rebuilt root: {}", hex::encode(rebuilt)), (*text).clone()],
+            );
+        }
+        signers.extend(names);
+        covered = covered.max(cp.size);
+        last = Some((cp.size, cp.root, text));
+    }
+    if parsed.is_empty() {
+        return fail(
+            Position::Export,
+            "no checkpoint: nothing in the export is signed",
+            vec![],
+        );
+    }
+    Ok(Summary {
+        origin,
+        entries: n,
+        checkpoints: parsed.len() as u64,
+        covered,
+        first_time_ms: entries.first().map(|e| e.0.time_ms),
+        last_time_ms: entries.last().map(|e| e.0.time_ms),
+        signers,
+        roster: roster.iter().map(|(k, _)| k.encode()).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::note::{sign, Checkpoint};
+    use crate::audit::Decision;
+    use ed25519_dalek::SigningKey;
+
+    const ORIGIN: &str = "grant-ledger/test";
+
+    fn build(n: u64, key: &SigningKey, name: &str, cps: &[u64]) -> (Vec<Entry>, Vec<String>) {
+        let vk = VerifierKey::new(name, key.verifying_key());
+        let mut entries = Vec::new();
+        let mut prev = [0u8; 32];
+        let mut f = Frontier::default();
+        let mut notes = Vec::new();
+        for seq in 0..n {
+            let mut e = Entry::new(
+                if seq == 0 {
+                    Kind::KeyRoster
+                } else {
+                    Kind::Check
+                },
+                1000 + seq as i64,
+            );
+            e.seq = seq;
+            e.log_index = seq + 1;
+            if seq == 0 {
+                e.actor = name.into();
+                e.detail = vk.encode();
+            } else {
+                e.subject = format!("spiffe://example.org/agent/{seq}");
+                e.decision = Decision::Allow;
+            }
+            e.prev_hash = prev;
+            prev = e.hash();
+            f.push(e.leaf_hash());
+            entries.push(e);
+            if cps.contains(&f.size) {
+                let c = Checkpoint {
+                    origin: ORIGIN.into(),
+                    size: f.size,
+                    root: f.root(),
+                    time_ms: 5000,
+                };
+                notes.push(sign(&c, name, key));
+            }
+        }
+        (entries, notes)
+    }
+
+    fn render(entries: &[Entry], notes: &[String]) -> String {
+        let mut out =
+            vec![Line::header(ORIGIN, entries.len() as u64, notes.len() as u64).to_json()];
+        out.extend(entries.iter().cloned().map(|e| Line::entry(e).to_json()));
+        out.extend(
+            notes
+                .iter()
+                .map(|n| Line::Checkpoint { note: n.clone() }.to_json()),
+        );
+        out.join("\n") + "\n"
+    }
+
+    #[test]
+    fn a_good_export_verifies() {
+        let k = SigningKey::from_bytes(&[7; 32]);
+        let (e, n) = build(20, &k, "node-1", &[5, 12, 20]);
+        let trusted = vec![VerifierKey::new("node-1", k.verifying_key())];
+        let s = verify(&render(&e, &n), &trusted).unwrap();
+        assert_eq!((s.entries, s.checkpoints, s.covered), (20, 3, 20));
+        assert_eq!(
+            s.signers.into_iter().collect::<Vec<_>>(),
+            vec!["node-1".to_string()]
+        );
+    }
+}

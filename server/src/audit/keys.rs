@@ -1,0 +1,98 @@
+//! This node's ed25519 signing key: generated on first start into
+//! `<data_dir>/node.key` (mode 0600, 32 raw bytes), loaded afterwards.
+
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use grant_proto::audit::note::VerifierKey;
+
+pub const KEY_FILE: &str = "node.key";
+
+pub struct NodeKey {
+    pub name: String,
+    pub signing: SigningKey,
+}
+
+impl NodeKey {
+    pub fn verifier(&self) -> VerifierKey {
+        VerifierKey::new(&self.name, self.signing.verifying_key())
+    }
+}
+
+/// The name a node's keys carry in checkpoints and the roster.
+pub fn key_name(node_id: u64) -> String {
+    format!("grant-ledger-node-{node_id}")
+}
+
+pub fn load_or_create(data_dir: &Path, node_id: u64) -> io::Result<NodeKey> {
+    let path = data_dir.join(KEY_FILE);
+    let signing = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is readable by others (mode {mode:o}); chmod 600 it",
+                        path.display()
+                    ),
+                ));
+            }
+            let raw: [u8; 32] = bytes.try_into().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a 32-byte key", path.display()),
+                )
+            })?;
+            SigningKey::from_bytes(&raw)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(key.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            crate::storage::sync_dir(data_dir)?;
+            tracing::info!(path = %path.display(), "generated node signing key");
+            key
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(NodeKey {
+        name: key_name(node_id),
+        signing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_private_and_reloaded() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_or_create(d.path(), 3).unwrap();
+        let mode = std::fs::metadata(d.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = load_or_create(d.path(), 3).unwrap();
+        assert_eq!(a.signing.to_bytes(), b.signing.to_bytes());
+        assert_eq!(a.name, "grant-ledger-node-3");
+        std::fs::set_permissions(
+            d.path().join(KEY_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(load_or_create(d.path(), 3).is_err());
+    }
+}

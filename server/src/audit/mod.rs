@@ -1,0 +1,10 @@
+//! The signed audit chain on the server side: the chain state that apply
+//! extends (`chain`), this node's signing key (`keys`), and the leader's
+//! checkpoint publisher (`publisher`). The format itself (canonical bytes,
+//! Merkle tree, signed notes, export, verifier) lives in
+//! `grant_proto::audit`, so the server and the offline verifier share one
+//! definition.
+
+pub mod chain;
+pub mod keys;
+pub mod publisher;

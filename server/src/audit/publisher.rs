@@ -1,0 +1,78 @@
+//! The leader's checkpoint publisher: while this node leads, it makes sure
+//! its signing key is in the roster, then every `checkpoint_interval_ms`
+//! signs the current tree head (if it grew) as a C2SP checkpoint and
+//! commits it through Raft, so every replica holds the same signed
+//! checkpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use grant_proto::audit::note::{self, Checkpoint};
+use tokio::sync::watch;
+
+use super::keys::NodeKey;
+use crate::api::{now_ms, NodeContext};
+use crate::ledger::{CheckpointCmd, Command, CommandResult, RegisterKeyCmd};
+
+pub async fn run(ctx: NodeContext, key: Arc<NodeKey>, shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.checkpoint_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let vkey = key.verifier().encode();
+    while !*shutdown.borrow() {
+        tick.tick().await;
+        if !ctx.raft.is_leader() {
+            continue;
+        }
+        if let Err(e) = publish_once(&ctx, &key, &vkey).await {
+            tracing::debug!(error = %e, "checkpoint not published");
+        }
+    }
+}
+
+async fn publish_once(ctx: &NodeContext, key: &NodeKey, vkey: &str) -> Result<(), String> {
+    let roster = ctx.state.roster().map_err(|e| e.to_string())?;
+    if !roster
+        .iter()
+        .any(|(name, k)| name == &key.name && k == vkey)
+    {
+        let cmd = Command::RegisterKey(RegisterKeyCmd {
+            node_id: ctx.config.node_id,
+            verifier_key: vkey.to_string(),
+            now_ms: now_ms(),
+        });
+        match ctx.propose(cmd).await.map_err(|e| e.to_string())? {
+            (CommandResult::KeyRegistered { .. }, _) => {
+                tracing::info!(key = %vkey, "signing key recorded in the roster")
+            }
+            (other, _) => return Err(format!("key registration: {other:?}")),
+        }
+    }
+    let chain = ctx.state.chain().map_err(|e| e.to_string())?;
+    let latest = ctx
+        .state
+        .latest_checkpoint()
+        .map_err(|e| e.to_string())?
+        .map(|c| c.0)
+        .unwrap_or(0);
+    if chain.size() <= latest {
+        return Ok(());
+    }
+    let cp = Checkpoint {
+        origin: ctx.config.audit_origin.clone(),
+        size: chain.size(),
+        root: chain.root(),
+        time_ms: now_ms(),
+    };
+    let text = note::sign(&cp, &key.name, &key.signing);
+    match ctx
+        .propose(Command::Checkpoint(CheckpointCmd { note: text }))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        (CommandResult::Checkpointed { size }, _) => {
+            tracing::debug!(size, "checkpoint committed");
+            Ok(())
+        }
+        (other, _) => Err(format!("checkpoint: {other:?}")),
+    }
+}
