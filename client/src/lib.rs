@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use grant_proto::v1 as pb;
+use grant_proto::v1::audit_client::AuditClient;
 use grant_proto::v1::cluster_client::ClusterClient;
 use grant_proto::v1::grants_client::GrantsClient;
 use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY};
@@ -354,4 +355,127 @@ fn retryable(s: &Status) -> bool {
         s.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
     ) && error_code(s) != Some("resource_exhausted")
+}
+
+impl Client {
+    fn audit_client(ch: Channel) -> AuditClient<Channel> {
+        AuditClient::new(ch).max_decoding_message_size(4 * 1024 * 1024)
+    }
+
+    /// The audit export of one node (`addr`), or of whichever node answers.
+    pub async fn audit_export(&self, addr: Option<&str>) -> Result<Vec<u8>, ClientError> {
+        use futures_util::StreamExt;
+        let fetch = |ch: Channel| async move {
+            let mut stream = Self::audit_client(ch)
+                .export(pb::ExportRequest {})
+                .await?
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk?.data);
+            }
+            Ok(out)
+        };
+        match addr {
+            Some(a) => fetch(self.channel(a)?).await.map_err(ClientError::Status),
+            None => self.call(fetch).await,
+        }
+    }
+
+    pub async fn latest_checkpoint(&self) -> Result<pb::CheckpointResponse, ClientError> {
+        self.call(|ch| async move {
+            Self::audit_client(ch)
+                .latest_checkpoint(pb::LatestCheckpointRequest { allow_stale: false })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn inclusion_proof(
+        &self,
+        seq: u64,
+        tree_size: u64,
+    ) -> Result<pb::InclusionProofResponse, ClientError> {
+        self.call(|ch| async move {
+            Self::audit_client(ch)
+                .inclusion_proof(pb::InclusionProofRequest { seq, tree_size })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn consistency_proof(
+        &self,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<pb::ConsistencyProofResponse, ClientError> {
+        self.call(|ch| async move {
+            Self::audit_client(ch)
+                .consistency_proof(pb::ConsistencyProofRequest { from_size, to_size })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn audit_entries(
+        &self,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<pb::GetEntriesResponse, ClientError> {
+        self.call(|ch| async move {
+            Self::audit_client(ch)
+                .get_entries(pb::GetEntriesRequest {
+                    from_seq,
+                    limit,
+                    allow_stale: false,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn roster(&self) -> Result<pb::RosterResponse, ClientError> {
+        self.call(|ch| async move {
+            Self::audit_client(ch)
+                .roster(pb::RosterRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+}
+
+/// An audit entry as the API carries it, back in the audit format, so its
+/// canonical bytes and hashes can be recomputed.
+pub fn entry_from_pb(e: &pb::AuditEntry) -> Result<grant_proto::audit::Entry, String> {
+    let kind = serde_json::from_value(serde_json::Value::String(e.kind.clone()))
+        .map_err(|_| format!("unknown kind {:?}", e.kind))?;
+    let decision = serde_json::from_value(serde_json::Value::String(e.decision.clone()))
+        .map_err(|_| format!("unknown decision {:?}", e.decision))?;
+    Ok(grant_proto::audit::Entry {
+        seq: e.seq,
+        log_index: e.log_index,
+        time_ms: e.time_ms,
+        kind,
+        actor: e.actor.clone(),
+        subject: e.subject.clone(),
+        task_id: e.task_id.clone(),
+        grant_id: e.grant_id.clone(),
+        resource: e.resource.clone(),
+        action: e.action.clone(),
+        intent: e.intent.clone(),
+        decision,
+        reason: e.reason.clone(),
+        detail: e.detail.clone(),
+        policy_ids: e.policy_ids.clone(),
+        prev_hash: e
+            .prev_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| "prev_hash is not 32 bytes".to_string())?,
+    })
 }

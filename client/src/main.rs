@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+mod audit_cmd;
+
 use clap::{Parser, Subcommand};
 use grant_client::v1 as pb;
 use grant_client::{Client, Options};
@@ -90,6 +92,9 @@ enum Cmd {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// The signed audit log: export, verify offline, prove, roster.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -314,6 +319,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 page_token = r.next_page_token;
             }
         }
+        Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
         Cmd::Cluster(c) => match c {
             ClusterCmd::Init { members } => {
                 let members = members

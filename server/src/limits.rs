@@ -86,3 +86,16 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
 
 /// Bytes of one snapshot received from a leader (held in memory to install).
 pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;
+
+/// Audit entries in one GetEntries page.
+pub const AUDIT_PAGE_MAX: u32 = 1000;
+/// Audit entries in one GetEntries page when the request says 0.
+pub const AUDIT_PAGE_DEFAULT: u32 = 100;
+/// Largest tree a proof is computed over (its leaf hashes are read into
+/// memory: 32 bytes each, 128 MiB at this bound).
+pub const PROOF_TREE_SIZE_MAX: u64 = 4 * 1024 * 1024;
+/// Bytes of export data per streamed chunk.
+pub const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(AUDIT_PAGE_DEFAULT <= AUDIT_PAGE_MAX);
+const _: () = assert!(EXPORT_CHUNK_BYTES < MESSAGE_BYTES_MAX);

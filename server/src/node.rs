@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use grant_proto::v1::audit_server::AuditServer;
 use grant_proto::v1::cluster_server::ClusterServer;
 use grant_proto::v1::grants_server::GrantsServer;
 use grant_proto::v1::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::watch;
 
+use crate::api::audit::AuditService;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::{now_ms, NodeContext};
@@ -67,6 +69,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(
+            AuditServer::new(AuditService::new(ctx.clone()))
+                .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
+        )
         .serve_with_shutdown(config.api_addr, wait(shutdown.clone()));
     let peer = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -1,6 +1,7 @@
 //! The public gRPC services: validate and size-check a request, turn it into
 //! a log command, propose it, and map the outcome to a response or a status.
 
+pub mod audit;
 pub mod batcher;
 pub mod cluster;
 pub mod errors;

@@ -44,7 +44,11 @@ async fn publish_once(ctx: &NodeContext, key: &NodeKey, vkey: &str) -> Result<()
             (CommandResult::KeyRegistered { .. }, _) => {
                 tracing::info!(key = %vkey, "signing key recorded in the roster")
             }
-            (other, _) => return Err(format!("key registration: {other:?}")),
+            (other, _) => {
+                // Refused by the ledger: no checkpoint can be kept until this is fixed.
+                tracing::warn!(result = ?other, "signing key refused by the roster");
+                return Err(format!("key registration: {other:?}"));
+            }
         }
     }
     let chain = ctx.state.chain().map_err(|e| e.to_string())?;
@@ -73,6 +77,9 @@ async fn publish_once(ctx: &NodeContext, key: &NodeKey, vkey: &str) -> Result<()
             tracing::debug!(size, "checkpoint committed");
             Ok(())
         }
-        (other, _) => Err(format!("checkpoint: {other:?}")),
+        (other, _) => {
+            tracing::warn!(result = ?other, "signed checkpoint refused");
+            Err(format!("checkpoint: {other:?}"))
+        }
     }
 }

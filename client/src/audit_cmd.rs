@@ -1,0 +1,141 @@
+//! `grantctl audit ...`: export, verify offline, prove inclusion, roster.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use grant_client::{entry_from_pb, Client};
+use grant_proto::audit::export::{self, parse_trusted_keys};
+use grant_proto::audit::{merkle, note};
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Write the audit log as an export file (docs/audit-format.md).
+    Export {
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Export this node's copy (host:port) instead of any node's.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Verify an export offline against trusted keys; exit 1 on the first problem.
+    Verify {
+        file: std::path::PathBuf,
+        /// File of trusted verifier keys, one per line (see `grantctl audit roster`).
+        #[arg(long)]
+        trusted_keys: std::path::PathBuf,
+    },
+    /// Fetch and verify a proof that entry SEQ is in a signed checkpoint.
+    Prove {
+        seq: u64,
+        /// Prove against the checkpoint of this size (default: the newest).
+        #[arg(long, default_value_t = 0)]
+        tree_size: u64,
+        #[arg(long)]
+        trusted_keys: std::path::PathBuf,
+    },
+    /// Print the key roster as verifier keys (one per line). Decide out of
+    /// band which of them to trust.
+    Roster,
+}
+
+fn read(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+pub async fn run(client: &Client, cmd: AuditCmd) -> Result<ExitCode, String> {
+    let e = |e: grant_client::ClientError| e.to_string();
+    match cmd {
+        AuditCmd::Export { out, node } => {
+            let data = client.audit_export(node.as_deref()).await.map_err(e)?;
+            std::fs::write(&out, &data)
+                .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
+            println!("wrote {} bytes to {}", data.len(), out.display());
+        }
+        AuditCmd::Verify { file, trusted_keys } => {
+            let trusted =
+                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            match export::verify(&read(&file)?, &trusted) {
+                Ok(s) => {
+                    println!(
+                        "ok: {} entries, {} checkpoints, {} entries covered by a signed checkpoint",
+                        s.entries, s.checkpoints, s.covered
+                    );
+                    println!("origin: {}", s.origin);
+                    if let (Some(a), Some(b)) = (s.first_time_ms, s.last_time_ms) {
+                        println!("time span (ms since epoch): {a} .. {b}");
+                    }
+                    println!(
+                        "signers: {}",
+                        s.signers.into_iter().collect::<Vec<_>>().join(", ")
+                    );
+                    if s.covered < s.entries {
+                        println!(
+                            "note: the last {} entries are not yet covered by a checkpoint",
+                            s.entries - s.covered
+                        );
+                    }
+                }
+                Err(err) => {
+                    println!("FAILED at {}: {}", err.at, err.problem);
+                    for ev in &err.evidence {
+                        println!("evidence: {ev}");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        AuditCmd::Prove {
+            seq,
+            tree_size,
+            trusted_keys,
+        } => {
+            let trusted =
+                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let p = client.inclusion_proof(seq, tree_size).await.map_err(e)?;
+            let entry = entry_from_pb(p.entry.as_ref().ok_or("no entry in the proof")?)?;
+            let (cp, signers) = note::verify(&p.checkpoint_note, &trusted)
+                .map_err(|err| format!("checkpoint: {err}"))?;
+            if cp.size != p.tree_size {
+                return Err(format!(
+                    "proof is for size {} but the checkpoint is of size {}",
+                    p.tree_size, cp.size
+                ));
+            }
+            let proof: Vec<[u8; 32]> = p
+                .proof
+                .iter()
+                .map(|h| {
+                    h.as_slice()
+                        .try_into()
+                        .map_err(|_| "proof hash is not 32 bytes".to_string())
+                })
+                .collect::<Result<_, _>>()?;
+            if !merkle::verify_inclusion(seq, cp.size, &entry.leaf_hash(), &proof, &cp.root) {
+                println!(
+                    "FAILED: entry {seq} is not in the tree of the signed checkpoint of size {}",
+                    cp.size
+                );
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "ok: entry {seq} is in the log at checkpoint size {}, signed by {}",
+                cp.size,
+                signers.join(", ")
+            );
+            println!(
+                "entry: {}",
+                serde_json::to_string(&entry).unwrap_or_default()
+            );
+            println!("entry hash: {}", hex::encode(entry.hash()));
+            println!("checkpoint:\n{}", p.checkpoint_note);
+        }
+        AuditCmd::Roster => {
+            let r = client.roster().await.map_err(e)?;
+            println!("# origin: {}", r.origin);
+            for k in r.keys {
+                println!("{k}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

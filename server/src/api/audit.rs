@@ -1,0 +1,293 @@
+//! The Audit service: checkpoints, entries, proofs, export and roster.
+//!
+//! Proofs and exports are served from this node's own state without a
+//! leadership check: they are self-authenticating (a verifier checks them
+//! against signed checkpoints), and serving them from any node is what lets
+//! an auditor compare replicas.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use grant_proto::audit::export::Line;
+use grant_proto::audit::{merkle, Entry};
+use grant_proto::v1 as pb;
+use grant_proto::v1::audit_server::Audit;
+use openraft::ReadPolicy;
+use tonic::{Request, Response, Status};
+
+use super::errors::ApiError;
+use super::NodeContext;
+use crate::limits::*;
+
+pub struct AuditService {
+    ctx: NodeContext,
+}
+
+impl AuditService {
+    pub fn new(ctx: NodeContext) -> Self {
+        AuditService { ctx }
+    }
+
+    async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
+        if !allow_stale {
+            self.ctx
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn root_at(&self, size: u64) -> Result<grant_proto::audit::Hash, ApiError> {
+        if size == 0 {
+            return Ok(merkle::empty_root());
+        }
+        self.ctx.state.tree_root(size)?.ok_or_else(|| {
+            ApiError::FailedPrecondition(format!("the log had no tree head of size {size}"))
+        })
+    }
+
+    fn leaves(&self, size: u64) -> Result<Vec<grant_proto::audit::Hash>, ApiError> {
+        if size > PROOF_TREE_SIZE_MAX {
+            return Err(ApiError::ResourceExhausted(format!(
+                "proofs over more than {PROOF_TREE_SIZE_MAX} entries (proof_tree_size_max)"
+            )));
+        }
+        Ok(self.ctx.state.leaf_hashes(size)?)
+    }
+}
+
+pub fn to_pb_entry(e: &Entry, hash: &[u8; 32]) -> pb::AuditEntry {
+    let kind = serde_json::to_value(e.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let decision = serde_json::to_value(e.decision)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    pb::AuditEntry {
+        seq: e.seq,
+        log_index: e.log_index,
+        time_ms: e.time_ms,
+        kind,
+        actor: e.actor.clone(),
+        subject: e.subject.clone(),
+        task_id: e.task_id.clone(),
+        grant_id: e.grant_id.clone(),
+        resource: e.resource.clone(),
+        action: e.action.clone(),
+        intent: e.intent.clone(),
+        decision,
+        reason: e.reason.clone(),
+        detail: e.detail.clone(),
+        policy_ids: e.policy_ids.clone(),
+        prev_hash: e.prev_hash.to_vec(),
+        hash: hash.to_vec(),
+    }
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for AuditService {
+    async fn latest_checkpoint(
+        &self,
+        req: Request<pb::LatestCheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        self.read_barrier(req.into_inner().allow_stale).await?;
+        let Some((size, note)) = self.ctx.state.latest_checkpoint().map_err(ApiError::from)? else {
+            return Ok(Response::new(pb::CheckpointResponse {
+                tree_size: 0,
+                root_hash: merkle::empty_root().to_vec(),
+                note: String::new(),
+            }));
+        };
+        Ok(Response::new(pb::CheckpointResponse {
+            tree_size: size,
+            root_hash: self.root_at(size)?.to_vec(),
+            note,
+        }))
+    }
+
+    async fn get_entries(
+        &self,
+        req: Request<pb::GetEntriesRequest>,
+    ) -> Result<Response<pb::GetEntriesResponse>, Status> {
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => AUDIT_PAGE_DEFAULT,
+            n if n > AUDIT_PAGE_MAX => {
+                return Err(
+                    ApiError::invalid("limit", format!("{n} exceeds {AUDIT_PAGE_MAX}")).into(),
+                )
+            }
+            n => n,
+        };
+        self.read_barrier(r.allow_stale).await?;
+        let entries = self
+            .ctx
+            .state
+            .audit_entries(r.from_seq, limit as usize)
+            .map_err(ApiError::from)?;
+        let tree_size = self.ctx.state.chain().map_err(ApiError::from)?.size();
+        Ok(Response::new(pb::GetEntriesResponse {
+            entries: entries.iter().map(|(e, h)| to_pb_entry(e, h)).collect(),
+            tree_size,
+        }))
+    }
+
+    async fn inclusion_proof(
+        &self,
+        req: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        let r = req.into_inner();
+        let (size, note) = if r.tree_size == 0 {
+            self.ctx
+                .state
+                .latest_checkpoint()
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::FailedPrecondition("no checkpoint signed yet".into()))?
+        } else {
+            let note = self
+                .ctx
+                .state
+                .checkpoint(r.tree_size)
+                .map_err(ApiError::from)?
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("no checkpoint of size {}", r.tree_size))
+                })?;
+            (r.tree_size, note)
+        };
+        if r.seq >= size {
+            return Err(ApiError::FailedPrecondition(format!(
+                "entry {} is not covered by the checkpoint of size {size} yet",
+                r.seq
+            ))
+            .into());
+        }
+        let (entry, hash) = self
+            .ctx
+            .state
+            .audit_entries(r.seq, 1)
+            .map_err(ApiError::from)?
+            .pop()
+            .ok_or_else(|| ApiError::NotFound(format!("no audit entry {}", r.seq)))?;
+        let proof = merkle::inclusion_proof(r.seq as usize, &self.leaves(size)?);
+        Ok(Response::new(pb::InclusionProofResponse {
+            entry: Some(to_pb_entry(&entry, &hash)),
+            tree_size: size,
+            proof: proof.iter().map(|h| h.to_vec()).collect(),
+            checkpoint_note: note,
+        }))
+    }
+
+    async fn consistency_proof(
+        &self,
+        req: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        let r = req.into_inner();
+        let size = self.ctx.state.chain().map_err(ApiError::from)?.size();
+        if r.from_size > r.to_size || r.to_size > size {
+            return Err(ApiError::invalid(
+                "to_size",
+                format!("need from_size <= to_size <= {size}"),
+            )
+            .into());
+        }
+        let (from_root, to_root) = (self.root_at(r.from_size)?, self.root_at(r.to_size)?);
+        let proof = merkle::consistency_proof(r.from_size as usize, &self.leaves(r.to_size)?);
+        Ok(Response::new(pb::ConsistencyProofResponse {
+            proof: proof.iter().map(|h| h.to_vec()).collect(),
+            from_root: from_root.to_vec(),
+            to_root: to_root.to_vec(),
+        }))
+    }
+
+    type ExportStream = ExportStream;
+
+    async fn export(
+        &self,
+        _req: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        // Fix the export at the current size: entries are append-only, so
+        // everything below it stays as read.
+        let state = self.ctx.state.clone();
+        let size = state.chain().map_err(ApiError::from)?.size();
+        let checkpoints: Vec<_> = state
+            .checkpoints()
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|(s, _)| *s <= size)
+            .collect();
+        let origin = self.ctx.config.audit_origin.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ExportChunk, Status>>(4);
+        tokio::spawn(async move {
+            let mut buf = Line::header(&origin, size, checkpoints.len() as u64)
+                .to_json()
+                .into_bytes();
+            buf.push(b'\n');
+            let mut next = 0u64;
+            let send = |buf: &mut Vec<u8>| pb::ExportChunk {
+                data: std::mem::take(buf),
+            };
+            while next < size {
+                let page = match state.audit_lines(next, AUDIT_PAGE_MAX as usize) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    let _ = tx
+                        .send(Err(ApiError::Internal(format!(
+                            "audit entry {next} missing"
+                        ))
+                        .into()))
+                        .await;
+                    return;
+                }
+                for line in page.into_iter().take((size - next) as usize) {
+                    buf.extend_from_slice(&line);
+                    buf.push(b'\n');
+                    next += 1;
+                    if buf.len() >= EXPORT_CHUNK_BYTES && tx.send(Ok(send(&mut buf))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            for (_, note) in checkpoints {
+                buf.extend_from_slice(Line::Checkpoint { note }.to_json().as_bytes());
+                buf.push(b'\n');
+            }
+            let _ = tx.send(Ok(send(&mut buf))).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+
+    async fn roster(
+        &self,
+        _req: Request<pb::RosterRequest>,
+    ) -> Result<Response<pb::RosterResponse>, Status> {
+        let keys = self
+            .ctx
+            .state
+            .roster()
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        Ok(Response::new(pb::RosterResponse {
+            keys,
+            origin: self.ctx.config.audit_origin.clone(),
+        }))
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
