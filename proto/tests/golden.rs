@@ -62,8 +62,18 @@ fn golden() -> (String, String) {
         f.push(e.leaf_hash());
         lines.push(Line::entry(e).to_json());
         if f.size == 3 || f.size == 6 {
-            let cp = Checkpoint { origin: ORIGIN.into(), size: f.size, root: f.root(), time_ms: 1_700_000_001_000 + f.size as i64 };
-            notes.push(Line::Checkpoint { note: sign(&cp, NAME, &key) }.to_json());
+            let cp = Checkpoint {
+                origin: ORIGIN.into(),
+                size: f.size,
+                root: f.root(),
+                time_ms: 1_700_000_001_000 + f.size as i64,
+            };
+            notes.push(
+                Line::Checkpoint {
+                    note: sign(&cp, NAME, &key),
+                }
+                .to_json(),
+            );
         }
     }
     let mut out = vec![Line::header(ORIGIN, lines.len() as u64, notes.len() as u64).to_json()];

@@ -88,7 +88,7 @@ fn join(l: &[String]) -> String {
 fn entry_line(l: &[String], seq: u64) -> usize {
     l.iter()
         .position(|x| {
-            x.starts_with("{\"type\":\"entry\",\"seq\":") && x.contains(&format!("\"seq\":{seq},"))
+            x.starts_with("{\"type\":\"entry\"") && x.contains(&format!("\"entry\":{{\"seq\":{seq},"))
         })
         .unwrap()
 }
@@ -201,7 +201,7 @@ async fn export_verifies_offline_and_every_tampering_is_caught() {
     let mut f = Frontier::default();
     let mut forged = vec![l[0].clone()];
     for line in l.iter().filter(|x| x.starts_with("{\"type\":\"entry\"")) {
-        let Line::Entry { mut entry, .. } = serde_json::from_str(line).unwrap() else {
+        let Line::Entry { mut entry, .. } = Line::parse(line).unwrap() else {
             unreachable!()
         };
         if entry.seq == k {

@@ -4,7 +4,7 @@
 //! order, then every checkpoint in size order:
 //! ```text
 //! {"type":"header","format":"grant-ledger-audit-export","version":1,"origin":"...","entries":N,"checkpoints":M}
-//! {"type":"entry","seq":0,...every Entry field...,"hash":"<hex>"}
+//! {"type":"entry","entry":{"seq":0,...every Entry field...},"hash":"<hex>"}
 //! {"type":"checkpoint","note":"<signed note text>"}
 //! ```
 //! The verifier trusts nothing in the file: it recomputes every entry hash
@@ -15,15 +15,22 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::merkle::Frontier;
+use super::Entry;
+
+use sha2::{Digest, Sha256};
+
+use super::merkle::{self, Frontier};
 use super::note::{self, VerifierKey};
-use super::{Entry, Hash, Kind};
+use super::{Hash, Kind};
 
 pub const FORMAT: &str = "grant-ledger-audit-export";
 pub const VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// One line of an export. On disk every line is one JSON object with a
+/// `type` and the fields of that type (see the module doc); the shape is a
+/// plain struct rather than a tagged enum so that parsing a million entries
+/// takes no detour through serde's buffering.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     Header {
         format: String,
@@ -33,14 +40,34 @@ pub enum Line {
         checkpoints: u64,
     },
     Entry {
-        #[serde(flatten)]
         entry: Entry,
-        #[serde(with = "super::hex32")]
         hash: Hash,
     },
     Checkpoint {
         note: String,
     },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct RawLine {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checkpoints: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entry: Option<Entry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 impl Line {
@@ -60,7 +87,64 @@ impl Line {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("export lines serialize")
+        let raw = match self.clone() {
+            Line::Header {
+                format,
+                version,
+                origin,
+                entries,
+                checkpoints,
+            } => RawLine {
+                ty: "header".into(),
+                format: Some(format),
+                version: Some(version),
+                origin: Some(origin),
+                entries: Some(entries),
+                checkpoints: Some(checkpoints),
+                ..Default::default()
+            },
+            Line::Entry { entry, hash } => RawLine {
+                ty: "entry".into(),
+                entry: Some(entry),
+                hash: Some(hex::encode(hash)),
+                ..Default::default()
+            },
+            Line::Checkpoint { note } => RawLine {
+                ty: "checkpoint".into(),
+                note: Some(note),
+                ..Default::default()
+            },
+        };
+        serde_json::to_string(&raw).expect("export lines serialize")
+    }
+
+    pub fn parse(text: &str) -> Result<Line, String> {
+        let raw: RawLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let missing = |f: &str| format!("a {} line needs {f}", raw.ty);
+        match raw.ty.as_str() {
+            "header" => Ok(Line::Header {
+                format: raw.format.clone().ok_or_else(|| missing("format"))?,
+                version: raw.version.ok_or_else(|| missing("version"))?,
+                origin: raw.origin.clone().ok_or_else(|| missing("origin"))?,
+                entries: raw.entries.unwrap_or(0),
+                checkpoints: raw.checkpoints.unwrap_or(0),
+            }),
+            "entry" => {
+                let hash = raw.hash.as_deref().ok_or_else(|| missing("hash"))?;
+                let hash: Hash = hex::decode(hash)
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| "hash is not 32 bytes of hex".to_string())?;
+                Ok(Line::Entry {
+                    entry: raw.entry.ok_or_else(|| missing("entry"))?,
+                    hash,
+                })
+            }
+            "checkpoint" => Ok(Line::Checkpoint {
+                note: raw.note.ok_or_else(|| missing("note"))?,
+            }),
+            other => Err(format!("unknown line type {other:?}")),
+        }
     }
 }
 
@@ -134,6 +218,10 @@ pub fn parse_trusted_keys(text: &str) -> Result<Vec<VerifierKey>, note::NoteErro
 }
 
 /// Verify an export against the auditor's trusted keys.
+///
+/// One pass over the lines checks the chain and keeps each entry's leaf hash
+/// (32 bytes an entry); a replay of the leaves then rebuilds the root at
+/// every checkpoint size, whatever order the checkpoint lines came in.
 pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyError> {
     let mut lines = text
         .lines()
@@ -142,7 +230,7 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
     let Some((_, first)) = lines.next() else {
         return fail(Position::Header, "empty export", vec![]);
     };
-    let origin = match serde_json::from_str::<Line>(first) {
+    let origin = match Line::parse(first) {
         Ok(Line::Header {
             format,
             version,
@@ -166,12 +254,19 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
             )
         }
     };
-    let mut entries: Vec<(Entry, Hash)> = Vec::new();
+
+    let mut leaves: Vec<Hash> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut prev: Hash = [0; 32];
+    let mut roster: Vec<(VerifierKey, u64)> = Vec::new();
+    let (mut first_time, mut last_time) = (None, None);
     for (i, l) in lines {
-        match serde_json::from_str::<Line>(l) {
-            Ok(Line::Entry { entry, hash }) => entries.push((entry, hash)),
-            Ok(Line::Checkpoint { note }) => notes.push(note),
+        let (e, stated) = match Line::parse(l) {
+            Ok(Line::Entry { entry, hash }) => (entry, hash),
+            Ok(Line::Checkpoint { note }) => {
+                notes.push(note);
+                continue;
+            }
             Ok(Line::Header { .. }) => {
                 return fail(Position::Line(i + 1), "a second header", vec![])
             }
@@ -182,40 +277,13 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
                     vec![l.to_string()],
                 )
             }
-        }
-    }
-
-    // Parse checkpoints first, so the roots they need are kept on the way.
-    let mut parsed = Vec::new();
-    for n in &notes {
-        match note::parse(n) {
-            Ok(p) => parsed.push((p.checkpoint.clone(), n)),
-            Err(e) => {
-                return fail(
-                    Position::Export,
-                    format!("unreadable checkpoint: {e}"),
-                    vec![n.clone()],
-                )
-            }
-        }
-    }
-    let needed: BTreeSet<u64> = parsed.iter().map(|(c, _)| c.size).collect();
-
-    // The chain and the tree.
-    let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
-    let mut frontier = Frontier::default();
-    let mut prev: Hash = [0; 32];
-    let mut roster: Vec<(VerifierKey, u64)> = Vec::new();
-    if needed.contains(&0) {
-        roots.insert(0, frontier.root());
-    }
-    for (i, (e, stated)) in entries.iter().enumerate() {
-        let seq = i as u64;
+        };
+        let seq = leaves.len() as u64;
         if e.seq != seq {
             return fail(
                 Position::Seq(seq),
                 format!("found entry seq {} where seq {seq} belongs: an entry is missing, inserted or out of order", e.seq),
-                vec![serde_json::to_string(e).unwrap_or_default()],
+                vec![l.to_string()],
             );
         }
         if e.prev_hash != prev {
@@ -228,8 +296,9 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
                 ],
             );
         }
-        let h = e.hash();
-        if &h != stated {
+        let bytes = e.canonical_bytes();
+        let h: Hash = Sha256::digest(&bytes).into();
+        if h != stated {
             return fail(
                 Position::Seq(seq),
                 "the entry's content does not hash to the hash recorded with it: it was modified",
@@ -240,10 +309,9 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
             );
         }
         prev = h;
-        frontier.push(e.leaf_hash());
-        if needed.contains(&frontier.size) {
-            roots.insert(frontier.size, frontier.root());
-        }
+        leaves.push(merkle::leaf_hash(&bytes));
+        first_time.get_or_insert(e.time_ms);
+        last_time = Some(e.time_ms);
         if e.kind == Kind::KeyRoster {
             match VerifierKey::parse(&e.detail) {
                 Ok(k) => roster.push((k, seq)),
@@ -257,17 +325,46 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
             }
         }
     }
-    let n = entries.len() as u64;
+    let n = leaves.len() as u64;
 
-    // The checkpoints, smallest first.
+    let mut parsed = Vec::new();
+    for text in &notes {
+        match note::parse(text) {
+            Ok(p) => parsed.push((p.checkpoint, text)),
+            Err(e) => {
+                return fail(
+                    Position::Export,
+                    format!("unreadable checkpoint: {e}"),
+                    vec![text.clone()],
+                )
+            }
+        }
+    }
     parsed.sort_by_key(|(c, _)| c.size);
+    // Rebuild the root at every checkpoint size in one replay of the leaves.
+    let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
+    let mut frontier = Frontier::default();
+    let mut wanted = parsed
+        .iter()
+        .map(|(c, _)| c.size)
+        .filter(|s| *s <= n)
+        .peekable();
+    while let Some(&size) = wanted.peek() {
+        if frontier.size == size {
+            roots.insert(size, frontier.root());
+            wanted.next();
+        } else {
+            frontier.push(leaves[frontier.size as usize]);
+        }
+    }
+
     let mut signers = BTreeSet::new();
     let mut covered = 0;
     let mut last: Option<(u64, Hash, &String)> = None;
-    for (c, text) in &parsed {
-        let at = Position::Checkpoint(c.size);
-        let (cp, names) = match note::verify(text, trusted) {
-            Ok(v) => v,
+    for (cp, text) in &parsed {
+        let at = Position::Checkpoint(cp.size);
+        let names = match note::verify(text, trusted) {
+            Ok((_, names)) => names,
             Err(e) => return fail(at, format!("{e}"), vec![(*text).clone()]),
         };
         if cp.origin != origin {
@@ -314,7 +411,11 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
             return fail(
                 at,
                 format!("entries in [{from}, {}) do not rebuild the signed root: they were changed after signing", cp.size),
-                vec![format!("signed root: {}", hex::encode(cp.root)), format!("rebuilt root: {}", hex::encode(rebuilt)), (*text).clone()],
+                vec![
+                    format!("signed root: {}", hex::encode(cp.root)),
+                    format!("rebuilt root: {}", hex::encode(rebuilt)),
+                    (*text).clone(),
+                ],
             );
         }
         signers.extend(names);
@@ -333,8 +434,8 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
         entries: n,
         checkpoints: parsed.len() as u64,
         covered,
-        first_time_ms: entries.first().map(|e| e.0.time_ms),
-        last_time_ms: entries.last().map(|e| e.0.time_ms),
+        first_time_ms: first_time,
+        last_time_ms: last_time,
         signers,
         roster: roster.iter().map(|(k, _)| k.encode()).collect(),
     })

@@ -177,7 +177,9 @@ pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {
 pub fn decode_audit(
     v: &[u8],
 ) -> std::io::Result<(grant_proto::audit::Entry, grant_proto::audit::Hash)> {
-    match codec::decode::<Line>(v)? {
+    let text = std::str::from_utf8(v)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    match Line::parse(text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))? {
         Line::Entry { entry, hash } => Ok((entry, hash)),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
