@@ -36,6 +36,12 @@ pub enum AuditCmd {
     /// Print the key roster as verifier keys (one per line). Decide out of
     /// band which of them to trust.
     Roster,
+    /// Replace the signing key of one node; prints the new and the retired key.
+    RotateKey {
+        /// The node whose key to rotate (host:port of its API).
+        #[arg(long)]
+        node: String,
+    },
 }
 
 fn read(path: &std::path::Path) -> Result<String, String> {
@@ -128,6 +134,11 @@ pub async fn run(client: &Client, cmd: AuditCmd) -> Result<ExitCode, String> {
             );
             println!("entry hash: {}", hex::encode(entry.hash()));
             println!("checkpoint:\n{}", p.checkpoint_note);
+        }
+        AuditCmd::RotateKey { node } => {
+            let r = client.rotate_key(&node).await.map_err(e)?;
+            println!("new: {}", r.verifier_key);
+            println!("retired: {}", r.retired_verifier_key);
         }
         AuditCmd::Roster => {
             let r = client.roster().await.map_err(e)?;

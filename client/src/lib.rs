@@ -438,6 +438,15 @@ impl Client {
         .await
     }
 
+    /// Rotate the signing key of the node at `addr`.
+    pub async fn rotate_key(&self, addr: &str) -> Result<pb::RotateKeyResponse, ClientError> {
+        Self::audit_client(self.channel(addr)?)
+            .rotate_key(pb::RotateKeyRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Status)
+    }
+
     pub async fn roster(&self) -> Result<pb::RosterResponse, ClientError> {
         self.call(|ch| async move {
             Self::audit_client(ch)

@@ -25,10 +25,9 @@ use crate::storage::{LogStore, StateMachine};
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)?;
-    let node_key = Arc::new(crate::audit::keys::load_or_create(
-        &config.data_dir,
-        config.node_id,
-    )?);
+    let node_key: crate::audit::keys::SharedKey = Arc::new(std::sync::RwLock::new(Arc::new(
+        crate::audit::keys::load_or_create(&config.data_dir, config.node_id)?,
+    )));
     let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
     let sm = StateMachine::open(&config.data_dir)?;
     let state = sm.reader();
@@ -70,7 +69,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(
-            AuditServer::new(AuditService::new(ctx.clone()))
+            AuditServer::new(AuditService::new(ctx.clone(), node_key.clone()))
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .serve_with_shutdown(config.api_addr, wait(shutdown.clone()));

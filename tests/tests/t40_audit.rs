@@ -88,7 +88,8 @@ fn join(l: &[String]) -> String {
 fn entry_line(l: &[String], seq: u64) -> usize {
     l.iter()
         .position(|x| {
-            x.starts_with("{\"type\":\"entry\"") && x.contains(&format!("\"entry\":{{\"seq\":{seq},"))
+            x.starts_with("{\"type\":\"entry\"")
+                && x.contains(&format!("\"entry\":{{\"seq\":{seq},"))
         })
         .unwrap()
 }
@@ -392,14 +393,21 @@ async fn replicas_hold_the_same_chain_through_kill_and_wipe() {
         .unwrap_or(killed);
     c.kill(wiped);
     c.wipe(wiped);
-    traffic(&c, "c", 10).await;
-    wait_for("a snapshot past the wipe", || async {
-        c.status(leader)
+    // Keep writing until the leader's log behind the wipe is purged behind
+    // a snapshot, so the wiped node can only come back through one.
+    let at_wipe = c.status(leader).await.unwrap().last_log_index;
+    for round in 0..20 {
+        traffic(&c, &format!("c{round}"), 10).await;
+        let leader = c.wait_leader().await;
+        if c.status(leader)
             .await
-            .map(|s| s.snapshot_index > 60)
+            .map(|s| s.snapshot_index > at_wipe)
             .unwrap_or(false)
-    })
-    .await;
+        {
+            break;
+        }
+        assert!(round < 19, "no snapshot past index {at_wipe}");
+    }
     c.spawn(wiped);
     let d = c.converged_digests().await;
     assert!(d.iter().all(|x| x.1 == d[0].1), "{d:?}");
@@ -427,4 +435,45 @@ async fn replicas_hold_the_same_chain_through_kill_and_wipe() {
             c.nodes[0].id
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_signs_new_checkpoints_and_old_ones_still_verify() {
+    let c = Cluster::start_with(3, &["--checkpoint-interval-ms", "100"]).await;
+    traffic(&c, "rot", 3).await;
+    settled_export(&c, None).await;
+    let old_keys = trusted(&c).await;
+    let leader = c.wait_leader().await;
+    let rotated = c
+        .client()
+        .rotate_key(&c.node(leader).api_addr)
+        .await
+        .unwrap();
+    assert_ne!(rotated.verifier_key, rotated.retired_verifier_key);
+    assert!(old_keys
+        .iter()
+        .any(|k| k.encode() == rotated.retired_verifier_key));
+    // The new key reaches the roster and signs the next checkpoint.
+    wait_for("the new key in the roster", || async {
+        c.client()
+            .roster()
+            .await
+            .map(|r| r.keys.contains(&rotated.verifier_key))
+            .unwrap_or(false)
+    })
+    .await;
+    traffic(&c, "rot2", 2).await;
+    let text = settled_export(&c, None).await;
+    let all = trusted(&c).await;
+    assert_eq!(all.len(), old_keys.len() + 1);
+    let s = export::verify(&text, &all).unwrap();
+    assert!(s.signers.contains(&format!("grant-ledger-node-{leader}")));
+    // An auditor who never learned of the new key cannot accept the new checkpoints.
+    let e = first_error(&text, &old_keys);
+    assert!(matches!(e.at, Position::Checkpoint(_)), "{e}");
+    let rotations = lines(&text)
+        .iter()
+        .filter(|l| l.contains("\"kind\":\"key_roster\"") && l.contains("\"reason\":\"rotate\""))
+        .count();
+    assert_eq!(rotations, 1);
 }

@@ -17,15 +17,17 @@ use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
 use super::NodeContext;
+use crate::audit::keys::{self, SharedKey};
 use crate::limits::*;
 
 pub struct AuditService {
     ctx: NodeContext,
+    key: SharedKey,
 }
 
 impl AuditService {
-    pub fn new(ctx: NodeContext) -> Self {
-        AuditService { ctx }
+    pub fn new(ctx: NodeContext, key: SharedKey) -> Self {
+        AuditService { ctx, key }
     }
 
     async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
@@ -282,6 +284,22 @@ impl Audit for AuditService {
         Ok(Response::new(pb::RosterResponse {
             keys,
             origin: self.ctx.config.audit_origin.clone(),
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        _req: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let (old, new) = keys::rotate(
+            &self.ctx.config.data_dir,
+            self.ctx.config.node_id,
+            &self.key,
+        )
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RotateKeyResponse {
+            verifier_key: new.verifier().encode(),
+            retired_verifier_key: old.verifier().encode(),
         }))
     }
 }

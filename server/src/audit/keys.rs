@@ -21,6 +21,58 @@ impl NodeKey {
     }
 }
 
+/// The key in use, shared by the publisher and the rotate call.
+pub type SharedKey = std::sync::Arc<std::sync::RwLock<std::sync::Arc<NodeKey>>>;
+
+pub fn current(k: &SharedKey) -> std::sync::Arc<NodeKey> {
+    k.read().expect("node key lock").clone()
+}
+
+/// Generate a new key and make it this node's: the old file is kept as
+/// `node.key.retired-<ms>`, the new one written and renamed into place.
+pub fn rotate(data_dir: &Path, node_id: u64, shared: &SharedKey) -> io::Result<(NodeKey, NodeKey)> {
+    let mut guard = shared.write().expect("node key lock");
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    std::fs::rename(
+        data_dir.join(KEY_FILE),
+        data_dir.join(format!("{KEY_FILE}.retired-{stamp}")),
+    )?;
+    std::fs::rename(&tmp, data_dir.join(KEY_FILE))?;
+    crate::storage::sync_dir(data_dir)?;
+    let new = NodeKey {
+        name: key_name(node_id),
+        signing: key,
+    };
+    let old = std::mem::replace(
+        &mut *guard,
+        std::sync::Arc::new(NodeKey {
+            name: new.name.clone(),
+            signing: new.signing.clone(),
+        }),
+    );
+    tracing::info!(new = %new.verifier().encode(), "node signing key rotated");
+    Ok((
+        NodeKey {
+            name: old.name.clone(),
+            signing: old.signing.clone(),
+        },
+        new,
+    ))
+}
+
 /// The name a node's keys carry in checkpoints and the roster.
 pub fn key_name(node_id: u64) -> String {
     format!("grant-ledger-node-{node_id}")

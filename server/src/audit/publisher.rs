@@ -4,25 +4,26 @@
 //! commits it through Raft, so every replica holds the same signed
 //! checkpoints.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use grant_proto::audit::note::{self, Checkpoint};
 use tokio::sync::watch;
 
-use super::keys::NodeKey;
+use super::keys::{NodeKey, SharedKey};
 use crate::api::{now_ms, NodeContext};
 use crate::ledger::{CheckpointCmd, Command, CommandResult, RegisterKeyCmd};
 
-pub async fn run(ctx: NodeContext, key: Arc<NodeKey>, shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: NodeContext, key: SharedKey, shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.checkpoint_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let vkey = key.verifier().encode();
     while !*shutdown.borrow() {
         tick.tick().await;
         if !ctx.raft.is_leader() {
             continue;
         }
+        // Read each round: the key may have been rotated.
+        let key = super::keys::current(&key);
+        let vkey = key.verifier().encode();
         if let Err(e) = publish_once(&ctx, &key, &vkey).await {
             tracing::debug!(error = %e, "checkpoint not published");
         }

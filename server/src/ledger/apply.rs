@@ -373,14 +373,14 @@ fn register_key(
             )))
         }
     };
-    let previous = state.roster_key(&key.name)?;
-    if previous.as_deref() == Some(c.verifier_key.as_str()) {
+    let previous = state.roster_keys(&key.name)?;
+    if previous.contains(&c.verifier_key) {
         return Ok(CommandResult::KeyRegistered { audit_seq: None });
     }
     let mut r = AuditEntry::new(Kind::KeyRoster, c.now_ms);
     r.actor = key.name.clone();
     r.subject = format!("node/{}", c.node_id);
-    r.reason = if previous.is_some() {
+    r.reason = if !previous.is_empty() {
         "rotate".into()
     } else {
         "register".into()
@@ -411,7 +411,7 @@ fn checkpoint(
     };
     let mut trusted = Vec::new();
     for (name, _, _) in &parsed.signatures {
-        if let Some(k) = state.roster_key(name)? {
+        for k in state.roster_keys(name)? {
             if let Ok(k) = VerifierKey::parse(&k) {
                 trusted.push(k);
             }

@@ -29,8 +29,9 @@ pub trait LedgerState {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StateError>;
-    /// The verifier key recorded in the roster under a key name.
-    fn roster_key(&self, name: &str) -> Result<Option<String>, StateError>;
+    /// Every verifier key recorded in the roster under a key name (a
+    /// rotated key stays, so old checkpoints keep verifying).
+    fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError>;
     /// The Merkle root of the audit tree when it had `size` entries, if that
     /// size ended an applied log entry.
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError>;

@@ -101,8 +101,9 @@ pub fn tree_root(size: u64) -> Vec<u8> {
 pub fn checkpoint(size: u64) -> Vec<u8> {
     key(CHECKPOINT, &[&size.to_be_bytes()])
 }
-pub fn roster(name: &str) -> Vec<u8> {
-    key(ROSTER, &[name.as_bytes()])
+/// Prefix of every key recorded under a key name; the verifier key follows.
+pub fn roster_prefix(name: &str) -> Vec<u8> {
+    key(ROSTER, &[&lp(name)])
 }
 
 /// The id that ends an index key after `prefix`.
@@ -159,7 +160,9 @@ pub fn encode_write(w: &Write, batch: &mut sled::Batch) {
             batch.insert(audit_leaf(c.entry.seq), &c.leaf_hash[..]);
         }
         Write::RosterKey { name, verifier_key } => {
-            batch.insert(roster(name), verifier_key.as_bytes());
+            let mut k = roster_prefix(name);
+            k.extend_from_slice(verifier_key.as_bytes());
+            batch.insert(k, &[][..]);
         }
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());

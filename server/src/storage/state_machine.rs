@@ -196,15 +196,17 @@ impl StateReader {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Verifier keys in the roster, by key name.
+    /// Every verifier key in the roster: (key name, verifier key), by name.
     pub fn roster(&self) -> io::Result<Vec<(String, String)>> {
         self.tree()
             .scan_prefix([ks::ROSTER])
-            .map(|kv| {
-                let (k, v) = kv.map_err(io_err)?;
+            .keys()
+            .map(|k| {
+                let k = k.map_err(io_err)?;
+                let len = u16::from_be_bytes([k[1], k[2]]) as usize;
                 Ok((
-                    String::from_utf8_lossy(&k[1..]).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
+                    String::from_utf8_lossy(&k[3..3 + len]).into_owned(),
+                    String::from_utf8_lossy(&k[3 + len..]).into_owned(),
                 ))
             })
             .collect()
@@ -263,12 +265,13 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
             .collect()
     }
-    fn roster_key(&self, name: &str) -> Result<Option<String>, StateError> {
-        Ok(self
-            .0
-            .get(ks::roster(name))
-            .map_err(se)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
+        let p = ks::roster_prefix(name);
+        self.0
+            .scan_prefix(&p)
+            .keys()
+            .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
+            .collect()
     }
     fn tree_root(&self, size: u64) -> Result<Option<Hash>, StateError> {
         match self.0.get(ks::tree_root(size)).map_err(se)? {

@@ -12,14 +12,14 @@ struct Mem {
     audit: Vec<AuditEntry>,
     chain: Chain,
     roots: BTreeMap<u64, grant_proto::audit::Hash>,
-    roster: BTreeMap<String, String>,
+    roster: BTreeMap<String, Vec<String>>,
     checkpoints: BTreeMap<u64, String>,
     index: u64,
 }
 
 impl LedgerState for Mem {
-    fn roster_key(&self, name: &str) -> Result<Option<String>, StateError> {
-        Ok(self.roster.get(name).cloned())
+    fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
+        Ok(self.roster.get(name).cloned().unwrap_or_default())
     }
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError> {
         Ok(self.roots.get(&size).copied())
@@ -101,7 +101,7 @@ impl Mem {
                 }
                 Write::Audit(c) => self.audit.push(c.entry),
                 Write::RosterKey { name, verifier_key } => {
-                    self.roster.insert(name, verifier_key);
+                    self.roster.entry(name).or_default().push(verifier_key);
                 }
                 Write::PutCheckpoint { size, note } => {
                     self.checkpoints.insert(size, note);
@@ -466,5 +466,34 @@ mod audit_chain {
         assert_eq!(m.checkpoints.len(), 1);
         // Checkpoints are not entries: the tree did not grow.
         assert_eq!(m.chain.size(), size);
+    }
+
+    #[test]
+    fn a_rotated_key_is_recorded_and_both_keys_verify() {
+        let mut m = Mem::default();
+        let old = SigningKey::from_bytes(&[1; 32]);
+        let new = SigningKey::from_bytes(&[3; 32]);
+        register(&mut m, &old, "node-1");
+        m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+        let (size, root) = (m.chain.size(), m.chain.root());
+        assert_eq!(
+            checkpoint(&mut m, &old, "node-1", size, root),
+            CommandResult::Checkpointed { size }
+        );
+        assert!(matches!(
+            register(&mut m, &new, "node-1"),
+            CommandResult::KeyRegistered { audit_seq: Some(_) }
+        ));
+        let last = m.audit.last().unwrap();
+        assert_eq!(
+            (last.kind, last.reason.as_str()),
+            (Kind::KeyRoster, "rotate")
+        );
+        assert_eq!(m.roster["node-1"].len(), 2);
+        let (size, root) = (m.chain.size(), m.chain.root());
+        assert_eq!(
+            checkpoint(&mut m, &new, "node-1", size, root),
+            CommandResult::Checkpointed { size }
+        );
     }
 }
