@@ -458,33 +458,4 @@ impl Client {
     }
 }
 
-/// An audit entry as the API carries it, back in the audit format, so its
-/// canonical bytes and hashes can be recomputed.
-pub fn entry_from_pb(e: &pb::AuditEntry) -> Result<grant_proto::audit::Entry, String> {
-    let kind = serde_json::from_value(serde_json::Value::String(e.kind.clone()))
-        .map_err(|_| format!("unknown kind {:?}", e.kind))?;
-    let decision = serde_json::from_value(serde_json::Value::String(e.decision.clone()))
-        .map_err(|_| format!("unknown decision {:?}", e.decision))?;
-    Ok(grant_proto::audit::Entry {
-        seq: e.seq,
-        log_index: e.log_index,
-        time_ms: e.time_ms,
-        kind,
-        actor: e.actor.clone(),
-        subject: e.subject.clone(),
-        task_id: e.task_id.clone(),
-        grant_id: e.grant_id.clone(),
-        resource: e.resource.clone(),
-        action: e.action.clone(),
-        intent: e.intent.clone(),
-        decision,
-        reason: e.reason.clone(),
-        detail: e.detail.clone(),
-        policy_ids: e.policy_ids.clone(),
-        prev_hash: e
-            .prev_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| "prev_hash is not 32 bytes".to_string())?,
-    })
-}
+pub use grant_proto::convert::entry_from_pb;

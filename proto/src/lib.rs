@@ -3,6 +3,8 @@
 //! offline verifier (`audit`). No I/O lives here.
 
 pub mod audit;
+#[cfg(feature = "grpc")]
+pub mod convert;
 
 #[cfg(feature = "grpc")]
 pub mod v1 {

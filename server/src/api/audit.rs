@@ -9,10 +9,10 @@ use std::pin::Pin;
 
 use futures::Stream;
 use grant_proto::audit::export::Line;
-use grant_proto::audit::{merkle, Entry};
+use grant_proto::audit::merkle;
+use grant_proto::convert::entry_to_pb;
 use grant_proto::v1 as pb;
 use grant_proto::v1::audit_server::Audit;
-use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
@@ -28,16 +28,6 @@ pub struct AuditService {
 impl AuditService {
     pub fn new(ctx: NodeContext, key: SharedKey) -> Self {
         AuditService { ctx, key }
-    }
-
-    async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
-        if !allow_stale {
-            self.ctx
-                .raft
-                .ensure_linearizable(ReadPolicy::ReadIndex)
-                .await?;
-        }
-        Ok(())
     }
 
     fn root_at(&self, size: u64) -> Result<grant_proto::audit::Hash, ApiError> {
@@ -59,36 +49,6 @@ impl AuditService {
     }
 }
 
-pub fn to_pb_entry(e: &Entry, hash: &[u8; 32]) -> pb::AuditEntry {
-    let kind = serde_json::to_value(e.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let decision = serde_json::to_value(e.decision)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    pb::AuditEntry {
-        seq: e.seq,
-        log_index: e.log_index,
-        time_ms: e.time_ms,
-        kind,
-        actor: e.actor.clone(),
-        subject: e.subject.clone(),
-        task_id: e.task_id.clone(),
-        grant_id: e.grant_id.clone(),
-        resource: e.resource.clone(),
-        action: e.action.clone(),
-        intent: e.intent.clone(),
-        decision,
-        reason: e.reason.clone(),
-        detail: e.detail.clone(),
-        policy_ids: e.policy_ids.clone(),
-        prev_hash: e.prev_hash.to_vec(),
-        hash: hash.to_vec(),
-    }
-}
-
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -97,7 +57,7 @@ impl Audit for AuditService {
         &self,
         req: Request<pb::LatestCheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
-        self.read_barrier(req.into_inner().allow_stale).await?;
+        self.ctx.read_barrier(req.into_inner().allow_stale).await?;
         let Some((size, note)) = self.ctx.state.latest_checkpoint().map_err(ApiError::from)? else {
             return Ok(Response::new(pb::CheckpointResponse {
                 tree_size: 0,
@@ -126,7 +86,7 @@ impl Audit for AuditService {
             }
             n => n,
         };
-        self.read_barrier(r.allow_stale).await?;
+        self.ctx.read_barrier(r.allow_stale).await?;
         let entries = self
             .ctx
             .state
@@ -134,7 +94,7 @@ impl Audit for AuditService {
             .map_err(ApiError::from)?;
         let tree_size = self.ctx.state.chain().map_err(ApiError::from)?.size();
         Ok(Response::new(pb::GetEntriesResponse {
-            entries: entries.iter().map(|(e, h)| to_pb_entry(e, h)).collect(),
+            entries: entries.iter().map(|(e, h)| entry_to_pb(e, h)).collect(),
             tree_size,
         }))
     }
@@ -177,7 +137,7 @@ impl Audit for AuditService {
             .ok_or_else(|| ApiError::NotFound(format!("no audit entry {}", r.seq)))?;
         let proof = merkle::inclusion_proof(r.seq as usize, &self.leaves(size)?);
         Ok(Response::new(pb::InclusionProofResponse {
-            entry: Some(to_pb_entry(&entry, &hash)),
+            entry: Some(entry_to_pb(&entry, &hash)),
             tree_size: size,
             proof: proof.iter().map(|h| h.to_vec()).collect(),
             checkpoint_note: note,

@@ -2,7 +2,6 @@
 
 use grant_proto::v1 as pb;
 use grant_proto::v1::grants_server::Grants;
-use openraft::ReadPolicy;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
@@ -22,18 +21,6 @@ impl GrantsService {
     pub fn new(ctx: NodeContext) -> Self {
         let checks = CheckBatcher::start(ctx.clone());
         GrantsService { ctx, checks }
-    }
-
-    /// Make a read linearizable (read index through the leader), unless the
-    /// caller accepts a possibly stale answer from this node.
-    async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
-        if !allow_stale {
-            self.ctx
-                .raft
-                .ensure_linearizable(ReadPolicy::ReadIndex)
-                .await?;
-        }
-        Ok(())
     }
 }
 
@@ -320,7 +307,7 @@ impl Grants for GrantsService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
         validate::grant_id("grant_id", &r.grant_id)?;
-        self.read_barrier(r.allow_stale).await?;
+        self.ctx.read_barrier(r.allow_stale).await?;
         let g = self
             .ctx
             .state
@@ -371,7 +358,7 @@ impl Grants for GrantsService {
             validate::grant_id("page_token", &r.page_token)?;
             Some(r.page_token.as_str())
         };
-        self.read_barrier(r.allow_stale).await?;
+        self.ctx.read_barrier(r.allow_stale).await?;
         let (grants, more) = self
             .ctx
             .state

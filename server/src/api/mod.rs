@@ -39,6 +39,17 @@ impl NodeContext {
         }
     }
 
+    /// Make a read linearizable (read index through the leader), unless the
+    /// caller accepts a possibly stale answer from this node.
+    pub async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
+        if !allow_stale {
+            self.raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Propose a command and wait for its result; returns (result, log index).
     pub async fn propose(&self, cmd: Command) -> Result<(CommandResult, u64), ApiError> {
         let _permit = self.proposals.try_acquire().map_err(|_| {

@@ -33,15 +33,7 @@ pub fn current(k: &SharedKey) -> std::sync::Arc<NodeKey> {
 pub fn rotate(data_dir: &Path, node_id: u64, shared: &SharedKey) -> io::Result<(NodeKey, NodeKey)> {
     let mut guard = shared.write().expect("node key lock");
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(key.as_bytes())?;
-    f.sync_all()?;
+    let tmp = write_private(data_dir, &key)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -73,6 +65,21 @@ pub fn rotate(data_dir: &Path, node_id: u64, shared: &SharedKey) -> io::Result<(
     ))
 }
 
+/// Write a key to `node.key.tmp`, readable by its owner only, and sync it;
+/// the caller renames it into place.
+fn write_private(data_dir: &Path, key: &SigningKey) -> io::Result<std::path::PathBuf> {
+    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
 /// The name a node's keys carry in checkpoints and the roster.
 pub fn key_name(node_id: u64) -> String {
     format!("grant-ledger-node-{node_id}")
@@ -102,14 +109,7 @@ pub fn load_or_create(data_dir: &Path, node_id: u64) -> io::Result<NodeKey> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(key.as_bytes())?;
-            f.sync_all()?;
+            let tmp = write_private(data_dir, &key)?;
             std::fs::rename(&tmp, &path)?;
             crate::storage::sync_dir(data_dir)?;
             tracing::info!(path = %path.display(), "generated node signing key");
