@@ -120,8 +120,35 @@ pub fn decode_time_key(k: &[u8]) -> (i64, String) {
     )
 }
 
+/// The writes of one applied entry, as keys and values, so that a snapshot
+/// in progress can record what they overwrite before they land.
+#[derive(Default)]
+pub struct WriteSet(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl WriteSet {
+    pub fn insert(&mut self, k: impl Into<Vec<u8>>, v: impl AsRef<[u8]>) {
+        self.0.push((k.into(), Some(v.as_ref().to_vec())));
+    }
+    pub fn remove(&mut self, k: impl Into<Vec<u8>>) {
+        self.0.push((k.into(), None));
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(|(k, _)| k.as_slice())
+    }
+    pub fn into_batch(self) -> sled::Batch {
+        let mut b = sled::Batch::default();
+        for (k, v) in self.0 {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        b
+    }
+}
+
 /// Turn one ledger write into sled operations.
-pub fn encode_write(w: &Write, batch: &mut sled::Batch) {
+pub fn encode_write(w: &Write, batch: &mut WriteSet) {
     match w {
         Write::InsertGrant(g) => {
             batch.insert(grant(&g.grant_id), codec::encode(g));

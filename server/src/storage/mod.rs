@@ -1,6 +1,7 @@
 //! Durable storage: the Raft log (sled, made durable with fdatasync) and the
 //! state machine (sled, one key space declared in `keyspace`).
 
+pub mod capture;
 pub mod keyspace;
 pub mod log_store;
 pub mod state_machine;

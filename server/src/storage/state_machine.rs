@@ -10,13 +10,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
+use super::capture::Capture;
 use super::keyspace as ks;
 use super::{io_err, sync_dir};
 use grant_proto::audit::Hash;
@@ -46,6 +47,11 @@ pub struct StateMachine {
     membership: StoredMembership,
     chain: Chain,
     last_time_ms: i64,
+    /// The snapshot being copied beside apply, if any (shared by clones).
+    capture: Arc<Mutex<Option<Arc<Capture>>>>,
+    /// Held from the start of a snapshot build to its end; installing a
+    /// snapshot waits for it, since it replaces the tree being copied.
+    build_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateReader {
@@ -355,6 +361,8 @@ impl StateMachine {
             membership,
             chain,
             last_time_ms,
+            capture: Arc::new(Mutex::new(None)),
+            build_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -378,19 +386,6 @@ impl StateMachine {
 
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
-    }
-
-    /// Serialize the whole state tree: (u32 key len, key, u32 value len, value)*.
-    fn dump(&self) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for kv in self.reader.tree().iter() {
-            let (k, v) = kv.map_err(io_err)?;
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(&k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(&v);
-        }
-        Ok(out)
     }
 
     fn write_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
@@ -450,7 +445,7 @@ impl StateMachine {
                 ))
             }
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = ks::WriteSet::default();
         let result = match applied {
             None => CommandResult::Nothing,
             Some(a) => {
@@ -468,7 +463,11 @@ impl StateMachine {
         batch.insert(ks::META_CHAIN, codec::encode(&self.chain));
         batch.insert(ks::META_LAST_TIME, codec::encode(&self.last_time_ms));
         batch.insert(ks::META_LAST_APPLIED, codec::encode(&Some(log_id.clone())));
-        tree.apply_batch(batch).map_err(io_err)?;
+        let capture = self.capture.lock().expect("capture lock").clone();
+        if let Some(c) = capture {
+            c.record(&tree, batch.keys())?;
+        }
+        tree.apply_batch(batch.into_batch()).map_err(io_err)?;
         self.last_applied = Some(log_id);
         Ok(result)
     }
@@ -531,17 +530,43 @@ impl StateMachine {
     }
 }
 
-/// A snapshot captured while apply was paused, written out by the builder.
+/// A snapshot of the state as it was when the builder was made, copied
+/// beside apply (see `capture`).
 pub struct SnapshotBuilder {
     sm: StateMachine,
     meta: SnapshotMeta,
-    data: Vec<u8>,
+    tree: sled::Tree,
+    capture: Arc<Capture>,
+    _building: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl SnapshotBuilder {
+    /// Stop recording pre-images for this build (and only for this one).
+    fn stop_capture(&self) {
+        let mut c = self.sm.capture.lock().expect("capture lock");
+        if c.as_ref().is_some_and(|x| Arc::ptr_eq(x, &self.capture)) {
+            *c = None;
+        }
+    }
+}
+
+impl Drop for SnapshotBuilder {
+    fn drop(&mut self) {
+        // A builder dropped unbuilt must not leave apply recording forever.
+        self.stop_capture();
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (tree, capture) = (self.tree.clone(), self.capture.clone());
+        let data = tokio::task::spawn_blocking(move || capture.dump(&tree))
+            .await
+            .map_err(io_err)?;
+        self.stop_capture();
+        let data = data?;
         // The state up to the snapshot must be durable before openraft may
         // purge the log behind it.
         let db = self.sm.db.clone();
@@ -549,10 +574,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(io_err)?
             .map_err(io_err)?;
-        self.sm.write_snapshot_file(&self.meta, &self.data)?;
+        self.sm.write_snapshot_file(&self.meta, &data)?;
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: std::mem::take(&mut self.data),
+            snapshot: data,
         })
     }
 }
@@ -579,9 +604,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Called on the state machine task, so no entry is applied while the
-        // state is copied: the copy is exactly the state at last_applied.
-        let data = self.dump().expect("state machine tree readable");
+        // Called on the state machine task, between two entries: from here
+        // on apply records pre-images, so the copy is the state at
+        // last_applied however long it takes.
+        let building = self.build_lock.clone().lock_owned().await;
+        let capture = Arc::new(Capture::default());
+        *self.capture.lock().expect("capture lock") = Some(capture.clone());
         let meta = SnapshotMeta {
             last_log_id: self.last_applied.clone(),
             last_membership: self.membership.clone(),
@@ -589,7 +617,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             sm: self.clone(),
             meta,
-            data,
+            tree: self.reader.tree(),
+            capture,
+            _building: building,
         }
     }
 
@@ -598,6 +628,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
+        let _no_build = self.build_lock.clone().lock_owned().await;
         self.load(&snapshot)?;
         if self.last_applied != meta.last_log_id {
             return Err(io::Error::new(
@@ -638,5 +669,78 @@ impl StateReader {
             .transpose()
             .map_err(io_err)?
             .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+    use crate::ledger::{Command, IssueCmd, RevokeCmd, Scope, SweepCmd};
+
+    fn issue(i: u64) -> Command {
+        Command::Issue(IssueCmd {
+            request_id: format!("r{i}"),
+            fingerprint: "f".into(),
+            grant_id: format!("{i:032x}"),
+            subject: "spiffe://example.org/a".into(),
+            task_id: format!("t{}", i % 3),
+            scopes: vec![Scope {
+                resource: "github".into(),
+                actions: vec!["read".into()],
+            }],
+            intent: String::new(),
+            issuer: String::new(),
+            token_hash: "h".into(),
+            now_ms: 1000 + i as i64,
+            expires_at_ms: 1000 + i as i64 * 10,
+        })
+    }
+
+    fn entry(index: u64, cmd: Command) -> Entry {
+        Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), cmd)
+    }
+
+    /// A snapshot copied while apply goes on (inserts, overwrites and
+    /// deletes) is the state at the moment the builder was made.
+    #[tokio::test]
+    async fn snapshot_copied_beside_apply_is_the_state_when_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        for i in 1..=20 {
+            sm.apply_one(entry(i, issue(i))).unwrap();
+        }
+        let before = sm.digest().unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        // Overwrite (revoke), delete (revoke drops expiry keys; the sweep
+        // retires more) and insert (new grants, audit entries).
+        for i in 1..=5 {
+            let c = Command::Revoke(RevokeCmd {
+                grant_id: format!("{i:032x}"),
+                reason: String::new(),
+                actor: String::new(),
+                now_ms: 1050,
+            });
+            sm.apply_one(entry(20 + i, c)).unwrap();
+        }
+        sm.apply_one(entry(26, Command::Sweep(SweepCmd { now_ms: 1150 })))
+            .unwrap();
+        for i in 27..=40 {
+            sm.apply_one(entry(i, issue(i))).unwrap();
+        }
+        assert_ne!(sm.digest().unwrap(), before);
+        let snap = builder.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id.as_ref().map(|l| l.index()), Some(20));
+
+        let other = tempfile::tempdir().unwrap();
+        let mut fresh = StateMachine::open(other.path()).unwrap();
+        fresh
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(fresh.digest().unwrap(), before);
+        // Apply no longer records once the build is done.
+        assert!(sm.capture.lock().unwrap().is_none());
     }
 }
