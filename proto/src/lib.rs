@@ -6,6 +6,11 @@ pub mod audit;
 #[cfg(feature = "grpc")]
 pub mod convert;
 
+/// The encoded descriptors of every service, for gRPC server reflection.
+#[cfg(feature = "grpc")]
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/grantledger_descriptor.bin"));
+
 #[cfg(feature = "grpc")]
 pub mod v1 {
     tonic::include_proto!("grantledger.v1");

@@ -60,6 +60,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     .await?;
 
     let ctx = NodeContext::new(config.clone(), raft.clone(), state);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grant_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
     let api = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -68,6 +73,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             AuditServer::new(AuditService::new(ctx.clone(), node_key.clone()))
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
@@ -84,6 +91,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let api = tokio::spawn(api);
     let peer = tokio::spawn(peer);
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
+    let health = tokio::spawn(crate::api::health::run(
+        health_reporter,
+        raft.clone(),
+        config.election_timeout_max_ms,
+        shutdown.clone(),
+    ));
     let publisher = tokio::spawn(crate::audit::publisher::run(
         ctx.clone(),
         node_key,
@@ -94,6 +107,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!("shutting down");
     sweeper.abort();
+    health.abort();
     publisher.abort();
     api.await??;
     peer.await??;

@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod cluster;
 pub mod errors;
 pub mod grants;
+pub mod health;
 pub mod token;
 pub mod validate;
 

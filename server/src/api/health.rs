@@ -1,0 +1,67 @@
+//! gRPC health (grpc.health.v1): SERVING while this node is part of a
+//! cluster that can make progress, NOT_SERVING otherwise, so load balancers
+//! and probes take a node out when it has lost its quorum.
+//!
+//! A leader serves while a quorum acknowledged it within the election
+//! timeout; a follower or learner while it knows a leader. A candidate, a
+//! node with no leader, or a node shutting down does not.
+
+use std::time::Duration;
+
+use grant_proto::v1::grants_server::GrantsServer;
+use openraft::async_runtime::WatchReceiver;
+use openraft::Instant as _;
+use openraft::ServerState;
+use tokio::sync::watch;
+use tonic::server::NamedService;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::grants::GrantsService;
+use crate::raft::typ::RaftMetrics;
+use crate::raft::Raft;
+
+/// How often the status is re-evaluated.
+const HEALTH_POLL_MS: u64 = 200;
+
+pub fn serving(m: &RaftMetrics, election_timeout_max_ms: u64) -> bool {
+    match m.state {
+        ServerState::Leader => m
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(election_timeout_max_ms)),
+        ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
+        ServerState::Candidate | ServerState::Shutdown => false,
+    }
+}
+
+pub async fn run(
+    reporter: HealthReporter,
+    raft: Raft,
+    election_timeout_max_ms: u64,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(HEALTH_POLL_MS));
+    loop {
+        tick.tick().await;
+        let ok = !*shutdown.borrow()
+            && serving(&raft.metrics().borrow_watched(), election_timeout_max_ms);
+        if last != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(<GrantsServer<GrantsService> as NamedService>::NAME, status)
+                .await;
+            tracing::info!(serving = ok, "health");
+            last = Some(ok);
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Standard gRPC health and reflection: a node that has lost its quorum
+//! reports NOT_SERVING, and grpcurl-style clients can list the services.
+
+use futures_util::StreamExt;
+use grant_tests::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+async fn health(addr: &str, service: &str) -> Option<ServingStatus> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut c = HealthClient::new(ch);
+    let r = c
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(r.into_inner().status).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_quorum() {
+    let mut c = Cluster::start(3).await;
+    for n in &c.nodes {
+        let addr = n.api_addr.clone();
+        wait_for("every node serving", || {
+            let addr = addr.clone();
+            async move { health(&addr, "").await == Some(ServingStatus::Serving) }
+        })
+        .await;
+        assert_eq!(
+            health(&n.api_addr, "grantledger.v1.Grants").await,
+            Some(ServingStatus::Serving)
+        );
+    }
+    // Two of three gone: the survivor has no quorum and says so.
+    let leader = c.wait_leader().await;
+    let survivor = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    let others: Vec<u64> = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id != survivor)
+        .collect();
+    for id in &others {
+        c.kill(*id);
+    }
+    let addr = c.node(survivor).api_addr.clone();
+    wait_for("the survivor to report not serving", || {
+        let addr = addr.clone();
+        async move { health(&addr, "").await == Some(ServingStatus::NotServing) }
+    })
+    .await;
+    // Quorum back: serving again.
+    c.spawn(others[0]);
+    wait_for("the survivor to serve again", || {
+        let addr = addr.clone();
+        async move { health(&addr, "").await == Some(ServingStatus::Serving) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_public_services() {
+    let c = Cluster::start(1).await;
+    let mut client = ServerReflectionClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].api_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(futures_util::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("{msg:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "grantledger.v1.Grants",
+        "grantledger.v1.Cluster",
+        "grantledger.v1.Audit",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+}
