@@ -358,6 +358,15 @@ pub fn issue_req(task: &str, ttl_seconds: u64) -> pb::IssueRequest {
     }
 }
 
+/// Revoke `grant_id` with a reason, request id left to the client library.
+pub fn revoke_req(grant_id: &str, reason: &str) -> pb::RevokeRequest {
+    pb::RevokeRequest {
+        request_id: String::new(),
+        grant_id: grant_id.into(),
+        reason: reason.into(),
+    }
+}
+
 pub fn check_req(token: &str) -> pb::CheckRequest {
     pb::CheckRequest {
         token: token.into(),

@@ -84,7 +84,7 @@ fn golden() -> (String, String) {
 
 #[test]
 fn golden_export_is_stable_and_verifies() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let (export, keys) = golden();
     if std::env::var_os("GOLDEN_UPDATE").is_some() {
         std::fs::write(dir.join("golden-export.jsonl"), &export).unwrap();

@@ -54,11 +54,7 @@ async fn issue_check_revoke_and_task_completion() {
     );
 
     let revoked = client
-        .revoke(pb::RevokeRequest {
-            request_id: String::new(),
-            grant_id: g.grant_id.clone(),
-            reason: "task done".into(),
-        })
+        .revoke(revoke_req(&g.grant_id, "task done"))
         .await
         .unwrap();
     assert!(!revoked.already_inactive);
@@ -69,14 +65,7 @@ async fn issue_check_revoke_and_task_completion() {
     );
     assert_eq!(reason(&deny), pb::Reason::Revoked);
     // Revoke again: idempotent.
-    let again = client
-        .revoke(pb::RevokeRequest {
-            request_id: String::new(),
-            grant_id: g.grant_id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap();
+    let again = client.revoke(revoke_req(&g.grant_id, "")).await.unwrap();
     assert!(again.already_inactive);
 
     // Completing a task revokes all its grants in one step, and only those.
@@ -210,14 +199,7 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
         first.grant.as_ref().unwrap().grant_id
     );
     let id = first.grant.unwrap().grant_id;
-    client
-        .revoke(pb::RevokeRequest {
-            request_id: String::new(),
-            grant_id: id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap();
+    client.revoke(revoke_req(&id, "")).await.unwrap();
     // A delayed retry after the revoke returns the revoked grant, not a new one.
     let late = client.issue(req.clone()).await.unwrap();
     assert!(late.replayed);

@@ -76,14 +76,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     );
 
     let unknown = "0123456789abcdef0123456789abcdef".to_string();
-    let err = client
-        .revoke(pb::RevokeRequest {
-            request_id: String::new(),
-            grant_id: unknown.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.revoke(revoke_req(&unknown, "")).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(Code::NotFound));
     let err = client
         .get(pb::GetRequest {

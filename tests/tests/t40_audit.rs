@@ -22,14 +22,7 @@ async fn traffic(c: &Cluster, tag: &str, n: usize) {
         client.check(check_req(&r.token)).await.unwrap();
         if i % 2 == 0 {
             let id = r.grant.unwrap().grant_id;
-            client
-                .revoke(pb::RevokeRequest {
-                    request_id: String::new(),
-                    grant_id: id,
-                    reason: "done".into(),
-                })
-                .await
-                .unwrap();
+            client.revoke(revoke_req(&id, "done")).await.unwrap();
             client.check(check_req(&r.token)).await.unwrap();
         }
     }
@@ -265,11 +258,7 @@ async fn proofs_verify_against_signed_checkpoints() {
         client.latest_checkpoint().await.unwrap()
     };
     let revoked = client
-        .revoke(pb::RevokeRequest {
-            request_id: String::new(),
-            grant_id: issued.grant.unwrap().grant_id,
-            reason: "done".into(),
-        })
+        .revoke(revoke_req(&issued.grant.unwrap().grant_id, "done"))
         .await
         .unwrap();
     let receipt = revoked.receipt.unwrap();

@@ -43,13 +43,7 @@ async fn writers(
                         revoked: false,
                     };
                     if i % 2 == 0 {
-                        let rv = client
-                            .revoke(pb::RevokeRequest {
-                                request_id: String::new(),
-                                grant_id,
-                                reason: "fault test".into(),
-                            })
-                            .await;
+                        let rv = client.revoke(revoke_req(&grant_id, "fault test")).await;
                         a.revoked = rv.is_ok();
                     }
                     acked.lock().unwrap().push(a);
@@ -181,14 +175,7 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
     c.wipe(victim);
     // Writes go on while it is away, and the log is purged behind a snapshot.
     for (id, _) in tokens.iter().take(30) {
-        client
-            .revoke(pb::RevokeRequest {
-                request_id: String::new(),
-                grant_id: id.clone(),
-                reason: String::new(),
-            })
-            .await
-            .unwrap();
+        client.revoke(revoke_req(&id, "")).await.unwrap();
     }
     for i in 150..260 {
         client
@@ -267,11 +254,7 @@ async fn paused_old_leader_never_allows_a_revoked_grant() {
     assert_ne!(new, old);
     let others = c.answering_client();
     let r = others
-        .revoke(pb::RevokeRequest {
-            request_id: String::new(),
-            grant_id: grant_id.clone(),
-            reason: "pause test".into(),
-        })
+        .revoke(revoke_req(&grant_id, "pause test"))
         .await
         .unwrap();
     assert!(!r.already_inactive);
@@ -333,14 +316,7 @@ async fn whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
         let id = r.grant.unwrap().grant_id;
         let revoked = i % 3 == 0;
         if revoked {
-            client
-                .revoke(pb::RevokeRequest {
-                    request_id: String::new(),
-                    grant_id: id.clone(),
-                    reason: String::new(),
-                })
-                .await
-                .unwrap();
+            client.revoke(revoke_req(&id, "")).await.unwrap();
         }
         acked.push(Acked {
             grant_id: id,
