@@ -151,3 +151,26 @@ fn grantd_refuses_bad_config_with_a_clear_error() {
     assert!(text.contains("node_id = 4"), "{text}");
     assert!(text.contains("ttl_seconds_max = 60"), "{text}");
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid_and_complete() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grantd.toml");
+    let out = std::process::Command::new(grantd_bin())
+        .args(["--config", path, "--print-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every effective setting appears in the example, so none goes undocumented.
+    let example = std::fs::read_to_string(path).unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let key = line.split(" = ").next().unwrap();
+        assert!(
+            example.lines().any(|l| l.starts_with(&format!("{key} ="))),
+            "{key} missing from deploy/grantd.toml"
+        );
+    }
+}
