@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 use super::batcher::CheckBatcher;
 use super::errors::ApiError;
 use super::{now_ms, token, validate, NodeContext};
-use crate::ledger::{self, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason};
+use crate::ledger::{
+    self, AuditRef, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason,
+};
 use crate::limits::*;
 use crate::storage::keyspace;
 
@@ -24,31 +26,15 @@ impl GrantsService {
     }
 }
 
-impl GrantsService {
-    /// Where the request landed: its log index and, when it appended an
-    /// audit entry, that entry's sequence number and hash.
-    fn receipt(
-        &self,
-        log_index: u64,
-        audit_seq: Option<u64>,
-    ) -> Result<Option<pb::Receipt>, ApiError> {
-        let (audit_seq, entry_hash) = match audit_seq {
-            Some(seq) => {
-                let h = self
-                    .ctx
-                    .state
-                    .audit_hash(seq)?
-                    .ok_or_else(|| ApiError::Internal(format!("audit entry {seq} missing")))?;
-                (seq, h.to_vec())
-            }
-            None => (0, Vec::new()),
-        };
-        Ok(Some(pb::Receipt {
-            log_index,
-            audit_seq,
-            entry_hash,
-        }))
-    }
+/// Where the request landed: its log index and, when it appended an audit
+/// entry, that entry's sequence number and hash (as apply chained them).
+fn receipt(log_index: u64, audit: Option<AuditRef>) -> Option<pb::Receipt> {
+    let (audit_seq, entry_hash) = audit.map(|a| (a.seq, a.hash.to_vec())).unwrap_or_default();
+    Some(pb::Receipt {
+        log_index,
+        audit_seq,
+        entry_hash,
+    })
 }
 
 fn to_pb_grant(g: &GrantRecord, now: i64) -> pb::Grant {
@@ -184,7 +170,7 @@ impl Grants for GrantsService {
                 CommandResult::Issued {
                     grant,
                     replayed,
-                    audit_seq,
+                    audit,
                 },
                 index,
             ) => Ok(Response::new(pb::IssueResponse {
@@ -199,7 +185,7 @@ impl Grants for GrantsService {
                     (true, _) => String::new(),
                 },
                 replayed,
-                receipt: self.receipt(index, audit_seq)?,
+                receipt: receipt(index, audit),
             })),
             (other, _) => Err(unexpected(other).into()),
         }
@@ -236,7 +222,7 @@ impl Grants for GrantsService {
             } as i32,
             reason: to_pb_reason(o.reason) as i32,
             grant_id: o.grant_id,
-            receipt: self.receipt(index, Some(o.audit_seq))?,
+            receipt: receipt(index, Some(o.audit)),
         }))
     }
 
@@ -261,13 +247,13 @@ impl Grants for GrantsService {
                 CommandResult::Revoked {
                     grant,
                     already_inactive,
-                    audit_seq,
+                    audit,
                 },
                 index,
             ) => Ok(Response::new(pb::RevokeResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
                 already_inactive,
-                receipt: self.receipt(index, audit_seq)?,
+                receipt: receipt(index, audit),
             })),
             (other, _) => Err(unexpected(other).into()),
         }
@@ -292,13 +278,13 @@ impl Grants for GrantsService {
                 CommandResult::TaskCompleted {
                     revoked_grant_ids,
                     already_completed,
-                    audit_seq,
+                    audit,
                 },
                 index,
             ) => Ok(Response::new(pb::CompleteTaskResponse {
                 revoked_grant_ids,
                 already_completed,
-                receipt: self.receipt(index, audit_seq)?,
+                receipt: receipt(index, audit),
             })),
             (other, _) => Err(unexpected(other).into()),
         }

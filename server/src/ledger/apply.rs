@@ -23,11 +23,14 @@ impl Out {
     /// Chain an entry and write it in the same batch as the change it
     /// records: a change is never without its entry, nor an entry without
     /// its change.
-    fn record(&mut self, r: AuditEntry) -> u64 {
+    fn record(&mut self, r: AuditEntry) -> AuditRef {
         let chained = self.chain.append(r, self.log_index);
-        let seq = chained.entry.seq;
+        let audit = AuditRef {
+            seq: chained.entry.seq,
+            hash: chained.hash,
+        };
         self.writes.push(Write::Audit(chained));
-        seq
+        audit
     }
 }
 
@@ -121,7 +124,7 @@ fn issue(
         return Ok(CommandResult::Issued {
             grant,
             replayed: true,
-            audit_seq: None,
+            audit: None,
         });
     }
     if state.task_completed(&c.task_id)? {
@@ -171,7 +174,7 @@ fn issue(
         .map(|s| s.resource.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let audit_seq = out.record(r);
+    let audit = out.record(r);
     out.writes.push(Write::InsertGrant(grant.clone()));
     out.writes.push(Write::PutDedupe {
         request_id: c.request_id.clone(),
@@ -184,7 +187,7 @@ fn issue(
     Ok(CommandResult::Issued {
         grant,
         replayed: false,
-        audit_seq: Some(audit_seq),
+        audit: Some(audit),
     })
 }
 
@@ -231,12 +234,12 @@ fn check(
         Decision::Deny
     };
     r.reason = format!("{reason:?}");
-    let audit_seq = out.record(r);
+    let audit = out.record(r);
     Ok(CheckOutcome {
         allow,
         reason,
         grant_id: known.map(|g| g.grant_id.clone()).unwrap_or_default(),
-        audit_seq,
+        audit,
     })
 }
 
@@ -255,7 +258,7 @@ fn revoke(
         return Ok(CommandResult::Revoked {
             grant,
             already_inactive: true,
-            audit_seq: None,
+            audit: None,
         });
     }
     if grant.state_at(c.now_ms) == GrantState::Expired {
@@ -264,12 +267,12 @@ fn revoke(
         grant.state = GrantState::Expired;
         let mut r = record(Kind::Expire, c.now_ms, "", Some(&grant));
         r.reason = "expired".into();
-        let audit_seq = out.record(r);
+        let audit = out.record(r);
         out.writes.push(Write::Retire(grant.clone()));
         return Ok(CommandResult::Revoked {
             grant,
             already_inactive: true,
-            audit_seq: Some(audit_seq),
+            audit: Some(audit),
         });
     }
     grant.state = GrantState::Revoked;
@@ -277,12 +280,12 @@ fn revoke(
     grant.revoke_reason = c.reason.clone();
     let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&grant));
     r.reason = c.reason.clone();
-    let audit_seq = out.record(r);
+    let audit = out.record(r);
     out.writes.push(Write::Retire(grant.clone()));
     Ok(CommandResult::Revoked {
         grant,
         already_inactive: false,
-        audit_seq: Some(audit_seq),
+        audit: Some(audit),
     })
 }
 
@@ -313,7 +316,7 @@ fn complete_task(
     let mut r = record(Kind::CompleteTask, c.now_ms, &c.actor, None);
     r.task_id = c.task_id.clone();
     r.reason = format!("revoked {} grants", revoked.len());
-    let audit_seq = out.record(r);
+    let audit = out.record(r);
     if !already_completed {
         out.writes.push(Write::CompleteTask {
             task_id: c.task_id.clone(),
@@ -322,7 +325,7 @@ fn complete_task(
     Ok(CommandResult::TaskCompleted {
         revoked_grant_ids: revoked,
         already_completed,
-        audit_seq: Some(audit_seq),
+        audit: Some(audit),
     })
 }
 
@@ -375,7 +378,7 @@ fn register_key(
     };
     let previous = state.roster_keys(&key.name)?;
     if previous.contains(&c.verifier_key) {
-        return Ok(CommandResult::KeyRegistered { audit_seq: None });
+        return Ok(CommandResult::KeyRegistered { audit: None });
     }
     let mut r = AuditEntry::new(Kind::KeyRoster, c.now_ms);
     r.actor = key.name.clone();
@@ -386,14 +389,12 @@ fn register_key(
         "register".into()
     };
     r.detail = c.verifier_key.clone();
-    let audit_seq = out.record(r);
+    let audit = out.record(r);
     out.writes.push(Write::RosterKey {
         name: key.name,
         verifier_key: c.verifier_key.clone(),
     });
-    Ok(CommandResult::KeyRegistered {
-        audit_seq: Some(audit_seq),
-    })
+    Ok(CommandResult::KeyRegistered { audit: Some(audit) })
 }
 
 /// Keep a checkpoint only if it is signed by the roster key of its signer

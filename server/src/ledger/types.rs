@@ -186,12 +186,20 @@ pub enum Reason {
     TaskCompleted,
 }
 
+/// The audit entry a command appended: its sequence number and hash, as
+/// the chain computed them (receipts carry both).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub hash: grant_proto::audit::Hash,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CheckOutcome {
     pub allow: bool,
     pub reason: Reason,
     pub grant_id: String,
-    pub audit_seq: u64,
+    pub audit: AuditRef,
 }
 
 /// Why the ledger refused a command. A value, not an error: the entry is
@@ -204,31 +212,31 @@ pub enum Rejection {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-/// `audit_seq` is the entry this command appended, None when it appended
+/// `audit` is the entry this command appended, None when it appended
 /// none (a replayed issue, a revoke of an inactive grant).
 pub enum CommandResult {
     Issued {
         grant: GrantRecord,
         replayed: bool,
-        audit_seq: Option<u64>,
+        audit: Option<AuditRef>,
     },
     Checked(Vec<CheckOutcome>),
     Revoked {
         grant: GrantRecord,
         already_inactive: bool,
-        audit_seq: Option<u64>,
+        audit: Option<AuditRef>,
     },
     TaskCompleted {
         revoked_grant_ids: Vec<String>,
         already_completed: bool,
-        audit_seq: Option<u64>,
+        audit: Option<AuditRef>,
     },
     Swept {
         expired: u32,
         dedupe_dropped: u32,
     },
     KeyRegistered {
-        audit_seq: Option<u64>,
+        audit: Option<AuditRef>,
     },
     Checkpointed {
         size: u64,

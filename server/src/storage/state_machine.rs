@@ -135,13 +135,6 @@ impl StateReader {
             .collect()
     }
 
-    pub fn audit_hash(&self, seq: u64) -> io::Result<Option<Hash>> {
-        match self.tree().get(ks::audit(seq)).map_err(io_err)? {
-            Some(v) => Ok(Some(ks::decode_audit(&v)?.1)),
-            None => Ok(None),
-        }
-    }
-
     /// Leaf hashes of the first `size` entries (for proofs).
     pub fn leaf_hashes(&self, size: u64) -> io::Result<Vec<Hash>> {
         let mut out = Vec::with_capacity(size as usize);
@@ -425,6 +418,7 @@ impl StateMachine {
             log_index: log_id.index(),
             chain: self.chain.clone(),
         };
+        let membership_changed = matches!(entry.payload, EntryPayload::Membership(_));
         let applied = match entry.payload {
             EntryPayload::Blank => None,
             EntryPayload::Normal(cmd) => {
@@ -459,7 +453,9 @@ impl StateMachine {
                 a.result
             }
         };
-        batch.insert(ks::META_MEMBERSHIP, codec::encode(&self.membership));
+        if membership_changed {
+            batch.insert(ks::META_MEMBERSHIP, codec::encode(&self.membership));
+        }
         batch.insert(ks::META_CHAIN, codec::encode(&self.chain));
         batch.insert(ks::META_LAST_TIME, codec::encode(&self.last_time_ms));
         batch.insert(ks::META_LAST_APPLIED, codec::encode(&Some(log_id.clone())));

@@ -433,12 +433,14 @@ mod audit_chain {
         let k = SigningKey::from_bytes(&[1; 32]);
         assert!(matches!(
             register(&mut m, &k, "node-1"),
-            CommandResult::KeyRegistered { audit_seq: Some(0) }
+            CommandResult::KeyRegistered {
+                audit: Some(AuditRef { seq: 0, .. })
+            }
         ));
         // Registering the same key again appends nothing.
         assert!(matches!(
             register(&mut m, &k, "node-1"),
-            CommandResult::KeyRegistered { audit_seq: None }
+            CommandResult::KeyRegistered { audit: None }
         ));
         m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
         let (size, root) = (m.chain.size(), m.chain.root());
@@ -482,7 +484,7 @@ mod audit_chain {
         );
         assert!(matches!(
             register(&mut m, &new, "node-1"),
-            CommandResult::KeyRegistered { audit_seq: Some(_) }
+            CommandResult::KeyRegistered { audit: Some(_) }
         ));
         let last = m.audit.last().unwrap();
         assert_eq!(
