@@ -61,6 +61,16 @@ async fn trusted(c: &Cluster) -> Vec<VerifierKey> {
     parse_trusted_keys(&keys).unwrap()
 }
 
+/// A trusted-keys file as an auditor keeps it: one verifier key per line.
+fn write_trusted_keys(path: &std::path::Path, keys: &[VerifierKey]) {
+    let text = keys
+        .iter()
+        .map(|k| k.encode())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(path, text).unwrap();
+}
+
 fn node_key(c: &Cluster, id: u64) -> SigningKey {
     let raw: [u8; 32] = std::fs::read(c.node(id).data_dir.join("node.key"))
         .unwrap()
@@ -109,14 +119,7 @@ async fn export_verifies_offline_and_every_tampering_is_caught() {
         dir.path().join("keys"),
     );
     std::fs::write(&good, &text).unwrap();
-    std::fs::write(
-        &keyfile,
-        keys.iter()
-            .map(|k| k.encode())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .unwrap();
+    write_trusted_keys(&keyfile, &keys);
     let grantctl = grantd_bin().with_file_name("grantctl");
     let run = |f: &std::path::Path| {
         Command::new(&grantctl)
@@ -313,14 +316,7 @@ async fn proofs_verify_against_signed_checkpoints() {
     // grantctl audit prove does the same from the command line.
     let dir = tempfile::tempdir().unwrap();
     let keyfile = dir.path().join("keys");
-    std::fs::write(
-        &keyfile,
-        keys.iter()
-            .map(|k| k.encode())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .unwrap();
+    write_trusted_keys(&keyfile, &keys);
     let endpoints = c
         .nodes
         .iter()
