@@ -42,12 +42,29 @@ pub fn grantd_bin() -> PathBuf {
         })
 }
 
+/// Ports for test nodes come from below Linux's ephemeral range
+/// (32768-60999 by default): a port the kernel hands out for `bind(0)` or
+/// for the source side of an outgoing connection could be taken by some
+/// other socket between our probe and the node's own bind (or while a node
+/// is down for a restart), and the node would fail to start. Each test
+/// process starts at an offset derived from its PID and walks forward,
+/// keeping only ports it can bind right now.
+const PORT_FIRST: u16 = 20_000;
+const PORT_LAST: u16 = 32_000;
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORT_LAST - PORT_FIRST);
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_FIRST + ((offset + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_FIRST}..{PORT_LAST}");
 }
 
 pub struct NodeProc {
@@ -96,11 +113,23 @@ impl Cluster {
         }
         let client = c.client();
         let members: Vec<pb::Node> = c.nodes.iter().map(|n| n.member()).collect();
-        for n in &c.nodes {
-            wait_for("every node to answer", || async {
-                client.status_of(&n.api_addr).await.is_ok()
-            })
-            .await;
+        let deadline = Instant::now() + WAIT_MAX;
+        for i in 0..c.nodes.len() {
+            while client.status_of(&c.nodes[i].api_addr).await.is_err() {
+                let id = c.nodes[i].id;
+                if let Some(st) = c.nodes[i]
+                    .child
+                    .as_mut()
+                    .and_then(|ch| ch.try_wait().unwrap())
+                {
+                    panic!("node {id} exited at start ({st}):\n{}", c.log_tail(id));
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} did not answer within {WAIT_MAX:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         client
             .initialize(&c.nodes[0].api_addr, members)
@@ -123,6 +152,14 @@ impl Cluster {
         self.nodes.push(node);
         self.spawn(id);
         self.node(id)
+    }
+
+    /// The last lines node `id` wrote to its log.
+    pub fn log_tail(&self, id: u64) -> String {
+        let log = self.dir.path().join(format!("node{id}.log"));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     pub fn node(&self, id: u64) -> &NodeProc {
