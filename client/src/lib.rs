@@ -347,6 +347,44 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Make learner `node_id` a voter.
+    pub async fn promote(&self, node_id: u64) -> Result<pb::MembershipResponse, ClientError> {
+        self.call(|ch| async move {
+            ClusterClient::new(ch)
+                .promote(pb::NodeIdRequest { node_id })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Remove member `node_id` (voter or learner) from the cluster.
+    pub async fn remove_node(&self, node_id: u64) -> Result<pb::MembershipResponse, ClientError> {
+        self.call(|ch| async move {
+            ClusterClient::new(ch)
+                .remove(pb::NodeIdRequest { node_id })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Hand leadership to voter `node_id`; returns once it leads.
+    pub async fn transfer_leader(
+        &self,
+        node_id: u64,
+    ) -> Result<pb::TransferLeaderResponse, ClientError> {
+        self.call(|ch| async move {
+            ClusterClient::new(ch)
+                .transfer_leader(pb::NodeIdRequest { node_id })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+}
+
 /// Worth another attempt elsewhere or later: the node is not the leader, has
 /// no quorum, or cannot be reached. Every call is safe to retry: writes carry
 /// request ids or are idempotent.

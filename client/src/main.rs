@@ -114,6 +114,12 @@ enum ClusterCmd {
         #[arg(long)]
         api_addr: String,
     },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a member (voter or learner) for good.
+    Remove { id: u64 },
+    /// Hand leadership to another voter.
+    TransferLeader { id: u64 },
     /// Set the voters (each must already be a member).
     ChangeMembership {
         voters: Vec<u64>,
@@ -346,6 +352,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     .await
                     .map_err(e)?;
                 print_membership(&r);
+            }
+            ClusterCmd::Promote { id } => print_membership(&client.promote(id).await.map_err(e)?),
+            ClusterCmd::Remove { id } => {
+                print_membership(&client.remove_node(id).await.map_err(e)?)
+            }
+            ClusterCmd::TransferLeader { id } => {
+                let r = client.transfer_leader(id).await.map_err(e)?;
+                println!("leader: {} term: {}", r.leader_id, r.term);
             }
             ClusterCmd::ChangeMembership { voters, retain } => {
                 let r = client.change_membership(voters, retain).await.map_err(e)?;

@@ -80,6 +80,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .serve_with_shutdown(config.api_addr, wait(shutdown.clone()));
+    // The peer service outlives the API during shutdown: a leader hands
+    // over while still a member that answers its peers.
+    let (peer_stop, peer_stop_rx) = watch::channel(false);
     let peer = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -87,7 +90,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX),
         )
-        .serve_with_shutdown(config.raft_addr, wait(shutdown.clone()));
+        .serve_with_shutdown(config.raft_addr, wait(peer_stop_rx));
     let api = tokio::spawn(api);
     let peer = tokio::spawn(peer);
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
@@ -105,11 +108,21 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "grantd serving");
 
     let _ = shutdown.wait_for(|s| *s).await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no new requests, finishing those in flight");
     sweeper.abort();
     health.abort();
     publisher.abort();
     api.await??;
+    if raft.is_leader() {
+        let wait = Duration::from_millis(config.election_timeout_max_ms * 2);
+        match crate::raft::leadership::hand_over(&raft, None, wait).await {
+            Ok((to, term)) => tracing::info!(to, term, "leadership handed over"),
+            Err(e) => {
+                tracing::warn!(error = %e, "leadership not handed over; the others elect after a timeout")
+            }
+        }
+    }
+    let _ = peer_stop.send(true);
     peer.await??;
     raft.shutdown()
         .await

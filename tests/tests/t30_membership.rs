@@ -1,59 +1,80 @@
 //! Membership changes on a live cluster: add a learner, promote it, remove
-//! a voter, and keep serving.
+//! a dead voter, move leadership, and keep serving.
 
 use grant_tests::grant_client::v1 as pb;
 use grant_tests::*;
 
+/// The runbook in docs/operations.md: three voters, node 3 lost for good
+/// (killed, disk gone). Add node 4 as a learner, promote it, remove node 3:
+/// no acknowledged write is lost, and the new voter set survives the loss of
+/// its leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replace_a_voter_with_a_new_node() {
+async fn replace_a_dead_voter_with_a_new_node() {
     let mut c = Cluster::start(3).await;
     let client = c.client();
-    let before = client.issue(issue_req("members", 600)).await.unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        acked.push(client.issue(issue_req("members", 600)).await.unwrap());
+    }
+    let revoked = client.issue(issue_req("members", 600)).await.unwrap();
+    client
+        .revoke(revoke_req(
+            &revoked.grant.as_ref().unwrap().grant_id,
+            "done",
+        ))
+        .await
+        .unwrap();
+
+    // Node 3 dies for good; two of three voters still make a quorum.
+    c.kill(3);
+    c.wipe(3);
+    acked.push(client.issue(issue_req("members", 600)).await.unwrap());
 
     // A fresh node 4 joins as a learner and catches up.
     let node4 = c.add_node_proc(4).member();
     wait_for("node 4 to listen", || async { c.status(4).await.is_some() }).await;
+    let client = c.answering_client();
     let m = client.add_learner(node4.clone()).await.unwrap();
     assert!(m.learners.iter().any(|n| n.id == 4), "{m:?}");
     assert_eq!(c.status(4).await.unwrap().role, "learner");
 
-    // Voters become {1, 2, 4}: node 3 leaves.
-    let m = client
-        .change_membership(vec![1, 2, 4], false)
-        .await
-        .unwrap();
+    // Promote it, then remove the dead voter.
+    let m = client.promote(4).await.unwrap();
+    let voters: Vec<u64> = m.voters.iter().map(|n| n.id).collect();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    let m = client.remove_node(3).await.unwrap();
     let voters: Vec<u64> = m.voters.iter().map(|n| n.id).collect();
     assert_eq!(voters, vec![1, 2, 4]);
     assert!(m.learners.is_empty(), "{m:?}");
-    c.kill(3);
-
-    // The cluster keeps serving with the new voter set, also if the leader goes.
-    let client = grant_client::Client::new(
-        [1, 2, 4]
-            .iter()
-            .map(|&id| c.node(id).api_addr.clone())
-            .collect(),
-        grant_client::Options::default(),
-    )
-    .unwrap();
-    let after = client.issue(issue_req("members", 600)).await.unwrap();
+    let s = c.status(4).await.unwrap();
     assert_eq!(
-        reason(&client.check(check_req(&before.token)).await.unwrap()),
-        pb::Reason::Allowed
+        s.voters.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![1, 2, 4]
     );
+
+    // The new voter set keeps serving every acknowledged write, also when
+    // its leader goes: node 4 must carry its share of the quorum.
     let leader = c.wait_leader().await;
     c.kill(leader);
     c.wait_leader().await;
+    let client = c.answering_client();
+    for g in &acked {
+        assert_eq!(
+            reason(&client.check(check_req(&g.token)).await.unwrap()),
+            pb::Reason::Allowed
+        );
+    }
     assert_eq!(
-        reason(&client.check(check_req(&after.token)).await.unwrap()),
-        pb::Reason::Allowed
+        reason(&client.check(check_req(&revoked.token)).await.unwrap()),
+        pb::Reason::Revoked
     );
     c.spawn(leader);
     let d = c.converged_digests().await;
     assert_eq!(d.len(), 3);
     assert!(d.iter().all(|x| x.1 == d[0].1), "{d:?}");
 
-    // Membership requests with bad input are refused.
+    // Bad membership requests are refused and change nothing.
+    let client = c.answering_client();
     let err = client.change_membership(vec![], false).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::InvalidArgument));
     let err = client
@@ -65,6 +86,58 @@ async fn replace_a_voter_with_a_new_node() {
         Some(tonic::Code::FailedPrecondition),
         "{err}"
     );
+    let err = client.promote(9).await.unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::NotFound), "{err}");
+    let err = client.remove_node(3).await.unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::NotFound), "{err}");
+    let s = c.status(1).await.unwrap();
+    assert_eq!(
+        s.voters.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![1, 2, 4]
+    );
+}
+
+/// `cluster transfer-leader` moves leadership to the named voter, and a
+/// leader stopped with SIGTERM hands over before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_on_request_and_on_sigterm() {
+    let mut c = Cluster::start(3).await;
+    let client = c.client();
+    let g = client.issue(issue_req("transfer", 600)).await.unwrap();
+    let leader = c.wait_leader().await;
+    let to = if leader == 1 { 2 } else { 1 };
+    let r = client.transfer_leader(to).await.unwrap();
+    assert_eq!(r.leader_id, to);
+    assert_eq!(c.wait_leader().await, to);
+    let err = client.transfer_leader(7).await.unwrap_err();
+    assert_eq!(
+        err.grpc_code(),
+        Some(tonic::Code::FailedPrecondition),
+        "{err}"
+    );
+
+    // SIGTERM the leader: it exits 0 after naming its successor in its log,
+    // and that successor leads.
+    assert!(c.terminate(to), "grantd should exit 0 on SIGTERM");
+    let log = std::fs::read_to_string(c.dir.path().join(format!("node{to}.log"))).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("leadership handed over"))
+        .unwrap_or_else(|| panic!("no handover in the log:\n{log}"));
+    let successor: u64 = line
+        .split("to=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no successor in {line:?}"));
+    assert_ne!(successor, to);
+    let client = c.answering_client();
+    assert_eq!(
+        reason(&client.check(check_req(&g.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
+    let s = c.status(successor).await.unwrap();
+    assert!(s.has_leader);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

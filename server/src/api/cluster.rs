@@ -10,8 +10,10 @@ use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
 use super::NodeContext;
+use crate::raft::leadership::{hand_over, HandoverError};
 use crate::raft::typ::*;
 use crate::raft::NodeInfo;
+use openraft::ChangeMembers;
 
 pub struct ClusterService {
     ctx: NodeContext,
@@ -67,6 +69,15 @@ fn members_of(m: &StoredMembership) -> (Vec<pb::Node>, Vec<pb::Node>) {
 }
 
 impl ClusterService {
+    fn current_membership(&self) -> std::sync::Arc<StoredMembership> {
+        self.ctx
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone()
+    }
+
     fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
         let m = self
             .ctx
@@ -157,6 +168,93 @@ impl Cluster for ClusterService {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(self.membership_response(resp.log_id.index)))
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::NodeIdRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let id = req.into_inner().node_id;
+        let m = self.current_membership();
+        if m.get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "node {id} is not a member: add it as a learner first"
+            ))
+            .into());
+        }
+        if m.voter_ids().any(|v| v == id) {
+            return Ok(Response::new(self.membership_response(0)));
+        }
+        if m.voter_ids().count() >= MEMBERS_MAX {
+            return Err(ApiError::ResourceExhausted(format!(
+                "a cluster has at most {MEMBERS_MAX} voters"
+            ))
+            .into());
+        }
+        let resp = self
+            .ctx
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.membership_response(resp.log_id.index)))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::NodeIdRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let id = req.into_inner().node_id;
+        let m = self.current_membership();
+        if m.get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!("node {id} is not a member")).into());
+        }
+        let change = if m.voter_ids().any(|v| v == id) {
+            if m.voter_ids().count() == 1 {
+                return Err(
+                    ApiError::FailedPrecondition("cannot remove the last voter".into()).into(),
+                );
+            }
+            // retain=false: the removed voter leaves the node list too.
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        let resp = self
+            .ctx
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.membership_response(resp.log_id.index)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::NodeIdRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let to = req.into_inner().node_id;
+        let wait = std::time::Duration::from_millis(self.ctx.config.election_timeout_max_ms * 2);
+        match hand_over(&self.ctx.raft, Some(to), wait).await {
+            Ok((leader_id, term)) => Ok(Response::new(pb::TransferLeaderResponse {
+                leader_id,
+                term,
+            })),
+            Err(HandoverError::NotLeader) => {
+                let m = self.ctx.raft.metrics().borrow_watched().clone();
+                Err(ApiError::NotLeader {
+                    leader_id: m.current_leader,
+                    leader_addr: m
+                        .current_leader
+                        .and_then(|l| m.membership_config.get_node(&l).map(|n| n.api_addr.clone())),
+                }
+                .into())
+            }
+            Err(e @ HandoverError::NotVoter(_)) => {
+                Err(ApiError::FailedPrecondition(e.to_string()).into())
+            }
+            Err(e) => Err(ApiError::Unavailable(e.to_string()).into()),
+        }
     }
 
     async fn status(

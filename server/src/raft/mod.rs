@@ -2,6 +2,7 @@
 //! the rest of the server uses, so that openraft's generics stay here.
 
 pub mod codec;
+pub mod leadership;
 pub mod network;
 pub mod service;
 
@@ -62,4 +63,6 @@ pub mod typ {
     pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
     pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
     pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+    pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+    pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;
 }

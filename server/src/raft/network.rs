@@ -156,6 +156,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         codec::decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(network_err(e)))
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse, RPCError> {
+        let data = codec::encode(&req);
+        let resp = self
+            .client()?
+            .transfer_leader(RaftPayload { data })
+            .await
+            .map_err(status_err)?;
+        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
+    }
+
     fn backoff(&self) -> Option<Backoff> {
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
     }

@@ -53,6 +53,21 @@ impl RaftPeer for RaftPeerService {
         }))
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest = codec::decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(RaftPayload {
+            data: codec::encode(&resp),
+        }))
+    }
+
     async fn install_snapshot(
         &self,
         req: Request<Streaming<SnapshotChunk>>,
