@@ -19,7 +19,7 @@ stop() {
 trap stop EXIT INT TERM
 for i in 1 2 3; do
   "$BIN/grantd" --node-id $i --data-dir "$DATA/node$i" \
-    --api-addr 127.0.0.1:710$i --raft-addr 127.0.0.1:720$i \
+    --api-addr 127.0.0.1:710$i --raft-addr 127.0.0.1:720$i --metrics-addr 127.0.0.1:730$i \
     >>"$DATA/node$i.log" 2>&1 &
   pids+=($!)
 done
@@ -37,7 +37,7 @@ for _ in $(seq 100); do "$BIN/grantctl" cluster status | grep 'role=leader' >/de
 "$BIN/grantctl" cluster status
 cat <<MSG
 
-grant-ledger is running: three nodes, API on 127.0.0.1:7101-7103, data in $DATA, logs in $DATA/node*.log.
+grant-ledger is running: three nodes, API on 127.0.0.1:7101-7103, metrics on http://127.0.0.1:7301-7303/metrics, data in $DATA, logs in $DATA/node*.log.
 Try, in another shell:
 
   export PATH=$BIN:\$PATH

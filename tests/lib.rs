@@ -71,6 +71,7 @@ pub struct NodeProc {
     pub id: u64,
     pub api_addr: String,
     pub raft_addr: String,
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     child: Option<Child>,
     paused: bool,
@@ -145,6 +146,7 @@ impl Cluster {
             id,
             api_addr: format!("127.0.0.1:{}", free_port()),
             raft_addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: self.dir.path().join(format!("node{id}")),
             child: None,
             paused: false,
@@ -186,6 +188,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&n.data_dir)
             .args(["--api-addr", &n.api_addr, "--raft-addr", &n.raft_addr])
+            .args(["--metrics-addr", &n.metrics_addr])
             .args([
                 "--heartbeat-interval-ms",
                 "50",
@@ -194,7 +197,12 @@ impl Cluster {
                 "--election-timeout-max-ms",
                 "600",
             ])
-            .args(["--peer-rpc-timeout-ms", "1000", "--log", "info"])
+            .args(["--peer-rpc-timeout-ms", "1000"])
+            .args(if extra.iter().any(|a| a == "--log") {
+                &[][..]
+            } else {
+                &["--log", "info"][..]
+            })
             .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -425,4 +433,26 @@ pub fn list_task_req(task: &str, page_size: u32) -> pb::ListRequest {
         page_token: String::new(),
         allow_stale: false,
     }
+}
+
+/// GET `path` from a node's metrics port over plain HTTP/1.1; the body.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8(buf).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -82,6 +82,23 @@ pub struct Args {
     /// Log filter in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "GRANTD_LOG")]
     pub log: Option<String>,
+    /// Log line format: "text" or "json" (one JSON object per line) [default: text].
+    #[arg(long, env = "GRANTD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Address of the Prometheus metrics endpoint (HTTP, GET /metrics)
+    /// [default: 127.0.0.1:7301].
+    #[arg(long, env = "GRANTD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// How log lines are written to stderr.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The file form: every key optional, unknown keys refused.
@@ -106,6 +123,8 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     audit_origin: Option<String>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The validated configuration.
@@ -129,6 +148,8 @@ pub struct Config {
     pub checkpoint_interval_ms: u64,
     pub audit_origin: String,
     pub log: String,
+    pub log_format: LogFormat,
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +224,8 @@ impl Config {
             checkpoint_interval_ms: pick!(checkpoint_interval_ms, 1000),
             audit_origin: pick!(audit_origin, "grant-ledger".to_string()),
             log: pick!(log, "info".to_string()),
+            log_format: pick!(log_format, LogFormat::Text),
+            metrics_addr: pick!(metrics_addr, "127.0.0.1:7301".parse().unwrap()),
         };
         c.validate()?;
         Ok(c)
@@ -215,6 +238,12 @@ impl Config {
         }
         if self.api_addr == self.raft_addr {
             return bad("raft_addr", "must differ from api_addr".into());
+        }
+        if self.metrics_addr == self.api_addr || self.metrics_addr == self.raft_addr {
+            return bad(
+                "metrics_addr",
+                "must differ from api_addr and raft_addr".into(),
+            );
         }
         if self.heartbeat_interval_ms == 0 {
             return bad("heartbeat_interval_ms", "must be positive".into());

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod storage;

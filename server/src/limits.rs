@@ -34,6 +34,9 @@ pub const LIST_PAGE_SIZE_MAX: u32 = 500;
 pub const LIST_PAGE_SIZE_DEFAULT: u32 = 100;
 /// Bytes in one gRPC message, in either direction, on the public API.
 pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Longest RPC name kept as a metrics label; longer or unknown ones
+/// (Unimplemented) are counted as "other", so labels stay bounded.
+pub const RPC_NAME_BYTES_MAX: usize = 128;
 /// Bytes in one gRPC message between peers (append entries, snapshot chunks).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes of snapshot data in one chunk sent to a peer.

@@ -1,7 +1,7 @@
 //! grantd: start one grant-ledger node.
 
 use clap::Parser;
-use grantd::config::{Args, Config};
+use grantd::config::{Args, Config, LogFormat};
 use tokio::sync::watch;
 
 fn main() -> std::process::ExitCode {
@@ -17,11 +17,17 @@ fn main() -> std::process::ExitCode {
         print!("{}", config.to_toml());
         return std::process::ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line, with the fields of the enclosing spans
+        // (request_id, rpc) beside the event's own.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

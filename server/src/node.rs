@@ -11,12 +11,14 @@ use grant_proto::v1::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::watch;
 
 use crate::api::audit::AuditService;
+use crate::api::batcher::CheckBatcher;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::{now_ms, NodeContext};
 use crate::config::Config;
 use crate::ledger::{Command, SweepCmd};
 use crate::limits;
+use crate::metrics::{Metrics, RpcLayer};
 use crate::raft::network::Network;
 use crate::raft::service::RaftPeerService;
 use crate::raft::Raft;
@@ -60,6 +62,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     .await?;
 
     let ctx = NodeContext::new(config.clone(), raft.clone(), state);
+    let checks = CheckBatcher::start(ctx.clone());
+    let metrics = Metrics::new();
+    // Bound here: a taken port fails start-up at once.
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics_addr {}: {e}", config.metrics_addr))?;
+    let metrics_server = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        ctx.clone(),
+        checks.clone(),
+        shutdown.clone(),
+    ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grant_proto::FILE_DESCRIPTOR_SET)
@@ -67,8 +82,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .build_v1()?;
     let api = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(RpcLayer { metrics })
         .add_service(
-            GrantsServer::new(GrantsService::new(ctx.clone()))
+            GrantsServer::new(GrantsService::new(ctx.clone(), checks))
                 .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
@@ -124,6 +140,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let _ = peer_stop.send(true);
     peer.await??;
+    metrics_server.await??;
     raft.shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;

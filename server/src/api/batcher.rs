@@ -27,6 +27,11 @@ impl CheckBatcher {
         CheckBatcher { tx }
     }
 
+    /// Checks waiting for a batch (the queue depth).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Queue one check and wait for its decision and log index.
     pub async fn check(&self, cmd: CheckCmd) -> Result<(CheckOutcome, u64), ApiError> {
         let (reply, rx) = oneshot::channel();

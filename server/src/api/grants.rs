@@ -20,9 +20,16 @@ pub struct GrantsService {
 }
 
 impl GrantsService {
-    pub fn new(ctx: NodeContext) -> Self {
-        let checks = CheckBatcher::start(ctx.clone());
+    pub fn new(ctx: NodeContext, checks: CheckBatcher) -> Self {
         GrantsService { ctx, checks }
+    }
+}
+
+/// Name the request in its log lines by the caller's (validated) request id (the rpc
+/// span set by `metrics::RpcService` carries a generated one until then).
+fn log_request_id(id: &str) {
+    if !id.is_empty() {
+        tracing::Span::current().record("request_id", id);
     }
 }
 
@@ -120,6 +127,7 @@ impl Grants for GrantsService {
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let r = req.into_inner();
         validate::request_id(&r.request_id)?;
+        log_request_id(&r.request_id);
         validate::spiffe_id("subject", &r.subject)?;
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
         validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
@@ -233,6 +241,7 @@ impl Grants for GrantsService {
         let r = req.into_inner();
         if !r.request_id.is_empty() {
             validate::request_id(&r.request_id)?;
+            log_request_id(&r.request_id);
         }
         validate::grant_id("grant_id", &r.grant_id)?;
         validate::text("reason", &r.reason, REVOKE_REASON_BYTES_MAX)?;
@@ -266,6 +275,7 @@ impl Grants for GrantsService {
         let r = req.into_inner();
         if !r.request_id.is_empty() {
             validate::request_id(&r.request_id)?;
+            log_request_id(&r.request_id);
         }
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
         let cmd = Command::CompleteTask(ledger::CompleteTaskCmd {

@@ -40,6 +40,11 @@ impl NodeContext {
         }
     }
 
+    /// Writes this node has proposed and not yet seen applied.
+    pub fn proposals_in_flight(&self) -> usize {
+        crate::limits::PROPOSALS_IN_FLIGHT_MAX - self.proposals.available_permits()
+    }
+
     /// Make a read linearizable (read index through the leader), unless the
     /// caller accepts a possibly stale answer from this node.
     pub async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -36,6 +37,9 @@ const SNAPSHOT_FILE: &str = "current.snap";
 #[derive(Clone)]
 pub struct StateReader {
     tree: Arc<RwLock<sled::Tree>>,
+    /// Grants issued and not yet retired (revoked, completed or swept after
+    /// expiry): the size of the expiry index, kept in memory for metrics.
+    active_grants: Arc<AtomicI64>,
 }
 
 #[derive(Clone)]
@@ -57,6 +61,17 @@ pub struct StateMachine {
 impl StateReader {
     pub fn tree(&self) -> sled::Tree {
         self.tree.read().expect("state tree lock").clone()
+    }
+
+    /// Grants not yet retired (see the field); for metrics only.
+    pub fn active_grants(&self) -> i64 {
+        self.active_grants.load(Ordering::Relaxed)
+    }
+
+    /// Recount the expiry index (at start and after a snapshot install).
+    fn recount_active(&self) {
+        let n = self.tree().scan_prefix([ks::EXPIRY]).keys().count();
+        self.active_grants.store(n as i64, Ordering::Relaxed);
     }
 
     pub fn last_applied_index(&self) -> io::Result<u64> {
@@ -344,10 +359,11 @@ impl StateMachine {
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
         let chain = read_meta(&tree, ks::META_CHAIN)?.unwrap_or_default();
         let last_time_ms = read_meta(&tree, ks::META_LAST_TIME)?.unwrap_or(0);
-        Ok(StateMachine {
+        let sm = StateMachine {
             db,
             reader: StateReader {
                 tree: Arc::new(RwLock::new(tree)),
+                active_grants: Arc::new(AtomicI64::new(0)),
             },
             snapshot_dir,
             last_applied,
@@ -356,7 +372,9 @@ impl StateMachine {
             last_time_ms,
             capture: Arc::new(Mutex::new(None)),
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        };
+        sm.reader.recount_active();
+        Ok(sm)
     }
 
     /// SHA-256 over every key and value of the state, with the index it
@@ -440,10 +458,16 @@ impl StateMachine {
             }
         };
         let mut batch = ks::WriteSet::default();
+        let mut active_delta = 0;
         let result = match applied {
             None => CommandResult::Nothing,
             Some(a) => {
                 for w in &a.writes {
+                    match w {
+                        ledger::Write::InsertGrant(_) => active_delta += 1,
+                        ledger::Write::Retire(_) => active_delta -= 1,
+                        _ => {}
+                    }
                     ks::encode_write(w, &mut batch);
                 }
                 if a.chain.size() != self.chain.size() {
@@ -464,6 +488,9 @@ impl StateMachine {
             c.record(&tree, batch.keys())?;
         }
         tree.apply_batch(batch.into_batch()).map_err(io_err)?;
+        self.reader
+            .active_grants
+            .fetch_add(active_delta, Ordering::Relaxed);
         self.last_applied = Some(log_id);
         Ok(result)
     }
@@ -515,6 +542,7 @@ impl StateMachine {
             .map_err(io_err)?;
         self.db.flush().map_err(io_err)?;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
+        self.reader.recount_active();
         if !current.is_empty() {
             self.db.drop_tree(&current).map_err(io_err)?;
         }
