@@ -140,9 +140,23 @@ impl Cluster {
         c
     }
 
-    /// Create and spawn a node process with a fresh data directory.
-    pub fn add_node_proc(&mut self, id: u64) -> &NodeProc {
-        let node = NodeProc {
+    /// `n` nodes with addresses and data directories, none started and none
+    /// initialised: for a cluster whose data directories are seeded first
+    /// (`grantd restore`). Start them with `spawn`.
+    pub fn prepare(n: u64) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: Vec::new(),
+            extra_args: Vec::new(),
+        };
+        for id in 1..=n {
+            c.nodes.push(c.new_node(id));
+        }
+        c
+    }
+
+    fn new_node(&self, id: u64) -> NodeProc {
+        NodeProc {
             id,
             api_addr: format!("127.0.0.1:{}", free_port()),
             raft_addr: format!("127.0.0.1:{}", free_port()),
@@ -150,7 +164,12 @@ impl Cluster {
             data_dir: self.dir.path().join(format!("node{id}")),
             child: None,
             paused: false,
-        };
+        }
+    }
+
+    /// Create and spawn a node process with a fresh data directory.
+    pub fn add_node_proc(&mut self, id: u64) -> &NodeProc {
+        let node = self.new_node(id);
         self.nodes.push(node);
         self.spawn(id);
         self.node(id)

@@ -20,6 +20,7 @@ use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+pub use grant_proto::backup;
 pub use grant_proto::v1;
 
 /// Tuning of the client's retries and timeouts.
@@ -366,6 +367,24 @@ impl Client {
                 .remove(pb::NodeIdRequest { node_id })
                 .await
                 .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// A backup file of the cluster's state (see `grant_proto::backup`),
+    /// served by the leader after a read barrier.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        use futures_util::StreamExt;
+        self.call(|ch| async move {
+            let mut stream = ClusterClient::new(ch)
+                .backup(pb::BackupRequest {})
+                .await?
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk?.data);
+            }
+            Ok(out)
         })
         .await
     }

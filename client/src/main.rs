@@ -92,9 +92,22 @@ enum Cmd {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Backups: save a consistent snapshot of the cluster to a file, or
+    /// check one. Restore is `grantd restore` (docs/operations.md).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// The signed audit log: export, verify offline, prove, roster.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Save a backup (state and audit chain) to FILE; written whole, checked,
+    /// then renamed into place.
+    Save { file: std::path::PathBuf },
+    /// Check a backup file's integrity and print what it holds.
+    Status { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -138,17 +151,6 @@ fn parse_scope(s: &str) -> Result<pb::Scope, String> {
     Ok(pb::Scope {
         resource: res.to_string(),
         actions: acts.split(',').map(str::to_string).collect(),
-    })
-}
-
-fn parse_member(s: &str) -> Result<pb::Node, String> {
-    let bad = || format!("member {s:?} is not ID=RAFT_ADDR,API_ADDR");
-    let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
-    let (raft, api) = addrs.split_once(',').ok_or_else(bad)?;
-    Ok(pb::Node {
-        id: id.parse().map_err(|_| bad())?,
-        raft_addr: raft.into(),
-        api_addr: api.into(),
     })
 }
 
@@ -326,11 +328,40 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
+        Cmd::Snapshot(SnapshotCmd::Save { file }) => {
+            let data = client.backup().await.map_err(e)?;
+            let (h, _) = grant_client::backup::parse(&data)
+                .map_err(|err| format!("the backup received is damaged: {err}"))?;
+            write_durably(&file, &data)
+                .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+            println!(
+                "saved {}: {} bytes, log index {}, {} audit entries, from node {}",
+                file.display(),
+                data.len(),
+                h.last_log_index,
+                h.audit_size,
+                h.taken_from_node
+            );
+        }
+        Cmd::Snapshot(SnapshotCmd::Status { file }) => {
+            let data = std::fs::read(&file)
+                .map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+            match grant_client::backup::parse(&data) {
+                Ok((h, _)) => println!(
+                    "ok: log index {}, {} audit entries, {} bytes of state (sha256 {}), taken from node {} at {} ms, state format {}",
+                    h.last_log_index, h.audit_size, h.data_bytes, h.data_sha256, h.taken_from_node, h.created_ms, h.state_format
+                ),
+                Err(err) => {
+                    println!("damaged: {err}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         Cmd::Cluster(c) => match c {
             ClusterCmd::Init { members } => {
                 let members = members
                     .iter()
-                    .map(|m| parse_member(m))
+                    .map(|m| grant_client::v1::Node::parse_member(m))
                     .collect::<Result<Vec<_>, _>>()?;
                 client
                     .initialize(&cli.endpoints[0], members)
@@ -394,6 +425,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write to a temporary name beside `path`, fsync, rename: a crash leaves
+/// either the old file or the whole new one.
+fn write_durably(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn print_membership(r: &pb::MembershipResponse) {

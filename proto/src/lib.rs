@@ -3,6 +3,7 @@
 //! offline verifier (`audit`). No I/O lives here.
 
 pub mod audit;
+pub mod backup;
 #[cfg(feature = "grpc")]
 pub mod convert;
 
@@ -17,6 +18,20 @@ pub mod v1 {
 
     pub mod raft {
         tonic::include_proto!("grantledger.v1.raft");
+    }
+
+    impl Node {
+        /// A cluster member as written on command lines: `ID=RAFT_ADDR,API_ADDR`.
+        pub fn parse_member(s: &str) -> Result<Node, String> {
+            let bad = || format!("member {s:?} is not ID=RAFT_ADDR,API_ADDR");
+            let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
+            let (raft, api) = addrs.split_once(',').ok_or_else(bad)?;
+            Ok(Node {
+                id: id.parse().map_err(|_| bad())?,
+                raft_addr: raft.into(),
+                api_addr: api.into(),
+            })
+        }
     }
 }
 

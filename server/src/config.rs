@@ -27,6 +27,9 @@ pub struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Without a command, run the node.
+    #[command(subcommand)]
+    pub command: Option<Sub>,
     /// This node's id in the cluster (a positive integer, unique, never reused).
     #[arg(long, env = "GRANTD_NODE_ID")]
     pub node_id: Option<u64>,
@@ -89,6 +92,23 @@ pub struct Args {
     /// [default: 127.0.0.1:7301].
     #[arg(long, env = "GRANTD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Sub {
+    /// Seed this node's new, empty data directory from a backup file
+    /// (`grantctl snapshot save`) as one member of a new cluster. Run it for
+    /// every member with the same backup and member list, then start the
+    /// nodes: they elect a leader on their own (no `cluster init`). Node
+    /// options (--node-id, --data-dir, --config) go before `restore`.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        backup: PathBuf,
+        /// ID=RAFT_ADDR,API_ADDR of each voter of the new cluster; repeat.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+    },
 }
 
 /// How log lines are written to stderr.

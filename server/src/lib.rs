@@ -12,4 +12,5 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod restore;
 pub mod storage;

@@ -39,6 +39,8 @@ pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 pub const RPC_NAME_BYTES_MAX: usize = 128;
 /// Bytes in one gRPC message between peers (append entries, snapshot chunks).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long a Backup call waits for a snapshot that covers its read point.
+pub const BACKUP_SNAPSHOT_WAIT_MS: u64 = 120_000;
 /// Bytes of snapshot data in one chunk sent to a peer.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Checks waiting to be batched into a log entry; beyond it Check answers

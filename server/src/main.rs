@@ -1,7 +1,7 @@
 //! grantd: start one grant-ledger node.
 
 use clap::Parser;
-use grantd::config::{Args, Config, LogFormat};
+use grantd::config::{Args, Config, LogFormat, Sub};
 use tokio::sync::watch;
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +32,9 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Some(Sub::Restore { backup, members }) = &args.command {
+        return restore(&rt, &config, backup, members);
+    }
     let res = rt.block_on(async move {
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -51,6 +54,47 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "grantd failed");
             eprintln!("grantd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn restore(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    backup: &std::path::Path,
+    members: &[String],
+) -> std::process::ExitCode {
+    let members = match members
+        .iter()
+        .map(|m| grant_proto::v1::Node::parse_member(m))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("grantd restore: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(grantd::restore::restore(
+        backup,
+        &config.data_dir,
+        config.node_id,
+        &members,
+    )) {
+        Ok(r) => {
+            println!(
+                "restored node {} in {}: state at log index {}, {} audit entries, voters {:?}",
+                config.node_id,
+                config.data_dir.display(),
+                r.last_log_index,
+                r.audit_size,
+                r.voters
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("grantd restore: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

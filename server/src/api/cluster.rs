@@ -10,9 +10,13 @@ use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
 use super::NodeContext;
+use crate::limits;
+use crate::raft::codec;
 use crate::raft::leadership::{hand_over, HandoverError};
 use crate::raft::typ::*;
 use crate::raft::NodeInfo;
+use crate::storage::{keyspace as ks, snapshot_data};
+use grant_proto::backup;
 use openraft::ChangeMembers;
 
 pub struct ClusterService {
@@ -26,9 +30,9 @@ impl ClusterService {
 }
 
 /// Most members a cluster may name at once.
-const MEMBERS_MAX: usize = 9;
+pub(crate) const MEMBERS_MAX: usize = 9;
 
-fn node_info(n: &pb::Node) -> Result<(u64, NodeInfo), ApiError> {
+pub(crate) fn node_info(n: &pb::Node) -> Result<(u64, NodeInfo), ApiError> {
     if n.id == 0 {
         return Err(ApiError::invalid("node.id", "must be positive"));
     }
@@ -95,8 +99,92 @@ impl ClusterService {
     }
 }
 
+type BackupStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+impl ClusterService {
+    /// A snapshot that includes everything applied here by now, taken after
+    /// a read barrier (so: every write acknowledged before the call).
+    async fn snapshot_for_backup(&self) -> Result<Snapshot, ApiError> {
+        self.ctx.read_barrier(false).await?;
+        let raft = &self.ctx.raft;
+        let applied = raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let covered =
+            |m: &RaftMetrics| m.snapshot.as_ref().map(|l| l.index).unwrap_or(0) >= applied;
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(limits::BACKUP_SNAPSHOT_WAIT_MS);
+        // A build already under way may stop short of `applied`: ask again
+        // until one covers it.
+        while !covered(&raft.metrics().borrow_watched()) {
+            if std::time::Instant::now() > deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "no snapshot reached index {applied} within {} ms (backup_snapshot_wait_ms)",
+                    limits::BACKUP_SNAPSHOT_WAIT_MS
+                )));
+            }
+            raft.trigger()
+                .snapshot()
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let _ = raft
+                .wait(Some(std::time::Duration::from_secs(1)))
+                .metrics(|m| covered(m), "snapshot for backup")
+                .await;
+        }
+        raft.get_snapshot()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .ok_or_else(|| ApiError::Unavailable("snapshot vanished; retry".into()))
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let snap = self.snapshot_for_backup().await?;
+        let data = snap.snapshot;
+        let chain: crate::ledger::Chain =
+            match snapshot_data::get(&data, ks::META_CHAIN).map_err(ApiError::from)? {
+                Some(v) => codec::decode(v).map_err(ApiError::from)?,
+                None => Default::default(),
+            };
+        let header = backup::BackupHeader {
+            state_format: ks::FORMAT_VERSION,
+            created_ms: super::now_ms(),
+            taken_from_node: self.ctx.config.node_id,
+            last_log_index: snap.meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0),
+            audit_size: chain.size(),
+            data_bytes: data.len() as u64,
+            data_sha256: backup::sha256_hex(&data),
+            raft_meta: serde_json::from_slice(&codec::encode(&snap.meta))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        };
+        tracing::info!(
+            index = header.last_log_index,
+            bytes = data.len(),
+            "serving a backup"
+        );
+        let mut chunks = vec![Ok(pb::BackupChunk {
+            data: backup::header_bytes(&header),
+        })];
+        chunks.extend(
+            data.chunks(limits::EXPORT_CHUNK_BYTES)
+                .map(|c| Ok(pb::BackupChunk { data: c.to_vec() })),
+        );
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     async fn initialize(
         &self,
         req: Request<pb::InitializeRequest>,

@@ -15,18 +15,12 @@ use std::io;
 use std::sync::Mutex;
 
 use super::io_err;
+use super::snapshot_data::put;
 
 #[derive(Default)]
 pub struct Capture {
     /// Key -> its value when the capture began (None: it did not exist).
     preimages: Mutex<HashMap<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-fn put(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
-    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-    out.extend_from_slice(k);
-    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-    out.extend_from_slice(v);
 }
 
 impl Capture {
@@ -46,7 +40,7 @@ impl Capture {
         Ok(())
     }
 
-    /// The state when the capture began: (u32 key len, key, u32 value len, value)*.
+    /// The state when the capture began, in `snapshot_data` encoding.
     pub fn dump(&self, tree: &sled::Tree) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut taken_from_preimage = HashSet::new();

@@ -20,6 +20,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use super::capture::Capture;
 use super::keyspace as ks;
+use super::snapshot_data;
 use super::{io_err, sync_dir};
 use grant_proto::audit::Hash;
 
@@ -512,18 +513,7 @@ impl StateMachine {
         self.db.drop_tree(&name).map_err(io_err)?;
         let fresh = self.db.open_tree(&name).map_err(io_err)?;
         let mut batch = sled::Batch::default();
-        let mut rest = data;
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed snapshot data");
-        let take = |rest: &mut &[u8]| -> io::Result<Vec<u8>> {
-            let len =
-                u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
-            let v = rest.get(4..4 + len).ok_or_else(bad)?.to_vec();
-            *rest = &rest[4 + len..];
-            Ok(v)
-        };
-        while !rest.is_empty() {
-            let k = take(&mut rest)?;
-            let v = take(&mut rest)?;
+        for (k, v) in snapshot_data::pairs(data)? {
             batch.insert(k, v);
         }
         fresh.apply_batch(batch).map_err(io_err)?;

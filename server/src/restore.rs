@@ -1,0 +1,108 @@
+//! `grantd restore`: seed an empty data directory from a backup file as one
+//! member of a new cluster (disaster recovery), the way `etcdutl snapshot
+//! restore` does.
+//!
+//! Every member of the new cluster is seeded from the same backup with the
+//! same member list. Each then holds the backed-up state at the backup's
+//! last log id, with the new membership in place of the old one, an empty
+//! log purged up to that id, and a vote in the backup's term: started, the
+//! nodes elect a leader in the next term and carry on from there. The audit
+//! chain continues from the backed-up head, so an export of the new cluster
+//! verifies from the first entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use grant_proto::backup;
+use grant_proto::v1 as pb;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::Membership;
+
+use crate::api::cluster::{node_info, MEMBERS_MAX};
+use crate::raft::typ::*;
+use crate::raft::{codec, NodeInfo};
+use crate::storage::{keyspace as ks, snapshot_data, LogStore, StateMachine};
+
+pub struct Restored {
+    pub last_log_index: u64,
+    pub audit_size: u64,
+    pub voters: Vec<u64>,
+}
+
+pub async fn restore(
+    backup_file: &Path,
+    data_dir: &Path,
+    node_id: u64,
+    members: &[pb::Node],
+) -> anyhow::Result<Restored> {
+    // Check everything before writing anything.
+    if let Ok(mut entries) = std::fs::read_dir(data_dir) {
+        if entries.next().is_some() {
+            bail!(
+                "data directory {} is not empty: restore seeds a new node only",
+                data_dir.display()
+            );
+        }
+    }
+    if members.is_empty() || members.len() > MEMBERS_MAX {
+        bail!("name 1-{MEMBERS_MAX} members");
+    }
+    let mut nodes = BTreeMap::<u64, NodeInfo>::new();
+    for m in members {
+        let (id, info) = node_info(m).map_err(|e| anyhow!("{e}"))?;
+        if nodes.insert(id, info).is_some() {
+            bail!("node id {id} named twice");
+        }
+    }
+    if !nodes.contains_key(&node_id) {
+        bail!("the members must include this node ({node_id})");
+    }
+    let file =
+        std::fs::read(backup_file).with_context(|| format!("reading {}", backup_file.display()))?;
+    let (header, data) = backup::parse(&file)?;
+    if header.state_format != ks::FORMAT_VERSION {
+        bail!(
+            "backup holds state format {}, this grantd reads {}",
+            header.state_format,
+            ks::FORMAT_VERSION
+        );
+    }
+    let old: SnapshotMeta = codec::decode(&serde_json::to_vec(&header.raft_meta)?)?;
+    let last = old
+        .last_log_id
+        .clone()
+        .ok_or_else(|| anyhow!("backup of an empty cluster: nothing to restore"))?;
+    let voters: BTreeSet<u64> = nodes.keys().copied().collect();
+    let membership = Membership::new(vec![voters.clone()], nodes)?;
+    let stored = StoredMembership::new(Some(last.clone()), membership);
+    let data = snapshot_data::replace(data, ks::META_MEMBERSHIP, &codec::encode(&stored))?;
+    let meta = SnapshotMeta {
+        last_log_id: Some(last.clone()),
+        last_membership: stored,
+    };
+
+    std::fs::create_dir_all(data_dir)?;
+    let seeded = async {
+        let mut sm = StateMachine::open(data_dir)?;
+        sm.install_snapshot(&meta, data).await?;
+        let mut log = LogStore::open(&data_dir.join("raft-log"))?;
+        log.purge(last.clone()).await?;
+        log.save_committed(Some(last.clone())).await?;
+        // Durable, and flushes the purge and commit marks with it. A vote in
+        // the backup's term keeps every later term above the log's.
+        log.save_vote(&Vote::new(last.leader_id.term, node_id))
+            .await
+    }
+    .await;
+    if let Err(e) = seeded {
+        // The directory was empty or absent: leave it as it was.
+        let _ = std::fs::remove_dir_all(data_dir);
+        return Err(e.into());
+    }
+    Ok(Restored {
+        last_log_index: last.index,
+        audit_size: header.audit_size,
+        voters: voters.into_iter().collect(),
+    })
+}
