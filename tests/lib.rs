@@ -93,7 +93,7 @@ impl NodeProc {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
-    extra_args: Vec<String>,
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {

@@ -371,6 +371,22 @@ impl Client {
         .await
     }
 
+    /// The standard gRPC health status of one node (service ""):
+    /// "SERVING" while it is part of a cluster that can make progress.
+    pub async fn health_of(&self, addr: &str) -> Result<String, ClientError> {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+        let r = HealthClient::new(self.channel(addr)?)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(ClientError::Status)?;
+        Ok(ServingStatus::try_from(r.into_inner().status)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| "UNKNOWN".into()))
+    }
+
     /// A backup file of the cluster's state (see `grant_proto::backup`),
     /// served by the leader after a read barrier.
     pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {

@@ -142,6 +142,9 @@ enum ClusterCmd {
     },
     /// Status of every endpoint.
     Status,
+    /// gRPC health of every endpoint; exit 0 only if all are SERVING (for
+    /// container health checks).
+    Health,
 }
 
 fn parse_scope(s: &str) -> Result<pb::Scope, String> {
@@ -395,6 +398,20 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             ClusterCmd::ChangeMembership { voters, retain } => {
                 let r = client.change_membership(voters, retain).await.map_err(e)?;
                 print_membership(&r);
+            }
+            ClusterCmd::Health => {
+                let mut all = true;
+                for addr in client.endpoints() {
+                    let h = client
+                        .health_of(addr)
+                        .await
+                        .unwrap_or_else(|err| format!("unreachable ({err})"));
+                    all &= h == "SERVING";
+                    println!("{addr} {h}");
+                }
+                if !all {
+                    return Ok(ExitCode::from(1));
+                }
             }
             ClusterCmd::Status => {
                 let mut failed = false;

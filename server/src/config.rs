@@ -33,6 +33,22 @@ pub struct Args {
     /// This node's id in the cluster (a positive integer, unique, never reused).
     #[arg(long, env = "GRANTD_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Take the node id from this host's name instead: the number after its
+    /// last '-', plus one (Kubernetes StatefulSet pod grantd-0 is node 1).
+    #[arg(long, env = "GRANTD_NODE_ID_FROM_HOSTNAME")]
+    pub node_id_from_hostname: Option<bool>,
+    /// Bootstrap: ID=RAFT_ADDR,API_ADDR of each voter of a new cluster
+    /// (repeat the flag, or separate with ';' in the environment). A node
+    /// whose data directory is new initialises the cluster with exactly
+    /// these voters, so every member may carry the same list; a node that
+    /// already holds a log ignores it. Leave it out when adding or
+    /// replacing a node (docs/operations.md).
+    #[arg(
+        long = "initial-member",
+        env = "GRANTD_INITIAL_MEMBERS",
+        value_delimiter = ';'
+    )]
+    pub initial_members: Vec<String>,
     /// Directory holding this node's Raft log and state.
     #[arg(long, env = "GRANTD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -111,6 +127,22 @@ pub enum Sub {
     },
 }
 
+/// `grantd-2` -> 3: the StatefulSet ordinal after the last '-', plus one.
+fn id_from_hostname() -> Result<u64, ConfigError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| ConfigError::Invalid("node_id_from_hostname", e.to_string()))?;
+    let host = host.trim();
+    host.rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| {
+            ConfigError::Invalid(
+                "node_id_from_hostname",
+                format!("host name {host:?} does not end in -<number>"),
+            )
+        })
+}
+
 /// How log lines are written to stderr.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -126,6 +158,8 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     node_id: Option<u64>,
+    node_id_from_hostname: Option<bool>,
+    initial_members: Option<Vec<String>>,
     data_dir: Option<PathBuf>,
     api_addr: Option<SocketAddr>,
     raft_addr: Option<SocketAddr>,
@@ -151,6 +185,8 @@ struct FileConfig {
 #[derive(Serialize, Debug, Clone)]
 pub struct Config {
     pub node_id: u64,
+    pub node_id_from_hostname: bool,
+    pub initial_members: Vec<String>,
     pub data_dir: PathBuf,
     pub api_addr: SocketAddr,
     pub raft_addr: SocketAddr,
@@ -211,11 +247,21 @@ impl Config {
                 args.$f.clone().or(file.$f.clone()).unwrap_or($default)
             };
         }
-        let node_id = args.node_id.or(file.node_id).ok_or(ConfigError::Missing(
-            "node_id",
-            "node-id",
-            "GRANTD_NODE_ID",
-        ))?;
+        let node_id_from_hostname = pick!(node_id_from_hostname, false);
+        let node_id = if node_id_from_hostname {
+            id_from_hostname()?
+        } else {
+            args.node_id.or(file.node_id).ok_or(ConfigError::Missing(
+                "node_id",
+                "node-id",
+                "GRANTD_NODE_ID",
+            ))?
+        };
+        let initial_members = if args.initial_members.is_empty() {
+            file.initial_members.clone().unwrap_or_default()
+        } else {
+            args.initial_members.clone()
+        };
         let data_dir =
             args.data_dir
                 .clone()
@@ -227,6 +273,8 @@ impl Config {
                 ))?;
         let c = Config {
             node_id,
+            node_id_from_hostname,
+            initial_members,
             data_dir,
             api_addr: pick!(api_addr, "127.0.0.1:7101".parse().unwrap()),
             raft_addr: pick!(raft_addr, "127.0.0.1:7201".parse().unwrap()),
@@ -255,6 +303,15 @@ impl Config {
         let bad = |k, m: String| Err(ConfigError::Invalid(k, m));
         if self.node_id == 0 {
             return bad("node_id", "must be a positive integer".into());
+        }
+        if !self.initial_members.is_empty() {
+            let members = self.initial_member_nodes()?;
+            if !members.iter().any(|m| m.id == self.node_id) {
+                return bad(
+                    "initial_members",
+                    format!("must include this node ({})", self.node_id),
+                );
+            }
         }
         if self.api_addr == self.raft_addr {
             return bad("raft_addr", "must differ from api_addr".into());
@@ -317,6 +374,15 @@ impl Config {
             return bad("sweep_interval_ms", "must be at least 10".into());
         }
         Ok(())
+    }
+
+    /// The bootstrap voters, parsed.
+    pub fn initial_member_nodes(&self) -> Result<Vec<grant_proto::v1::Node>, ConfigError> {
+        self.initial_members
+            .iter()
+            .map(|m| grant_proto::v1::Node::parse_member(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid("initial_members", e))
     }
 
     pub fn to_toml(&self) -> String {

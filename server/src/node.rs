@@ -61,6 +61,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     )
     .await?;
 
+    bootstrap(&config, &raft).await?;
     let ctx = NodeContext::new(config.clone(), raft.clone(), state);
     let checks = CheckBatcher::start(ctx.clone());
     let metrics = Metrics::new();
@@ -146,6 +147,31 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With `initial_members` set, a node that has never been part of a cluster
+/// initialises it with exactly those voters. Every member may do so with the
+/// same list: the first membership entry is then the same everywhere, and
+/// the election picks one leader (openraft's `initialize` contract).
+async fn bootstrap(config: &Config, raft: &Raft) -> anyhow::Result<()> {
+    if config.initial_members.is_empty() || raft.is_initialized().await? {
+        return Ok(());
+    }
+    let mut members = std::collections::BTreeMap::new();
+    for m in config.initial_member_nodes()? {
+        let (id, info) = crate::api::cluster::node_info(&m).map_err(|e| anyhow::anyhow!("{e}"))?;
+        members.insert(id, info);
+    }
+    tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster from initial_members");
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // Someone else's entry got here first: the cluster exists.
+        Err(openraft::errors::RaftError::APIError(e)) => {
+            tracing::info!(reason = %e, "cluster already initialised");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("initialise: {e}")),
+    }
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

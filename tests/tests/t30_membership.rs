@@ -158,3 +158,51 @@ async fn initialize_twice_is_refused() {
     assert!(s.initialized);
     assert_eq!(s.voters.len(), 3);
 }
+
+/// Bootstrap without `cluster init`: every node carries the same
+/// initial_members; the cluster forms once, and a restarted node rejoins
+/// instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_same_initial_members_form_one_cluster() {
+    let mut c = Cluster::prepare(3);
+    let members: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("{}={},{}", n.id, n.raft_addr, n.api_addr))
+        .collect();
+    c.extra_args = vec!["--initial-member".into(), members.join(";")];
+    // GRANTD_INITIAL_MEMBERS splits on ';'; so does the flag.
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    let leader = c.wait_leader().await;
+    let client = c.client();
+    let g = client.issue(issue_req("bootstrap", 600)).await.unwrap();
+    for id in 1..=3 {
+        let s = c.status(id).await.unwrap();
+        assert_eq!(s.voters.len(), 3, "node {id}: {s:?}");
+    }
+    c.kill(leader);
+    c.spawn(leader);
+    let d = c.converged_digests().await;
+    assert!(d.iter().all(|x| x.1 == d[0].1), "{d:?}");
+    assert_eq!(
+        reason(&client.check(check_req(&g.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
+    let err = client
+        .initialize(&c.node(1).api_addr, vec![c.node(1).member()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::FailedPrecondition));
+
+    // A member list that leaves the node out is a configuration error.
+    let out = std::process::Command::new(grantd_bin())
+        .args(["--node-id", "9", "--data-dir"])
+        .arg(c.dir.path().join("node9"))
+        .args(["--initial-member", &members.join(";")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("initial_members"));
+}
