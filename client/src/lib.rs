@@ -388,12 +388,14 @@ impl Client {
     }
 
     /// A backup file of the cluster's state (see `grant_proto::backup`),
-    /// served by the leader after a read barrier.
-    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+    /// served after a read barrier; or, with `stale_from`, that node's own
+    /// state without one (after losing a majority).
+    pub async fn backup(&self, stale_from: Option<&str>) -> Result<Vec<u8>, ClientError> {
         use futures_util::StreamExt;
-        self.call(|ch| async move {
+        let allow_stale = stale_from.is_some();
+        let fetch = |ch: Channel| async move {
             let mut stream = ClusterClient::new(ch)
-                .backup(pb::BackupRequest {})
+                .backup(pb::BackupRequest { allow_stale })
                 .await?
                 .into_inner();
             let mut out = Vec::new();
@@ -401,8 +403,11 @@ impl Client {
                 out.extend_from_slice(&chunk?.data);
             }
             Ok(out)
-        })
-        .await
+        };
+        match stale_from {
+            Some(a) => fetch(self.channel(a)?).await.map_err(ClientError::Status),
+            None => self.call(fetch).await,
+        }
     }
 
     /// Hand leadership to voter `node_id`; returns once it leads.

@@ -105,7 +105,14 @@ enum Cmd {
 enum SnapshotCmd {
     /// Save a backup (state and audit chain) to FILE; written whole, checked,
     /// then renamed into place.
-    Save { file: std::path::PathBuf },
+    Save {
+        file: std::path::PathBuf,
+        /// Save this node's own state (host:port) without asking the leader:
+        /// for recovery after a majority is lost for good. It may lack
+        /// writes the lost nodes acknowledged.
+        #[arg(long)]
+        stale_from: Option<String>,
+    },
     /// Check a backup file's integrity and print what it holds.
     Status { file: std::path::PathBuf },
 }
@@ -331,8 +338,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
-        Cmd::Snapshot(SnapshotCmd::Save { file }) => {
-            let data = client.backup().await.map_err(e)?;
+        Cmd::Snapshot(SnapshotCmd::Save { file, stale_from }) => {
+            let data = client.backup(stale_from.as_deref()).await.map_err(e)?;
             let (h, _) = grant_client::backup::parse(&data)
                 .map_err(|err| format!("the backup received is damaged: {err}"))?;
             write_durably(&file, &data)

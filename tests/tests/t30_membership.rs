@@ -46,11 +46,12 @@ async fn replace_a_dead_voter_with_a_new_node() {
     let voters: Vec<u64> = m.voters.iter().map(|n| n.id).collect();
     assert_eq!(voters, vec![1, 2, 4]);
     assert!(m.learners.is_empty(), "{m:?}");
-    let s = c.status(4).await.unwrap();
-    assert_eq!(
-        s.voters.iter().map(|n| n.id).collect::<Vec<_>>(),
-        vec![1, 2, 4]
-    );
+    wait_for("node 4 to apply the new voter set", || async {
+        c.status(4)
+            .await
+            .is_some_and(|s| s.voters.iter().map(|n| n.id).collect::<Vec<_>>() == [1, 2, 4])
+    })
+    .await;
 
     // The new voter set keeps serving every acknowledged write, also when
     // its leader goes: node 4 must carry its share of the quorum.
@@ -178,9 +179,14 @@ async fn nodes_with_the_same_initial_members_form_one_cluster() {
     let leader = c.wait_leader().await;
     let client = c.client();
     let g = client.issue(issue_req("bootstrap", 600)).await.unwrap();
+    // Every node, whenever it got going, joined the one cluster.
     for id in 1..=3 {
-        let s = c.status(id).await.unwrap();
-        assert_eq!(s.voters.len(), 3, "node {id}: {s:?}");
+        wait_for("every node to see the three voters", || async {
+            c.status(id)
+                .await
+                .is_some_and(|s| s.voters.len() == 3 && s.has_leader)
+        })
+        .await;
     }
     c.kill(leader);
     c.spawn(leader);

@@ -55,10 +55,10 @@ async fn metrics_follow_requests_raft_and_the_ledger() {
             Some(3.0),
             "node {id}: {m}"
         );
-        assert_eq!(
-            sample(&m, "grantd_raft_applied_index"),
-            Some(d[0].2 as f64),
-            "node {id}"
+        // At least where the digests met (checkpoints may follow).
+        assert!(
+            sample(&m, "grantd_raft_applied_index").unwrap() >= d[0].2 as f64,
+            "node {id}: {m}"
         );
         // Issue, issue, issue, issue, revoke, check, plus membership and roster entries.
         assert!(sample(&m, "grantd_audit_entries").unwrap() >= 6.0, "{m}");

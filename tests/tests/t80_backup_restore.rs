@@ -15,6 +15,7 @@ fn grantctl(c: &Cluster) -> Command {
     cmd
 }
 
+/// `grantd restore` for node `id` of the new cluster `r`, every member named.
 fn restore(r: &Cluster, id: u64, backup: &std::path::Path) -> std::process::Output {
     let n = r.node(id);
     let mut cmd = Command::new(grantd_bin());
@@ -178,4 +179,65 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     let summary = export::verify(&new_export, &keys).unwrap();
     assert!(summary.entries > header.audit_size);
     assert_eq!(summary.covered, summary.entries);
+}
+
+/// Two of three nodes lost for good: no leader can confirm a consistent
+/// backup, but the survivor's own state can seed a new cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_a_majority_the_survivor_seeds_a_new_cluster() {
+    let mut old = Cluster::start(3).await;
+    let g = old
+        .client()
+        .issue(issue_req("majority", 3600))
+        .await
+        .unwrap();
+    old.converged_digests().await;
+    let leader = old.wait_leader().await;
+    let survivor = (1..=3).find(|&i| i != leader).unwrap();
+    for id in (1..=3).filter(|&i| i != survivor) {
+        old.kill(id);
+    }
+    let err = old.node_client(survivor).backup(None).await.unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable), "{err}");
+
+    let vault = tempfile::tempdir().unwrap();
+    let file = vault.path().join("survivor.backup");
+    let addr = old.node(survivor).api_addr.clone();
+    let out = Command::new(grantd_bin().with_file_name("grantctl"))
+        .args([
+            "--endpoints",
+            &addr,
+            "snapshot",
+            "save",
+            "--stale-from",
+            &addr,
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(old);
+
+    let mut r = Cluster::prepare(3);
+    for id in 1..=3 {
+        let out = restore(&r, id, &file);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        r.spawn(id);
+    }
+    r.wait_leader().await;
+    let client = r.client();
+    assert_eq!(
+        reason(&client.check(check_req(&g.token)).await.unwrap()),
+        pb::Reason::Allowed
+    );
+    let d = r.converged_digests().await;
+    assert!(d.iter().all(|x| x.1 == d[0].1), "{d:?}");
 }

@@ -104,9 +104,10 @@ type BackupStream =
 
 impl ClusterService {
     /// A snapshot that includes everything applied here by now, taken after
-    /// a read barrier (so: every write acknowledged before the call).
-    async fn snapshot_for_backup(&self) -> Result<Snapshot, ApiError> {
-        self.ctx.read_barrier(false).await?;
+    /// a read barrier (so: every write acknowledged before the call) unless
+    /// the caller accepts this node's own, possibly stale, state.
+    async fn snapshot_for_backup(&self, allow_stale: bool) -> Result<Snapshot, ApiError> {
+        self.ctx.read_barrier(allow_stale).await?;
         let raft = &self.ctx.raft;
         let applied = raft
             .metrics()
@@ -150,9 +151,11 @@ impl Cluster for ClusterService {
 
     async fn backup(
         &self,
-        _req: Request<pb::BackupRequest>,
+        req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        let snap = self.snapshot_for_backup().await?;
+        let snap = self
+            .snapshot_for_backup(req.into_inner().allow_stale)
+            .await?;
         let data = snap.snapshot;
         let chain: crate::ledger::Chain =
             match snapshot_data::get(&data, ks::META_CHAIN).map_err(ApiError::from)? {
