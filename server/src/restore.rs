@@ -71,14 +71,13 @@ pub async fn restore(
     let old: SnapshotMeta = codec::decode(&serde_json::to_vec(&header.raft_meta)?)?;
     let last = old
         .last_log_id
-        .clone()
         .ok_or_else(|| anyhow!("backup of an empty cluster: nothing to restore"))?;
     let voters: BTreeSet<u64> = nodes.keys().copied().collect();
     let membership = Membership::new(vec![voters.clone()], nodes)?;
-    let stored = StoredMembership::new(Some(last.clone()), membership);
+    let stored = StoredMembership::new(Some(last), membership);
     let data = snapshot_data::replace(data, ks::META_MEMBERSHIP, &codec::encode(&stored))?;
     let meta = SnapshotMeta {
-        last_log_id: Some(last.clone()),
+        last_log_id: Some(last),
         last_membership: stored,
     };
 
@@ -87,8 +86,8 @@ pub async fn restore(
         let mut sm = StateMachine::open(data_dir)?;
         sm.install_snapshot(&meta, data).await?;
         let mut log = LogStore::open(&data_dir.join("raft-log"))?;
-        log.purge(last.clone()).await?;
-        log.save_committed(Some(last.clone())).await?;
+        log.purge(last).await?;
+        log.save_committed(Some(last)).await?;
         // Durable, and flushes the purge and commit marks with it. A vote in
         // the backup's term keeps every later term above the log's.
         log.save_vote(&Vote::new(last.leader_id.term, node_id))
