@@ -1,0 +1,459 @@
+//! Robustness run (issue #7, first part): clients issue, check, revoke and
+//! complete tasks while a seeded nemesis kills -9, SIGTERMs and SIGSTOPs
+//! nodes (never more than one at a time). Every operation is recorded with
+//! its start, end and result; after healing, a checker proves:
+//!
+//! - no acknowledged grant, revoke or task completion is lost;
+//! - no Check that started after an acknowledged revoke (or completion of
+//!   the grant's task) returned allow;
+//! - no request id produced a second grant;
+//! - every node holds the same audit chain, which verifies offline, and
+//!   every acknowledged Issue, Check and Revoke is in it exactly once,
+//!   at the sequence number and hash of its receipt.
+//!
+//! `GRANT_ROBUST_SEED` replays a run (the seed is printed);
+//! `GRANT_ROBUST_SECS` sets its length (20 s in the suite).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use grant_tests::grant_client::v1 as pb;
+use grant_tests::grant_proto::audit::export::{self, parse_trusted_keys};
+use grant_tests::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Issued {
+        grant_id: String,
+        /// A replay appends no entry: its receipt is empty (docs/api.md).
+        replayed: bool,
+        receipt: pb::Receipt,
+    },
+    Checked {
+        allow: bool,
+        grant_id: String,
+        receipt: pb::Receipt,
+    },
+    Revoked {
+        already_inactive: bool,
+        receipt: pb::Receipt,
+    },
+    Completed,
+    /// Refused with a definite answer (nothing changed).
+    Refused(String),
+    /// No answer: it may or may not have happened.
+    Unknown(String),
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    worker: usize,
+    kind: &'static str,
+    task: String,
+    request_id: String,
+    /// The grant the op is about (check, revoke), if known beforehand.
+    grant: String,
+    start: Instant,
+    end: Instant,
+    outcome: Outcome,
+}
+
+struct History(Mutex<Vec<Op>>);
+
+fn failed(e: &grant_client::ClientError) -> Outcome {
+    match e.grpc_code() {
+        Some(tonic::Code::InvalidArgument)
+        | Some(tonic::Code::FailedPrecondition)
+        | Some(tonic::Code::NotFound) => Outcome::Refused(e.to_string()),
+        _ => Outcome::Unknown(e.to_string()),
+    }
+}
+
+async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant, h: Arc<History>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9));
+    let mut task_no = 0u32;
+    let mut mine: Vec<(String, String)> = Vec::new(); // (grant id, token)
+    let mut secrets: HashMap<String, String> = HashMap::new();
+    let mut n = 0u64;
+    while Instant::now() < stop {
+        n += 1;
+        let task = format!("w{w}-task{task_no}");
+        let roll: u32 = rng.gen_range(0..100);
+        let start = Instant::now();
+        let mut op = Op {
+            worker: w,
+            kind: "",
+            task: task.clone(),
+            request_id: String::new(),
+            grant: String::new(),
+            start,
+            end: start,
+            outcome: Outcome::Completed,
+        };
+        if roll < 40 || mine.is_empty() {
+            op.kind = "issue";
+            // Sometimes retry an earlier request id on purpose.
+            op.request_id = if n > 1 && roll % 10 == 0 {
+                format!("w{w}-r{}", n - 1)
+            } else {
+                format!("w{w}-r{n}")
+            };
+            let mut req = issue_req(&task, 600);
+            req.request_id = op.request_id.clone();
+            // A retry presents the original secret, as the client library does.
+            req.token_secret = secrets
+                .entry(op.request_id.clone())
+                .or_insert_with(|| hex::encode(rng.gen::<[u8; 32]>()))
+                .clone();
+            op.outcome = match client.issue(req).await {
+                Ok(r) => {
+                    let g = r.grant.unwrap();
+                    mine.push((g.grant_id.clone(), r.token.clone()));
+                    Outcome::Issued {
+                        grant_id: g.grant_id,
+                        replayed: r.replayed,
+                        receipt: r.receipt.unwrap(),
+                    }
+                }
+                Err(e) => failed(&e),
+            };
+        } else if roll < 85 {
+            let (g, t) = mine[rng.gen_range(0..mine.len())].clone();
+            op.kind = "check";
+            op.grant = g;
+            op.outcome = match client.check(check_req(&t)).await {
+                Ok(r) => Outcome::Checked {
+                    allow: r.decision == pb::Decision::Allow as i32,
+                    grant_id: r.grant_id,
+                    receipt: r.receipt.unwrap(),
+                },
+                Err(e) => failed(&e),
+            };
+        } else if roll < 97 {
+            let (g, _) = mine[rng.gen_range(0..mine.len())].clone();
+            op.kind = "revoke";
+            op.grant = g.clone();
+            op.outcome = match client.revoke(revoke_req(&g, "robustness")).await {
+                Ok(r) => Outcome::Revoked {
+                    already_inactive: r.already_inactive,
+                    receipt: r.receipt.unwrap(),
+                },
+                Err(e) => failed(&e),
+            };
+        } else {
+            op.kind = "complete";
+            op.outcome = match client
+                .complete_task(pb::CompleteTaskRequest {
+                    request_id: String::new(),
+                    task_id: task.clone(),
+                })
+                .await
+            {
+                Ok(_) => Outcome::Completed,
+                Err(e) => failed(&e),
+            };
+            task_no += 1;
+        }
+        op.end = Instant::now();
+        h.0.lock().unwrap().push(op);
+    }
+}
+
+/// One fault at a time, on a seeded schedule; every node runs again at the end.
+async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec<String>) {
+    while Instant::now() + Duration::from_secs(3) < stop {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+        let leader = c.wait_leader().await;
+        let any = rng.gen_range(1..=3u64);
+        let hold = Duration::from_millis(rng.gen_range(700..2000));
+        match rng.gen_range(0..4) {
+            0 => {
+                log.push(format!("kill -9 node {any}"));
+                c.kill(any);
+                tokio::time::sleep(hold).await;
+                c.spawn(any);
+            }
+            1 => {
+                log.push(format!("kill -9 leader {leader}"));
+                c.kill(leader);
+                tokio::time::sleep(hold).await;
+                c.spawn(leader);
+            }
+            2 => {
+                log.push(format!("SIGSTOP leader {leader} for {hold:?}"));
+                c.pause(leader);
+                tokio::time::sleep(hold).await;
+                c.resume(leader);
+            }
+            _ => {
+                log.push(format!("SIGTERM node {any}"));
+                c.terminate(any);
+                tokio::time::sleep(hold).await;
+                c.spawn(any);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_under_a_seeded_nemesis() {
+    let seed: u64 = std::env::var("GRANT_ROBUST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let secs: u64 = std::env::var("GRANT_ROBUST_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    eprintln!("robustness run: GRANT_ROBUST_SEED={seed} GRANT_ROBUST_SECS={secs}");
+    let mut c = Cluster::start(3).await;
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let history = Arc::new(History(Mutex::new(Vec::new())));
+    let workers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(worker(w, seed, c.client(), stop, history.clone())))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut faults = Vec::new();
+    nemesis(&mut c, &mut rng, stop, &mut faults).await;
+    for w in workers {
+        w.await.unwrap();
+    }
+    eprintln!("faults: {faults:?}");
+    c.wait_leader().await;
+    let digests = c.converged_digests().await;
+    assert!(
+        digests.iter().all(|d| d.1 == digests[0].1),
+        "replicas differ: {digests:?}"
+    );
+
+    let ops = history.0.lock().unwrap().clone();
+    let count = |k: &str, ok: fn(&Outcome) -> bool| {
+        ops.iter().filter(|o| o.kind == k && ok(&o.outcome)).count()
+    };
+    eprintln!(
+        "ops: {} ({} issued, {} checked, {} revoked, {} unknown outcomes)",
+        ops.len(),
+        count("issue", |o| matches!(o, Outcome::Issued { .. })),
+        count("check", |o| matches!(o, Outcome::Checked { .. })),
+        count("revoke", |o| matches!(o, Outcome::Revoked { .. })),
+        ops.iter()
+            .filter(|o| matches!(o.outcome, Outcome::Unknown(_)))
+            .count(),
+    );
+    let answers: BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|o| match &o.outcome {
+            Outcome::Refused(m) | Outcome::Unknown(m) => Some(m.as_str()),
+            _ => None,
+        })
+        .take(5)
+        .collect();
+    eprintln!("some errors seen: {answers:?}");
+    assert!(count("issue", |o| matches!(o, Outcome::Issued { .. })) > 0);
+    let ctx = format!("seed {seed}, faults {faults:?}");
+
+    // One grant per request id.
+    let mut by_rid: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    let mut grant_task: HashMap<&str, &str> = HashMap::new();
+    let mut issued_end: HashMap<&str, Instant> = HashMap::new();
+    for o in &ops {
+        if let Outcome::Issued { grant_id, .. } = &o.outcome {
+            by_rid.entry(&o.request_id).or_default().insert(grant_id);
+            grant_task.insert(grant_id, &o.task);
+            issued_end.entry(grant_id).or_insert(o.end);
+        }
+    }
+    for (rid, grants) in &by_rid {
+        assert_eq!(
+            grants.len(),
+            1,
+            "request id {rid} gave grants {grants:?} ({ctx})"
+        );
+    }
+
+    // When each grant's revocation was acknowledged (directly, or by an
+    // acknowledged completion of its task that started after it was issued),
+    // and which grants may have been revoked by an unanswered request.
+    let mut revoked_at: HashMap<&str, Instant> = HashMap::new();
+    let mut maybe_revoked: BTreeSet<&str> = BTreeSet::new();
+    for o in &ops {
+        match (&o.kind[..], &o.outcome) {
+            ("revoke", Outcome::Revoked { .. }) => {
+                let t = revoked_at.entry(&o.grant).or_insert(o.end);
+                *t = (*t).min(o.end);
+            }
+            ("revoke", Outcome::Unknown(_)) => {
+                maybe_revoked.insert(&o.grant);
+            }
+            ("complete", out) => {
+                for (g, task) in &grant_task {
+                    if *task != o.task {
+                        continue;
+                    }
+                    match out {
+                        Outcome::Completed if issued_end[g] < o.start => {
+                            let t = revoked_at.entry(g).or_insert(o.end);
+                            *t = (*t).min(o.end);
+                        }
+                        Outcome::Completed | Outcome::Unknown(_) => {
+                            maybe_revoked.insert(g);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // No check that started after an acknowledged revoke allowed.
+    for o in &ops {
+        if let Outcome::Checked { allow: true, .. } = o.outcome {
+            if let Some(t) = revoked_at.get(&o.grant[..]) {
+                assert!(
+                    o.start < *t,
+                    "check of {} by worker {} started {:?} after its revoke was acknowledged and allowed ({ctx})",
+                    o.grant,
+                    o.worker,
+                    o.start - *t
+                );
+            }
+        }
+    }
+
+    // Nothing acknowledged was lost.
+    let client = c.client();
+    for (g, _) in &issued_end {
+        let r = client
+            .get(pb::GetRequest {
+                grant_id: g.to_string(),
+                allow_stale: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged grant {g} lost: {e} ({ctx})"));
+        let state = r.grant.unwrap().state;
+        if revoked_at.contains_key(g) {
+            assert_eq!(state, pb::GrantState::Revoked as i32, "grant {g} ({ctx})");
+        } else if !maybe_revoked.contains(g) {
+            assert_eq!(state, pb::GrantState::Active as i32, "grant {g} ({ctx})");
+        }
+    }
+    // No task holds more grants than request ids were tried for it.
+    let mut tried: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for o in ops.iter().filter(|o| o.kind == "issue") {
+        tried.entry(&o.task).or_default().insert(&o.request_id);
+    }
+    for (task, rids) in &tried {
+        let listed = client.list(list_task_req(task, 500)).await.unwrap().grants;
+        assert!(
+            listed.len() <= rids.len(),
+            "task {task}: {} grants from {} request ids ({ctx})",
+            listed.len(),
+            rids.len()
+        );
+    }
+
+    // Every node holds the same chain; it verifies offline; every
+    // acknowledged op is in it exactly once, where its receipt says.
+    let mut exports = Vec::new();
+    for n in &c.nodes {
+        let e = String::from_utf8(client.audit_export(Some(&n.api_addr)).await.unwrap()).unwrap();
+        exports.push(e);
+    }
+    let entries = |e: &str| -> Vec<String> {
+        e.lines()
+            .filter(|l| l.starts_with("{\"type\":\"entry\""))
+            .map(str::to_string)
+            .collect()
+    };
+    let common = exports.iter().map(|e| entries(e).len()).min().unwrap();
+    for e in &exports[1..] {
+        assert_eq!(
+            entries(e)[..common],
+            entries(&exports[0])[..common],
+            "chains differ ({ctx})"
+        );
+    }
+    let keys = parse_trusted_keys(&client.roster().await.unwrap().keys.join("\n")).unwrap();
+    export::verify(&exports[0], &keys)
+        .unwrap_or_else(|e| panic!("export does not verify: {e} ({ctx})"));
+
+    let mut chain = Vec::new();
+    while (chain.len() as u64) < common as u64 {
+        let page = client
+            .audit_entries(chain.len() as u64, 1000)
+            .await
+            .unwrap();
+        assert!(!page.entries.is_empty());
+        chain.extend(page.entries);
+    }
+    let mut seen_seq: HashMap<u64, String> = HashMap::new();
+    let mut issue_entries: HashMap<&str, usize> = HashMap::new();
+    for e in &chain {
+        if e.kind == "issue" {
+            *issue_entries.entry(&e.grant_id).or_default() += 1;
+        }
+    }
+    for (i, o) in ops.iter().enumerate() {
+        let (kind, receipt, grant) = match &o.outcome {
+            Outcome::Issued {
+                receipt,
+                grant_id,
+                replayed,
+            } => {
+                if receipt.entry_hash.is_empty() {
+                    assert!(replayed, "issue of {grant_id} without a receipt ({ctx})");
+                    continue;
+                }
+                ("issue", receipt, grant_id.as_str())
+            }
+            Outcome::Checked {
+                receipt, grant_id, ..
+            } => ("check", receipt, grant_id.as_str()),
+            Outcome::Revoked {
+                receipt,
+                already_inactive: false,
+            } => ("revoke", receipt, o.grant.as_str()),
+            _ => continue,
+        };
+        let e = &chain[receipt.audit_seq as usize];
+        assert_eq!(
+            e.hash, receipt.entry_hash,
+            "{kind} receipt of {grant} ({ctx})"
+        );
+        assert_eq!(
+            e.kind, kind,
+            "{kind} of {grant} at seq {} ({ctx})",
+            receipt.audit_seq
+        );
+        assert_eq!(
+            e.grant_id, grant,
+            "{kind} at seq {} ({ctx})",
+            receipt.audit_seq
+        );
+        // Distinct operations, distinct entries (a replayed Issue shares
+        // its original's).
+        let key = if kind == "issue" {
+            format!("issue {grant}")
+        } else {
+            format!("{kind} op {i}")
+        };
+        if let Some(prev) = seen_seq.insert(receipt.audit_seq, key.clone()) {
+            assert_eq!(
+                prev, key,
+                "two operations share entry {} ({ctx})",
+                receipt.audit_seq
+            );
+        }
+    }
+    for g in issued_end.keys() {
+        assert_eq!(
+            issue_entries.get(g),
+            Some(&1),
+            "issue entries of {g} ({ctx})"
+        );
+    }
+}
