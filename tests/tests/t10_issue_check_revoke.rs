@@ -181,6 +181,16 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     let second = client.issue(req.clone()).await.unwrap();
     assert!(second.replayed);
     assert_eq!(second.token, first.token);
+    // Its receipt names the original audit entry: the chain holds one.
+    let (r1, r2) = (
+        first.receipt.clone().unwrap(),
+        second.receipt.clone().unwrap(),
+    );
+    assert!(!r1.entry_hash.is_empty());
+    assert_eq!(
+        (r2.audit_seq, &r2.entry_hash),
+        (r1.audit_seq, &r1.entry_hash)
+    );
     assert_eq!(
         first.grant.as_ref().unwrap().grant_id,
         second.grant.as_ref().unwrap().grant_id

@@ -121,10 +121,11 @@ fn issue(
                 d.grant_id
             ))
         })?;
+        // The receipt names the original entry: a replay appends none.
         return Ok(CommandResult::Issued {
             grant,
             replayed: true,
-            audit: None,
+            audit: d.audit,
         });
     }
     if state.task_completed(&c.task_id)? {
@@ -182,6 +183,7 @@ fn issue(
             grant_id: c.grant_id.clone(),
             fingerprint: c.fingerprint.clone(),
             applied_at_ms: c.now_ms,
+            audit: Some(audit),
         },
     });
     Ok(CommandResult::Issued {

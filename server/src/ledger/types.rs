@@ -63,6 +63,10 @@ pub struct DedupeRecord {
     /// other parameters is refused rather than answered with another grant.
     pub fingerprint: String,
     pub applied_at_ms: i64,
+    /// The audit entry of the original Issue, so that a replay's receipt
+    /// names it. Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditRef>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -249,7 +249,10 @@ fn deny_reasons() {
 #[test]
 fn retry_returns_same_grant_even_after_revoke() {
     let mut m = Mem::default();
-    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    let first = match m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000)) {
+        CommandResult::Issued { audit, .. } => audit.expect("an issue appends an entry"),
+        other => panic!("{other:?}"),
+    };
     m.run(Command::Revoke(RevokeCmd {
         grant_id: "g1".into(),
         reason: "done".into(),
@@ -259,11 +262,15 @@ fn retry_returns_same_grant_even_after_revoke() {
     // A delayed retry with a fresh grant id drawn by a new leader.
     match m.run(issue_cmd("r1", "g2", "t1", 3000, 60_000)) {
         CommandResult::Issued {
-            grant, replayed, ..
+            grant,
+            replayed,
+            audit,
         } => {
             assert!(replayed);
             assert_eq!(grant.grant_id, "g1");
             assert_eq!(grant.state, GrantState::Revoked);
+            // The replay's receipt names the original entry.
+            assert_eq!(audit, Some(first));
         }
         other => panic!("{other:?}"),
     }
