@@ -82,6 +82,21 @@ impl ClusterService {
             .clone()
     }
 
+    /// Commit a membership change; answer with the membership after it.
+    async fn change(
+        &self,
+        changes: impl Into<ChangeMembers<u64, NodeInfo>>,
+        retain: bool,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let resp = self
+            .ctx
+            .raft
+            .change_membership(changes, retain)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.membership_response(resp.log_id.index)))
+    }
+
     fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
         let m = self
             .ctx
@@ -252,13 +267,7 @@ impl Cluster for ClusterService {
         if voters.is_empty() || voters.len() > MEMBERS_MAX {
             return Err(ApiError::invalid("voters", format!("name 1-{MEMBERS_MAX} voters")).into());
         }
-        let resp = self
-            .ctx
-            .raft
-            .change_membership(voters, r.retain)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(self.membership_response(resp.log_id.index)))
+        self.change(voters, r.retain).await
     }
 
     async fn promote(
@@ -282,13 +291,8 @@ impl Cluster for ClusterService {
             ))
             .into());
         }
-        let resp = self
-            .ctx
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+        self.change(ChangeMembers::AddVoterIds([id].into()), false)
             .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(self.membership_response(resp.log_id.index)))
     }
 
     async fn remove(
@@ -311,13 +315,7 @@ impl Cluster for ClusterService {
         } else {
             ChangeMembers::RemoveNodes([id].into())
         };
-        let resp = self
-            .ctx
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(self.membership_response(resp.log_id.index)))
+        self.change(change, false).await
     }
 
     async fn transfer_leader(
