@@ -49,6 +49,7 @@ pub enum Line {
 }
 
 #[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawLine {
     #[serde(rename = "type")]
     ty: String,
@@ -126,8 +127,8 @@ impl Line {
                 format: raw.format.clone().ok_or_else(|| missing("format"))?,
                 version: raw.version.ok_or_else(|| missing("version"))?,
                 origin: raw.origin.clone().ok_or_else(|| missing("origin"))?,
-                entries: raw.entries.unwrap_or(0),
-                checkpoints: raw.checkpoints.unwrap_or(0),
+                entries: raw.entries.ok_or_else(|| missing("entries"))?,
+                checkpoints: raw.checkpoints.ok_or_else(|| missing("checkpoints"))?,
             }),
             "entry" => {
                 let hash = raw.hash.as_deref().ok_or_else(|| missing("hash"))?;
@@ -230,13 +231,14 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
     let Some((_, first)) = lines.next() else {
         return fail(Position::Header, "empty export", vec![]);
     };
-    let origin = match Line::parse(first) {
+    let (origin, announced) = match Line::parse(first) {
         Ok(Line::Header {
             format,
             version,
             origin,
-            ..
-        }) if format == FORMAT && version == VERSION => origin,
+            entries,
+            checkpoints,
+        }) if format == FORMAT && version == VERSION => (origin, (entries, checkpoints)),
         Ok(Line::Header {
             format, version, ..
         }) => {
@@ -429,6 +431,20 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
             vec![],
         );
     }
+    // The header is not signed, but a file cut short after its last
+    // checkpoint (or padded) is caught here rather than passing quietly.
+    if announced != (n, parsed.len() as u64) {
+        return fail(
+            Position::Export,
+            format!(
+                "the header announces {} entries and {} checkpoints, the export holds {n} and {}: lines were lost or added",
+                announced.0,
+                announced.1,
+                parsed.len()
+            ),
+            vec![first.to_string()],
+        );
+    }
     Ok(Summary {
         origin,
         entries: n,
@@ -514,5 +530,27 @@ mod tests {
             s.signers.into_iter().collect::<Vec<_>>(),
             vec!["node-1".to_string()]
         );
+    }
+
+    #[test]
+    fn an_unsigned_tail_cut_short_is_caught_by_the_header_count() {
+        let k = SigningKey::from_bytes(&[7; 32]);
+        let (e, n) = build(20, &k, "node-1", &[5, 12]);
+        let trusted = vec![VerifierKey::new("node-1", k.verifying_key())];
+        let whole = render(&e, &n);
+        assert_eq!(verify(&whole, &trusted).unwrap().covered, 12);
+        // Drop entry 19 (after the last checkpoint) but keep the header.
+        let cut: Vec<&str> = whole
+            .lines()
+            .filter(|l| !l.contains("\"seq\":19,"))
+            .collect();
+        let err = verify(&cut.join("\n"), &trusted).unwrap_err();
+        assert_eq!(err.at, Position::Export);
+        assert!(err.problem.contains("announces 20 entries"), "{err}");
+        // A header without its counts, or with a field it does not know, is refused.
+        let bare = whole.replacen(",\"entries\":20", "", 1);
+        assert!(verify(&bare, &trusted).is_err());
+        let extra = whole.replacen("\"checkpoints\":2", "\"checkpoints\":2,\"x\":1", 1);
+        assert!(verify(&extra, &trusted).is_err());
     }
 }
