@@ -3,8 +3,9 @@
 //! request id for the log.
 //!
 //! Raft and state figures are read when scraped; events between scrapes
-//! (leader changes, snapshots, checkpoints) are followed by a task that
-//! watches openraft's metrics.
+//! (leader changes, snapshots) are followed by a task that watches
+//! openraft's metrics. The checkpoint's age counts from the scrape that
+//! first saw it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -214,9 +215,8 @@ impl Metrics {
         {
             let mut mo = self.moments.lock().expect("moments lock");
             let now = Instant::now();
-            if mo.snapshot.0 != snapshot as u64 {
-                mo.snapshot = (snapshot as u64, now);
-            }
+            // The snapshot moment is kept by `follow`, which sees every
+            // change; checkpoints live in the state, so they are seen here.
             if mo.checkpoint.0 != cp {
                 mo.checkpoint = (cp, now);
             }
@@ -233,7 +233,7 @@ impl Metrics {
 }
 
 /// Serve GET /metrics on `metrics_addr` until shutdown; also follows leader
-/// changes and snapshot/checkpoint moments between scrapes.
+/// changes and snapshot moments between scrapes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -267,8 +267,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Count leader changes and note when the snapshot and checkpoint move,
-/// following every change of openraft's metrics.
+/// Count leader changes and note when the snapshot moves, following every
+/// change of openraft's metrics.
 async fn follow(metrics: Arc<Metrics>, ctx: NodeContext, shutdown: watch::Receiver<bool>) {
     let mut rx = ctx.raft.metrics();
     let mut leader = rx.borrow_watched().current_leader;
