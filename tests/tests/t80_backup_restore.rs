@@ -15,6 +15,17 @@ fn grantctl(c: &Cluster) -> Command {
     cmd
 }
 
+/// The command's standard output, after asserting it succeeded.
+fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `grantd restore` for node `id` of the new cluster `r`, every member named.
 fn restore(r: &Cluster, id: u64, backup: &std::path::Path) -> std::process::Output {
     let n = r.node(id);
@@ -66,27 +77,20 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     // Backups live apart from the cluster they came from.
     let vault = tempfile::tempdir().unwrap();
     let file = vault.path().join("cluster.backup");
-    let out = grantctl(&old)
-        .args(["snapshot", "save"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let saved = succeeded(
+        grantctl(&old)
+            .args(["snapshot", "save"])
+            .arg(&file)
+            .output()
+            .unwrap(),
     );
-    let saved = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(saved.contains("saved"), "{saved}");
-    let out = grantctl(&old)
-        .args(["snapshot", "status"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    succeeded(
+        grantctl(&old)
+            .args(["snapshot", "status"])
+            .arg(&file)
+            .output()
+            .unwrap(),
     );
     let bytes = std::fs::read(&file).unwrap();
     let (header, _) = grant_client::backup::parse(&bytes).unwrap();
@@ -115,12 +119,7 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     // Restore every member of the new cluster from the same file.
     let mut r = r;
     for id in 1..=3 {
-        let out = restore(&r, id, &file);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(restore(&r, id, &file));
     }
     // A second restore into a seeded directory is refused.
     let out = restore(&r, 1, &file);
@@ -203,33 +202,25 @@ async fn after_losing_a_majority_the_survivor_seeds_a_new_cluster() {
     let vault = tempfile::tempdir().unwrap();
     let file = vault.path().join("survivor.backup");
     let addr = old.node(survivor).api_addr.clone();
-    let out = Command::new(grantd_bin().with_file_name("grantctl"))
-        .args([
-            "--endpoints",
-            &addr,
-            "snapshot",
-            "save",
-            "--stale-from",
-            &addr,
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        Command::new(grantd_bin().with_file_name("grantctl"))
+            .args([
+                "--endpoints",
+                &addr,
+                "snapshot",
+                "save",
+                "--stale-from",
+                &addr,
+            ])
+            .arg(&file)
+            .output()
+            .unwrap(),
     );
     drop(old);
 
     let mut r = Cluster::prepare(3);
     for id in 1..=3 {
-        let out = restore(&r, id, &file);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(restore(&r, id, &file));
         r.spawn(id);
     }
     r.wait_leader().await;
