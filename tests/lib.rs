@@ -15,6 +15,9 @@ use grant_client::{Client, Options};
 pub use grant_client;
 pub use grant_proto;
 
+pub mod pki;
+use pki::Pki;
+
 /// Upper bound for any wait on observable state in a test.
 pub const WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -93,7 +96,11 @@ impl NodeProc {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
+    /// Passed to every node; `--insecure` among them makes the cluster
+    /// (and the harness's clients) plaintext.
     pub extra_args: Vec<String>,
+    /// The cluster's CA and certificates (mTLS unless `--insecure`).
+    pub pki: Pki,
 }
 
 impl Cluster {
@@ -107,6 +114,7 @@ impl Cluster {
         let mut c = Cluster {
             nodes: Vec::new(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            pki: Pki::new(&dir.path().join("pki")),
             dir,
         };
         for id in 1..=n {
@@ -144,8 +152,10 @@ impl Cluster {
     /// initialised: for a cluster whose data directories are seeded first
     /// (`grantd restore`). Start them with `spawn`.
     pub fn prepare(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster {
-            dir: tempfile::tempdir().expect("tempdir"),
+            pki: Pki::new(&dir.path().join("pki")),
+            dir,
             nodes: Vec::new(),
             extra_args: Vec::new(),
         };
@@ -191,9 +201,31 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
 
+    /// Whether the nodes serve mTLS (the default) rather than plaintext.
+    pub fn secure(&self) -> bool {
+        !self.extra_args.iter().any(|a| a == "--insecure")
+    }
+
+    /// The TLS flags of node `id` (its certificate, the CA and the roles).
+    fn tls_args(&self, id: u64) -> Vec<std::ffi::OsString> {
+        if !self.secure() {
+            return Vec::new();
+        }
+        let f = self.pki.node(id);
+        vec![
+            "--config".into(),
+            self.pki.config().into(),
+            "--tls-cert-file".into(),
+            f.cert.into(),
+            "--tls-key-file".into(),
+            f.key.into(),
+        ]
+    }
+
     /// Start (or restart) node `id` on its address and data directory.
     pub fn spawn(&mut self, id: u64) {
-        let extra = self.extra_args.clone();
+        let mut extra: Vec<std::ffi::OsString> = self.tls_args(id);
+        extra.extend(self.extra_args.iter().map(Into::into));
         let log_path = self.dir.path().join(format!("node{id}.log"));
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} already running");
@@ -263,9 +295,72 @@ impl Cluster {
     pub fn answering_client(&self) -> Client {
         Client::new(
             self.answering().map(|n| n.api_addr.clone()).collect(),
-            Options::default(),
+            self.options(),
         )
         .unwrap()
+    }
+
+    /// Client options of the harness's own identity (every role), or
+    /// plaintext when the cluster is insecure.
+    pub fn options(&self) -> Options {
+        self.options_as(pki::ADMIN)
+    }
+
+    /// Client options presenting `spiffe://example.org/<path>`.
+    pub fn options_as(&self, path: &str) -> Options {
+        if self.secure() {
+            self.pki.options(&self.pki.identity(path))
+        } else {
+            Options::default()
+        }
+    }
+
+    /// A client of every node calling as `spiffe://example.org/<path>`.
+    pub fn client_as(&self, path: &str) -> Client {
+        Client::new(
+            self.nodes.iter().map(|n| n.api_addr.clone()).collect(),
+            self.options_as(path),
+        )
+        .unwrap()
+    }
+
+    /// grantctl, pointed at every node, with the harness's identity.
+    pub fn grantctl(&self) -> Command {
+        let mut cmd = Command::new(grantd_bin().with_file_name("grantctl"));
+        let eps: Vec<String> = self.nodes.iter().map(|n| n.api_addr.clone()).collect();
+        cmd.args(["--endpoints", &eps.join(",")]);
+        self.grantctl_identity(&mut cmd);
+        cmd
+    }
+
+    /// Give a grantctl command the harness's identity (or --insecure).
+    pub fn grantctl_identity(&self, cmd: &mut Command) {
+        if self.secure() {
+            let f = self.pki.identity(pki::ADMIN);
+            cmd.env("GRANTCTL_CA", f.ca)
+                .env("GRANTCTL_CERT", f.cert)
+                .env("GRANTCTL_KEY", f.key);
+        } else {
+            cmd.env("GRANTCTL_INSECURE", "true");
+        }
+    }
+
+    /// A raw gRPC channel to `addr` with the harness's identity.
+    pub async fn channel(&self, addr: &str) -> Option<tonic::transport::Channel> {
+        let opts = self.options();
+        let e = tonic::transport::Endpoint::from_shared(format!(
+            "{}://{addr}",
+            if opts.tls.is_some() { "https" } else { "http" }
+        ))
+        .ok()?;
+        let e = match &opts.tls {
+            Some(t) => {
+                let accept: grant_proto::tls::AcceptServer = std::sync::Arc::new(|_: &str| true);
+                t.client_endpoint(e, accept).ok()?
+            }
+            None => e,
+        };
+        e.connect().await.ok()
     }
 
     /// SIGTERM node `id` and wait for it to exit; returns whether it exited 0.
@@ -298,18 +393,14 @@ impl Cluster {
 
     /// A client that knows every node.
     pub fn client(&self) -> Client {
-        Client::new(
-            self.nodes.iter().map(|n| n.api_addr.clone()).collect(),
-            Options::default(),
-        )
-        .unwrap()
+        self.client_as(pki::ADMIN)
     }
 
     /// A client bound to one node that does not follow the leader.
     pub fn node_client(&self, id: u64) -> Client {
         let opts = Options {
             attempts_max: 1,
-            ..Options::default()
+            ..self.options()
         };
         Client::new(vec![self.node(id).api_addr.clone()], opts).unwrap()
     }

@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use grant_proto::tls::{trust_domain_of, AcceptServer};
 use grant_proto::v1 as pb;
 use grant_proto::v1::audit_client::AuditClient;
 use grant_proto::v1::cluster_client::ClusterClient;
@@ -21,7 +22,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub use grant_proto::backup;
+pub use grant_proto::tls::{Tls, TlsFiles};
 pub use grant_proto::v1;
+
+pub mod devcerts;
 
 /// Tuning of the client's retries and timeouts.
 #[derive(Clone, Debug)]
@@ -33,6 +37,10 @@ pub struct Options {
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// mTLS: our certificate, and the CA bundle the servers' certificates
+    /// must chain to; a server must also carry a SPIFFE ID of our own trust
+    /// domain. `None` speaks plaintext (a cluster started `--insecure`).
+    pub tls: Option<Tls>,
 }
 
 impl Default for Options {
@@ -43,6 +51,7 @@ impl Default for Options {
             backoff_max: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -129,11 +138,22 @@ impl Client {
         }
         let url = if addr.contains("://") {
             addr.to_string()
+        } else if self.options.tls.is_some() {
+            format!("https://{addr}")
         } else {
             format!("http://{addr}")
         };
-        let c = Endpoint::from_shared(url)
-            .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?
+        let mut e = Endpoint::from_shared(url)
+            .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?;
+        if let Some(tls) = &self.options.tls {
+            let td = tls.trust_domain().to_string();
+            let accept: AcceptServer =
+                Arc::new(move |id: &str| trust_domain_of(id) == Some(td.as_str()));
+            e = tls
+                .client_endpoint(e, accept)
+                .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?;
+        }
+        let c = e
             .connect_timeout(self.options.connect_timeout)
             .timeout(self.options.request_timeout)
             .tcp_nodelay(true)

@@ -19,8 +19,64 @@ struct Cli {
         default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
     )]
     endpoints: Vec<String>,
+    /// CA bundle (PEM) that the servers' certificates must chain to.
+    #[arg(long, env = "GRANTCTL_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// Your certificate (PEM): its SPIFFE ID is who you are to the cluster.
+    #[arg(long, env = "GRANTCTL_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "GRANTCTL_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
+    /// Speak plaintext, to a development cluster started with --insecure.
+    #[arg(long, env = "GRANTCTL_INSECURE", global = true)]
+    insecure: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+impl Cli {
+    /// Client options: mTLS from --ca/--cert/--key, or plaintext when
+    /// --insecure. A command that works on files alone needs neither.
+    fn options(&self) -> Result<Options, String> {
+        let tls = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) if !self.insecure => Some(
+                grant_client::Tls::load(&grant_client::TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            (None, None, None) if self.insecure || self.cmd.offline() => None,
+            _ if self.insecure => {
+                return Err("--insecure cannot be combined with --ca, --cert or --key".into())
+            }
+            _ => {
+                return Err(
+                    "give --ca, --cert and --key (or GRANTCTL_CA, GRANTCTL_CERT, \
+                            GRANTCTL_KEY), or --insecure for a plaintext development cluster"
+                        .into(),
+                )
+            }
+        };
+        Ok(Options {
+            tls,
+            ..Options::default()
+        })
+    }
+}
+
+impl Cmd {
+    /// Commands that read or write local files only.
+    fn offline(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Dev(_)
+                | Cmd::Snapshot(SnapshotCmd::Status { .. })
+                | Cmd::Audit(audit_cmd::AuditCmd::Verify { .. })
+        )
+    }
 }
 
 #[derive(Subcommand)]
@@ -99,6 +155,25 @@ enum Cmd {
     /// The signed audit log: export, verify offline, prove, roster.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCmd),
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Write a CA, node certificates (node-N.pem/.key, SPIFFE ID
+    /// spiffe://TD/grantd/node-N), example workload certificates (admin,
+    /// orchestrator, tool, auditor, agent) and grantd-tls.toml (the CA path
+    /// and a matching role mapping) into DIR. For local use only.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        out: std::path::PathBuf,
+        #[arg(long, default_value = "example.org")]
+        trust_domain: String,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,8 +270,8 @@ fn print_receipt(r: &Option<pb::Receipt>) {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let client =
-        Client::new(cli.endpoints.clone(), Options::default()).map_err(|e| e.to_string())?;
+    let options = cli.options()?;
+    let client = Client::new(cli.endpoints.clone(), options).map_err(|e| e.to_string())?;
     let e = |e: grant_client::ClientError| e.to_string();
     match cli.cmd {
         Cmd::Issue {
@@ -338,6 +413,32 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
+        Cmd::Dev(DevCmd::Certs {
+            out,
+            trust_domain,
+            nodes,
+        }) => {
+            if !(1..=grant_client::devcerts::NODES_MAX).contains(&nodes) {
+                return Err(format!(
+                    "--nodes must be 1..={}",
+                    grant_client::devcerts::NODES_MAX
+                ));
+            }
+            if trust_domain.is_empty()
+                || !trust_domain
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+            {
+                return Err(format!(
+                    "--trust-domain {trust_domain:?}: use a-z, 0-9, '.', '-', '_'"
+                ));
+            }
+            let files = grant_client::devcerts::generate(&out, &trust_domain, nodes)
+                .map_err(|err| format!("cannot write certificates to {}: {err}", out.display()))?;
+            for f in files {
+                println!("{}", f.display());
+            }
+        }
         Cmd::Snapshot(SnapshotCmd::Save { file, stale_from }) => {
             let data = client.backup(stale_from.as_deref()).await.map_err(e)?;
             let (h, _) = grant_client::backup::parse(&data)

@@ -1,11 +1,14 @@
 //! The wire contract of grant-ledger: protobuf messages and gRPC services
 //! generated from `protos/` (feature `grpc`), and the audit format with its
-//! offline verifier (`audit`). No I/O lives here.
+//! offline verifier (`audit`), and the TLS settings that grantd and its
+//! clients share (`tls`: the only module that reads files).
 
 pub mod audit;
 pub mod backup;
 #[cfg(feature = "grpc")]
 pub mod convert;
+#[cfg(feature = "grpc")]
+pub mod tls;
 
 /// The encoded descriptors of every service, for gRPC server reflection.
 #[cfg(feature = "grpc")]

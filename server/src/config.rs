@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::roles::{RoleMap, RolesConfig};
 use crate::limits;
+use grant_proto::tls::TlsFiles;
 
 /// Highest `check_batch_max` a configuration may set (the log entry size
 /// limit is checked against it at compile time).
@@ -108,6 +110,21 @@ pub struct Args {
     /// [default: 127.0.0.1:7301].
     #[arg(long, env = "GRANTD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// CA bundle (PEM) that every client and peer certificate must chain to.
+    #[arg(long, env = "GRANTD_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM), served on both listeners and shown to
+    /// peers; its one URI SAN is the node's SPIFFE ID.
+    #[arg(long, env = "GRANTD_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of tls_cert_file (PEM).
+    #[arg(long, env = "GRANTD_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plaintext with no authentication and every role open to
+    /// everyone: development only, and only on loopback addresses
+    /// [default: false].
+    #[arg(long, env = "GRANTD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -179,6 +196,11 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<LogFormat>,
     metrics_addr: Option<SocketAddr>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    roles: Option<RolesConfig>,
 }
 
 /// The validated configuration.
@@ -206,6 +228,12 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub metrics_addr: SocketAddr,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub insecure: bool,
+    /// The bootstrap role mapping (`[roles]` in the file only).
+    pub roles: RolesConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,8 +322,16 @@ impl Config {
             log: pick!(log, "info".to_string()),
             log_format: pick!(log_format, LogFormat::Text),
             metrics_addr: pick!(metrics_addr, "127.0.0.1:7301".parse().unwrap()),
+            tls_ca_file: args.tls_ca_file.clone().or(file.tls_ca_file.clone()),
+            tls_cert_file: args.tls_cert_file.clone().or(file.tls_cert_file.clone()),
+            tls_key_file: args.tls_key_file.clone().or(file.tls_key_file.clone()),
+            insecure: pick!(insecure, false),
+            roles: file.roles.clone().unwrap_or_default(),
         };
         c.validate()?;
+        if args.command.is_none() {
+            c.validate_security()?;
+        }
         Ok(c)
     }
 
@@ -376,6 +412,47 @@ impl Config {
         Ok(())
     }
 
+    /// TLS or insecure, and the role mapping: what serving needs (a
+    /// `restore` serves nothing and is not asked for them).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |k, m: String| Err(ConfigError::Invalid(k, m));
+        let files = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file];
+        if self.insecure {
+            if files.iter().any(|f| f.is_some()) {
+                return bad(
+                    "insecure",
+                    "cannot be combined with tls_ca_file, tls_cert_file or tls_key_file".into(),
+                );
+            }
+            for (k, a) in [("api_addr", self.api_addr), ("raft_addr", self.raft_addr)] {
+                if !a.ip().is_loopback() {
+                    return bad(
+                        "insecure",
+                        format!("plaintext is allowed on loopback addresses only; {k} is {a}"),
+                    );
+                }
+            }
+        } else if files.iter().any(|f| f.is_none()) {
+            return bad(
+                "tls_cert_file",
+                "set tls_ca_file, tls_cert_file and tls_key_file (`grantctl dev certs` makes a \
+                 set for local use), or insecure = true on loopback for development"
+                    .into(),
+            );
+        }
+        RoleMap::from_config(&self.roles).map_err(|e| ConfigError::Invalid("roles", e))?;
+        Ok(())
+    }
+
+    /// The TLS files, when not insecure.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            ca: self.tls_ca_file.clone()?,
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+        })
+    }
+
     /// The bootstrap voters, parsed.
     pub fn initial_member_nodes(&self) -> Result<Vec<grant_proto::v1::Node>, ConfigError> {
         self.initial_members
@@ -398,6 +475,7 @@ mod tests {
         Args {
             node_id: Some(1),
             data_dir: Some("/tmp/x".into()),
+            insecure: Some(true),
             ..Default::default()
         }
     }
@@ -418,6 +496,7 @@ mod tests {
         };
         let a = Args {
             data_dir: Some("/d".into()),
+            insecure: Some(true),
             ..a
         };
         let c = Config::load(&a).unwrap();

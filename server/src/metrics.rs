@@ -355,9 +355,17 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let rpc = rpc_name(req.uri().path());
         let id = request_id(&req);
-        let span = tracing::info_span!("rpc", rpc = %rpc, request_id = %id);
+        // `caller` is filled in by the auth layer, which runs inside.
+        let span = tracing::info_span!(
+            "rpc",
+            rpc = %rpc,
+            request_id = %id,
+            caller = tracing::field::Empty
+        );
         let started = Instant::now();
-        let fut = self.inner.call(req).instrument(span.clone());
+        let fut = span
+            .in_scope(|| self.inner.call(req))
+            .instrument(span.clone());
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let mut res = fut.await;

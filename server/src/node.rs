@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use grant_proto::tls::{AcceptServer, Tls};
 use grant_proto::v1::audit_server::AuditServer;
 use grant_proto::v1::cluster_server::ClusterServer;
 use grant_proto::v1::grants_server::GrantsServer;
@@ -15,6 +16,8 @@ use crate::api::batcher::CheckBatcher;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::{now_ms, NodeContext};
+use crate::auth::layer::{Access, AuthLayer, Caller};
+use crate::auth::roles::{Role, RoleMap};
 use crate::config::Config;
 use crate::ledger::{Command, SweepCmd};
 use crate::limits;
@@ -51,7 +54,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         ..Default::default()
     }
     .validate()?;
-    let network = Network::new(Duration::from_millis(config.peer_rpc_timeout_ms));
+    let (tls, access) = security(&config)?;
+    let peer_tls = tls.clone().map(|t| {
+        let access = access.clone();
+        let accept: AcceptServer =
+            Arc::new(move |id: &str| access.has(&Caller::Spiffe(id.to_string()), Role::Peer));
+        (t, accept)
+    });
+    let network = Network::new(Duration::from_millis(config.peer_rpc_timeout_ms), peer_tls);
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
@@ -62,7 +72,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     .await?;
 
     bootstrap(&config, &raft).await?;
-    let ctx = NodeContext::new(config.clone(), raft.clone(), state);
+    let ctx = NodeContext::new(config.clone(), raft.clone(), state, access.clone());
     let checks = CheckBatcher::start(ctx.clone());
     let metrics = Metrics::new();
     // Bound here: a taken port fails start-up at once.
@@ -81,9 +91,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .register_encoded_file_descriptor_set(grant_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let api = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut api = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut peer = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(t) = &tls {
+        api = api.tls_config(t.server_config())?;
+        peer = peer.tls_config(t.server_config())?;
+    }
+    // Metrics outermost: refused calls are counted and logged in their span.
+    let api = api
         .layer(RpcLayer { metrics })
+        .layer(AuthLayer {
+            access: access.clone(),
+        })
         .add_service(
             GrantsServer::new(GrantsService::new(ctx.clone(), checks))
                 .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
@@ -100,8 +119,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     // The peer service outlives the API during shutdown: a leader hands
     // over while still a member that answers its peers.
     let (peer_stop, peer_stop_rx) = watch::channel(false);
-    let peer = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let peer = peer
+        .layer(AuthLayer {
+            access: access.clone(),
+        })
         .add_service(
             RaftPeerServer::new(RaftPeerService::new(raft.clone()))
                 .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
@@ -147,6 +168,33 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The node's TLS material and how its listeners admit callers. Plaintext
+/// (`insecure`, loopback only: the config checks) is said loudly.
+fn security(config: &Config) -> anyhow::Result<(Option<Tls>, Arc<Access>)> {
+    let Some(files) = config.tls_files() else {
+        tracing::warn!(
+            "INSECURE: serving plaintext without authentication, every caller holds every \
+             role; for development on loopback only"
+        );
+        return Ok((None, Arc::new(Access::Insecure)));
+    };
+    let tls = Tls::load(&files)?;
+    let roles = RoleMap::from_config(&config.roles).map_err(anyhow::Error::msg)?;
+    if !roles.has(&tls.id, Role::Peer) {
+        anyhow::bail!(
+            "this node's certificate names {}, which roles.peer does not match: \
+             its peers would refuse it",
+            tls.id
+        );
+    }
+    tracing::info!(id = %tls.id, "mTLS on the API and peer listeners");
+    let access = Access::Mtls {
+        trust_domain: tls.trust_domain().to_string(),
+        roles,
+    };
+    Ok((Some(tls), Arc::new(access)))
 }
 
 /// With `initial_members` set, a node that has never been part of a cluster

@@ -257,7 +257,7 @@ async fn follower_answers_with_leader_hint_and_client_follows() {
             c.node(follower).api_addr.clone(),
             c.node(leader).api_addr.clone(),
         ],
-        grant_client::Options::default(),
+        c.options(),
     )
     .unwrap();
     let r = follower_first.issue(issue_req("hint", 60)).await.unwrap();

@@ -323,7 +323,9 @@ async fn proofs_verify_against_signed_checkpoints() {
         .map(|n| n.api_addr.clone())
         .collect::<Vec<_>>()
         .join(",");
-    let out = Command::new(grantd_bin().with_file_name("grantctl"))
+    let mut cmd = Command::new(grantd_bin().with_file_name("grantctl"));
+    c.grantctl_identity(&mut cmd);
+    let out = cmd
         .args([
             "--endpoints",
             &endpoints,

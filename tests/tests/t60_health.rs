@@ -11,13 +11,8 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-async fn health(addr: &str, service: &str) -> Option<ServingStatus> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut c = HealthClient::new(ch);
+async fn health(c: &Cluster, addr: &str, service: &str) -> Option<ServingStatus> {
+    let mut c = HealthClient::new(c.channel(addr).await?);
     let r = c
         .check(HealthCheckRequest {
             service: service.into(),
@@ -33,12 +28,12 @@ async fn health_follows_quorum() {
     for n in &c.nodes {
         let addr = n.api_addr.clone();
         wait_for("every node serving", || {
-            let addr = addr.clone();
-            async move { health(&addr, "").await == Some(ServingStatus::Serving) }
+            let (addr, c) = (addr.clone(), &c);
+            async move { health(c, &addr, "").await == Some(ServingStatus::Serving) }
         })
         .await;
         assert_eq!(
-            health(&n.api_addr, "grantledger.v1.Grants").await,
+            health(&c, &n.api_addr, "grantledger.v1.Grants").await,
             Some(ServingStatus::Serving)
         );
     }
@@ -61,15 +56,15 @@ async fn health_follows_quorum() {
     }
     let addr = c.node(survivor).api_addr.clone();
     wait_for("the survivor to report not serving", || {
-        let addr = addr.clone();
-        async move { health(&addr, "").await == Some(ServingStatus::NotServing) }
+        let (addr, c) = (addr.clone(), &c);
+        async move { health(c, &addr, "").await == Some(ServingStatus::NotServing) }
     })
     .await;
     // Quorum back: serving again.
     c.spawn(others[0]);
     wait_for("the survivor to serve again", || {
-        let addr = addr.clone();
-        async move { health(&addr, "").await == Some(ServingStatus::Serving) }
+        let (addr, c) = (addr.clone(), &c);
+        async move { health(c, &addr, "").await == Some(ServingStatus::Serving) }
     })
     .await;
 }
@@ -77,13 +72,7 @@ async fn health_follows_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_public_services() {
     let c = Cluster::start(1).await;
-    let mut client = ServerReflectionClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].api_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = ServerReflectionClient::new(c.channel(&c.nodes[0].api_addr).await.unwrap());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

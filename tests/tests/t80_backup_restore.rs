@@ -8,13 +8,6 @@ use grant_tests::grant_proto::audit::export::{self, parse_trusted_keys};
 use grant_tests::*;
 use std::process::Command;
 
-fn grantctl(c: &Cluster) -> Command {
-    let mut cmd = Command::new(grantd_bin().with_file_name("grantctl"));
-    let eps: Vec<String> = c.nodes.iter().map(|n| n.api_addr.clone()).collect();
-    cmd.args(["--endpoints", &eps.join(",")]);
-    cmd
-}
-
 /// The command's standard output, after asserting it succeeded.
 fn succeeded(out: std::process::Output) -> String {
     assert!(
@@ -78,7 +71,7 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     let vault = tempfile::tempdir().unwrap();
     let file = vault.path().join("cluster.backup");
     let saved = succeeded(
-        grantctl(&old)
+        old.grantctl()
             .args(["snapshot", "save"])
             .arg(&file)
             .output()
@@ -86,7 +79,7 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     );
     assert!(saved.contains("saved"), "{saved}");
     succeeded(
-        grantctl(&old)
+        old.grantctl()
             .args(["snapshot", "status"])
             .arg(&file)
             .output()
@@ -202,19 +195,20 @@ async fn after_losing_a_majority_the_survivor_seeds_a_new_cluster() {
     let vault = tempfile::tempdir().unwrap();
     let file = vault.path().join("survivor.backup");
     let addr = old.node(survivor).api_addr.clone();
+    let mut cmd = Command::new(grantd_bin().with_file_name("grantctl"));
+    old.grantctl_identity(&mut cmd);
     succeeded(
-        Command::new(grantd_bin().with_file_name("grantctl"))
-            .args([
-                "--endpoints",
-                &addr,
-                "snapshot",
-                "save",
-                "--stale-from",
-                &addr,
-            ])
-            .arg(&file)
-            .output()
-            .unwrap(),
+        cmd.args([
+            "--endpoints",
+            &addr,
+            "snapshot",
+            "save",
+            "--stale-from",
+            &addr,
+        ])
+        .arg(&file)
+        .output()
+        .unwrap(),
     );
     drop(old);
 

@@ -391,6 +391,11 @@ impl Cluster for ClusterService {
             state_digest_index,
             voters,
             learners,
+            transport_security: match *self.ctx.access {
+                crate::auth::layer::Access::Insecure => "insecure",
+                crate::auth::layer::Access::Mtls { .. } => "mtls",
+            }
+            .into(),
         }))
     }
 }

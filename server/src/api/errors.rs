@@ -23,6 +23,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller is known but may not do this (its role or its identity).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// This node is not the leader; retry on the leader (safe: nothing was proposed).
     #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::ResourceExhausted(_) => "resource_exhausted",
+            ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Unavailable(_) => "unavailable",
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::NotLeader { .. }
             | ApiError::OutcomeUnknown { .. }
             | ApiError::Unavailable(_) => Code::Unavailable,

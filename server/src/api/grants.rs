@@ -8,6 +8,8 @@ use tonic::{Request, Response, Status};
 use super::batcher::CheckBatcher;
 use super::errors::ApiError;
 use super::{now_ms, token, validate, NodeContext};
+use crate::auth::layer::Caller;
+use crate::auth::roles::Role;
 use crate::ledger::{
     self, AuditRef, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason,
 };
@@ -95,10 +97,17 @@ fn unexpected(r: CommandResult) -> ApiError {
 /// Fingerprint of an Issue's parameters: a request id reused with other
 /// parameters is refused instead of answered with the first grant. The token
 /// secret is not part of it: a replay gets the grant whatever secret it
-/// carries, and the token only with the original one.
-fn fingerprint(r: &pb::IssueRequest, scopes: &[ledger::Scope], ttl_seconds: u64) -> String {
+/// carries, and the token only with the original one. The issuing caller is:
+/// another caller reusing the id gets a conflict, not someone else's grant.
+fn fingerprint(
+    issuer: &str,
+    r: &pb::IssueRequest,
+    scopes: &[ledger::Scope],
+    ttl_seconds: u64,
+) -> String {
     let mut h = Sha256::new();
     for part in [
+        issuer.as_bytes(),
         r.subject.as_bytes(),
         r.task_id.as_bytes(),
         r.intent.as_bytes(),
@@ -119,16 +128,44 @@ fn fingerprint(r: &pb::IssueRequest, scopes: &[ledger::Scope], ttl_seconds: u64)
     hex::encode(h.finalize())
 }
 
+impl GrantsService {
+    /// The identity presenting a token to Check. A checker (a tool server)
+    /// names the workload it authenticated; any other caller presents its
+    /// own token, as itself, and may not speak for someone else.
+    fn presenter(&self, caller: &Caller, named: String) -> Result<String, ApiError> {
+        if self.ctx.access.has(caller, Role::Checker) {
+            validate::spiffe_id("identity", &named)?;
+            return Ok(named);
+        }
+        let own = caller.id();
+        if !named.is_empty() && named != own {
+            return Err(ApiError::PermissionDenied(format!(
+                "{own} may check only its own grants: presenting for {named} needs the checker role"
+            )));
+        }
+        Ok(own.to_string())
+    }
+}
+
 #[tonic::async_trait]
 impl Grants for GrantsService {
     async fn issue(
         &self,
         req: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         validate::request_id(&r.request_id)?;
         log_request_id(&r.request_id);
         validate::spiffe_id("subject", &r.subject)?;
+        if !self.ctx.access.may_issue_for(&caller, &r.subject) {
+            return Err(ApiError::PermissionDenied(format!(
+                "{} may not issue grants for {}: no roles.issuer entry pairs them",
+                caller.id(),
+                r.subject
+            ))
+            .into());
+        }
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
         validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
         let scopes: Vec<ledger::Scope> = r
@@ -162,13 +199,13 @@ impl Grants for GrantsService {
         let now = now_ms();
         let cmd = Command::Issue(ledger::IssueCmd {
             request_id: r.request_id.clone(),
-            fingerprint: fingerprint(&r, &scopes, ttl_seconds),
+            fingerprint: fingerprint(caller.id(), &r, &scopes, ttl_seconds),
             grant_id: minted.grant_id,
             subject: r.subject.clone(),
             task_id: r.task_id.clone(),
             scopes,
             intent: r.intent.clone(),
-            issuer: String::new(),
+            issuer: caller.id().to_string(),
             token_hash: minted.token_hash,
             now_ms: now,
             expires_at_ms: now + (ttl_seconds as i64) * 1000,
@@ -203,6 +240,7 @@ impl Grants for GrantsService {
         &self,
         req: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         if r.token.len() > TOKEN_BYTES_MAX {
             return Err(
@@ -210,16 +248,16 @@ impl Grants for GrantsService {
             );
         }
         let (grant_id, token_hash) = token::parse(&r.token)?;
-        validate::spiffe_id("identity", &r.identity)?;
+        let identity = self.presenter(&caller, r.identity)?;
         validate::name("resource", &r.resource, RESOURCE_BYTES_MAX)?;
         validate::name("action", &r.action, ACTION_BYTES_MAX)?;
         let cmd = CheckCmd {
             grant_id,
             token_hash,
-            identity: r.identity,
+            identity,
             resource: r.resource,
             action: r.action,
-            actor: String::new(),
+            actor: caller.id().to_string(),
         };
         let (o, index) = self.checks.check(cmd).await?;
         Ok(Response::new(pb::CheckResponse {
@@ -238,6 +276,7 @@ impl Grants for GrantsService {
         &self,
         req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         if !r.request_id.is_empty() {
             validate::request_id(&r.request_id)?;
@@ -248,7 +287,7 @@ impl Grants for GrantsService {
         let cmd = Command::Revoke(ledger::RevokeCmd {
             grant_id: r.grant_id,
             reason: r.reason,
-            actor: String::new(),
+            actor: caller.id().to_string(),
             now_ms: now_ms(),
         });
         match self.ctx.propose(cmd).await? {
@@ -272,6 +311,7 @@ impl Grants for GrantsService {
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         if !r.request_id.is_empty() {
             validate::request_id(&r.request_id)?;
@@ -280,7 +320,7 @@ impl Grants for GrantsService {
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
         let cmd = Command::CompleteTask(ledger::CompleteTaskCmd {
             task_id: r.task_id,
-            actor: String::new(),
+            actor: caller.id().to_string(),
             now_ms: now_ms(),
         });
         match self.ctx.propose(cmd).await? {

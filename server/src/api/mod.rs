@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
 
+use crate::auth::layer::Access;
 use crate::config::Config;
 use crate::ledger::{Command, CommandResult};
 use crate::raft::Raft;
@@ -27,15 +28,18 @@ pub struct NodeContext {
     pub config: Arc<Config>,
     pub raft: Raft,
     pub state: StateReader,
+    /// How callers are identified and what they may do.
+    pub access: Arc<Access>,
     proposals: Arc<Semaphore>,
 }
 
 impl NodeContext {
-    pub fn new(config: Arc<Config>, raft: Raft, state: StateReader) -> Self {
+    pub fn new(config: Arc<Config>, raft: Raft, state: StateReader, access: Arc<Access>) -> Self {
         NodeContext {
             config,
             raft,
             state,
+            access,
             proposals: Arc::new(Semaphore::new(crate::limits::PROPOSALS_IN_FLIGHT_MAX)),
         }
     }

@@ -1,9 +1,7 @@
-//! Access control (issue #4, in progress): who may call what.
-//!
-//! This part is the policy: SPIFFE ID patterns, the roles of DESIGN.md and
-//! which role each RPC needs. It is not wired to the listeners yet: the
-//! caller's identity comes from its mTLS certificate (or a JWT), which the
-//! transport work of issue #4 adds; until then every caller is let in, as
-//! docs/operations.md says.
+//! Access control: who is calling (`layer`: the SPIFFE ID of the client
+//! certificate, checked on every request) and what each caller may do
+//! (`roles`: SPIFFE ID patterns, the roles of DESIGN.md, and the role each
+//! RPC needs). docs/security.md is the user's view.
 
+pub mod layer;
 pub mod roles;

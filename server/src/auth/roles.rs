@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::validate;
 
@@ -16,6 +16,19 @@ pub enum Role {
     Auditor,
     Admin,
     Peer,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Issuer => "issuer",
+            Role::Checker => "checker",
+            Role::Revoker => "revoker",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+            Role::Peer => "peer",
+        }
+    }
 }
 
 /// A SPIFFE ID pattern: an exact ID (`spiffe://td/a/b`), every ID under a
@@ -58,7 +71,7 @@ impl Pattern {
 }
 
 /// The `[roles]` section of the config file, as written.
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RolesConfig {
     #[serde(default)]
@@ -75,7 +88,7 @@ pub struct RolesConfig {
     pub peer: Vec<String>,
 }
 
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Callers allowed to issue.

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use grant_proto::tls::{AcceptServer, Tls};
 use grant_proto::v1::raft::raft_peer_client::RaftPeerClient;
 use grant_proto::v1::raft::{RaftPayload, SnapshotChunk};
 use openraft::errors::{NetworkError, ReplicationClosed, Unreachable};
@@ -23,13 +24,17 @@ use crate::limits;
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     rpc_timeout: Duration,
+    /// Our certificate, and which server identities count as peers; `None`
+    /// in insecure (plaintext) mode.
+    tls: Option<(Tls, AcceptServer)>,
 }
 
 impl Network {
-    pub fn new(rpc_timeout: Duration) -> Self {
+    pub fn new(rpc_timeout: Duration, tls: Option<(Tls, AcceptServer)>) -> Self {
         Network {
             channels: Default::default(),
             rpc_timeout,
+            tls,
         }
     }
 
@@ -38,8 +43,15 @@ impl Network {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut e = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        if let Some((tls, accept)) = &self.tls {
+            e = tls
+                .client_endpoint(e, accept.clone())
+                .map_err(|e| format!("peer {addr}: {e}"))?;
+        }
+        let c = e
             .connect_timeout(Duration::from_millis(500))
             .timeout(self.rpc_timeout)
             .tcp_nodelay(true)

@@ -1,0 +1,191 @@
+//! Certificates for local use (`grantctl dev certs`): a CA, one certificate
+//! per node and one per example workload, each naming its SPIFFE ID in its
+//! only URI SAN (the X.509-SVID form), plus the role mapping that goes with
+//! them. For production use certificates from SPIRE or your own CA
+//! (docs/security.md).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// Most node certificates one `grantctl dev certs` writes.
+pub const NODES_MAX: u64 = 64;
+
+/// How long development certificates stay valid.
+pub const DEV_CERT_DAYS: u64 = 365;
+
+/// The example workloads: file stem and SPIFFE ID path.
+pub const WORKLOADS: &[(&str, &str)] = &[
+    ("admin", "ops/admin"),
+    ("orchestrator", "orchestrator"),
+    ("tool", "tool/github"),
+    ("auditor", "auditor"),
+    ("agent", "agent/planner"),
+];
+
+/// A certificate authority held in memory.
+pub struct DevCa {
+    params: CertificateParams,
+    key: KeyPair,
+    pub cert_pem: String,
+}
+
+/// A certificate and its private key, PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn unix(t: SystemTime) -> time::OffsetDateTime {
+    rcgen::date_time_ymd(1970, 1, 1) + t.duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+impl DevCa {
+    pub fn new(name: &str) -> Result<DevCa, rcgen::Error> {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.distinguished_name.push(DnType::CommonName, name);
+        let now = SystemTime::now();
+        params.not_before = unix(now - Duration::from_secs(3600));
+        params.not_after = unix(now + Duration::from_secs(DEV_CERT_DAYS * 2 * 86_400));
+        let key = KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(DevCa {
+            params,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// A certificate for `uris` (normally exactly one SPIFFE ID), valid
+    /// from `not_before` to `not_after`, usable as client and server.
+    pub fn issue_with(
+        &self,
+        uris: &[&str],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Issued, rcgen::Error> {
+        let mut p = CertificateParams::default();
+        for u in uris {
+            p.subject_alt_names
+                .push(SanType::URI((*u).try_into().map_err(|_| {
+                    rcgen::Error::InvalidAsn1String(rcgen::InvalidAsn1String::Ia5String(
+                        u.to_string(),
+                    ))
+                })?));
+        }
+        p.distinguished_name
+            .push(DnType::CommonName, uris.first().copied().unwrap_or("none"));
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.not_before = unix(not_before);
+        p.not_after = unix(not_after);
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A certificate for one SPIFFE ID, valid from an hour ago for `days`.
+    pub fn issue(&self, spiffe_id: &str, days: u64) -> Result<Issued, rcgen::Error> {
+        let now = SystemTime::now();
+        self.issue_with(
+            &[spiffe_id],
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(days * 86_400),
+        )
+    }
+}
+
+impl Issued {
+    /// Write `<dir>/<stem>.pem` and `<dir>/<stem>.key` (the key mode 0600).
+    pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, &self.cert_pem)?;
+        write_private(&key, &self.key_pem)?;
+        Ok((cert, key))
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// The `[roles]` section that grants the example workloads their roles.
+pub fn roles_toml(td: &str) -> String {
+    format!(
+        r#"[roles]
+peer = ["spiffe://{td}/grantd/*"]
+admin = ["spiffe://{td}/ops/admin"]
+checker = ["spiffe://{td}/tool/*", "spiffe://{td}/ops/admin"]
+revoker = ["spiffe://{td}/orchestrator", "spiffe://{td}/ops/admin"]
+auditor = ["spiffe://{td}/auditor", "spiffe://{td}/ops/admin"]
+
+[[roles.issuer]]
+callers = ["spiffe://{td}/orchestrator", "spiffe://{td}/ops/admin"]
+subjects = ["spiffe://{td}/agent/*"]
+"#
+    )
+}
+
+/// Write a CA, `nodes` node certificates (`node-<i>`), the example
+/// workloads' certificates and `grantd-tls.toml` (the CA path and the role
+/// mapping) into `dir`. Returns the files written.
+pub fn generate(dir: &Path, td: &str, nodes: u64) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let ca = DevCa::new(&format!("grant-ledger development CA ({td})"))?;
+    let mut written = Vec::new();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem)?;
+    written.push(ca_path.clone());
+    for i in 1..=nodes {
+        let (c, k) = ca
+            .issue(&format!("spiffe://{td}/grantd/node-{i}"), DEV_CERT_DAYS)?
+            .write(&dir, &format!("node-{i}"))?;
+        written.extend([c, k]);
+    }
+    for (stem, path) in WORKLOADS {
+        let (c, k) = ca
+            .issue(&format!("spiffe://{td}/{path}"), DEV_CERT_DAYS)?
+            .write(&dir, stem)?;
+        written.extend([c, k]);
+    }
+    let conf = dir.join("grantd-tls.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "# Written by `grantctl dev certs`: for local use only.\n\
+             # Each node adds its own --tls-cert-file and --tls-key-file.\n\
+             tls_ca_file = {:?}\n\n{}",
+            ca_path.display().to_string(),
+            roles_toml(td)
+        ),
+    )?;
+    written.push(conf);
+    Ok(written)
+}

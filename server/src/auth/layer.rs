@@ -1,0 +1,178 @@
+//! The gate in front of every gRPC service: who is calling (the SPIFFE ID
+//! of its client certificate), and may it call this method at all. A
+//! refused call never reaches a handler, so it changes nothing.
+//!
+//! The TLS handshake has already refused a missing client certificate, an
+//! unknown CA and an expired certificate; this layer refuses a certificate
+//! that names no single valid SPIFFE ID or one from another trust domain
+//! (Unauthenticated), and a caller without the method's role
+//! (PermissionDenied). The handlers read the [`Caller`] it leaves in the
+//! request for what depends on the request's content (Issue's subject,
+//! Check's identity).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+use super::roles::{Need, Role, RoleMap};
+use crate::api::validate;
+
+/// How callers are known on a listener.
+pub enum Access {
+    /// Plaintext on loopback (`insecure`): nobody is identified and every
+    /// call is let in.
+    Insecure,
+    /// mTLS: callers are their certificates' SPIFFE IDs.
+    Mtls {
+        trust_domain: String,
+        roles: RoleMap,
+    },
+}
+
+/// The authenticated caller of one request, in its extensions.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Caller {
+    Anonymous,
+    Spiffe(String),
+}
+
+impl Caller {
+    /// Of a request that passed the layer.
+    pub fn of<T>(req: &tonic::Request<T>) -> Caller {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Anonymous)
+    }
+
+    /// The identity as recorded in the log and audit entries ("" when
+    /// anonymous).
+    pub fn id(&self) -> &str {
+        match self {
+            Caller::Anonymous => "",
+            Caller::Spiffe(id) => id,
+        }
+    }
+}
+
+impl Access {
+    /// Whether the caller holds `role`; with `Insecure`, everyone does.
+    pub fn has(&self, caller: &Caller, role: Role) -> bool {
+        match (self, caller) {
+            (Access::Insecure, _) => true,
+            (Access::Mtls { roles, .. }, Caller::Spiffe(id)) => roles.has(id, role),
+            _ => false,
+        }
+    }
+
+    /// Whether the caller may issue a grant for `subject`.
+    pub fn may_issue_for(&self, caller: &Caller, subject: &str) -> bool {
+        match (self, caller) {
+            (Access::Insecure, _) => true,
+            (Access::Mtls { roles, .. }, Caller::Spiffe(id)) => roles.may_issue_for(id, subject),
+            _ => false,
+        }
+    }
+
+    /// Identify the caller of `req` and decide whether it may call `path`.
+    fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
+        let Access::Mtls {
+            trust_domain,
+            roles,
+        } = self
+        else {
+            return Ok(Caller::Anonymous);
+        };
+        let leaf = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let id = grant_proto::tls::spiffe_id_of(&leaf)
+            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        validate::spiffe_id("client certificate", &id)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let td = grant_proto::tls::trust_domain_of(&id).unwrap_or_default();
+        if td != trust_domain {
+            return Err(Status::unauthenticated(format!(
+                "{id} is from trust domain {td:?}; this cluster trusts {trust_domain:?}"
+            )));
+        }
+        let path = req.uri().path();
+        if !roles.allows(&id, path) {
+            let what = match super::roles::need(path) {
+                Some(Need::Role(r)) => format!("the {} role", r.name()),
+                Some(Need::Reader) => "the issuer, revoker or auditor role".into(),
+                _ => "a method this server serves".into(),
+            };
+            return Err(Status::permission_denied(format!(
+                "{id} may not call {path}: it needs {what}"
+            )));
+        }
+        Ok(Caller::Spiffe(id))
+    }
+}
+
+/// The tower layer applying an [`Access`] to every request of a server.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub access: Arc<Access>,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            access: self.access.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    access: Arc<Access>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.access.admit(&req) {
+            Ok(caller) => {
+                tracing::Span::current().record("caller", caller.id());
+                req.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    path = req.uri().path(),
+                    code = ?status.code(),
+                    reason = status.message(),
+                    "call refused"
+                );
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Who gets in, and what they may do: mTLS with SPIFFE IDs on real grantd
+//! processes. A certificate that does not identify a workload of the
+//! cluster's trust domain is refused; a caller without the role a method
+//! needs gets PermissionDenied and changes nothing; a grant is useful only
+//! to its subject.
+
+use std::time::{Duration, SystemTime};
+
+use grant_client::v1::grants_client::GrantsClient;
+use grant_client::{Client, ClientError, Options};
+use grant_tests::pki::{raw_channel, Pki};
+use grant_tests::*;
+use tonic::Code;
+
+const ORCH: &str = "orchestrator";
+const TOOL: &str = "tool/github";
+const PLANNER: &str = "agent/planner";
+const INTRUDER: &str = "agent/intruder";
+
+fn id(path: &str) -> String {
+    format!("spiffe://example.org/{path}")
+}
+
+/// A client of every node that tries once (a refused handshake is final).
+fn once(c: &Cluster, opts: Options) -> Client {
+    let opts = Options {
+        attempts_max: 1,
+        ..opts
+    };
+    Client::new(c.nodes.iter().map(|n| n.api_addr.clone()).collect(), opts).unwrap()
+}
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<Code> {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e.grpc_code(),
+    }
+}
+
+fn all_logs(c: &Cluster) -> String {
+    c.nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(c.dir.path().join(format!("node{}.log", n.id))).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_name_no_workload_of_the_trust_domain_are_refused() {
+    let c = Cluster::start(1).await;
+    let before = c.converged_digests().await;
+    let pki = &c.pki;
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let admin = id("ops/admin");
+
+    // Refused at the handshake: signed by another CA (the same SPIFFE ID),
+    // expired, or no client certificate at all.
+    let foreign = Pki::new(&c.dir.path().join("foreign"));
+    let mut files = foreign.identity("ops/admin");
+    files.ca = pki.dir.join("ca.pem");
+    let expired = pki.save(
+        "expired",
+        &pki.ca
+            .issue_with(&[&admin], now - 48 * hour, now - hour)
+            .unwrap(),
+    );
+    for (what, files) in [("unknown CA", files), ("expired", expired)] {
+        // With TLS 1.3 the client may finish its half of the handshake
+        // before the server refuses: the call then ends as the connection
+        // closes (Unavailable, Cancelled or Unknown, depending on timing).
+        let got = code(
+            once(&c, pki.options(&files))
+                .issue(issue_req(what, 60))
+                .await,
+        );
+        assert!(
+            matches!(
+                got,
+                Some(Code::Unavailable | Code::Cancelled | Code::Unknown)
+            ),
+            "{what}: {got:?}"
+        );
+    }
+    let anonymous = raw_channel(&c.nodes[0].api_addr, None).await;
+    if let Ok(ch) = anonymous {
+        // The handshake may complete on the client's side before the server
+        // refuses it; the first call then fails.
+        let r = GrantsClient::new(ch)
+            .issue(issue_req("anonymous", 60))
+            .await;
+        assert!(r.is_err(), "a call without a client certificate succeeded");
+    }
+
+    // Past the handshake, refused as Unauthenticated: a certificate of our
+    // CA that names another trust domain, no SPIFFE ID, or two of them.
+    for (what, uris, says) in [
+        (
+            "other trust domain",
+            vec!["spiffe://other.org/ops/admin"],
+            "trust domain",
+        ),
+        ("no SPIFFE ID", vec![], "no SPIFFE ID"),
+        (
+            "two SPIFFE IDs",
+            vec![admin.as_str(), "spiffe://example.org/agent/planner"],
+            "2 URI SANs",
+        ),
+    ] {
+        let f = pki.save(
+            &what.replace(' ', "-"),
+            &pki.ca.issue_with(&uris, now - hour, now + hour).unwrap(),
+        );
+        let ch = raw_channel(&c.nodes[0].api_addr, Some(&f)).await.unwrap();
+        let err = GrantsClient::new(ch)
+            .issue(issue_req(what, 60))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err}");
+        assert!(err.message().contains(says), "{what}: {err}");
+    }
+
+    // A plaintext client gets nowhere either.
+    let plain = once(&c, Options::default());
+    assert!(plain.issue(issue_req("plaintext", 60)).await.is_err());
+
+    // Nothing of it reached the state; the real identity still works.
+    assert_eq!(c.converged_digests().await[0].1, before[0].1);
+    let st = c.client().status_of(&c.nodes[0].api_addr).await.unwrap();
+    assert_eq!(st.transport_security, "mtls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
+    let c = Cluster::start(3).await;
+    let orch = c.client_as(ORCH);
+    let g = orch.issue(issue_req("roles", 300)).await.unwrap();
+    let grant_id = g.grant.unwrap().grant_id;
+    // An issuer only for its subjects.
+    let mut for_tool = issue_req("roles", 300);
+    for_tool.subject = id(TOOL);
+    assert_eq!(
+        code(orch.issue(for_tool).await),
+        Some(Code::PermissionDenied)
+    );
+    let before = c.converged_digests().await;
+
+    let agent = c.client_as(PLANNER);
+    let denied = Some(Code::PermissionDenied);
+    assert_eq!(code(agent.issue(issue_req("roles", 60)).await), denied);
+    assert_eq!(
+        code(agent.revoke(revoke_req(&grant_id, "mine now")).await),
+        denied
+    );
+    assert_eq!(
+        code(
+            agent
+                .complete_task(grant_client::v1::CompleteTaskRequest {
+                    request_id: String::new(),
+                    task_id: "roles".into(),
+                })
+                .await
+        ),
+        denied
+    );
+    assert_eq!(
+        code(
+            agent
+                .get(grant_client::v1::GetRequest {
+                    grant_id: grant_id.clone(),
+                    allow_stale: false,
+                })
+                .await
+        ),
+        denied
+    );
+    assert_eq!(code(agent.list(list_task_req("roles", 10)).await), denied);
+    assert_eq!(code(agent.audit_export(None).await), denied);
+    assert_eq!(code(agent.roster().await), denied);
+    assert_eq!(code(agent.backup(None).await), denied);
+    assert_eq!(code(agent.remove_node(3).await), denied);
+    assert_eq!(code(agent.transfer_leader(2).await), denied);
+    // A checker is no revoker, nor an auditor.
+    let tool = c.client_as(TOOL);
+    assert_eq!(code(tool.revoke(revoke_req(&grant_id, "no")).await), denied);
+    assert_eq!(code(tool.audit_export(None).await), denied);
+    // A node's certificate cannot issue grants.
+    assert_eq!(
+        code(
+            c.client_as("grantd/node-1")
+                .issue(issue_req("roles", 60))
+                .await
+        ),
+        denied
+    );
+    // A client certificate cannot speak Raft, even the admin's.
+    let raft = c.channel(&c.node(1).raft_addr).await.unwrap();
+    let err = grant_client::v1::raft::raft_peer_client::RaftPeerClient::new(raft)
+        .vote(grant_client::v1::raft::RaftPayload { data: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    // Status is open to every authenticated caller.
+    assert!(agent.status_of(&c.node(1).api_addr).await.is_ok());
+
+    // Nothing changed: same state everywhere, the grant still active.
+    let after = c.converged_digests().await;
+    assert_eq!(after[0].1, before[0].1);
+    let got = c
+        .client()
+        .get(grant_client::v1::GetRequest {
+            grant_id: grant_id.clone(),
+            allow_stale: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        got.grant.unwrap().state,
+        grant_client::v1::GrantState::Active as i32
+    );
+    // The refusals are in the log with who and what.
+    let logs = all_logs(&c);
+    assert!(
+        logs.contains("call refused") && logs.contains(&id(PLANNER)),
+        "no refusal logged"
+    );
+    // The audit chain names the caller of each write.
+    let entries = c.client().audit_entries(0, 100).await.unwrap().entries;
+    let issue = entries
+        .iter()
+        .map(|e| grant_client::entry_from_pb(e).unwrap())
+        .find(|e| e.kind == grant_proto::audit::Kind::Issue)
+        .unwrap();
+    assert_eq!(issue.actor, id(ORCH));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_useful_only_to_its_subject() {
+    let c = Cluster::start(1).await;
+    let g = c
+        .client_as(ORCH)
+        .issue(issue_req("bound", 300))
+        .await
+        .unwrap();
+    let check = |identity: &str, resource: &str| grant_client::v1::CheckRequest {
+        token: g.token.clone(),
+        identity: identity.into(),
+        resource: resource.into(),
+        action: "read".into(),
+    };
+    let reason_of = |r: Result<grant_client::v1::CheckResponse, ClientError>| reason(&r.unwrap());
+    use grant_client::v1::Reason;
+
+    // The agent itself presents its token: it is who it says it is.
+    let planner = c.client_as(PLANNER);
+    assert_eq!(
+        reason_of(planner.check(check("", "github")).await),
+        Reason::Allowed
+    );
+    assert_eq!(
+        reason_of(planner.check(check(&id(PLANNER), "github")).await),
+        Reason::Allowed
+    );
+    // Another agent holding the token is still itself: denied.
+    let intruder = c.client_as(INTRUDER);
+    assert_eq!(
+        reason_of(intruder.check(check("", "github")).await),
+        Reason::SubjectMismatch
+    );
+    // ...and may not claim to be the subject.
+    assert_eq!(
+        code(intruder.check(check(&id(PLANNER), "github")).await),
+        Some(Code::PermissionDenied)
+    );
+    // A tool server (checker) vouches for the identity it authenticated.
+    let tool = c.client_as(TOOL);
+    assert_eq!(
+        reason_of(tool.check(check(&id(PLANNER), "github")).await),
+        Reason::Allowed
+    );
+    assert_eq!(
+        reason_of(tool.check(check(&id(INTRUDER), "github")).await),
+        Reason::SubjectMismatch
+    );
+    // A token presented for another resource denies.
+    assert_eq!(
+        reason_of(tool.check(check(&id(PLANNER), "gitlab")).await),
+        Reason::OutOfScope
+    );
+    // A checker must say whose request it checks.
+    assert_eq!(
+        code(tool.check(check("", "github")).await),
+        Some(Code::InvalidArgument)
+    );
+    // The Check entries name the caller that asked.
+    let entries = c.client().audit_entries(0, 100).await.unwrap().entries;
+    let actors: Vec<String> = entries
+        .iter()
+        .map(|e| grant_client::entry_from_pb(e).unwrap())
+        .filter(|e| e.kind == grant_proto::audit::Kind::Check)
+        .map(|e| e.actor)
+        .collect();
+    assert!(
+        actors.contains(&id(PLANNER)) && actors.contains(&id(TOOL)),
+        "{actors:?}"
+    );
+}
+
+fn grantd_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(grantd_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_is_loopback_only_and_says_so() {
+    // No TLS and no --insecure: refused with what to do.
+    let out = grantd_output(&["--node-id", "1", "--data-dir", "/nonexistent-grantd-x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls_ca_file") && err.contains("insecure"),
+        "{err}"
+    );
+    // --insecure on a non-loopback address: refused.
+    let out = grantd_output(&[
+        "--node-id",
+        "1",
+        "--data-dir",
+        "/nonexistent-grantd-x",
+        "--insecure",
+        "--api-addr",
+        "0.0.0.0:7101",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+
+    // On loopback it runs, and says so in its status and its log.
+    let c = Cluster::start_with(1, &["--insecure"]).await;
+    let st = c.client().status_of(&c.nodes[0].api_addr).await.unwrap();
+    assert_eq!(st.transport_security, "insecure");
+    assert!(all_logs(&c).contains("INSECURE"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_certificate_its_peers_would_refuse_does_not_start() {
+    let c = Cluster::prepare(1);
+    let agent = c.pki.identity(PLANNER);
+    let n = c.node(1);
+    let out = std::process::Command::new(grantd_bin())
+        .args(["--node-id", "1"])
+        .arg("--data-dir")
+        .arg(&n.data_dir)
+        .args(["--api-addr", &n.api_addr, "--raft-addr", &n.raft_addr])
+        .args(["--metrics-addr", &n.metrics_addr])
+        .arg("--config")
+        .arg(c.pki.config())
+        .arg("--tls-cert-file")
+        .arg(&agent.cert)
+        .arg("--tls-key-file")
+        .arg(&agent.key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("roles.peer"), "{err}");
+}
