@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End to end on the docker compose cluster: build the image, bring three
-# nodes up (they initialise themselves), issue/check/revoke, stop one node
+# End to end on the docker compose cluster: build the image, make
+# development certificates, bring three nodes up with mTLS (they initialise
+# themselves), issue/check/revoke, refuse a caller without the role, stop one node
 # and keep working, start it again and check that it caught up, tear
 # everything down (containers, network, volumes, image).
 #
@@ -24,21 +25,36 @@ export GRANTD_IMAGE="grant-ledger/grantd:smoke-$$"
 # local cluster on 7101-7103.
 for i in 1 2 3; do export "GRANTD${i}_PUBLISH=127.0.0.1:"; done
 dc() { "${COMPOSE[@]}" -p "$project" -f deploy/docker/compose.yml "$@"; }
+export GRANTD_TLS_DIR
+GRANTD_TLS_DIR=$(mktemp -d)
 cleanup() {
   dc down -v --remove-orphans >/dev/null 2>&1 || true
   docker rmi "$GRANTD_IMAGE" >/dev/null 2>&1 || true
+  rm -rf "$GRANTD_TLS_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 IMAGE="$GRANTD_IMAGE" deploy/docker/build-image.sh
+# The image's own grantctl (static) makes the certificates on the host.
+PROFILE_DIR=$([ "${PROFILE:-release}" = dev ] && echo debug || echo "${PROFILE:-release}")
+"target/x86_64-unknown-linux-gnu/$PROFILE_DIR/grantctl" dev certs --out "$GRANTD_TLS_DIR" >/dev/null
+# The containers' unprivileged user reads the keys of this throwaway set.
+chmod 0755 "$GRANTD_TLS_DIR"
+chmod 0644 "$GRANTD_TLS_DIR"/*.key
 dc up -d
 
 EPS=grantd1:7101,grantd2:7101,grantd3:7101
 declare -A cid
 for i in 1 2 3; do cid[grantd$i]=$(dc ps -q "grantd$i"); done
-# grantctl runs inside a node's container, on the compose network.
-ctl() { local node=$1; shift; docker exec "${cid[$node]}" /usr/local/bin/grantctl --endpoints "$EPS" "$@"; }
+# grantctl runs inside a node's container, on the compose network, as the
+# development admin (every role); as_agent speaks as a workload with none.
+as() {
+  local who=$1 node=$2; shift 2
+  docker exec -e "GRANTCTL_CERT=/etc/grant-ledger/tls/$who.pem" -e "GRANTCTL_KEY=/etc/grant-ledger/tls/$who.key" \
+    "${cid[$node]}" /usr/local/bin/grantctl --endpoints "$EPS" "$@"
+}
+ctl() { as admin "$@"; }
 WAIT_S=${SMOKE_WAIT_S:-120}
 wait_until() { # wait_until WHAT CMD...
   local what=$1; shift
@@ -67,7 +83,10 @@ g1=$(field grant_id <<<"$out"); t1=$(field token <<<"$out")
 check grantd2 "$t1" | grep "decision: DECISION_ALLOW" >/dev/null
 ctl grantd3 revoke "$g1" --reason smoke >/dev/null
 if check grantd1 "$t1" >/dev/null; then echo "compose-smoke: FAILED: revoked grant allowed"; exit 1; fi
-echo "issue, check, revoke: ok"
+if as agent grantd1 issue --subject spiffe://example.org/agent/smoke --task nope --scope github=read >/dev/null 2>&1; then
+  echo "compose-smoke: FAILED: an agent certificate could issue grants"; exit 1
+fi
+echo "issue, check, revoke over mTLS, a caller without the role refused: ok"
 
 # Lose the current leader's container; the other two carry on.
 leader=$(ctl grantd1 cluster status | awk '/^grantd1:/ { sub("leader=", "", $4); print $4 }')

@@ -162,7 +162,7 @@ pub fn generate(dir: &Path, td: &str, nodes: u64) -> anyhow::Result<Vec<PathBuf>
     let mut written = Vec::new();
     let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, &ca.cert_pem)?;
-    written.push(ca_path.clone());
+    written.push(ca_path);
     for i in 1..=nodes {
         let (c, k) = ca
             .issue(&format!("spiffe://{td}/grantd/node-{i}"), DEV_CERT_DAYS)?
@@ -181,8 +181,8 @@ pub fn generate(dir: &Path, td: &str, nodes: u64) -> anyhow::Result<Vec<PathBuf>
         format!(
             "# Written by `grantctl dev certs`: for local use only.\n\
              # Each node adds its own --tls-cert-file and --tls-key-file.\n\
-             tls_ca_file = {:?}\n\n{}",
-            ca_path.display().to_string(),
+             # Relative paths are found beside this file.\n\
+             tls_ca_file = \"ca.pem\"\n\n{}",
             roles_toml(td)
         ),
     )?;

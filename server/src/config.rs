@@ -263,10 +263,27 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
+                let mut f =
+                    toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
+                // TLS files named in the file are found beside it, so a
+                // directory of certificates and its config move together.
+                let base = path.parent().unwrap_or(std::path::Path::new("."));
+                for p in [
+                    &mut f.tls_ca_file,
+                    &mut f.tls_cert_file,
+                    &mut f.tls_key_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                f
             }
             None => FileConfig::default(),
         };
@@ -534,6 +551,42 @@ mod tests {
         assert!(matches!(
             Config::load(&Args::default()),
             Err(ConfigError::Missing("node_id", ..))
+        ));
+    }
+
+    #[test]
+    fn tls_files_sit_beside_the_config_and_plaintext_needs_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "tls_ca_file = \"ca.pem\"\ntls_cert_file = \"/abs/n.pem\"\ntls_key_file = \"k/n.key\"\n",
+        )
+        .unwrap();
+        let a = Args {
+            config: Some(p),
+            insecure: None,
+            ..args()
+        };
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.tls_ca_file.unwrap(), dir.path().join("ca.pem"));
+        assert_eq!(c.tls_cert_file.unwrap(), PathBuf::from("/abs/n.pem"));
+        assert_eq!(c.tls_key_file.unwrap(), dir.path().join("k/n.key"));
+        let a = Args {
+            insecure: None,
+            ..args()
+        };
+        assert!(matches!(
+            Config::load(&a),
+            Err(ConfigError::Invalid("tls_cert_file", _))
+        ));
+        let a = Args {
+            api_addr: Some("0.0.0.0:7101".parse().unwrap()),
+            ..args()
+        };
+        assert!(matches!(
+            Config::load(&a),
+            Err(ConfigError::Invalid("insecure", _))
         ));
     }
 }
