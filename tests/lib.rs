@@ -396,6 +396,16 @@ impl Cluster {
         self.client_as(pki::ADMIN)
     }
 
+    /// A client bound to node `id`, calling as `spiffe://example.org/<path>`,
+    /// that tries once and does not follow the leader.
+    pub fn node_client_as(&self, id: u64, path: &str) -> Client {
+        let opts = Options {
+            attempts_max: 1,
+            ..self.options_as(path)
+        };
+        Client::new(vec![self.node(id).api_addr.clone()], opts).unwrap()
+    }
+
     /// A client bound to one node that does not follow the leader.
     pub fn node_client(&self, id: u64) -> Client {
         let opts = Options {

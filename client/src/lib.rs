@@ -391,6 +391,31 @@ impl Client {
         .await
     }
 
+    /// Replace the role mapping on every node (TOML of the `[roles]` table,
+    /// without `peer`): a committed, audited command.
+    pub async fn set_roles(&self, roles_toml: &str) -> Result<pb::SetRolesResponse, ClientError> {
+        self.call(|ch| async move {
+            ClusterClient::new(ch)
+                .set_roles(pb::SetRolesRequest {
+                    roles_toml: roles_toml.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// The role mapping in force on the node that answers.
+    pub async fn get_roles(&self) -> Result<pb::GetRolesResponse, ClientError> {
+        self.call(|ch| async move {
+            ClusterClient::new(ch)
+                .get_roles(pb::GetRolesRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     /// The standard gRPC health status of one node (service ""):
     /// "SERVING" while it is part of a cluster that can make progress.
     pub async fn health_of(&self, addr: &str) -> Result<String, ClientError> {

@@ -158,6 +158,22 @@ enum Cmd {
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCmd),
+    /// The role mapping (docs/security.md).
+    #[command(subcommand)]
+    Roles(RolesCmd),
+}
+
+#[derive(Subcommand)]
+enum RolesCmd {
+    /// Print the mapping in force on the node that answers, as TOML, and
+    /// where it comes from (the config file, or the log index it was
+    /// committed at).
+    Get,
+    /// Replace the mapping on every node from FILE: the body of a [roles]
+    /// table (checker = [...], [[issuer]] ...), without peer, which each
+    /// node keeps from its config file. Committed and audited; the mapping
+    /// must keep the admin role for you.
+    Set { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -413,6 +429,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
+        Cmd::Roles(RolesCmd::Get) => {
+            let r = client.get_roles().await.map_err(e)?;
+            println!("# source: {} (log index {})", r.source, r.log_index);
+            print!("{}", r.roles_toml);
+        }
+        Cmd::Roles(RolesCmd::Set { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+            let r = client.set_roles(&text).await.map_err(e)?;
+            println!("roles replaced");
+            print_receipt(&r.receipt);
+        }
         Cmd::Dev(DevCmd::Certs {
             out,
             trust_domain,

@@ -104,3 +104,9 @@ pub const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
 
 const _: () = assert!(AUDIT_PAGE_DEFAULT <= AUDIT_PAGE_MAX);
 const _: () = assert!(EXPORT_CHUNK_BYTES < MESSAGE_BYTES_MAX);
+
+/// Most SPIFFE ID patterns in a role mapping (config file or replicated).
+pub const ROLE_PATTERNS_MAX: usize = 1024;
+/// Largest replicated role mapping, as canonical JSON (it is also the
+/// detail of its audit entry).
+pub const ROLES_JSON_BYTES_MAX: usize = 256 * 1024;

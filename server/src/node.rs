@@ -16,7 +16,7 @@ use crate::api::batcher::CheckBatcher;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::{now_ms, NodeContext};
-use crate::auth::layer::{Access, AuthLayer, Caller};
+use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
 use crate::auth::roles::{Role, RoleMap};
 use crate::config::Config;
 use crate::ledger::{Command, SweepCmd};
@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, RpcLayer};
 use crate::raft::network::Network;
 use crate::raft::service::RaftPeerService;
 use crate::raft::Raft;
-use crate::storage::{LogStore, StateMachine};
+use crate::storage::{LogStore, StateMachine, StateReader};
 
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -54,7 +54,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         ..Default::default()
     }
     .validate()?;
-    let (tls, access) = security(&config)?;
+    let (tls, access) = security(&config, state.clone())?;
     let peer_tls = tls.clone().map(|t| {
         let access = access.clone();
         let accept: AcceptServer =
@@ -172,7 +172,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
 /// The node's TLS material and how its listeners admit callers. Plaintext
 /// (`insecure`, loopback only: the config checks) is said loudly.
-fn security(config: &Config) -> anyhow::Result<(Option<Tls>, Arc<Access>)> {
+fn security(config: &Config, state: StateReader) -> anyhow::Result<(Option<Tls>, Arc<Access>)> {
     let Some(files) = config.tls_files() else {
         tracing::warn!(
             "INSECURE: serving plaintext without authentication, every caller holds every \
@@ -190,11 +190,9 @@ fn security(config: &Config) -> anyhow::Result<(Option<Tls>, Arc<Access>)> {
         );
     }
     tracing::info!(id = %tls.id, "mTLS on the API and peer listeners");
-    let access = Access::Mtls {
-        trust_domain: tls.trust_domain().to_string(),
-        roles,
-    };
-    Ok((Some(tls), Arc::new(access)))
+    let mtls = Mtls::new(tls.trust_domain().to_string(), config.roles.clone(), state)
+        .map_err(anyhow::Error::msg)?;
+    Ok((Some(tls), Arc::new(Access::Mtls(mtls))))
 }
 
 /// With `initial_members` set, a node that has never been part of a cluster

@@ -366,3 +366,95 @@ async fn a_node_whose_certificate_its_peers_would_refuse_does_not_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("roles.peer"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_change_committed_on_the_leader_applies_on_every_node() {
+    let mut c = Cluster::start(3).await;
+    let admin = c.client();
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    for &n in &ids {
+        assert_eq!(
+            code(c.node_client_as(n, PLANNER).roster().await),
+            Some(Code::PermissionDenied)
+        );
+    }
+    // The planner becomes an auditor; the orchestrator is no longer an issuer.
+    let mapping = r#"
+admin = ["spiffe://example.org/ops/admin"]
+checker = ["spiffe://example.org/tool/*"]
+revoker = ["spiffe://example.org/orchestrator", "spiffe://example.org/ops/admin"]
+auditor = ["spiffe://example.org/agent/planner", "spiffe://example.org/ops/admin"]
+[[issuer]]
+callers = ["spiffe://example.org/ops/admin"]
+subjects = ["spiffe://example.org/agent/*"]
+"#;
+    // Refused, changing nothing: a mapping that names peer, one that takes
+    // the admin role from its author, a bad pattern, a mapping from a
+    // caller without the admin role.
+    let with_peer = format!("peer = [\"spiffe://example.org/x/*\"]\n{mapping}");
+    let no_admin = mapping.replace(
+        "admin = [\"spiffe://example.org/ops/admin\"]",
+        "admin = [\"spiffe://example.org/ops/alice\"]",
+    );
+    let bad = mapping.replace("spiffe://example.org/tool/*", "tool/*");
+    for (what, text) in [("peer", &with_peer), ("no admin", &no_admin), ("bad", &bad)] {
+        let err = admin.set_roles(text).await.unwrap_err();
+        assert_eq!(
+            err.grpc_code(),
+            Some(Code::InvalidArgument),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(
+        code(c.client_as(ORCH).set_roles(mapping).await),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(admin.get_roles().await.unwrap().source, "config");
+
+    let r = admin.set_roles(mapping).await.unwrap();
+    let index = r.receipt.as_ref().unwrap().log_index;
+    for &n in &ids {
+        wait_for(&format!("node {n} to apply the mapping"), || async {
+            c.node_client_as(n, PLANNER).roster().await.is_ok()
+        })
+        .await;
+        assert_eq!(
+            code(
+                c.node_client_as(n, ORCH)
+                    .issue(issue_req("after", 60))
+                    .await
+            ),
+            Some(Code::PermissionDenied)
+        );
+        let got = c.node_client(n).get_roles().await.unwrap();
+        assert_eq!((got.source.as_str(), got.log_index), ("replicated", index));
+        // Each node keeps its own peer patterns.
+        assert!(got.roles_toml.contains("spiffe://example.org/grantd/*"));
+    }
+    // The peers still talk (peer is not replicated): writes commit.
+    admin.issue(issue_req("after", 60)).await.unwrap();
+
+    // Audited: who changed it, and to what.
+    let seq = r.receipt.unwrap().audit_seq;
+    let e = admin.audit_entries(seq, 1).await.unwrap().entries;
+    let e = grant_client::entry_from_pb(&e[0]).unwrap();
+    assert_eq!(e.kind, grant_proto::audit::Kind::Roles);
+    assert_eq!(e.actor, id("ops/admin"));
+    assert_eq!(e.detail, r.roles_json);
+
+    // A restarted node comes back with the replicated mapping.
+    assert!(c.terminate(2));
+    c.spawn(2);
+    wait_for("node 2 back with the mapping", || async {
+        c.node_client_as(2, PLANNER).roster().await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        code(
+            c.node_client_as(2, ORCH)
+                .issue(issue_req("restart", 60))
+                .await
+        ),
+        Some(Code::PermissionDenied)
+    );
+}

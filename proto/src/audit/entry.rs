@@ -25,6 +25,8 @@ pub enum Kind {
     Expire = 5,
     Membership = 6,
     KeyRoster = 7,
+    /// The replicated role mapping changed; `detail` holds the new one.
+    Roles = 8,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -346,6 +346,20 @@ impl Cluster for ClusterService {
         }
     }
 
+    async fn set_roles(
+        &self,
+        req: Request<pb::SetRolesRequest>,
+    ) -> Result<Response<pb::SetRolesResponse>, Status> {
+        super::roles::set(&self.ctx, req).await
+    }
+
+    async fn get_roles(
+        &self,
+        _req: Request<pb::GetRolesRequest>,
+    ) -> Result<Response<pb::GetRolesResponse>, Status> {
+        super::roles::get(&self.ctx)
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,
@@ -393,7 +407,7 @@ impl Cluster for ClusterService {
             learners,
             transport_security: match *self.ctx.access {
                 crate::auth::layer::Access::Insecure => "insecure",
-                crate::auth::layer::Access::Mtls { .. } => "mtls",
+                crate::auth::layer::Access::Mtls(_) => "mtls",
             }
             .into(),
         }))

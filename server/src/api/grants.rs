@@ -37,7 +37,7 @@ fn log_request_id(id: &str) {
 
 /// Where the request landed: its log index and, when it appended an audit
 /// entry, that entry's sequence number and hash (as apply chained them).
-fn receipt(log_index: u64, audit: Option<AuditRef>) -> Option<pb::Receipt> {
+pub(crate) fn receipt(log_index: u64, audit: Option<AuditRef>) -> Option<pb::Receipt> {
     let (audit_seq, entry_hash) = audit.map(|a| (a.seq, a.hash.to_vec())).unwrap_or_default();
     Some(pb::Receipt {
         log_index,
@@ -87,7 +87,7 @@ fn to_pb_reason(r: Reason) -> pb::Reason {
     }
 }
 
-fn unexpected(r: CommandResult) -> ApiError {
+pub(crate) fn unexpected(r: CommandResult) -> ApiError {
     match r {
         CommandResult::Rejected(rej) => rej.into(),
         other => ApiError::Internal(format!("unexpected apply result {other:?}")),

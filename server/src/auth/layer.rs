@@ -12,15 +12,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
-use super::roles::{Need, Role, RoleMap};
+use super::roles::{check_replicated, Need, Role, RoleMap, RolesConfig};
 use crate::api::validate;
+use crate::storage::StateReader;
 
 /// How callers are known on a listener.
 pub enum Access {
@@ -28,10 +29,28 @@ pub enum Access {
     /// call is let in.
     Insecure,
     /// mTLS: callers are their certificates' SPIFFE IDs.
-    Mtls {
-        trust_domain: String,
-        roles: RoleMap,
-    },
+    Mtls(Mtls),
+}
+
+/// The mTLS side: the trust domain, and the role mapping in force.
+pub struct Mtls {
+    trust_domain: String,
+    /// The config file's mapping: in force until the first replicated one,
+    /// and always the source of `peer`.
+    bootstrap: RolesConfig,
+    state: StateReader,
+    /// (roles version, mapping in force, as written): reloaded when the
+    /// state's roles version moves.
+    cache: RwLock<(u64, Arc<RoleMap>, Arc<RolesConfig>)>,
+}
+
+/// Where the mapping in force comes from.
+#[derive(Debug, PartialEq)]
+pub enum RolesSource {
+    /// The config file (no `SetRoles` committed yet).
+    Config,
+    /// The replicated mapping committed at this log index.
+    Replicated(u64),
 }
 
 /// The authenticated caller of one request, in its extensions.
@@ -60,12 +79,70 @@ impl Caller {
     }
 }
 
+impl Mtls {
+    pub fn new(
+        trust_domain: String,
+        bootstrap: RolesConfig,
+        state: StateReader,
+    ) -> Result<Mtls, String> {
+        let map = RoleMap::from_config(&bootstrap)?;
+        let cache = RwLock::new((0, Arc::new(map), Arc::new(bootstrap.clone())));
+        Ok(Mtls {
+            trust_domain,
+            bootstrap,
+            state,
+            cache,
+        })
+    }
+
+    /// The mapping in force: the replicated one once committed (with this
+    /// node's own `peer` patterns), else the config file's. One atomic load
+    /// when nothing changed.
+    pub fn roles(&self) -> (RolesSource, Arc<RoleMap>, Arc<RolesConfig>) {
+        let v = self.state.roles_version();
+        let source = |v| match v {
+            0 => RolesSource::Config,
+            i => RolesSource::Replicated(i),
+        };
+        {
+            let c = self.cache.read().expect("roles cache lock");
+            if c.0 == v {
+                return (source(v), c.1.clone(), c.2.clone());
+            }
+        }
+        let loaded = self
+            .state
+            .roles()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.ok_or_else(|| "no replicated mapping".to_string()))
+            .and_then(|(_, json)| check_replicated(&json))
+            .and_then(|mut rc| {
+                rc.peer = self.bootstrap.peer.clone();
+                Ok((RoleMap::from_config(&rc)?, rc))
+            });
+        let mut c = self.cache.write().expect("roles cache lock");
+        match loaded {
+            Ok((map, rc)) => {
+                tracing::info!(version = v, "role mapping replaced");
+                *c = (v, Arc::new(map), Arc::new(rc));
+            }
+            // Applied entries were checked; this is a damaged state. Keep
+            // the mapping we had rather than open or close everything.
+            Err(e) => {
+                tracing::error!(version = v, error = %e, "replicated role mapping unreadable");
+                c.0 = v;
+            }
+        }
+        (source(v), c.1.clone(), c.2.clone())
+    }
+}
+
 impl Access {
     /// Whether the caller holds `role`; with `Insecure`, everyone does.
     pub fn has(&self, caller: &Caller, role: Role) -> bool {
         match (self, caller) {
             (Access::Insecure, _) => true,
-            (Access::Mtls { roles, .. }, Caller::Spiffe(id)) => roles.has(id, role),
+            (Access::Mtls(m), Caller::Spiffe(id)) => m.roles().1.has(id, role),
             _ => false,
         }
     }
@@ -74,20 +151,17 @@ impl Access {
     pub fn may_issue_for(&self, caller: &Caller, subject: &str) -> bool {
         match (self, caller) {
             (Access::Insecure, _) => true,
-            (Access::Mtls { roles, .. }, Caller::Spiffe(id)) => roles.may_issue_for(id, subject),
+            (Access::Mtls(m), Caller::Spiffe(id)) => m.roles().1.may_issue_for(id, subject),
             _ => false,
         }
     }
 
     /// Identify the caller of `req` and decide whether it may call `path`.
     fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
-        let Access::Mtls {
-            trust_domain,
-            roles,
-        } = self
-        else {
+        let Access::Mtls(m) = self else {
             return Ok(Caller::Anonymous);
         };
+        let trust_domain = &m.trust_domain;
         let leaf = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -105,7 +179,7 @@ impl Access {
             )));
         }
         let path = req.uri().path();
-        if !roles.allows(&id, path) {
+        if !m.roles().1.allows(&id, path) {
             let what = match super::roles::need(path) {
                 Some(Need::Role(r)) => format!("the {} role", r.name()),
                 Some(Need::Reader) => "the issuer, revoker or auditor role".into(),

@@ -97,6 +97,34 @@ pub struct IssuerConfig {
     pub subjects: Vec<String>,
 }
 
+/// Check a mapping as it travels in the log (canonical JSON): within
+/// `ROLES_JSON_BYTES_MAX`, valid, and without `peer`, which is never
+/// replicated.
+pub fn check_replicated(json: &str) -> Result<RolesConfig, String> {
+    if json.len() > crate::limits::ROLES_JSON_BYTES_MAX {
+        return Err(format!(
+            "role mapping longer than {} bytes",
+            crate::limits::ROLES_JSON_BYTES_MAX
+        ));
+    }
+    let c: RolesConfig = serde_json::from_str(json).map_err(|e| format!("role mapping: {e}"))?;
+    if !c.peer.is_empty() {
+        return Err(
+            "the peer role comes from each node's config file and cannot be \
+                    changed through the cluster (a change could cut the nodes off from \
+                    each other)"
+                .into(),
+        );
+    }
+    RoleMap::from_config(&c)?;
+    Ok(c)
+}
+
+/// The canonical JSON of a mapping: what `check_replicated` reads.
+pub fn to_replicated(c: &RolesConfig) -> String {
+    serde_json::to_string(c).expect("roles serialize")
+}
+
 /// Parsed, checked role mapping.
 #[derive(Debug, Default, Clone)]
 pub struct RoleMap {
@@ -112,6 +140,22 @@ fn patterns(role: &str, list: &[String]) -> Result<Vec<Pattern>, String> {
 
 impl RoleMap {
     pub fn from_config(c: &RolesConfig) -> Result<RoleMap, String> {
+        let count = c
+            .issuer
+            .iter()
+            .map(|i| i.callers.len() + i.subjects.len())
+            .sum::<usize>()
+            + c.checker.len()
+            + c.revoker.len()
+            + c.auditor.len()
+            + c.admin.len()
+            + c.peer.len();
+        if count > crate::limits::ROLE_PATTERNS_MAX {
+            return Err(format!(
+                "{count} patterns; at most {} (role_patterns_max)",
+                crate::limits::ROLE_PATTERNS_MAX
+            ));
+        }
         let mut m = RoleMap::default();
         for i in &c.issuer {
             if i.callers.is_empty() || i.subjects.is_empty() {

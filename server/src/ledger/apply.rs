@@ -90,6 +90,7 @@ pub fn apply(
         Command::Sweep(c) => sweep(c, state, &mut out)?,
         Command::RegisterKey(c) => register_key(c, state, &mut out)?,
         Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
+        Command::SetRoles(c) => set_roles(c, ctx.log_index, &mut out),
     };
     Ok(Applied {
         result,
@@ -363,6 +364,29 @@ fn sweep(
         expired,
         dedupe_dropped,
     })
+}
+
+/// Replace the replicated role mapping. The API node has checked it; it is
+/// checked again here so that a bad entry changes nothing on any replica.
+fn set_roles(c: &SetRolesCmd, log_index: u64, out: &mut Out) -> CommandResult {
+    if let Err(e) = crate::auth::roles::check_replicated(&c.roles_json) {
+        return CommandResult::Rejected(Rejection::FailedPrecondition(e));
+    }
+    let mut r = AuditEntry::new(Kind::Roles, c.now_ms);
+    r.actor = c.actor.clone();
+    r.detail = c.roles_json.clone();
+    r.reason = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            c.roles_json.as_bytes()
+        ))
+    );
+    let audit = out.record(r);
+    out.writes.push(Write::PutRoles {
+        index: log_index,
+        roles_json: c.roles_json.clone(),
+    });
+    CommandResult::RolesSet { audit }
 }
 
 fn register_key(

@@ -125,6 +125,17 @@ pub struct RegisterKeyCmd {
     pub now_ms: i64,
 }
 
+/// Replace the replicated role mapping (every role but `peer`, which each
+/// node keeps from its own config so that no change can cut the nodes off
+/// from each other).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SetRolesCmd {
+    /// The mapping as canonical JSON (auth::roles::RolesConfig).
+    pub roles_json: String,
+    pub actor: String,
+    pub now_ms: i64,
+}
+
 /// A checkpoint the leader signed, to be kept by every replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointCmd {
@@ -147,6 +158,7 @@ pub enum Command {
     Sweep(SweepCmd),
     RegisterKey(RegisterKeyCmd),
     Checkpoint(CheckpointCmd),
+    SetRoles(SetRolesCmd),
 }
 
 impl Command {
@@ -160,6 +172,7 @@ impl Command {
             Command::Sweep(c) => Some(c.now_ms),
             Command::RegisterKey(c) => Some(c.now_ms),
             Command::Checkpoint(_) => None,
+            Command::SetRoles(c) => Some(c.now_ms),
         }
     }
 }
@@ -174,6 +187,7 @@ impl std::fmt::Display for Command {
             Command::Sweep(c) => write!(f, "sweep(now={})", c.now_ms),
             Command::RegisterKey(c) => write!(f, "register_key(node={})", c.node_id),
             Command::Checkpoint(_) => write!(f, "checkpoint"),
+            Command::SetRoles(c) => write!(f, "set_roles(actor={})", c.actor),
         }
     }
 }
@@ -245,6 +259,9 @@ pub enum CommandResult {
     Checkpointed {
         size: u64,
     },
+    RolesSet {
+        audit: AuditRef,
+    },
     Rejected(Rejection),
     /// Blank and membership entries.
     Nothing,
@@ -292,6 +309,11 @@ pub enum Write {
     PutCheckpoint {
         size: u64,
         note: String,
+    },
+    /// The replicated role mapping, as of log index `index`.
+    PutRoles {
+        index: u64,
+        roles_json: String,
     },
 }
 

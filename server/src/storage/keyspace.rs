@@ -42,6 +42,9 @@ pub const META_CHAIN: &[u8] = b"\x09chain";
 /// changes) whose log entry carries none.
 pub const META_LAST_TIME: &[u8] = b"\x09last_time_ms";
 pub const META_FORMAT_VERSION: &[u8] = b"\x09format_version";
+/// The replicated role mapping: (log index, canonical JSON). Absent until
+/// the first `SetRoles`; the config file's mapping applies until then.
+pub const META_ROLES: &[u8] = b"\x09roles";
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 2).sum::<usize>());
@@ -193,6 +196,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         }
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());
+        }
+        Write::PutRoles { index, roles_json } => {
+            batch.insert(META_ROLES, codec::encode(&(index, roles_json)));
         }
     }
 }

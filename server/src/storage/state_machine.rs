@@ -10,7 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -41,6 +41,9 @@ pub struct StateReader {
     /// Grants issued and not yet retired (revoked, completed or swept after
     /// expiry): the size of the expiry index, kept in memory for metrics.
     active_grants: Arc<AtomicI64>,
+    /// Log index of the replicated role mapping in force (0: none yet), so
+    /// that readers notice a change with one atomic load.
+    roles_version: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -69,10 +72,23 @@ impl StateReader {
         self.active_grants.load(Ordering::Relaxed)
     }
 
-    /// Recount the expiry index (at start and after a snapshot install).
+    /// Recount the expiry index and reread the roles version (at start and
+    /// after a snapshot install).
     fn recount_active(&self) {
         let n = self.tree().scan_prefix([ks::EXPIRY]).keys().count();
         self.active_grants.store(n as i64, Ordering::Relaxed);
+        let v = self.roles().ok().flatten().map(|(i, _)| i).unwrap_or(0);
+        self.roles_version.store(v, Ordering::Release);
+    }
+
+    /// The log index of the replicated role mapping (0 when there is none).
+    pub fn roles_version(&self) -> u64 {
+        self.roles_version.load(Ordering::Acquire)
+    }
+
+    /// The replicated role mapping: (log index, canonical JSON).
+    pub fn roles(&self) -> io::Result<Option<(u64, String)>> {
+        read_meta(&self.tree(), ks::META_ROLES)
     }
 
     pub fn last_applied_index(&self) -> io::Result<u64> {
@@ -365,6 +381,7 @@ impl StateMachine {
             reader: StateReader {
                 tree: Arc::new(RwLock::new(tree)),
                 active_grants: Arc::new(AtomicI64::new(0)),
+                roles_version: Arc::new(AtomicU64::new(0)),
             },
             snapshot_dir,
             last_applied,
@@ -460,6 +477,7 @@ impl StateMachine {
         };
         let mut batch = ks::WriteSet::default();
         let mut active_delta = 0;
+        let mut roles_version = None;
         let result = match applied {
             None => CommandResult::Nothing,
             Some(a) => {
@@ -467,6 +485,7 @@ impl StateMachine {
                     match w {
                         ledger::Write::InsertGrant(_) => active_delta += 1,
                         ledger::Write::Retire(_) => active_delta -= 1,
+                        ledger::Write::PutRoles { index, .. } => roles_version = Some(*index),
                         _ => {}
                     }
                     ks::encode_write(w, &mut batch);
@@ -492,6 +511,9 @@ impl StateMachine {
         self.reader
             .active_grants
             .fetch_add(active_delta, Ordering::Relaxed);
+        if let Some(v) = roles_version {
+            self.reader.roles_version.store(v, Ordering::Release);
+        }
         self.last_applied = Some(log_id);
         Ok(result)
     }
