@@ -192,7 +192,7 @@ fn security(config: &Config, state: StateReader) -> anyhow::Result<(Option<Tls>,
     tracing::info!(id = %tls.id, "mTLS on the API and peer listeners");
     let mtls = Mtls::new(tls.trust_domain().to_string(), config.roles.clone(), state)
         .map_err(anyhow::Error::msg)?;
-    Ok((Some(tls), Arc::new(Access::Mtls(mtls))))
+    Ok((Some(tls), Arc::new(Access::Mtls(Box::new(mtls)))))
 }
 
 /// With `initial_members` set, a node that has never been part of a cluster

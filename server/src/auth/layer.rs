@@ -29,7 +29,7 @@ pub enum Access {
     /// call is let in.
     Insecure,
     /// mTLS: callers are their certificates' SPIFFE IDs.
-    Mtls(Mtls),
+    Mtls(Box<Mtls>),
 }
 
 /// The mTLS side: the trust domain, and the role mapping in force.
