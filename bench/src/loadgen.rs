@@ -22,6 +22,9 @@ struct Args {
     /// Seconds per run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Run the cluster with plaintext (`grantd --insecure`) instead of mTLS.
+    #[arg(long)]
+    insecure: bool,
     /// Operations: issue, check, revoke.
     #[arg(long, value_delimiter = ',', default_value = "issue,check,revoke")]
     ops: Vec<String>,
@@ -117,7 +120,12 @@ async fn run(c: &Cluster, op: &str, clients: usize, secs: u64) -> (usize, usize,
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let c = Cluster::start(3).await;
+    // mTLS by default, as users run it; --insecure measures plaintext.
+    let c = if args.insecure {
+        Cluster::start_with(3, &["--insecure"]).await
+    } else {
+        Cluster::start(3).await
+    };
     println!(
         "{:<8} {:>8} {:>10} {:>10} {:>10} {:>8}",
         "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
