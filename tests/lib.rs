@@ -110,6 +110,13 @@ impl Cluster {
     }
 
     pub async fn start_with(n: u64, extra: &[&str]) -> Cluster {
+        Self::start_configured(n, extra, &[]).await
+    }
+
+    /// Like `start_with`, with `toml` added to every node's config file
+    /// (tables such as `[jwt_auth]` that have no flag) and `files` (name,
+    /// content) written beside it first.
+    pub async fn start_configured(n: u64, extra: &[&str], files: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster {
             nodes: Vec::new(),
@@ -117,6 +124,16 @@ impl Cluster {
             pki: Pki::new(&dir.path().join("pki")),
             dir,
         };
+        for (name, content) in files {
+            if *name == "grantd-tls.toml" {
+                let mut conf = std::fs::read_to_string(c.pki.config()).unwrap();
+                conf.push('\n');
+                conf.push_str(content);
+                std::fs::write(c.pki.config(), conf).unwrap();
+            } else {
+                std::fs::write(c.pki.dir.join(name), content).unwrap();
+            }
+        }
         for id in 1..=n {
             c.add_node_proc(id);
         }
@@ -519,7 +536,6 @@ pub fn issue_req(task: &str, ttl_seconds: u64) -> pb::IssueRequest {
         }],
         intent: "triage issue 42".into(),
         ttl_seconds,
-        token_secret: String::new(),
     }
 }
 

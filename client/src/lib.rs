@@ -18,6 +18,8 @@ use grant_proto::v1::audit_client::AuditClient;
 use grant_proto::v1::cluster_client::ClusterClient;
 use grant_proto::v1::grants_client::GrantsClient;
 use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -41,6 +43,10 @@ pub struct Options {
     /// must chain to; a server must also carry a SPIFFE ID of our own trust
     /// domain. `None` speaks plaintext (a cluster started `--insecure`).
     pub tls: Option<Tls>,
+    /// A JWT (JWT-SVID or OIDC) to present instead of a client
+    /// certificate, to a cluster configured with `[jwt_auth]`. Use it with
+    /// `Tls::ca_only`.
+    pub bearer_token: Option<String>,
 }
 
 impl Default for Options {
@@ -52,6 +58,7 @@ impl Default for Options {
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(10),
             tls: None,
+            bearer_token: None,
         }
     }
 }
@@ -62,6 +69,8 @@ pub enum ClientError {
     NoEndpoints,
     #[error("bad endpoint {0:?}: {1}")]
     BadEndpoint(String, String),
+    #[error("the bearer token cannot travel in a header: {0}")]
+    BadBearerToken(String),
     #[error("{} ({}): {}", .0.code(), error_code(.0).unwrap_or("-"), .0.message())]
     Status(Status),
 }
@@ -88,9 +97,26 @@ pub fn error_code(s: &Status) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// A channel whose requests carry the bearer token, if any.
+type Ch = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     options: Options,
+    bearer: Option<MetadataValue<Ascii>>,
     /// Where the last successful call went: the leader, most likely.
     preferred: Mutex<String>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -104,20 +130,21 @@ pub fn new_request_id() -> String {
     hex::encode(b)
 }
 
-/// A new token secret: 256 bits from the OS CSPRNG, hex.
-pub fn new_token_secret() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
-}
-
 impl Client {
     pub fn new(endpoints: Vec<String>, options: Options) -> Result<Client, ClientError> {
         let first = endpoints.first().cloned().ok_or(ClientError::NoEndpoints)?;
+        let bearer = match &options.bearer_token {
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|e| ClientError::BadBearerToken(e.to_string()))?,
+            ),
+            None => None,
+        };
         let c = Client {
             endpoints,
             options,
+            bearer,
             preferred: Mutex::new(first),
             channels: Mutex::new(HashMap::new()),
         };
@@ -131,7 +158,13 @@ impl Client {
         &self.endpoints
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+    /// The channel to `addr`, carrying our bearer token if we have one.
+    fn channel(&self, addr: &str) -> Result<Ch, ClientError> {
+        let bearer = Bearer(self.bearer.clone());
+        Ok(InterceptedService::new(self.raw_channel(addr)?, bearer))
+    }
+
+    fn raw_channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let mut m = self.channels.lock().expect("channel cache lock");
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
@@ -146,9 +179,11 @@ impl Client {
         let mut e = Endpoint::from_shared(url)
             .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?;
         if let Some(tls) = &self.options.tls {
+            // A server of our own trust domain; with no certificate of our
+            // own (a bearer token instead), any SPIFFE ID the CA vouches for.
             let td = tls.trust_domain().to_string();
             let accept: AcceptServer =
-                Arc::new(move |id: &str| trust_domain_of(id) == Some(td.as_str()));
+                Arc::new(move |id: &str| td.is_empty() || trust_domain_of(id) == Some(td.as_str()));
             e = tls
                 .client_endpoint(e, accept)
                 .map_err(|e| ClientError::BadEndpoint(addr.into(), e.to_string()))?;
@@ -166,7 +201,7 @@ impl Client {
     /// on from unreachable nodes, at most `attempts_max` times.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut backoff = self.options.backoff_initial;
@@ -231,15 +266,12 @@ impl Client {
             .map_err(ClientError::Status)
     }
 
-    /// Issue a grant. An empty request id is replaced by a fresh one, and an
-    /// empty token secret by 256 random bits, which all retries of this call
-    /// reuse: a retry whose first answer was lost still gets the token.
+    /// Issue a grant. An empty request id is replaced by a fresh one, which
+    /// all retries of this call reuse: a retry whose first answer was lost
+    /// gets the same grant (and a token for it), never a second one.
     pub async fn issue(&self, mut req: pb::IssueRequest) -> Result<pb::IssueResponse, ClientError> {
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
-        }
-        if req.token_secret.is_empty() {
-            req.token_secret = new_token_secret();
         }
         self.call(|ch| {
             let req = req.clone();
@@ -249,6 +281,18 @@ impl Client {
                     .await
                     .map(|r| r.into_inner())
             }
+        })
+        .await
+    }
+
+    /// The JWKS document of the cluster's token keys (for verifying grant
+    /// tokens offline; Check stays the authority on revocation).
+    pub async fn jwks(&self) -> Result<String, ClientError> {
+        self.call(|ch| async move {
+            GrantsClient::new(ch)
+                .jwks(pb::JwksRequest {})
+                .await
+                .map(|r| r.into_inner().jwks_json)
         })
         .await
     }
@@ -438,7 +482,7 @@ impl Client {
     pub async fn backup(&self, stale_from: Option<&str>) -> Result<Vec<u8>, ClientError> {
         use futures_util::StreamExt;
         let allow_stale = stale_from.is_some();
-        let fetch = |ch: Channel| async move {
+        let fetch = |ch: Ch| async move {
             let mut stream = ClusterClient::new(ch)
                 .backup(pb::BackupRequest { allow_stale })
                 .await?
@@ -481,14 +525,14 @@ fn retryable(s: &Status) -> bool {
 }
 
 impl Client {
-    fn audit_client(ch: Channel) -> AuditClient<Channel> {
+    fn audit_client(ch: Ch) -> AuditClient<Ch> {
         AuditClient::new(ch).max_decoding_message_size(4 * 1024 * 1024)
     }
 
     /// The audit export of one node (`addr`), or of whichever node answers.
     pub async fn audit_export(&self, addr: Option<&str>) -> Result<Vec<u8>, ClientError> {
         use futures_util::StreamExt;
-        let fetch = |ch: Channel| async move {
+        let fetch = |ch: Ch| async move {
             let mut stream = Self::audit_client(ch)
                 .export(pb::ExportRequest {})
                 .await?

@@ -28,6 +28,11 @@ struct Cli {
     /// The private key of --cert (PEM).
     #[arg(long, env = "GRANTCTL_KEY", global = true)]
     key: Option<std::path::PathBuf>,
+    /// A JWT (JWT-SVID or OIDC) in this file to present instead of a client
+    /// certificate (with --ca, without --cert/--key), to a cluster that
+    /// accepts bearer tokens ([jwt_auth]).
+    #[arg(long, env = "GRANTCTL_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Speak plaintext, to a development cluster started with --insecure.
     #[arg(long, env = "GRANTCTL_INSECURE", global = true)]
     insecure: bool,
@@ -39,7 +44,19 @@ impl Cli {
     /// Client options: mTLS from --ca/--cert/--key, or plaintext when
     /// --insecure. A command that works on files alone needs neither.
     fn options(&self) -> Result<Options, String> {
+        let bearer_token = match &self.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
         let tls = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), None, None) if bearer_token.is_some() && !self.insecure => {
+                Some(grant_client::Tls::ca_only(ca).map_err(|e| e.to_string())?)
+            }
             (Some(ca), Some(cert), Some(key)) if !self.insecure => Some(
                 grant_client::Tls::load(&grant_client::TlsFiles {
                     ca: ca.clone(),
@@ -55,13 +72,15 @@ impl Cli {
             _ => {
                 return Err(
                     "give --ca, --cert and --key (or GRANTCTL_CA, GRANTCTL_CERT, \
-                            GRANTCTL_KEY), or --insecure for a plaintext development cluster"
+                            GRANTCTL_KEY), or --ca and --token-file, or --insecure for a \
+                            plaintext development cluster"
                         .into(),
                 )
             }
         };
         Ok(Options {
             tls,
+            bearer_token,
             ..Options::default()
         })
     }
@@ -99,15 +118,6 @@ enum Cmd {
         /// Reuse to retry safely; generated when absent.
         #[arg(long, default_value = "")]
         request_id: String,
-        /// The token's secret (64 hex characters); reuse it with the request id
-        /// so that a retry gets the token back. Generated when absent.
-        #[arg(
-            long,
-            env = "GRANTCTL_TOKEN_SECRET",
-            default_value = "",
-            hide_env_values = true
-        )]
-        token_secret: String,
     },
     /// Check a token; exit status 0 on allow, 1 on deny.
     Check {
@@ -155,6 +165,9 @@ enum Cmd {
     /// The signed audit log: export, verify offline, prove, roster.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Print the JWKS document of the cluster's token keys, for tool
+    /// servers that verify grant tokens offline.
+    Jwks,
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCmd),
@@ -297,7 +310,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             intent,
             ttl,
             request_id,
-            token_secret,
         } => {
             let scopes = scopes
                 .iter()
@@ -311,7 +323,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     scopes,
                     intent,
                     ttl_seconds: ttl,
-                    token_secret,
                 })
                 .await
                 .map_err(e)?;
@@ -319,10 +330,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 print_grant(g);
             }
             if r.replayed {
-                println!("replayed: true (the token was handed out by the first attempt)");
-            } else {
-                println!("token: {}", r.token);
+                println!("replayed: true (this request id was applied before)");
             }
+            println!("token: {}", r.token);
             print_receipt(&r.receipt);
         }
         Cmd::Check {
@@ -429,6 +439,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
+        Cmd::Jwks => println!("{}", client.jwks().await.map_err(e)?),
         Cmd::Roles(RolesCmd::Get) => {
             let r = client.get_roles().await.map_err(e)?;
             println!("# source: {} (log index {})", r.source, r.log_index);

@@ -92,6 +92,25 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The trust anchors of a PEM CA bundle (at least one).
+fn parse_roots(path: &Path, pem: &[u8]) -> Result<Vec<TrustAnchor<'static>>, TlsError> {
+    let bad = |msg: String| TlsError::File {
+        path: path.into(),
+        msg,
+    };
+    let mut roots = Vec::new();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| bad(e.to_string()))?;
+        let anchor = webpki::anchor_from_trusted_cert(&c)
+            .map_err(|e| bad(format!("not a CA certificate: {e}")))?;
+        roots.push(anchor.to_owned());
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(roots)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::File {
         path: path.into(),
@@ -110,16 +129,7 @@ impl Tls {
         let ca_pem = read(&files.ca)?;
         let cert_pem = read(&files.cert)?;
         let key_pem = read(&files.key)?;
-        let mut roots = Vec::new();
-        for c in CertificateDer::pem_slice_iter(&ca_pem) {
-            let c = c.map_err(|e| bad(&files.ca, e.to_string()))?;
-            let anchor = webpki::anchor_from_trusted_cert(&c)
-                .map_err(|e| bad(&files.ca, format!("not a CA certificate: {e}")))?;
-            roots.push(anchor.to_owned());
-        }
-        if roots.is_empty() {
-            return Err(bad(&files.ca, "holds no PEM certificate".into()));
-        }
+        let roots = parse_roots(&files.ca, &ca_pem)?;
         let leaf = CertificateDer::pem_slice_iter(&cert_pem)
             .next()
             .ok_or_else(|| bad(&files.cert, "holds no PEM certificate".into()))?
@@ -135,7 +145,21 @@ impl Tls {
         })
     }
 
-    /// The trust domain of our own identity.
+    /// Only a CA bundle, no identity of our own: for a client that presents
+    /// a bearer token instead of a certificate.
+    pub fn ca_only(ca: &Path) -> Result<Tls, TlsError> {
+        let ca_pem = read(ca)?;
+        let roots = parse_roots(ca, &ca_pem)?;
+        Ok(Tls {
+            ca_pem,
+            cert_pem: Vec::new(),
+            key_pem: Vec::new(),
+            roots: Arc::new(roots),
+            id: String::new(),
+        })
+    }
+
+    /// The trust domain of our own identity ("" without one).
     pub fn trust_domain(&self) -> &str {
         trust_domain_of(&self.id).unwrap_or_default()
     }
@@ -161,11 +185,12 @@ impl Tls {
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
             accept,
         };
+        let mut config = ClientTlsConfig::new();
+        if !self.cert_pem.is_empty() {
+            config = config.identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        }
         endpoint
-            .tls_config_with_verifier(
-                ClientTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem)),
-                Arc::new(verifier),
-            )
+            .tls_config_with_verifier(config, Arc::new(verifier))
             .map_err(|e| TlsError::Config(e.to_string()))
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::bearer::JwtAuthConfig;
 use crate::auth::roles::{RoleMap, RolesConfig};
 use crate::limits;
 use grant_proto::tls::TlsFiles;
@@ -201,6 +202,7 @@ struct FileConfig {
     tls_key_file: Option<PathBuf>,
     insecure: Option<bool>,
     roles: Option<RolesConfig>,
+    jwt_auth: Option<JwtAuthConfig>,
 }
 
 /// The validated configuration.
@@ -234,6 +236,8 @@ pub struct Config {
     pub insecure: bool,
     /// The bootstrap role mapping (`[roles]` in the file only).
     pub roles: RolesConfig,
+    /// JWT bearer authentication (`[jwt_auth]` in the file only).
+    pub jwt_auth: Option<JwtAuthConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,9 +272,10 @@ impl Config {
                         path: path.clone(),
                         source,
                     })?;
-                // TLS files named in the file are found beside it, so a
-                // directory of certificates and its config move together.
+                // TLS and JWKS files named in the file are found beside it,
+                // so a directory of certificates and its config move together.
                 let base = path.parent().unwrap_or(std::path::Path::new("."));
+                let jwks = f.jwt_auth.as_mut().map(|j| &mut j.jwks_file);
                 for p in [
                     &mut f.tls_ca_file,
                     &mut f.tls_cert_file,
@@ -278,6 +283,7 @@ impl Config {
                 ]
                 .into_iter()
                 .flatten()
+                .chain(jwks)
                 {
                     if p.is_relative() {
                         *p = base.join(&*p);
@@ -344,6 +350,7 @@ impl Config {
             tls_key_file: args.tls_key_file.clone().or(file.tls_key_file.clone()),
             insecure: pick!(insecure, false),
             roles: file.roles.clone().unwrap_or_default(),
+            jwt_auth: file.jwt_auth.clone(),
         };
         c.validate()?;
         if args.command.is_none() {
@@ -458,6 +465,17 @@ impl Config {
             );
         }
         RoleMap::from_config(&self.roles).map_err(|e| ConfigError::Invalid("roles", e))?;
+        if let Some(j) = &self.jwt_auth {
+            if self.insecure {
+                return bad(
+                    "jwt_auth",
+                    "needs TLS; it cannot be used with insecure".into(),
+                );
+            }
+            if j.issuer.is_empty() || j.audience.is_empty() {
+                return bad("jwt_auth", "name the issuer and the audience".into());
+            }
+        }
         Ok(())
     }
 

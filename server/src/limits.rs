@@ -24,8 +24,9 @@ pub const RESOURCE_BYTES_MAX: usize = 256;
 pub const ACTION_BYTES_MAX: usize = 64;
 /// Bytes in a revoke reason.
 pub const REVOKE_REASON_BYTES_MAX: usize = 512;
-/// Bytes in a token as handed out (prefix + hex grant id + hex secret).
-pub const TOKEN_BYTES_MAX: usize = 128;
+/// A grant token (a signed JWT), presented or minted: a grant whose token
+/// would be longer (very many or very long scopes) is refused at Issue.
+pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// Grants one task may hold; completing a task revokes them in one entry.
 pub const GRANTS_PER_TASK_MAX: usize = 10_000;
 /// Grants in one page of List.
@@ -66,7 +67,7 @@ pub const LOG_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Upper bound on the encoded size of one check in a batch entry.
 pub const CHECK_ENCODED_BYTES_MAX: usize =
-    TOKEN_BYTES_MAX + SUBJECT_BYTES_MAX + RESOURCE_BYTES_MAX + ACTION_BYTES_MAX + 512;
+    SUBJECT_BYTES_MAX + RESOURCE_BYTES_MAX + ACTION_BYTES_MAX + SUBJECT_BYTES_MAX + 512;
 
 /// Upper bound on the encoded size of one issue command.
 pub const ISSUE_ENCODED_BYTES_MAX: usize = REQUEST_ID_BYTES_MAX
@@ -110,3 +111,5 @@ pub const ROLE_PATTERNS_MAX: usize = 1024;
 /// Largest replicated role mapping, as canonical JSON (it is also the
 /// detail of its audit entry).
 pub const ROLES_JSON_BYTES_MAX: usize = 256 * 1024;
+/// A JWT bearer token presented instead of a client certificate.
+pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;

@@ -16,6 +16,7 @@ use crate::api::batcher::CheckBatcher;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::{now_ms, NodeContext};
+use crate::auth::bearer::BearerAuth;
 use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
 use crate::auth::roles::{Role, RoleMap};
 use crate::config::Config;
@@ -94,7 +95,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let mut api = tonic::transport::Server::builder().tcp_nodelay(true);
     let mut peer = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(t) = &tls {
-        api = api.tls_config(t.server_config())?;
+        // With JWT bearer authentication a client may come without a
+        // certificate; peers always need theirs.
+        let optional = config.jwt_auth.is_some();
+        api = api.tls_config(t.server_config().client_auth_optional(optional))?;
         peer = peer.tls_config(t.server_config())?;
     }
     // Metrics outermost: refused calls are counted and logged in their span.
@@ -104,7 +108,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             access: access.clone(),
         })
         .add_service(
-            GrantsServer::new(GrantsService::new(ctx.clone(), checks))
+            GrantsServer::new(GrantsService::new(ctx.clone(), checks, node_key.clone()))
                 .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
@@ -190,8 +194,20 @@ fn security(config: &Config, state: StateReader) -> anyhow::Result<(Option<Tls>,
         );
     }
     tracing::info!(id = %tls.id, "mTLS on the API and peer listeners");
-    let mtls = Mtls::new(tls.trust_domain().to_string(), config.roles.clone(), state)
-        .map_err(anyhow::Error::msg)?;
+    let bearer = match &config.jwt_auth {
+        Some(j) => {
+            tracing::info!(issuer = %j.issuer, audience = %j.audience, "JWT bearer authentication accepted on the API");
+            Some(BearerAuth::load(j).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let mtls = Mtls::new(
+        tls.trust_domain().to_string(),
+        config.roles.clone(),
+        state,
+        bearer,
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok((Some(tls), Arc::new(Access::Mtls(Box::new(mtls)))))
 }
 

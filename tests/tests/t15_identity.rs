@@ -458,3 +458,354 @@ subjects = ["spiffe://example.org/agent/*"]
         Some(Code::PermissionDenied)
     );
 }
+
+/// Verify a grant token offline, as a tool server would: the key from the
+/// JWKS by `kid`, EdDSA, audience = our resource, no leeway on expiry.
+fn verify_offline(
+    token: &str,
+    jwks: &str,
+    resource: &str,
+) -> Result<serde_json::Value, jsonwebtoken::errors::Error> {
+    use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
+    let set: JwkSet = serde_json::from_str(jwks).unwrap();
+    let kid = decode_header(token)?.kid.unwrap_or_default();
+    let jwk = set
+        .find(&kid)
+        .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[resource]);
+    v.leeway = 0;
+    v.set_required_spec_claims(&["exp", "sub", "aud", "jti"]);
+    Ok(decode::<serde_json::Value>(token, &DecodingKey::from_jwk(jwk)?, &v)?.claims)
+}
+
+/// A token with `claims`, signed by a key the cluster never saw.
+fn foreign_token(claims: &serde_json::Value, kid: &str) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    h.kid = Some(kid.into());
+    h.typ = Some("at+jwt".into());
+    let der = key.to_pkcs8_der().unwrap();
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_verify_offline_with_the_jwks_and_forgeries_deny() {
+    use base64::Engine;
+    use grant_client::v1::Reason;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let c = Cluster::start(3).await;
+    let g = c
+        .client_as(ORCH)
+        .issue(issue_req("jwt", 300))
+        .await
+        .unwrap();
+    let grant_id = g.grant.as_ref().unwrap().grant_id.clone();
+    let tool = c.client_as(TOOL);
+    // Any authenticated caller may fetch the JWKS; a tool server checks the
+    // token offline with it.
+    let jwks = tool.jwks().await.unwrap();
+    let claims = verify_offline(&g.token, &jwks, "github").unwrap();
+    assert_eq!(claims["sub"], id(PLANNER));
+    assert_eq!(claims["jti"], grant_id.as_str());
+    assert_eq!(claims["client_id"], id(ORCH));
+    assert_eq!(claims["task_id"], "jwt");
+    assert_eq!(claims["scope"], "github:read github:comment");
+    assert_eq!(
+        jsonwebtoken::decode_header(&g.token)
+            .unwrap()
+            .typ
+            .as_deref(),
+        Some("at+jwt")
+    );
+    // Presented for another resource: refused offline and by Check.
+    assert!(verify_offline(&g.token, &jwks, "jira").is_err());
+
+    let check = |token: &str| grant_client::v1::CheckRequest {
+        token: token.into(),
+        identity: id(PLANNER),
+        resource: "github".into(),
+        action: "read".into(),
+    };
+    let reason_of = |r: grant_client::v1::CheckResponse| reason(&r);
+    assert_eq!(
+        reason_of(tool.check(check(&g.token)).await.unwrap()),
+        Reason::Allowed
+    );
+    // Tampered: the payload names another subject, the signature is the old one.
+    let parts: Vec<&str> = g.token.split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    payload["sub"] = id(INTRUDER).into();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(payload.to_string()),
+        parts[2]
+    );
+    assert!(verify_offline(&tampered, &jwks, "github").is_err());
+    let mut as_intruder = check(&tampered);
+    as_intruder.identity = id(INTRUDER);
+    let r = tool.check(as_intruder).await.unwrap();
+    assert_eq!(reason_of(r.clone()), Reason::BadToken);
+    assert!(r.grant_id.is_empty(), "a forged token names no grant");
+    // Signed by a foreign key, under the cluster's key id or an unknown one.
+    let kid = jsonwebtoken::decode_header(&g.token).unwrap().kid.unwrap();
+    for k in [kid.as_str(), "unknown-kid"] {
+        let t = foreign_token(&claims, k);
+        assert!(verify_offline(&t, &jwks, "github").is_err());
+        assert_eq!(
+            reason_of(tool.check(check(&t)).await.unwrap()),
+            Reason::BadToken,
+            "kid {k}"
+        );
+    }
+    // Not a JWT at all: InvalidArgument, not recorded.
+    assert_eq!(
+        code(tool.check(check("not.a.jwt")).await),
+        Some(Code::InvalidArgument)
+    );
+
+    // Check stays the authority: a revoked grant's token still verifies
+    // offline until it expires, and Check denies it.
+    c.client()
+        .revoke(revoke_req(&grant_id, "done"))
+        .await
+        .unwrap();
+    assert!(verify_offline(&g.token, &jwks, "github").is_ok());
+    assert_eq!(
+        reason_of(tool.check(check(&g.token)).await.unwrap()),
+        Reason::Revoked
+    );
+
+    // Expired: offline verification and Check both refuse it.
+    let short = c
+        .client_as(ORCH)
+        .issue(issue_req("jwt-short", 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = verify_offline(&short.token, &jwks, "github").unwrap_err();
+    assert_eq!(
+        *err.kind(),
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature
+    );
+    assert_eq!(
+        reason_of(tool.check(check(&short.token)).await.unwrap()),
+        Reason::Expired
+    );
+    // Every node serves the same keys: tokens from any leader verify anywhere.
+    for n in &c.nodes {
+        let j = c.node_client(n.id).jwks().await.unwrap();
+        assert_eq!(j, jwks);
+    }
+}
+
+/// An identity provider for bearer tokens: an Ed25519 key, its JWKS.
+struct Idp {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl Idp {
+    fn new(kid: &str) -> Idp {
+        use base64::Engine;
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let k = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes());
+        Idp {
+            key: jsonwebtoken::EncodingKey::from_ed_der(k.to_pkcs8_der().unwrap().as_bytes()),
+            jwks: serde_json::json!({"keys": [{
+                "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"
+            }]})
+            .to_string(),
+        }
+    }
+
+    fn token(&self, kid: &str, claims: serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_may_authenticate_with_a_jwt_instead_of_a_certificate() {
+    const ISS: &str = "https://idp.example.org";
+    let idp = Idp::new("idp-1");
+    let conf = format!(
+        "[jwt_auth]\njwks_file = \"idp-jwks.json\"\nissuer = \"{ISS}\"\naudience = \"grant-ledger\"\n"
+    );
+    let c = Cluster::start_configured(
+        1,
+        &[],
+        &[("idp-jwks.json", &idp.jwks), ("grantd-tls.toml", &conf)],
+    )
+    .await;
+    let claims = |sub: &str, iss: &str, aud: &str, exp: i64| serde_json::json!({"sub": sub, "iss": iss, "aud": aud, "exp": exp, "iat": unix_now()});
+    let later = unix_now() + 300;
+    let as_bearer = |token: String| {
+        let opts = Options {
+            tls: Some(grant_client::Tls::ca_only(&c.pki.dir.join("ca.pem")).unwrap()),
+            bearer_token: Some(token),
+            attempts_max: 1,
+            ..Options::default()
+        };
+        Client::new(vec![c.nodes[0].api_addr.clone()], opts).unwrap()
+    };
+
+    // A JWT-SVID for the orchestrator: it issues, and the audit names it.
+    let orch = as_bearer(idp.token("idp-1", claims(&id(ORCH), ISS, "grant-ledger", later)));
+    let g = orch.issue(issue_req("bearer", 60)).await.unwrap();
+    let seq = g.receipt.unwrap().audit_seq;
+    let e = c.client().audit_entries(seq, 1).await.unwrap().entries;
+    assert_eq!(grant_client::entry_from_pb(&e[0]).unwrap().actor, id(ORCH));
+    // Roles apply as to a certificate.
+    let agent = as_bearer(idp.token("idp-1", claims(&id(PLANNER), ISS, "grant-ledger", later)));
+    assert_eq!(
+        code(agent.issue(issue_req("bearer", 60)).await),
+        Some(Code::PermissionDenied)
+    );
+    let before = c.converged_digests().await;
+
+    // Refused, as Unauthenticated: expired, another audience, another
+    // issuer, a key outside the JWKS (under its kid or another), a subject
+    // that is no SPIFFE ID or from another trust domain, a shared-secret
+    // algorithm, and nothing at all.
+    let stranger = Idp::new("idp-1");
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            kid: Some("idp-1".into()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
+        &claims(&id(ORCH), ISS, "grant-ledger", later),
+        &jsonwebtoken::EncodingKey::from_secret(b"idp-1"),
+    )
+    .unwrap();
+    for (what, token) in [
+        (
+            "expired",
+            idp.token(
+                "idp-1",
+                claims(&id(ORCH), ISS, "grant-ledger", unix_now() - 60),
+            ),
+        ),
+        (
+            "audience",
+            idp.token("idp-1", claims(&id(ORCH), ISS, "other-service", later)),
+        ),
+        (
+            "issuer",
+            idp.token(
+                "idp-1",
+                claims(&id(ORCH), "https://evil.example", "grant-ledger", later),
+            ),
+        ),
+        (
+            "foreign key",
+            stranger.token("idp-1", claims(&id(ORCH), ISS, "grant-ledger", later)),
+        ),
+        (
+            "unknown kid",
+            stranger.token("idp-9", claims(&id(ORCH), ISS, "grant-ledger", later)),
+        ),
+        (
+            "not a SPIFFE ID",
+            idp.token(
+                "idp-1",
+                claims("alice@example.org", ISS, "grant-ledger", later),
+            ),
+        ),
+        (
+            "other trust domain",
+            idp.token(
+                "idp-1",
+                claims(
+                    "spiffe://other.org/orchestrator",
+                    ISS,
+                    "grant-ledger",
+                    later,
+                ),
+            ),
+        ),
+        ("HS256", hs256),
+        ("garbage", "not-a-jwt".into()),
+    ] {
+        let err = as_bearer(token)
+            .issue(issue_req(what, 60))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.grpc_code(),
+            Some(Code::Unauthenticated),
+            "{what}: {err}"
+        );
+    }
+    let nothing = Client::new(
+        vec![c.nodes[0].api_addr.clone()],
+        Options {
+            tls: Some(grant_client::Tls::ca_only(&c.pki.dir.join("ca.pem")).unwrap()),
+            attempts_max: 1,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        code(nothing.issue(issue_req("nothing", 60)).await),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(c.converged_digests().await[0].1, before[0].1);
+
+    // The peer listener still takes certificates only.
+    let raft = raw_channel(&c.nodes[0].raft_addr, None).await;
+    if let Ok(ch) = raft {
+        let r = grant_client::v1::raft::raft_peer_client::RaftPeerClient::new(ch)
+            .vote(grant_client::v1::raft::RaftPayload { data: vec![] })
+            .await;
+        assert!(r.is_err());
+    }
+
+    // grantctl with --ca and --token-file.
+    let tokf = c.dir.path().join("orch.jwt");
+    std::fs::write(
+        &tokf,
+        idp.token("idp-1", claims(&id(ORCH), ISS, "grant-ledger", later)),
+    )
+    .unwrap();
+    let out = std::process::Command::new(grantd_bin().with_file_name("grantctl"))
+        .args(["--endpoints", &c.nodes[0].api_addr])
+        .arg("--ca")
+        .arg(c.pki.dir.join("ca.pem"))
+        .arg("--token-file")
+        .arg(&tokf)
+        .args([
+            "issue",
+            "--subject",
+            &id(PLANNER),
+            "--task",
+            "cli",
+            "--scope",
+            "github=read",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -74,7 +74,6 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
     let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9));
     let mut task_no = 0u32;
     let mut mine: Vec<(String, String)> = Vec::new(); // (grant id, token)
-    let mut secrets: HashMap<String, String> = HashMap::new();
     let mut n = 0u64;
     while Instant::now() < stop {
         n += 1;
@@ -101,11 +100,6 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
             };
             let mut req = issue_req(&task, 600);
             req.request_id = op.request_id.clone();
-            // A retry presents the original secret, as the client library does.
-            req.token_secret = secrets
-                .entry(op.request_id.clone())
-                .or_insert_with(|| hex::encode(rng.gen::<[u8; 32]>()))
-                .clone();
             op.outcome = match client.issue(req).await {
                 Ok(r) => {
                     let g = r.grant.unwrap();

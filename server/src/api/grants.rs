@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::batcher::CheckBatcher;
 use super::errors::ApiError;
 use super::{now_ms, token, validate, NodeContext};
+use crate::audit::keys::{NodeKey, SharedKey};
 use crate::auth::layer::Caller;
 use crate::auth::roles::Role;
 use crate::ledger::{
@@ -19,12 +20,58 @@ use crate::storage::keyspace;
 pub struct GrantsService {
     ctx: NodeContext,
     checks: CheckBatcher,
+    /// This node's keys: its token key signs the tokens it hands out.
+    key: SharedKey,
+    verifier: token::Verifier,
+    /// The token key id known to be published (skips the roster lookup).
+    published: std::sync::Mutex<String>,
 }
 
 impl GrantsService {
-    pub fn new(ctx: NodeContext, checks: CheckBatcher) -> Self {
-        GrantsService { ctx, checks }
+    pub fn new(ctx: NodeContext, checks: CheckBatcher, key: SharedKey) -> Self {
+        GrantsService {
+            verifier: token::Verifier::new(ctx.state.clone()),
+            ctx,
+            checks,
+            key,
+            published: Default::default(),
+        }
     }
+
+    /// This node's current key, published before its first token: a token
+    /// signed with a key the others do not know would not verify there.
+    async fn signing_key(&self) -> Result<std::sync::Arc<NodeKey>, ApiError> {
+        let key = crate::audit::keys::current(&self.key);
+        if *self.published.lock().expect("published lock") != key.token.kid {
+            // On a follower this fails with the leader's address, as any write.
+            crate::audit::publisher::ensure_registered(&self.ctx, &key).await?;
+            *self.published.lock().expect("published lock") = key.token.kid.clone();
+        }
+        Ok(key)
+    }
+
+    /// The token of a grant, signed with `key`.
+    fn token_of(&self, key: &NodeKey, g: &GrantRecord) -> Result<token::Minted, ApiError> {
+        let claims = token::Claims::of(
+            &self.ctx.config.audit_origin,
+            &g.grant_id,
+            &g.subject,
+            &g.task_id,
+            &g.scopes,
+            &g.issuer,
+            g.issued_at_ms,
+            g.expires_at_ms,
+        );
+        token::mint(&key.token, &claims)
+    }
+}
+
+/// A new grant id: 128 bits from the OS CSPRNG, hex.
+fn new_grant_id() -> String {
+    use rand::RngCore;
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    hex::encode(id)
 }
 
 /// Name the request in its log lines by the caller's (validated) request id (the rpc
@@ -189,18 +236,25 @@ impl Grants for GrantsService {
             }
             t => t,
         };
-        let caller_secret = if r.token_secret.is_empty() {
-            None
-        } else {
-            token::validate_secret(&r.token_secret)?;
-            Some(r.token_secret.as_str())
-        };
-        let minted = token::mint(caller_secret);
+        let key = self.signing_key().await?;
         let now = now_ms();
+        let grant_id = new_grant_id();
+        let expires_at_ms = now + (ttl_seconds as i64) * 1000;
+        let claims = token::Claims::of(
+            &self.ctx.config.audit_origin,
+            &grant_id,
+            &r.subject,
+            &r.task_id,
+            &scopes,
+            caller.id(),
+            now,
+            expires_at_ms,
+        );
+        let minted = token::mint(&key.token, &claims)?;
         let cmd = Command::Issue(ledger::IssueCmd {
             request_id: r.request_id.clone(),
             fingerprint: fingerprint(caller.id(), &r, &scopes, ttl_seconds),
-            grant_id: minted.grant_id,
+            grant_id,
             subject: r.subject.clone(),
             task_id: r.task_id.clone(),
             scopes,
@@ -208,7 +262,7 @@ impl Grants for GrantsService {
             issuer: caller.id().to_string(),
             token_hash: minted.token_hash,
             now_ms: now,
-            expires_at_ms: now + (ttl_seconds as i64) * 1000,
+            expires_at_ms,
         });
         match self.ctx.propose(cmd).await? {
             (
@@ -220,14 +274,12 @@ impl Grants for GrantsService {
                 index,
             ) => Ok(Response::new(pb::IssueResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
-                token: match (replayed, caller_secret) {
-                    (false, _) => minted.token,
-                    // Only the holder of the original secret gets the token
-                    // back: the grant keeps the hash it must match.
-                    (true, Some(secret)) if token::hash_secret(secret) == grant.token_hash => {
-                        token::compose(&grant.grant_id, secret)
-                    }
-                    (true, _) => String::new(),
+                // A replay comes from the same issuer (the fingerprint
+                // binds it): it gets a token for the grant it created.
+                token: if replayed {
+                    self.token_of(&key, &grant)?.token
+                } else {
+                    minted.token
                 },
                 replayed,
                 receipt: receipt(index, audit),
@@ -242,18 +294,16 @@ impl Grants for GrantsService {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        if r.token.len() > TOKEN_BYTES_MAX {
-            return Err(
-                ApiError::invalid("token", format!("longer than {TOKEN_BYTES_MAX} bytes")).into(),
-            );
-        }
-        let (grant_id, token_hash) = token::parse(&r.token)?;
+        let (grant_id, forged) = match self.verifier.check(&r.token)? {
+            token::Presented::Valid { grant_id } => (grant_id, false),
+            token::Presented::Forged => (String::new(), true),
+        };
         let identity = self.presenter(&caller, r.identity)?;
         validate::name("resource", &r.resource, RESOURCE_BYTES_MAX)?;
         validate::name("action", &r.action, ACTION_BYTES_MAX)?;
         let cmd = CheckCmd {
             grant_id,
-            token_hash,
+            forged,
             identity,
             resource: r.resource,
             action: r.action,
@@ -358,6 +408,28 @@ impl Grants for GrantsService {
                 .last_applied_index()
                 .map_err(ApiError::from)?,
             stale_allowed: r.allow_stale,
+        }))
+    }
+
+    async fn jwks(
+        &self,
+        _req: Request<pb::JwksRequest>,
+    ) -> Result<Response<pb::JwksResponse>, Status> {
+        let keys: Vec<serde_json::Value> = self
+            .ctx
+            .state
+            .token_keys()
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(kid, x)| {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid,
+                    "alg": "EdDSA", "use": "sig",
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::JwksResponse {
+            jwks_json: serde_json::json!({ "keys": keys }).to_string(),
         }))
     }
 

@@ -1,123 +1,236 @@
-//! Bearer tokens: `glt1_<grant id: 32 hex>_<secret: 64 hex>`. The secret is
-//! 256 random bits drawn by the leader; only its SHA-256 enters the log and
-//! the state, so a copy of the data directory yields no usable token.
+//! Grant tokens: JWT access tokens (RFC 9068 profile) signed with EdDSA by
+//! the node that hands them out, verifiable offline with the cluster's
+//! JWKS. `jti` is the grant id, `sub` the grant's subject, `aud` the
+//! resources of its scopes, `scope` its `resource:action` pairs,
+//! `client_id` the issuer, `task_id` its task.
+//!
+//! Check verifies the signature against the token keys in the replicated
+//! state and then asks the ledger, which stays authoritative (revocation,
+//! expiry, subject, scope). The cluster keeps only the SHA-256 of the token
+//! it first handed out (in the grant record), never the token.
 
-use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::errors::ApiError;
 use super::validate;
+use crate::audit::keys::TokenKey;
+use crate::ledger::Scope;
+use crate::limits::TOKEN_BYTES_MAX;
+use crate::storage::StateReader;
 
-const PREFIX: &str = "glt1_";
+/// The JOSE `typ` of an RFC 9068 access token.
+pub const TYP: &str = "at+jwt";
 
+/// The claims of a grant token.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Vec<String>,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    pub task_id: String,
+}
+
+impl Claims {
+    /// The claims of a grant, times in milliseconds as stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn of(
+        iss: &str,
+        grant_id: &str,
+        subject: &str,
+        task_id: &str,
+        scopes: &[Scope],
+        issuer: &str,
+        issued_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> Claims {
+        let mut aud: Vec<String> = scopes.iter().map(|s| s.resource.clone()).collect();
+        aud.dedup();
+        let scope = scopes
+            .iter()
+            .flat_map(|s| s.actions.iter().map(move |a| format!("{}:{a}", s.resource)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Claims {
+            iss: iss.to_string(),
+            sub: subject.to_string(),
+            aud,
+            exp: expires_at_ms.div_euclid(1000),
+            iat: issued_at_ms.div_euclid(1000),
+            jti: grant_id.to_string(),
+            client_id: issuer.to_string(),
+            scope,
+            task_id: task_id.to_string(),
+        }
+    }
+}
+
+/// A signed token and the hash the grant record keeps of it.
 pub struct Minted {
-    pub grant_id: String,
     pub token: String,
     pub token_hash: String,
 }
 
-/// Draw a grant id, and a secret unless the caller chose one (already
-/// validated with [`validate_secret`]).
-pub fn mint(caller_secret: Option<&str>) -> Minted {
-    let mut rng = rand::rngs::OsRng;
-    let mut id = [0u8; 16];
-    rng.fill_bytes(&mut id);
-    let grant_id = hex::encode(id);
-    let secret_hex = match caller_secret {
-        Some(s) => s.to_string(),
-        None => {
-            let mut secret = [0u8; 32];
-            rng.fill_bytes(&mut secret);
-            hex::encode(secret)
+pub fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Sign `claims` with `key`. Refused if the token would exceed
+/// `TOKEN_BYTES_MAX` (a grant with very many or very long scopes).
+pub fn mint(key: &TokenKey, claims: &Claims) -> Result<Minted, ApiError> {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(TYP.into());
+    header.kid = Some(key.kid.clone());
+    let token = jsonwebtoken::encode(&header, claims, &key.encoding)
+        .map_err(|e| ApiError::Internal(format!("token signing: {e}")))?;
+    if token.len() > TOKEN_BYTES_MAX {
+        return Err(ApiError::invalid(
+            "scopes",
+            format!(
+                "the grant's token would be {} bytes, over {TOKEN_BYTES_MAX}",
+                token.len()
+            ),
+        ));
+    }
+    Ok(Minted {
+        token_hash: hash(&token),
+        token,
+    })
+}
+
+/// What Check learns from a presented token before asking the ledger.
+#[derive(Debug, PartialEq)]
+pub enum Presented {
+    /// The signature verifies with a cluster token key: the grant it names.
+    Valid { grant_id: String },
+    /// A JWT, but not one the cluster signed (tampered, foreign key, unknown
+    /// key id, wrong algorithm): denied as BadToken.
+    Forged,
+}
+
+/// Verifies tokens against the token keys in the replicated state. Keys
+/// are cached by key id (a key id is the thumbprint of its key, so a cached
+/// entry never goes stale).
+#[derive(Clone)]
+pub struct Verifier {
+    state: StateReader,
+    cache: Arc<RwLock<HashMap<String, Arc<DecodingKey>>>>,
+}
+
+/// Most cached verification keys; beyond it the cache starts over.
+const KEY_CACHE_MAX: usize = 1024;
+
+impl Verifier {
+    pub fn new(state: StateReader) -> Verifier {
+        Verifier {
+            state,
+            cache: Default::default(),
         }
-    };
-    Minted {
-        token: compose(&grant_id, &secret_hex),
-        token_hash: hash_secret(&secret_hex),
-        grant_id,
     }
-}
 
-pub fn compose(grant_id: &str, secret_hex: &str) -> String {
-    format!("{PREFIX}{grant_id}_{secret_hex}")
-}
-
-pub fn hash_secret(secret_hex: &str) -> String {
-    hex::encode(Sha256::digest(secret_hex.as_bytes()))
-}
-
-fn is_secret(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-pub fn validate_secret(s: &str) -> Result<(), ApiError> {
-    if is_secret(s) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "token_secret",
-            "must be 64 lowercase hex characters (256 random bits)",
-        ))
+    fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        if let Some(k) = self.cache.read().expect("key cache").get(kid) {
+            return Some(k.clone());
+        }
+        let x = self.state.token_key(kid).ok()??;
+        let k = Arc::new(DecodingKey::from_ed_components(&x).ok()?);
+        let mut c = self.cache.write().expect("key cache");
+        if c.len() >= KEY_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(kid.to_string(), k.clone());
+        Some(k)
     }
-}
 
-/// Split a presented token into (grant id, hash of its secret).
-pub fn parse(token: &str) -> Result<(String, String), ApiError> {
-    let bad = || {
-        ApiError::invalid(
-            "token",
-            "not a grant-ledger token (glt1_<grant id>_<secret>)",
-        )
-    };
-    let rest = token.strip_prefix(PREFIX).ok_or_else(bad)?;
-    let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
-    validate::grant_id("token", id).map_err(|_| bad())?;
-    if secret.len() != 64
-        || !secret
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(bad());
+    /// Check a presented token. Not a JWT at all, or over the size limit:
+    /// InvalidArgument (not recorded). Signature: verified here. Expiry,
+    /// revocation, subject and scope: the ledger's to decide.
+    pub fn check(&self, token: &str) -> Result<Presented, ApiError> {
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(ApiError::invalid(
+                "token",
+                format!("longer than {TOKEN_BYTES_MAX} bytes"),
+            ));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            ApiError::invalid(
+                "token",
+                "not a grant token (a JWT: header.payload.signature)",
+            )
+        })?;
+        let Some(kid) = header.kid.filter(|_| header.alg == Algorithm::EdDSA) else {
+            return Ok(Presented::Forged);
+        };
+        let Some(key) = self.key(&kid) else {
+            return Ok(Presented::Forged);
+        };
+        let mut v = Validation::new(Algorithm::EdDSA);
+        // The ledger decides expiry (at leader time) and scope.
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        match jsonwebtoken::decode::<Claims>(token, &key, &v) {
+            Ok(d) if validate::grant_id("jti", &d.claims.jti).is_ok() => Ok(Presented::Valid {
+                grant_id: d.claims.jti,
+            }),
+            _ => Ok(Presented::Forged),
+        }
     }
-    Ok((id.to_string(), hash_secret(secret)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn minted_token_parses_to_its_grant_and_hash() {
-        let m = mint(None);
-        let (id, h) = parse(&m.token).unwrap();
-        assert_eq!(id, m.grant_id);
-        assert_eq!(h, m.token_hash);
-        assert!(!m.token.contains(&m.token_hash));
-        assert!(m.token.len() <= crate::limits::TOKEN_BYTES_MAX);
+    fn claims() -> Claims {
+        Claims::of(
+            "grant-ledger",
+            &"ab".repeat(16),
+            "spiffe://example.org/agent/a",
+            "t1",
+            &[Scope {
+                resource: "github".into(),
+                actions: vec!["read".into(), "comment".into()],
+            }],
+            "spiffe://example.org/orchestrator",
+            1_700_000_000_123,
+            1_700_000_300_123,
+        )
     }
 
     #[test]
-    fn caller_secret_gives_a_token_the_caller_can_rebuild() {
-        let secret = "ab".repeat(32);
-        let m = mint(Some(&secret));
-        assert_eq!(m.token, compose(&m.grant_id, &secret));
-        assert_eq!(parse(&m.token).unwrap().1, m.token_hash);
-        assert!(validate_secret("short").is_err());
-        assert!(validate_secret(&"AB".repeat(32)).is_err());
+    fn claims_follow_the_access_token_profile() {
+        let c = claims();
+        assert_eq!(c.aud, vec!["github"]);
+        assert_eq!(c.scope, "github:read github:comment");
+        assert_eq!((c.iat, c.exp), (1_700_000_000, 1_700_000_300));
     }
 
     #[test]
-    fn garbage_refused() {
-        for t in [
-            "",
-            "glt1_",
-            "glt1_abc_def",
-            "xyz",
-            &format!("glt1_{}_{}", "g".repeat(32), "0".repeat(64)),
-        ] {
-            assert!(parse(t).is_err(), "{t:?}");
-        }
+    fn a_minted_token_verifies_with_its_jwk_and_not_with_another() {
+        let key = TokenKey::from_seed(&[7; 32]);
+        let other = TokenKey::from_seed(&[8; 32]);
+        let m = mint(&key, &claims()).unwrap();
+        assert_eq!(m.token_hash, hash(&m.token));
+        let h = jsonwebtoken::decode_header(&m.token).unwrap();
+        assert_eq!(h.typ.as_deref(), Some(TYP));
+        assert_eq!(h.kid.as_deref(), Some(key.kid.as_str()));
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.validate_exp = false;
+        v.set_audience(&["github"]);
+        let ok = DecodingKey::from_ed_components(&key.x).unwrap();
+        let d = jsonwebtoken::decode::<Claims>(&m.token, &ok, &v).unwrap();
+        assert_eq!(d.claims, claims());
+        let wrong = DecodingKey::from_ed_components(&other.x).unwrap();
+        assert!(jsonwebtoken::decode::<Claims>(&m.token, &wrong, &v).is_err());
     }
 }

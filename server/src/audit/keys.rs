@@ -13,9 +13,60 @@ pub const KEY_FILE: &str = "node.key";
 pub struct NodeKey {
     pub name: String,
     pub signing: SigningKey,
+    /// The key this node signs grant tokens with, derived from `signing`
+    /// (one secret to keep and rotate, two keys that never sign each
+    /// other's messages).
+    pub token: TokenKey,
+}
+
+/// An Ed25519 token signing key with its public JWK parts.
+pub struct TokenKey {
+    /// RFC 7638 thumbprint of the public JWK: the JOSE `kid`.
+    pub kid: String,
+    /// The public key, base64url (the JWK's `x`).
+    pub x: String,
+    pub encoding: jsonwebtoken::EncodingKey,
+}
+
+impl TokenKey {
+    pub fn from_seed(seed: &[u8; 32]) -> TokenKey {
+        use base64::Engine;
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        use sha2::Digest;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = SigningKey::from_bytes(seed);
+        let x = b64.encode(key.verifying_key().as_bytes());
+        let thumb = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+        let kid = b64.encode(sha2::Sha256::digest(thumb.as_bytes()));
+        let der = key
+            .to_pkcs8_der()
+            .expect("an Ed25519 key encodes as PKCS#8");
+        TokenKey {
+            kid,
+            x,
+            encoding: jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+        }
+    }
+
+    /// Derived from a node's checkpoint signing key.
+    fn derive(signing: &SigningKey) -> TokenKey {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"grant-ledger token key v1\0");
+        h.update(signing.as_bytes());
+        TokenKey::from_seed(&h.finalize().into())
+    }
 }
 
 impl NodeKey {
+    pub fn new(name: String, signing: SigningKey) -> NodeKey {
+        NodeKey {
+            token: TokenKey::derive(&signing),
+            name,
+            signing,
+        }
+    }
+
     pub fn verifier(&self) -> VerifierKey {
         VerifierKey::new(&self.name, self.signing.verifying_key())
     }
@@ -44,25 +95,13 @@ pub fn rotate(data_dir: &Path, node_id: u64, shared: &SharedKey) -> io::Result<(
     )?;
     std::fs::rename(&tmp, data_dir.join(KEY_FILE))?;
     crate::storage::sync_dir(data_dir)?;
-    let new = NodeKey {
-        name: key_name(node_id),
-        signing: key,
-    };
+    let new = NodeKey::new(key_name(node_id), key);
     let old = std::mem::replace(
         &mut *guard,
-        std::sync::Arc::new(NodeKey {
-            name: new.name.clone(),
-            signing: new.signing.clone(),
-        }),
+        std::sync::Arc::new(NodeKey::new(new.name.clone(), new.signing.clone())),
     );
     tracing::info!(new = %new.verifier().encode(), "node signing key rotated");
-    Ok((
-        NodeKey {
-            name: old.name.clone(),
-            signing: old.signing.clone(),
-        },
-        new,
-    ))
+    Ok((NodeKey::new(old.name.clone(), old.signing.clone()), new))
 }
 
 /// Write a key to `node.key.tmp`, readable by its owner only, and sync it;
@@ -117,10 +156,7 @@ pub fn load_or_create(data_dir: &Path, node_id: u64) -> io::Result<NodeKey> {
         }
         Err(e) => return Err(e),
     };
-    Ok(NodeKey {
-        name: key_name(node_id),
-        signing,
-    })
+    Ok(NodeKey::new(key_name(node_id), signing))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The leader's checkpoint publisher: while this node leads, it makes sure
-//! its signing key is in the roster, then every `checkpoint_interval_ms`
+//! its signing keys are in the roster, then every `checkpoint_interval_ms`
 //! signs the current tree head (if it grew) as a C2SP checkpoint and
 //! commits it through Raft, so every replica holds the same signed
 //! checkpoints.
@@ -10,6 +10,7 @@ use grant_proto::audit::note::{self, Checkpoint};
 use tokio::sync::watch;
 
 use super::keys::{NodeKey, SharedKey};
+use crate::api::errors::ApiError;
 use crate::api::{now_ms, NodeContext};
 use crate::ledger::{CheckpointCmd, Command, CommandResult, RegisterKeyCmd};
 
@@ -23,35 +24,50 @@ pub async fn run(ctx: NodeContext, key: SharedKey, shutdown: watch::Receiver<boo
         }
         // Read each round: the key may have been rotated.
         let key = super::keys::current(&key);
-        let vkey = key.verifier().encode();
-        if let Err(e) = publish_once(&ctx, &key, &vkey).await {
+        if let Err(e) = publish_once(&ctx, &key).await {
             tracing::debug!(error = %e, "checkpoint not published");
         }
     }
 }
 
-async fn publish_once(ctx: &NodeContext, key: &NodeKey, vkey: &str) -> Result<(), String> {
-    let roster = ctx.state.roster().map_err(|e| e.to_string())?;
-    if !roster
+/// Make sure this node's checkpoint key is in the roster and its token key
+/// published, committing a registration if not: nothing it signs can be
+/// verified by the others before that. Called by the publisher and before
+/// a node hands out its first token.
+pub async fn ensure_registered(ctx: &NodeContext, key: &NodeKey) -> Result<(), ApiError> {
+    let vkey = key.verifier().encode();
+    let roster = ctx.state.roster()?;
+    let in_roster = roster
         .iter()
-        .any(|(name, k)| name == &key.name && k == vkey)
-    {
-        let cmd = Command::RegisterKey(RegisterKeyCmd {
-            node_id: ctx.config.node_id,
-            verifier_key: vkey.to_string(),
-            now_ms: now_ms(),
-        });
-        match ctx.propose(cmd).await.map_err(|e| e.to_string())? {
-            (CommandResult::KeyRegistered { .. }, _) => {
-                tracing::info!(key = %vkey, "signing key recorded in the roster")
-            }
-            (other, _) => {
-                // Refused by the ledger: no checkpoint can be kept until this is fixed.
-                tracing::warn!(result = ?other, "signing key refused by the roster");
-                return Err(format!("key registration: {other:?}"));
-            }
+        .any(|(name, k)| name == &key.name && *k == vkey);
+    let token_published = ctx.state.token_key(&key.token.kid)?.is_some();
+    if in_roster && token_published {
+        return Ok(());
+    }
+    let cmd = Command::RegisterKey(RegisterKeyCmd {
+        node_id: ctx.config.node_id,
+        verifier_key: vkey.clone(),
+        token_kid: key.token.kid.clone(),
+        token_x: key.token.x.clone(),
+        now_ms: now_ms(),
+    });
+    match ctx.propose(cmd).await? {
+        (CommandResult::KeyRegistered { .. }, _) => {
+            tracing::info!(key = %vkey, token_kid = %key.token.kid, "signing keys recorded in the roster");
+            Ok(())
+        }
+        (other, _) => {
+            // Refused by the ledger: nothing can be signed until this is fixed.
+            tracing::warn!(result = ?other, "signing key refused by the roster");
+            Err(ApiError::Internal(format!("key registration: {other:?}")))
         }
     }
+}
+
+async fn publish_once(ctx: &NodeContext, key: &NodeKey) -> Result<(), String> {
+    ensure_registered(ctx, key)
+        .await
+        .map_err(|e| e.to_string())?;
     let chain = ctx.state.chain().map_err(|e| e.to_string())?;
     let latest = ctx
         .state

@@ -2,9 +2,10 @@
 //! of its client certificate), and may it call this method at all. A
 //! refused call never reaches a handler, so it changes nothing.
 //!
-//! The TLS handshake has already refused a missing client certificate, an
-//! unknown CA and an expired certificate; this layer refuses a certificate
-//! that names no single valid SPIFFE ID or one from another trust domain
+//! The TLS handshake has already refused an unknown CA and an expired
+//! certificate, and a missing one unless JWT bearer authentication is
+//! configured; this layer refuses a certificate (or bearer token) that names
+//! no single valid SPIFFE ID or one from another trust domain
 //! (Unauthenticated), and a caller without the method's role
 //! (PermissionDenied). The handlers read the [`Caller`] it leaves in the
 //! request for what depends on the request's content (Issue's subject,
@@ -19,6 +20,7 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use super::bearer::BearerAuth;
 use super::roles::{check_replicated, Need, Role, RoleMap, RolesConfig};
 use crate::api::validate;
 use crate::storage::StateReader;
@@ -39,6 +41,8 @@ pub struct Mtls {
     /// and always the source of `peer`.
     bootstrap: RolesConfig,
     state: StateReader,
+    /// Callers without a client certificate may present a JWT instead.
+    bearer: Option<BearerAuth>,
     /// (roles version, mapping in force, as written): reloaded when the
     /// state's roles version moves.
     cache: RwLock<(u64, Arc<RoleMap>, Arc<RolesConfig>)>,
@@ -84,6 +88,7 @@ impl Mtls {
         trust_domain: String,
         bootstrap: RolesConfig,
         state: StateReader,
+        bearer: Option<BearerAuth>,
     ) -> Result<Mtls, String> {
         let map = RoleMap::from_config(&bootstrap)?;
         let cache = RwLock::new((0, Arc::new(map), Arc::new(bootstrap.clone())));
@@ -91,8 +96,35 @@ impl Mtls {
             trust_domain,
             bootstrap,
             state,
+            bearer,
             cache,
         })
+    }
+
+    /// The SPIFFE ID of the caller: its client certificate's, or with no
+    /// certificate, its bearer token's subject (when JWT authentication is
+    /// configured).
+    fn identify<B>(&self, req: &http::Request<B>) -> Result<String, Status> {
+        let leaf = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| certs.first().cloned());
+        if let Some(leaf) = leaf {
+            return grant_proto::tls::spiffe_id_of(&leaf)
+                .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")));
+        }
+        let Some(bearer) = &self.bearer else {
+            return Err(Status::unauthenticated("no client certificate"));
+        };
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| Status::unauthenticated("no client certificate and no bearer token"))?;
+        let value = header
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        bearer.identify(value).map_err(Status::unauthenticated)
     }
 
     /// The mapping in force: the replicated one once committed (with this
@@ -162,15 +194,8 @@ impl Access {
             return Ok(Caller::Anonymous);
         };
         let trust_domain = &m.trust_domain;
-        let leaf = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|certs| certs.first().cloned())
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let id = grant_proto::tls::spiffe_id_of(&leaf)
-            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
-        validate::spiffe_id("client certificate", &id)
+        let id = m.identify(req)?;
+        validate::spiffe_id("caller identity", &id)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let td = grant_proto::tls::trust_domain_of(&id).unwrap_or_default();
         if td != trust_domain {

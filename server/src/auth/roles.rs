@@ -222,6 +222,8 @@ pub fn need(path: &str) -> Option<Need> {
         ("grantledger.v1.Grants", "Check") => Need::CheckerOrSubject,
         ("grantledger.v1.Grants", "Revoke" | "CompleteTask") => Need::Role(Role::Revoker),
         ("grantledger.v1.Grants", "Get" | "List") => Need::Reader,
+        // Public keys, for offline verification by any tool server.
+        ("grantledger.v1.Grants", "Jwks") => Need::Anyone,
         ("grantledger.v1.Audit", _) => Need::Role(Role::Auditor),
         ("grantledger.v1.Cluster", "Status") => Need::Anyone,
         ("grantledger.v1.Cluster", _) => Need::Role(Role::Admin),

@@ -194,25 +194,20 @@ fn issue(
     })
 }
 
-/// Equal in time independent of where the inputs differ.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn check(
     c: &CheckCmd,
     now_ms: i64,
     state: &impl LedgerState,
     out: &mut Out,
 ) -> Result<CheckOutcome, StateError> {
-    let grant = if c.grant_id.is_empty() {
+    let grant = if c.grant_id.is_empty() || c.forged {
         None
     } else {
         state.grant(&c.grant_id)?
     };
     let reason = match &grant {
+        None if c.forged => Reason::BadToken,
         None => Reason::UnknownGrant,
-        Some(g) if !ct_eq(g.token_hash.as_bytes(), c.token_hash.as_bytes()) => Reason::BadToken,
         Some(g) => match g.state_at(now_ms) {
             GrantState::Revoked if state.task_completed(&g.task_id)? => Reason::TaskCompleted,
             GrantState::Revoked => Reason::Revoked,
@@ -403,7 +398,8 @@ fn register_key(
         }
     };
     let previous = state.roster_keys(&key.name)?;
-    if previous.contains(&c.verifier_key) {
+    let token_known = c.token_kid.is_empty() || state.token_key_known(&c.token_kid)?;
+    if previous.contains(&c.verifier_key) && token_known {
         return Ok(CommandResult::KeyRegistered { audit: None });
     }
     let mut r = AuditEntry::new(Kind::KeyRoster, c.now_ms);
@@ -415,11 +411,19 @@ fn register_key(
         "register".into()
     };
     r.detail = c.verifier_key.clone();
+    // The token key's id, when the node has one: auditors see it appear.
+    r.resource = c.token_kid.clone();
     let audit = out.record(r);
     out.writes.push(Write::RosterKey {
         name: key.name,
         verifier_key: c.verifier_key.clone(),
     });
+    if !c.token_kid.is_empty() {
+        out.writes.push(Write::TokenKey {
+            kid: c.token_kid.clone(),
+            x: c.token_x.clone(),
+        });
+    }
     Ok(CommandResult::KeyRegistered { audit: Some(audit) })
 }
 

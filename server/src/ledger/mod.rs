@@ -32,6 +32,8 @@ pub trait LedgerState {
     /// Every verifier key recorded in the roster under a key name (a
     /// rotated key stays, so old checkpoints keep verifying).
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError>;
+    /// Whether token key `kid` is published.
+    fn token_key_known(&self, kid: &str) -> Result<bool, StateError>;
     /// The Merkle root of the audit tree when it had `size` entries, if that
     /// size ended an applied log entry.
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError>;

@@ -18,7 +18,7 @@ pub enum GrantState {
     Expired,
 }
 
-/// A grant as stored. Holds the SHA-256 of the token secret, never the token.
+/// A grant as stored. Holds the SHA-256 of its first token, never a token.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct GrantRecord {
     pub grant_id: String,
@@ -29,7 +29,8 @@ pub struct GrantRecord {
     pub issuer: String,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
-    /// Hex SHA-256 of the token secret.
+    /// Hex SHA-256 of the token first handed out for this grant (kept to
+    /// identify it; never the token itself).
     pub token_hash: String,
     pub state: GrantState,
     pub revoked_at_ms: i64,
@@ -84,12 +85,16 @@ pub struct IssueCmd {
     pub expires_at_ms: i64,
 }
 
-/// One check inside a batch entry. The token secret is already hashed.
+/// One check inside a batch entry. The token's signature was verified by
+/// the node that took the request: the entry carries the grant it names,
+/// or that it was forged.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CheckCmd {
-    /// Empty when the presented token was malformed: recorded as a deny.
+    /// Empty when the token names no grant the node could trust.
     pub grant_id: String,
-    pub token_hash: String,
+    /// The token's signature did not verify with a cluster token key.
+    #[serde(default)]
+    pub forged: bool,
     pub identity: String,
     pub resource: String,
     pub action: String,
@@ -122,6 +127,12 @@ pub struct RegisterKeyCmd {
     pub node_id: u64,
     /// Verifier key text: `<name>+<key id>+<base64 key>`.
     pub verifier_key: String,
+    /// The node's token signing key, as a JWK `kid` and `x` (empty in
+    /// entries written before tokens were signed).
+    #[serde(default)]
+    pub token_kid: String,
+    #[serde(default)]
+    pub token_x: String,
     pub now_ms: i64,
 }
 
@@ -304,6 +315,11 @@ pub enum Write {
     RosterKey {
         name: String,
         verifier_key: String,
+    },
+    /// Publish a token verification key (JWK `x`) under its `kid`.
+    TokenKey {
+        kid: String,
+        x: String,
     },
     /// Keep a signed checkpoint of this tree size.
     PutCheckpoint {

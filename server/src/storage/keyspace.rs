@@ -34,6 +34,8 @@ pub const AUDIT_LEAF: u8 = 0x0a;
 pub const TREE_ROOT: u8 = 0x0b;
 pub const CHECKPOINT: u8 = 0x0c;
 pub const ROSTER: u8 = 0x0d;
+/// Token verification keys: kid -> JWK `x`.
+pub const TOKEN_KEY: u8 = 0x0e;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
@@ -105,6 +107,10 @@ pub fn checkpoint(size: u64) -> Vec<u8> {
     key(CHECKPOINT, &[&size.to_be_bytes()])
 }
 /// Prefix of every key recorded under a key name; the verifier key follows.
+pub fn token_key(kid: &str) -> Vec<u8> {
+    key(TOKEN_KEY, &[kid.as_bytes()])
+}
+
 pub fn roster_prefix(name: &str) -> Vec<u8> {
     key(ROSTER, &[&lp(name)])
 }
@@ -196,6 +202,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         }
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());
+        }
+        Write::TokenKey { kid, x } => {
+            batch.insert(token_key(kid), x.as_bytes());
         }
         Write::PutRoles { index, roles_json } => {
             batch.insert(META_ROLES, codec::encode(&(index, roles_json)));

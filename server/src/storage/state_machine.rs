@@ -86,6 +86,27 @@ impl StateReader {
         self.roles_version.load(Ordering::Acquire)
     }
 
+    /// The JWK `x` of token key `kid`, if the cluster published it.
+    pub fn token_key(&self, kid: &str) -> io::Result<Option<String>> {
+        match self.tree().get(ks::token_key(kid)).map_err(io_err)? {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// Every published token key: (kid, x), by kid.
+    pub fn token_keys(&self) -> io::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix([ks::TOKEN_KEY]) {
+            let (k, v) = kv.map_err(io_err)?;
+            out.push((
+                String::from_utf8_lossy(&k[1..]).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+
     /// The replicated role mapping: (log index, canonical JSON).
     pub fn roles(&self) -> io::Result<Option<(u64, String)>> {
         read_meta(&self.tree(), ks::META_ROLES)
@@ -303,6 +324,9 @@ impl LedgerState for SledState<'_> {
             .keys()
             .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
             .collect()
+    }
+    fn token_key_known(&self, kid: &str) -> Result<bool, StateError> {
+        self.0.contains_key(ks::token_key(kid)).map_err(se)
     }
     fn tree_root(&self, size: u64) -> Result<Option<Hash>, StateError> {
         match self.0.get(ks::tree_root(size)).map_err(se)? {

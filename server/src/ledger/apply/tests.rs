@@ -14,12 +14,17 @@ struct Mem {
     roots: BTreeMap<u64, grant_proto::audit::Hash>,
     roster: BTreeMap<String, Vec<String>>,
     checkpoints: BTreeMap<u64, String>,
+    token_keys: BTreeSet<String>,
+    roles: Option<String>,
     index: u64,
 }
 
 impl LedgerState for Mem {
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
         Ok(self.roster.get(name).cloned().unwrap_or_default())
+    }
+    fn token_key_known(&self, kid: &str) -> Result<bool, StateError> {
+        Ok(self.token_keys.contains(kid))
     }
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError> {
         Ok(self.roots.get(&size).copied())
@@ -106,6 +111,12 @@ impl Mem {
                 Write::PutCheckpoint { size, note } => {
                     self.checkpoints.insert(size, note);
                 }
+                Write::TokenKey { kid, .. } => {
+                    self.token_keys.insert(kid);
+                }
+                Write::PutRoles { roles_json, .. } => {
+                    self.roles = Some(roles_json);
+                }
             }
         }
         a.result
@@ -138,7 +149,7 @@ fn check_cmd(grant: &str, identity: &str, resource: &str, action: &str, now: i64
         now_ms: now,
         checks: vec![CheckCmd {
             grant_id: grant.into(),
-            token_hash: format!("hash-{grant}"),
+            forged: false,
             identity: identity.into(),
             resource: resource.into(),
             action: action.into(),
@@ -234,7 +245,7 @@ fn deny_reasons() {
     );
     let mut bad = check_cmd("g1", AGENT, "github", "read", 2000);
     if let Command::Checks { checks, .. } = &mut bad {
-        checks[0].token_hash = "forged".into();
+        checks[0].forged = true;
     }
     assert_eq!(reason(m.run(bad)), Reason::BadToken);
     // Every decision is on the record.
@@ -384,6 +395,8 @@ mod audit_chain {
         m.run(Command::RegisterKey(RegisterKeyCmd {
             node_id: 1,
             verifier_key: VerifierKey::new(name, key.verifying_key()).encode(),
+            token_kid: String::new(),
+            token_x: String::new(),
             now_ms: 10,
         }))
     }
