@@ -15,7 +15,9 @@ use grant_client::{Client, Options};
 pub use grant_client;
 pub use grant_proto;
 
+pub mod netns;
 pub mod pki;
+use netns::Net;
 use pki::Pki;
 
 /// Upper bound for any wait on observable state in a test.
@@ -101,6 +103,9 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// The cluster's CA and certificates (mTLS unless `--insecure`).
     pub pki: Pki,
+    /// With one network namespace per node (`start_partitionable`), nodes
+    /// can be cut off from each other.
+    pub net: Option<Net>,
 }
 
 impl Cluster {
@@ -122,8 +127,45 @@ impl Cluster {
             nodes: Vec::new(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             pki: Pki::new(&dir.path().join("pki")),
+            net: None,
             dir,
         };
+        c.start_nodes(n, files).await;
+        c
+    }
+
+    /// `n` nodes, each in a network namespace of its own on a bridge of
+    /// this test, so that `cut` and `heal` can partition them. None (and a
+    /// SKIPPED line) where namespaces cannot be made.
+    pub async fn start_partitionable(n: u64) -> Option<Cluster> {
+        if let Err(e) = Net::available() {
+            eprintln!("SKIPPED: network namespaces unavailable here ({e})");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            extra_args: Vec::new(),
+            pki: Pki::new(&dir.path().join("pki")),
+            net: Some(Net::new().expect("test network")),
+            dir,
+        };
+        c.start_nodes(n, &[]).await;
+        Some(c)
+    }
+
+    /// Cut node `id` off from the other nodes (clients still reach it).
+    pub fn cut(&self, id: u64) {
+        self.net.as_ref().expect("a partitionable cluster").cut(id);
+    }
+
+    /// Reconnect node `id` to the other nodes.
+    pub fn heal(&self, id: u64) {
+        self.net.as_ref().expect("a partitionable cluster").heal(id);
+    }
+
+    async fn start_nodes(&mut self, n: u64, files: &[(&str, &str)]) {
+        let c = self;
         for (name, content) in files {
             if *name == "grantd-tls.toml" {
                 let mut conf = std::fs::read_to_string(c.pki.config()).unwrap();
@@ -162,7 +204,6 @@ impl Cluster {
             .await
             .expect("initialize");
         c.wait_leader().await;
-        c
     }
 
     /// `n` nodes with addresses and data directories, none started and none
@@ -175,14 +216,30 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             extra_args: Vec::new(),
+            net: None,
         };
         for id in 1..=n {
-            c.nodes.push(c.new_node(id));
+            let node = c.new_node(id);
+            c.nodes.push(node);
         }
         c
     }
 
-    fn new_node(&self, id: u64) -> NodeProc {
+    fn new_node(&mut self, id: u64) -> NodeProc {
+        if let Some(net) = self.net.as_mut() {
+            // Its own address in its own namespace: the ports are free.
+            net.add(id).expect("node namespace");
+            let ip = net.ip(id);
+            return NodeProc {
+                id,
+                api_addr: format!("{ip}:7101"),
+                raft_addr: format!("{ip}:7201"),
+                metrics_addr: format!("{ip}:7301"),
+                data_dir: self.dir.path().join(format!("node{id}")),
+                child: None,
+                paused: false,
+            };
+        }
         NodeProc {
             id,
             api_addr: format!("127.0.0.1:{}", free_port()),
@@ -244,6 +301,9 @@ impl Cluster {
         let mut extra: Vec<std::ffi::OsString> = self.tls_args(id);
         extra.extend(self.extra_args.iter().map(Into::into));
         let log_path = self.dir.path().join(format!("node{id}.log"));
+        // In its namespace, when partitionable (`ip netns exec` execs
+        // grantd: the child's PID is grantd's).
+        let net_prefix = self.net.as_ref().map(|net| net.exec_prefix(id));
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} already running");
         let log = std::fs::OpenOptions::new()
@@ -251,7 +311,15 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let child = Command::new(grantd_bin())
+        let mut cmd = match &net_prefix {
+            Some(p) => {
+                let mut c = Command::new(&p[0]);
+                c.args(&p[1..]).arg(grantd_bin());
+                c
+            }
+            None => Command::new(grantd_bin()),
+        };
+        let child = cmd
             .args(["--node-id", &id.to_string()])
             .arg("--data-dir")
             .arg(&n.data_dir)

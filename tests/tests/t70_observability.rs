@@ -126,7 +126,10 @@ async fn json_logs_carry_the_request_id() {
         // how it ended.
         if v["span"]["request_id"] == "req-json-logs-7" {
             assert_eq!(v["span"]["rpc"], "grantledger.v1.Grants/Issue", "{line}");
-            assert_eq!(v["span"]["caller"], "spiffe://example.org/ops/admin", "{line}");
+            assert_eq!(
+                v["span"]["caller"], "spiffe://example.org/ops/admin",
+                "{line}"
+            );
             if v["fields"]["message"] == "request done" {
                 assert_eq!(v["fields"]["outcome"], "Ok", "{line}");
                 found = true;

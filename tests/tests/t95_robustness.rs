@@ -1,6 +1,7 @@
-//! Robustness run (issue #7, first part): clients issue, check, revoke and
-//! complete tasks while a seeded nemesis kills -9, SIGTERMs and SIGSTOPs
-//! nodes (never more than one at a time). Every operation is recorded with
+//! Robustness run (issue #7): clients issue, check, revoke and complete
+//! tasks while a seeded nemesis kills -9, SIGTERMs and SIGSTOPs nodes and,
+//! where network namespaces can be made, cuts a node (the leader or any)
+//! off from its peers (one fault at a time). Every operation is recorded with
 //! its start, end and result; after healing, a checker proves:
 //!
 //! - no acknowledged grant, revoke or task completion is lost;
@@ -160,7 +161,8 @@ async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec
         let leader = c.wait_leader().await;
         let any = rng.gen_range(1..=3u64);
         let hold = Duration::from_millis(rng.gen_range(700..2000));
-        match rng.gen_range(0..4) {
+        let kinds = if c.net.is_some() { 6 } else { 4 };
+        match rng.gen_range(0..kinds) {
             0 => {
                 log.push(format!("kill -9 node {any}"));
                 c.kill(any);
@@ -179,11 +181,23 @@ async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec
                 tokio::time::sleep(hold).await;
                 c.resume(leader);
             }
-            _ => {
+            3 => {
                 log.push(format!("SIGTERM node {any}"));
                 c.terminate(any);
                 tokio::time::sleep(hold).await;
                 c.spawn(any);
+            }
+            4 => {
+                log.push(format!("cut leader {leader} off its peers for {hold:?}"));
+                c.cut(leader);
+                tokio::time::sleep(hold).await;
+                c.heal(leader);
+            }
+            _ => {
+                log.push(format!("cut node {any} off its peers for {hold:?}"));
+                c.cut(any);
+                tokio::time::sleep(hold).await;
+                c.heal(any);
             }
         }
     }
@@ -200,7 +214,12 @@ async fn invariants_hold_under_a_seeded_nemesis() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     eprintln!("robustness run: GRANT_ROBUST_SEED={seed} GRANT_ROBUST_SECS={secs}");
-    let mut c = Cluster::start(3).await;
+    // Partitions need a namespace per node; without them, the other faults.
+    let mut c = match Cluster::start_partitionable(3).await {
+        Some(c) => c,
+        None => Cluster::start(3).await,
+    };
+    eprintln!("partitions: {}", if c.net.is_some() { "on" } else { "off" });
     let stop = Instant::now() + Duration::from_secs(secs);
     let history = Arc::new(History(Mutex::new(Vec::new())));
     let workers: Vec<_> = (0..4)
