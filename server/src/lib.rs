@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod fuzzing;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

@@ -151,39 +151,48 @@ impl Verifier {
         Some(k)
     }
 
-    /// Check a presented token. Not a JWT at all, or over the size limit:
-    /// InvalidArgument (not recorded). Signature: verified here. Expiry,
-    /// revocation, subject and scope: the ledger's to decide.
+    /// Check a presented token against the cluster's keys ([`check`]).
     pub fn check(&self, token: &str) -> Result<Presented, ApiError> {
-        if token.len() > TOKEN_BYTES_MAX {
-            return Err(ApiError::invalid(
-                "token",
-                format!("longer than {TOKEN_BYTES_MAX} bytes"),
-            ));
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            ApiError::invalid(
-                "token",
-                "not a grant token (a JWT: header.payload.signature)",
-            )
-        })?;
-        let Some(kid) = header.kid.filter(|_| header.alg == Algorithm::EdDSA) else {
-            return Ok(Presented::Forged);
-        };
-        let Some(key) = self.key(&kid) else {
-            return Ok(Presented::Forged);
-        };
-        let mut v = Validation::new(Algorithm::EdDSA);
-        // The ledger decides expiry (at leader time) and scope.
-        v.validate_exp = false;
-        v.validate_aud = false;
-        v.required_spec_claims.clear();
-        match jsonwebtoken::decode::<Claims>(token, &key, &v) {
-            Ok(d) if validate::grant_id("jti", &d.claims.jti).is_ok() => Ok(Presented::Valid {
-                grant_id: d.claims.jti,
-            }),
-            _ => Ok(Presented::Forged),
-        }
+        check(token, |kid| self.key(kid))
+    }
+}
+
+/// Check a presented token, `key_of` giving the verification key of a key
+/// id. Not a JWT at all, or over the size limit: InvalidArgument (not
+/// recorded). Signature: verified here. Expiry, revocation, subject and
+/// scope: the ledger's to decide.
+pub fn check(
+    token: &str,
+    key_of: impl Fn(&str) -> Option<Arc<DecodingKey>>,
+) -> Result<Presented, ApiError> {
+    if token.len() > TOKEN_BYTES_MAX {
+        return Err(ApiError::invalid(
+            "token",
+            format!("longer than {TOKEN_BYTES_MAX} bytes"),
+        ));
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| {
+        ApiError::invalid(
+            "token",
+            "not a grant token (a JWT: header.payload.signature)",
+        )
+    })?;
+    let Some(kid) = header.kid.filter(|_| header.alg == Algorithm::EdDSA) else {
+        return Ok(Presented::Forged);
+    };
+    let Some(key) = key_of(&kid) else {
+        return Ok(Presented::Forged);
+    };
+    let mut v = Validation::new(Algorithm::EdDSA);
+    // The ledger decides expiry (at leader time) and scope.
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    match jsonwebtoken::decode::<Claims>(token, &key, &v) {
+        Ok(d) if validate::grant_id("jti", &d.claims.jti).is_ok() => Ok(Presented::Valid {
+            grant_id: d.claims.jti,
+        }),
+        _ => Ok(Presented::Forged),
     }
 }
 

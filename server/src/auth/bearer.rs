@@ -44,30 +44,27 @@ fn asymmetric(a: Algorithm) -> bool {
 
 impl BearerAuth {
     pub fn load(c: &JwtAuthConfig) -> Result<BearerAuth, String> {
-        let text = std::fs::read_to_string(&c.jwks_file)
-            .map_err(|e| format!("jwt_auth.jwks_file {}: {e}", c.jwks_file.display()))?;
-        let keys: JwkSet = serde_json::from_str(&text)
-            .map_err(|e| format!("jwt_auth.jwks_file {}: {e}", c.jwks_file.display()))?;
+        let at = |e: String| format!("jwt_auth.jwks_file {}: {e}", c.jwks_file.display());
+        let text = std::fs::read_to_string(&c.jwks_file).map_err(|e| at(e.to_string()))?;
+        let keys: JwkSet = serde_json::from_str(&text).map_err(|e| at(e.to_string()))?;
+        BearerAuth::new(keys, &c.issuer, &c.audience).map_err(at)
+    }
+
+    /// From a parsed JWKS: every key must have a `kid` and be usable.
+    pub fn new(keys: JwkSet, issuer: &str, audience: &str) -> Result<BearerAuth, String> {
         if keys.keys.is_empty() {
-            return Err(format!(
-                "jwt_auth.jwks_file {}: holds no key",
-                c.jwks_file.display()
-            ));
+            return Err("holds no key".into());
         }
         for k in &keys.keys {
             if k.common.key_id.is_none() {
-                return Err(format!(
-                    "jwt_auth.jwks_file {}: every key needs a kid",
-                    c.jwks_file.display()
-                ));
+                return Err("every key needs a kid".into());
             }
-            DecodingKey::from_jwk(k)
-                .map_err(|e| format!("jwt_auth.jwks_file {}: {e}", c.jwks_file.display()))?;
+            DecodingKey::from_jwk(k).map_err(|e| e.to_string())?;
         }
         Ok(BearerAuth {
             keys,
-            issuer: c.issuer.clone(),
-            audience: c.audience.clone(),
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
         })
     }
 
