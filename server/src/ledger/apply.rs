@@ -134,11 +134,8 @@ fn issue(
             format!("task {:?} is completed; it takes no new grants", c.task_id),
         )));
     }
-    if state
-        .task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)?
-        .len()
-        >= limits::GRANTS_PER_TASK_MAX
-    {
+    let in_task = state.task_grant_count(&c.task_id, limits::GRANTS_PER_TASK_MAX)?;
+    if in_task >= limits::GRANTS_PER_TASK_MAX {
         return Ok(CommandResult::Rejected(Rejection::ResourceExhausted(
             format!(
                 "task {:?} already holds {} grants (grants_per_task_max)",
@@ -177,6 +174,10 @@ fn issue(
         .collect::<Vec<_>>()
         .join(",");
     let audit = out.record(r);
+    out.writes.push(Write::TaskCount {
+        task_id: c.task_id.clone(),
+        count: in_task as u64 + 1,
+    });
     out.writes.push(Write::InsertGrant(grant.clone()));
     out.writes.push(Write::PutDedupe {
         request_id: c.request_id.clone(),

@@ -309,6 +309,12 @@ pub enum Write {
     CompleteTask {
         task_id: String,
     },
+    /// The number of grants a task has been issued, so that its cap is
+    /// checked without walking its index.
+    TaskCount {
+        task_id: String,
+        count: u64,
+    },
     /// One audit entry, already chained (sequence, prev hash, hashes).
     Audit(Chained),
     /// Record a node's signing key in the roster (verifier key text).

@@ -36,6 +36,9 @@ pub const CHECKPOINT: u8 = 0x0c;
 pub const ROSTER: u8 = 0x0d;
 /// Token verification keys: kid -> JWK `x`.
 pub const TOKEN_KEY: u8 = 0x0e;
+/// Grants issued per task (u64 BE); absent in state written before it was
+/// kept, where the task index is counted instead.
+pub const TASK_COUNT: u8 = 0x0f;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
@@ -107,6 +110,10 @@ pub fn checkpoint(size: u64) -> Vec<u8> {
     key(CHECKPOINT, &[&size.to_be_bytes()])
 }
 /// Prefix of every key recorded under a key name; the verifier key follows.
+pub fn task_count(task: &str) -> Vec<u8> {
+    key(TASK_COUNT, &[task.as_bytes()])
+}
+
 pub fn token_key(kid: &str) -> Vec<u8> {
     key(TOKEN_KEY, &[kid.as_bytes()])
 }
@@ -202,6 +209,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         }
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());
+        }
+        Write::TaskCount { task_id, count } => {
+            batch.insert(task_count(task_id), &count.to_be_bytes()[..]);
         }
         Write::TokenKey { kid, x } => {
             batch.insert(token_key(kid), x.as_bytes());

@@ -306,6 +306,24 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
             .collect()
     }
+    fn task_grant_count(&self, task: &str, limit: usize) -> Result<usize, StateError> {
+        match self.0.get(ks::task_count(task)).map_err(se)? {
+            Some(v) => {
+                let n: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| se("task count is not 8 bytes"))?;
+                Ok(u64::from_be_bytes(n) as usize)
+            }
+            // Kept since format 2 was written: count the index once.
+            None => Ok(self
+                .0
+                .scan_prefix(ks::by_task_prefix(task))
+                .keys()
+                .take(limit)
+                .count()),
+        }
+    }
     fn task_completed(&self, task: &str) -> Result<bool, StateError> {
         self.0.contains_key(ks::task_completed(task)).map_err(se)
     }
@@ -802,5 +820,26 @@ mod tests {
         assert_eq!(fresh.digest().unwrap(), before);
         // Apply no longer records once the build is done.
         assert!(sm.capture.lock().unwrap().is_none());
+    }
+
+    /// The task's grant count is kept as a counter and agrees with its index,
+    /// also where the counter is absent (state written before it was kept).
+    #[tokio::test]
+    async fn task_grant_count_follows_the_task_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        for i in 1..=30 {
+            sm.apply_one(entry(i, issue(i))).unwrap();
+        }
+        let tree = sm.reader.tree();
+        let state = SledState(&tree);
+        for t in ["t0", "t1", "t2"] {
+            let indexed = state.task_grant_ids(t, 1000).unwrap().len();
+            assert_eq!(indexed, 10);
+            assert_eq!(state.task_grant_count(t, 1000).unwrap(), indexed);
+            tree.remove(ks::task_count(t)).unwrap();
+            assert_eq!(state.task_grant_count(t, 1000).unwrap(), indexed);
+            assert_eq!(state.task_grant_count(t, 4).unwrap(), 4);
+        }
     }
 }

@@ -38,6 +38,9 @@ impl LedgerState for Mem {
     fn dedupe(&self, r: &str) -> Result<Option<DedupeRecord>, StateError> {
         Ok(self.dedupe.get(r).cloned())
     }
+    fn task_grant_count(&self, task: &str, limit: usize) -> Result<usize, StateError> {
+        Ok(self.task_grant_ids(task, limit)?.len())
+    }
     fn task_grant_ids(&self, task: &str, limit: usize) -> Result<Vec<String>, StateError> {
         Ok(self
             .grants
@@ -111,6 +114,8 @@ impl Mem {
                 Write::PutCheckpoint { size, note } => {
                     self.checkpoints.insert(size, note);
                 }
+                // Derived from the grants here.
+                Write::TaskCount { .. } => {}
                 Write::TokenKey { kid, .. } => {
                     self.token_keys.insert(kid);
                 }

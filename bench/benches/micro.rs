@@ -1,0 +1,184 @@
+//! Micro benchmarks (criterion): the audit hash (canonical bytes and
+//! SHA-256 of one entry, and chaining it into the Merkle frontier) and the
+//! apply path (the pure ledger rules deciding an Issue and a batch of
+//! Checks, plus encoding their writes into sled operations).
+//!
+//!   cargo bench -p grant-bench --bench micro
+
+use std::collections::BTreeMap;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use grant_proto::audit::{Entry, Kind};
+use grantd::ledger::{
+    apply, ApplyCtx, Chain, CheckCmd, Command, DedupeRecord, GrantRecord, IssueCmd, LedgerState,
+    Scope, StateError, Write,
+};
+use grantd::storage::keyspace::{encode_write, WriteSet};
+
+/// A map-backed state holding some grants.
+#[derive(Default)]
+struct Mem {
+    grants: BTreeMap<String, GrantRecord>,
+}
+
+impl LedgerState for Mem {
+    fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
+        Ok(self.grants.get(id).cloned())
+    }
+    fn dedupe(&self, _: &str) -> Result<Option<DedupeRecord>, StateError> {
+        Ok(None)
+    }
+    fn task_grant_ids(&self, _: &str, _: usize) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
+    fn task_grant_count(&self, _: &str, _: usize) -> Result<usize, StateError> {
+        Ok(0)
+    }
+    fn task_completed(&self, _: &str) -> Result<bool, StateError> {
+        Ok(false)
+    }
+    fn expired_grant_ids(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
+    fn dedupe_older_than(&self, _: i64, _: usize) -> Result<Vec<(i64, String)>, StateError> {
+        Ok(Vec::new())
+    }
+    fn roster_keys(&self, _: &str) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
+    fn token_key_known(&self, _: &str) -> Result<bool, StateError> {
+        Ok(true)
+    }
+    fn tree_root(&self, _: u64) -> Result<Option<grant_proto::audit::Hash>, StateError> {
+        Ok(None)
+    }
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
+        Ok(None)
+    }
+}
+
+const AGENT: &str = "spiffe://example.org/agent/planner";
+
+fn issue(i: u64) -> Command {
+    Command::Issue(IssueCmd {
+        request_id: format!("req-{i}"),
+        fingerprint: "f".repeat(64),
+        grant_id: format!("{i:032x}"),
+        subject: AGENT.into(),
+        task_id: format!("task-{}", i / 10),
+        scopes: vec![Scope {
+            resource: "github".into(),
+            actions: vec!["read".into(), "comment".into()],
+        }],
+        intent: "triage issue 42".into(),
+        issuer: "spiffe://example.org/orchestrator".into(),
+        token_hash: "a".repeat(64),
+        now_ms: 1_800_000_000_000,
+        expires_at_ms: 1_800_000_300_000,
+    })
+}
+
+fn check_entry() -> Entry {
+    let mut e = Entry::new(Kind::Check, 1_800_000_000_000);
+    e.seq = 123_456;
+    e.log_index = 234_567;
+    e.actor = "spiffe://example.org/tool/github".into();
+    e.subject = AGENT.into();
+    e.task_id = "task-1".into();
+    e.grant_id = "0f".repeat(16);
+    e.resource = "github".into();
+    e.action = "read".into();
+    e.intent = "triage issue 42".into();
+    e.reason = "Allowed".into();
+    e
+}
+
+fn audit_hash(c: &mut Criterion) {
+    let e = check_entry();
+    c.bench_function("audit entry hash (canonical bytes + SHA-256)", |b| {
+        b.iter(|| std::hint::black_box(&e).hash())
+    });
+    c.bench_function("audit chain append (hash, leaf, frontier)", |b| {
+        b.iter_batched(
+            || (Chain::default(), check_entry()),
+            |(mut chain, e)| chain.append(e, 1),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn apply_path(c: &mut Criterion) {
+    c.bench_function("apply issue (rules + audit entry + encoded writes)", |b| {
+        let state = Mem::default();
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let a = apply(
+                &issue(i),
+                ApplyCtx {
+                    log_index: i,
+                    chain: Chain::default(),
+                },
+                &state,
+            )
+            .unwrap();
+            let mut ws = WriteSet::default();
+            for w in &a.writes {
+                encode_write(w, &mut ws);
+            }
+            ws
+        })
+    });
+    // A state with 1000 grants, and a batch of 256 checks of them.
+    let mut state = Mem::default();
+    for i in 0..1000u64 {
+        let a = apply(
+            &issue(i),
+            ApplyCtx {
+                log_index: i + 1,
+                chain: Chain::default(),
+            },
+            &state,
+        )
+        .unwrap();
+        for w in a.writes {
+            if let Write::InsertGrant(g) = w {
+                state.grants.insert(g.grant_id.clone(), g);
+            }
+        }
+    }
+    let checks = Command::Checks {
+        now_ms: 1_800_000_001_000,
+        checks: (0..256u64)
+            .map(|i| CheckCmd {
+                grant_id: format!("{:032x}", i * 3),
+                forged: false,
+                identity: AGENT.into(),
+                resource: "github".into(),
+                action: "read".into(),
+                actor: "spiffe://example.org/tool/github".into(),
+            })
+            .collect(),
+    };
+    c.bench_function("apply a batch of 256 checks (per batch)", |b| {
+        b.iter(|| {
+            let a = apply(
+                &checks,
+                ApplyCtx {
+                    log_index: 5000,
+                    chain: Chain::default(),
+                },
+                &state,
+            )
+            .unwrap();
+            let mut ws = WriteSet::default();
+            for w in &a.writes {
+                encode_write(w, &mut ws);
+            }
+            ws
+        })
+    });
+}
+
+criterion_group!(benches, audit_hash, apply_path);
+criterion_main!(benches);

@@ -1,0 +1,132 @@
+//! Size: resident memory per node with N active grants (1 million by
+//! default), the data directories' size, and the time a wiped node takes to
+//! catch up through a snapshot at that size.
+//!
+//!   cargo build --release --bins && target/release/scale --grants 1000000
+//!
+//! Grants are issued through the API by 64 clients (TTL one day, so none
+//! expires during the run); the cluster runs plaintext (`--insecure`) so
+//! the figure is the store's, not the transport's.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use grant_tests::*;
+
+#[derive(Parser)]
+#[command(about = "grant-ledger at size: memory, disk, snapshot catch-up")]
+struct Args {
+    /// Active grants to hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    grants: usize,
+    /// Concurrent clients issuing them.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn dir_mib(path: &std::path::Path) -> f64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|d| d.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    walk(path) as f64 / (1024.0 * 1024.0)
+}
+
+fn report(c: &Cluster, what: &str) {
+    for n in &c.nodes {
+        if let Some(pid) = n.pid() {
+            println!(
+                "{what}: node {} RSS {:.0} MiB, data directory {:.0} MiB",
+                n.id,
+                rss_mib(pid),
+                dir_mib(&n.data_dir)
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    // Snapshots every 10k entries, as the default config.
+    let mut c = Cluster::start_with(3, &["--insecure"]).await;
+    report(&c, "empty");
+    let client = Arc::new(c.client());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.clients {
+        let (client, next, total) = (client.clone(), next.clone(), args.grants);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let mut req = issue_req(&format!("scale-{w}-{}", i / 100), 86_400);
+                req.request_id = format!("scale-{i}");
+                client.issue(req).await.expect("issue");
+                if i > 0 && i % 100_000 == 0 {
+                    eprintln!("{i} grants issued");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    println!(
+        "issued {} grants in {:.0} s ({:.0}/s)",
+        args.grants,
+        took.as_secs_f64(),
+        args.grants as f64 / took.as_secs_f64()
+    );
+    report(&c, "loaded");
+
+    // Wipe a follower and time its return through a snapshot.
+    let leader = c.wait_leader().await;
+    let follower = c.nodes.iter().map(|n| n.id).find(|&i| i != leader).unwrap();
+    let target = c.status(leader).await.unwrap().applied_index;
+    c.kill(follower);
+    c.wipe(follower);
+    let t = Instant::now();
+    c.spawn(follower);
+    loop {
+        if let Some(s) = c.status(follower).await {
+            if s.applied_index >= target {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3600),
+            "no catch-up within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "wiped node {follower} caught up to index {target} in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    report(&c, "after catch-up");
+}
