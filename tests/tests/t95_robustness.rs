@@ -13,7 +13,7 @@
 //!   at the sequence number and hash of its receipt.
 //!
 //! `GRANT_ROBUST_SEED` replays a run (the seed is printed);
-//! `GRANT_ROBUST_SECS` sets its length (20 s in the suite).
+//! `GRANT_ROBUST_SECS` sets its length (120 s in the suite).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -212,7 +212,7 @@ async fn invariants_hold_under_a_seeded_nemesis() {
     let secs: u64 = std::env::var("GRANT_ROBUST_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(120);
     eprintln!("robustness run: GRANT_ROBUST_SEED={seed} GRANT_ROBUST_SECS={secs}");
     // Partitions need a namespace per node; without them, the other faults.
     let mut c = match Cluster::start_partitionable(3).await {
