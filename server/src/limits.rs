@@ -113,3 +113,6 @@ pub const ROLE_PATTERNS_MAX: usize = 1024;
 pub const ROLES_JSON_BYTES_MAX: usize = 256 * 1024;
 /// A JWT bearer token presented instead of a client certificate.
 pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
+/// Bytes of state written per batch while a snapshot is loaded into a
+/// fresh tree (bounds the copy held beside the snapshot itself).
+pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;

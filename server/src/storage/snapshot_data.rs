@@ -11,8 +11,9 @@ pub fn put(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
     out.extend_from_slice(v);
 }
 
-/// Every (key, value) pair of `data`, or an error if it is malformed.
-pub fn pairs(data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
+/// The (key, value) pairs of `data` in order, one at a time (a malformed
+/// tail ends the iteration with an error).
+pub fn iter(data: &[u8]) -> impl Iterator<Item = io::Result<(&[u8], &[u8])>> {
     fn take<'a>(rest: &mut &'a [u8]) -> io::Result<&'a [u8]> {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed snapshot data");
         let len = u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
@@ -21,13 +22,20 @@ pub fn pairs(data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
         Ok(v)
     }
     let mut rest = data;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let k = take(&mut rest)?;
-        let v = take(&mut rest)?;
-        out.push((k, v));
-    }
-    Ok(out)
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if rest.is_empty() || failed {
+            return None;
+        }
+        let pair = take(&mut rest).and_then(|k| Ok((k, take(&mut rest)?)));
+        failed = pair.is_err();
+        Some(pair)
+    })
+}
+
+/// Every (key, value) pair of `data`, or an error if it is malformed.
+pub fn pairs(data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
+    iter(data).collect()
 }
 
 /// The value of `key` in `data`, if present.

@@ -576,9 +576,21 @@ impl StateMachine {
         let name = format!("state.{}", gen + 1);
         self.db.drop_tree(&name).map_err(io_err)?;
         let fresh = self.db.open_tree(&name).map_err(io_err)?;
+        // In bounded batches: the fresh tree is not in use until the switch
+        // below (a crash before it leaves a tree the next load drops), so
+        // one atomic batch would only hold a second copy of the state.
         let mut batch = sled::Batch::default();
-        for (k, v) in snapshot_data::pairs(data)? {
+        let mut bytes = 0;
+        for kv in snapshot_data::iter(data) {
+            let (k, v) = kv?;
+            bytes += k.len() + v.len();
             batch.insert(k, v);
+            if bytes >= crate::limits::SNAPSHOT_LOAD_BATCH_BYTES {
+                fresh
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(io_err)?;
+                bytes = 0;
+            }
         }
         fresh.apply_batch(batch).map_err(io_err)?;
         match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
