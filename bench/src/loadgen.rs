@@ -37,12 +37,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The most revokes per second a run prepares grants for.
+const REVOKES_PER_SECOND_MAX: usize = 4000;
+
 async fn run(c: &Cluster, op: &str, clients: usize, secs: u64) -> (usize, usize, Vec<Duration>) {
-    // Revoke and check need grants to work on: issue them before the clock starts.
+    // Revoke and check need grants to work on: issue them before the clock
+    // starts, enough for up to REVOKES_PER_SECOND_MAX revokes a second.
     let per_client = if op == "issue" {
         0
     } else {
-        (8000 / clients).max(200)
+        (REVOKES_PER_SECOND_MAX * secs as usize).div_ceil(clients)
     };
     let client = Arc::new(c.client());
     let mut pools = Vec::new();

@@ -615,6 +615,14 @@ fn print_membership(r: &pb::MembershipResponse) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our
+    // output goes away (`grantctl cluster status | head -1`) instead of
+    // panicking on the closed pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring a signal's default disposition at start, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(c) => c,
