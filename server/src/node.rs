@@ -18,7 +18,7 @@ use crate::api::grants::GrantsService;
 use crate::api::{now_ms, NodeContext};
 use crate::auth::bearer::BearerAuth;
 use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
-use crate::auth::roles::{Role, RoleMap};
+use crate::auth::roles::Role;
 use crate::config::Config;
 use crate::ledger::{Command, SweepCmd};
 use crate::limits;
@@ -185,15 +185,6 @@ fn security(config: &Config, state: StateReader) -> anyhow::Result<(Option<Tls>,
         return Ok((None, Arc::new(Access::Insecure)));
     };
     let tls = Tls::load(&files)?;
-    let roles = RoleMap::from_config(&config.roles).map_err(anyhow::Error::msg)?;
-    if !roles.has(&tls.id, Role::Peer) {
-        anyhow::bail!(
-            "this node's certificate names {}, which roles.peer does not match: \
-             its peers would refuse it",
-            tls.id
-        );
-    }
-    tracing::info!(id = %tls.id, "mTLS on the API and peer listeners");
     let bearer = match &config.jwt_auth {
         Some(j) => {
             tracing::info!(issuer = %j.issuer, audience = %j.audience, "JWT bearer authentication accepted on the API");
@@ -208,7 +199,16 @@ fn security(config: &Config, state: StateReader) -> anyhow::Result<(Option<Tls>,
         bearer,
     )
     .map_err(anyhow::Error::msg)?;
-    Ok((Some(tls), Arc::new(Access::Mtls(Box::new(mtls)))))
+    let access = Access::Mtls(Box::new(mtls));
+    if !access.has(&Caller::Spiffe(tls.id.clone()), Role::Peer) {
+        anyhow::bail!(
+            "this node's certificate names {}, which roles.peer does not match: \
+             its peers would refuse it",
+            tls.id
+        );
+    }
+    tracing::info!(id = %tls.id, "mTLS on the API and peer listeners");
+    Ok((Some(tls), Arc::new(access)))
 }
 
 /// With `initial_members` set, a node that has never been part of a cluster

@@ -64,6 +64,23 @@ impl GrantsService {
         );
         token::mint(&key.token, &claims)
     }
+
+    /// The identity presenting a token to Check. A checker (a tool server)
+    /// names the workload it authenticated; any other caller presents its
+    /// own token, as itself, and may not speak for someone else.
+    fn presenter(&self, caller: &Caller, named: String) -> Result<String, ApiError> {
+        if self.ctx.access.has(caller, Role::Checker) {
+            validate::spiffe_id("identity", &named)?;
+            return Ok(named);
+        }
+        let own = caller.id();
+        if !named.is_empty() && named != own {
+            return Err(ApiError::PermissionDenied(format!(
+                "{own} may check only its own grants: presenting for {named} needs the checker role"
+            )));
+        }
+        Ok(own.to_string())
+    }
 }
 
 /// A new grant id: 128 bits from the OS CSPRNG, hex.
@@ -142,10 +159,9 @@ pub(crate) fn unexpected(r: CommandResult) -> ApiError {
 }
 
 /// Fingerprint of an Issue's parameters: a request id reused with other
-/// parameters is refused instead of answered with the first grant. The token
-/// secret is not part of it: a replay gets the grant whatever secret it
-/// carries, and the token only with the original one. The issuing caller is:
-/// another caller reusing the id gets a conflict, not someone else's grant.
+/// parameters is refused instead of answered with the first grant. The issuing
+/// caller is part of it: another caller reusing the id gets a conflict, not
+/// someone else's grant (nor a token for it).
 fn fingerprint(
     issuer: &str,
     r: &pb::IssueRequest,
@@ -173,25 +189,6 @@ fn fingerprint(
     }
     h.update(ttl_seconds.to_be_bytes());
     hex::encode(h.finalize())
-}
-
-impl GrantsService {
-    /// The identity presenting a token to Check. A checker (a tool server)
-    /// names the workload it authenticated; any other caller presents its
-    /// own token, as itself, and may not speak for someone else.
-    fn presenter(&self, caller: &Caller, named: String) -> Result<String, ApiError> {
-        if self.ctx.access.has(caller, Role::Checker) {
-            validate::spiffe_id("identity", &named)?;
-            return Ok(named);
-        }
-        let own = caller.id();
-        if !named.is_empty() && named != own {
-            return Err(ApiError::PermissionDenied(format!(
-                "{own} may check only its own grants: presenting for {named} needs the checker role"
-            )));
-        }
-        Ok(own.to_string())
-    }
 }
 
 #[tonic::async_trait]
