@@ -430,22 +430,10 @@ impl Cluster {
         }
     }
 
-    /// A raw gRPC channel to `addr` with the harness's identity.
-    pub async fn channel(&self, addr: &str) -> Option<tonic::transport::Channel> {
-        let opts = self.options();
-        let e = tonic::transport::Endpoint::from_shared(format!(
-            "{}://{addr}",
-            if opts.tls.is_some() { "https" } else { "http" }
-        ))
-        .ok()?;
-        let e = match &opts.tls {
-            Some(t) => {
-                let accept: grant_proto::tls::AcceptServer = std::sync::Arc::new(|_: &str| true);
-                t.client_endpoint(e, accept).ok()?
-            }
-            None => e,
-        };
-        e.connect().await.ok()
+    /// A gRPC channel to `addr` with the harness's identity (connected on
+    /// first use), for services the client library does not wrap.
+    pub fn channel(&self, addr: &str) -> Option<tonic::transport::Channel> {
+        self.client().channel_to(addr).ok()
     }
 
     /// SIGTERM node `id` and wait for it to exit; returns whether it exited 0.

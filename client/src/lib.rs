@@ -164,6 +164,13 @@ impl Client {
         Ok(InterceptedService::new(self.raw_channel(addr)?, bearer))
     }
 
+    /// A channel to `addr` with this client's transport settings (TLS,
+    /// timeouts), for services the client has no wrapper for (reflection,
+    /// Raft). It carries no bearer token.
+    pub fn channel_to(&self, addr: &str) -> Result<Channel, ClientError> {
+        self.raw_channel(addr)
+    }
+
     fn raw_channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let mut m = self.channels.lock().expect("channel cache lock");
         if let Some(c) = m.get(addr) {

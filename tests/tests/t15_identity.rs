@@ -193,7 +193,7 @@ async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
         denied
     );
     // A client certificate cannot speak Raft, even the admin's.
-    let raft = c.channel(&c.node(1).raft_addr).await.unwrap();
+    let raft = c.channel(&c.node(1).raft_addr).unwrap();
     let err = grant_client::v1::raft::raft_peer_client::RaftPeerClient::new(raft)
         .vote(grant_client::v1::raft::RaftPayload { data: vec![] })
         .await

@@ -12,7 +12,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 async fn health(c: &Cluster, addr: &str, service: &str) -> Option<ServingStatus> {
-    let mut c = HealthClient::new(c.channel(addr).await?);
+    let mut c = HealthClient::new(c.channel(addr)?);
     let r = c
         .check(HealthCheckRequest {
             service: service.into(),
@@ -72,7 +72,7 @@ async fn health_follows_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_public_services() {
     let c = Cluster::start(1).await;
-    let mut client = ServerReflectionClient::new(c.channel(&c.nodes[0].api_addr).await.unwrap());
+    let mut client = ServerReflectionClient::new(c.channel(&c.nodes[0].api_addr).unwrap());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
