@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/grantledger/v1/cluster.proto",
         "protos/grantledger/v1/raft.proto",
         "protos/grantledger/v1/audit.proto",
+        "protos/grantledger/v1/policy.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

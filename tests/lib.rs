@@ -17,6 +17,7 @@ pub use grant_proto;
 
 pub mod netns;
 pub mod pki;
+pub mod policies;
 use netns::Net;
 use pki::Pki;
 
@@ -610,6 +611,7 @@ pub fn check_req(token: &str) -> pb::CheckRequest {
         identity: AGENT.into(),
         resource: "github".into(),
         action: "read".into(),
+        attributes: Default::default(),
     }
 }
 

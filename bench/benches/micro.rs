@@ -1,7 +1,8 @@
 //! Micro benchmarks (criterion): the audit hash (canonical bytes and
 //! SHA-256 of one entry, and chaining it into the Merkle frontier) and the
 //! apply path (the pure ledger rules deciding an Issue and a batch of
-//! Checks, plus encoding their writes into sled operations).
+//! Checks, plus encoding their writes into sled operations, without and
+//! with a policy set of 200).
 //!
 //!   cargo bench -p grant-bench --bench micro
 
@@ -19,9 +20,13 @@ use grantd::storage::keyspace::{encode_write, WriteSet};
 #[derive(Default)]
 struct Mem {
     grants: BTreeMap<String, GrantRecord>,
+    policy: Option<std::sync::Arc<grant_policy::Compiled>>,
 }
 
 impl LedgerState for Mem {
+    fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError> {
+        Ok(self.policy.clone())
+    }
     fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
         Ok(self.grants.get(id).cloned())
     }
@@ -162,12 +167,23 @@ fn apply_path(c: &mut Criterion) {
                 resource: "github".into(),
                 action: "read".into(),
                 actor: "spiffe://example.org/tool/github".into(),
+                attributes: Default::default(),
             })
             .collect(),
     };
     c.bench_function("apply a batch of 256 checks (per batch)", |b| {
         b.iter(|| apply_and_encode(&checks, 5000, &state))
     });
+    // The same batch decided against a realistic policy set of 200.
+    let policies = grant_tests::policies::realistic(200);
+    let compiled =
+        grant_policy::compile(&policies, grant_policy::SCHEMA_DEFAULT, Default::default())
+            .expect("the benchmark's policies compile");
+    state.policy = Some(std::sync::Arc::new(compiled));
+    c.bench_function(
+        "apply a batch of 256 checks, 200 policies (per batch)",
+        |b| b.iter(|| apply_and_encode(&checks, 5000, &state)),
+    );
 }
 
 criterion_group!(benches, audit_hash, apply_path);

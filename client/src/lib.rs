@@ -17,6 +17,7 @@ use grant_proto::v1 as pb;
 use grant_proto::v1::audit_client::AuditClient;
 use grant_proto::v1::cluster_client::ClusterClient;
 use grant_proto::v1::grants_client::GrantsClient;
+use grant_proto::v1::policy_client::PolicyClient;
 use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::{InterceptedService, Interceptor};
@@ -461,6 +462,54 @@ impl Client {
         self.call(|ch| async move {
             ClusterClient::new(ch)
                 .get_roles(pb::GetRolesRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Replace the policy set on every node: a committed, audited command.
+    pub async fn apply_policy(
+        &self,
+        req: pb::ApplyPolicyRequest,
+    ) -> Result<pb::ApplyPolicyResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                PolicyClient::new(ch)
+                    .apply(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Compile a policy set on a node without applying it.
+    pub async fn validate_policy(
+        &self,
+        req: pb::ApplyPolicyRequest,
+    ) -> Result<pb::ValidatePolicyResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                PolicyClient::new(ch)
+                    .validate(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// The policy set in force (linearizable unless `allow_stale`).
+    pub async fn get_policy(
+        &self,
+        allow_stale: bool,
+    ) -> Result<pb::GetPolicyResponse, ClientError> {
+        self.call(|ch| async move {
+            PolicyClient::new(ch)
+                .get(pb::GetPolicyRequest { allow_stale })
                 .await
                 .map(|r| r.into_inner())
         })

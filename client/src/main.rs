@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 mod audit_cmd;
+mod policy_cmd;
 
 use clap::{Parser, Subcommand};
 use grant_client::v1 as pb;
@@ -130,6 +131,10 @@ enum Cmd {
         resource: String,
         #[arg(long)]
         action: String,
+        /// NAME=VALUE the tool server knows about the request, for the
+        /// policy (context.request.NAME); repeat for several.
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
     },
     /// Revoke one grant.
     Revoke {
@@ -174,6 +179,10 @@ enum Cmd {
     /// The role mapping (docs/security.md).
     #[command(subcommand)]
     Roles(RolesCmd),
+    /// The Cedar policy set every Issue and Check is decided against
+    /// (docs/policy.md).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
 }
 
 #[derive(Subcommand)]
@@ -299,6 +308,15 @@ fn print_receipt(r: &Option<pb::Receipt>) {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    // Validating a policy needs no cluster, nor credentials.
+    if let Cmd::Policy(c) = &cli.cmd {
+        if policy_cmd::offline(c) {
+            let Cmd::Policy(c) = cli.cmd else {
+                unreachable!()
+            };
+            return policy_cmd::run_offline(c);
+        }
+    }
     let options = cli.options()?;
     let client = Client::new(cli.endpoints.clone(), options).map_err(|e| e.to_string())?;
     let e = |e: grant_client::ClientError| e.to_string();
@@ -340,13 +358,23 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             identity,
             resource,
             action,
+            attributes,
         } => {
+            let attributes = attributes
+                .iter()
+                .map(|a| {
+                    a.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--attr {a:?} is not NAME=VALUE"))
+                })
+                .collect::<Result<_, _>>()?;
             let r = client
                 .check(pb::CheckRequest {
                     token,
                     identity,
                     resource,
                     action,
+                    attributes,
                 })
                 .await
                 .map_err(e)?;
@@ -355,6 +383,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("decision: {}", decision.as_str_name());
             println!("reason: {}", reason.as_str_name());
             println!("grant_id: {}", r.grant_id);
+            for id in &r.policy_ids {
+                println!("policy: {id}");
+            }
             print_receipt(&r.receipt);
             if decision != pb::Decision::Allow {
                 return Ok(ExitCode::from(1));
@@ -439,6 +470,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
+        Cmd::Policy(c) => return policy_cmd::run(&client, c).await,
         Cmd::Jwks => println!("{}", client.jwks().await.map_err(e)?),
         Cmd::Roles(RolesCmd::Get) => {
             let r = client.get_roles().await.map_err(e)?;

@@ -33,7 +33,7 @@ pub const POLICIES_MAX: usize = 2000;
 /// Bytes in a policy id (`@id("...")`).
 pub const POLICY_ID_BYTES_MAX: usize = 128;
 /// Attributes a tool server may send with one Check.
-pub const CHECK_ATTRIBUTES_MAX: usize = 16;
+pub const CHECK_ATTRIBUTES_MAX: usize = 8;
 /// Bytes in an attribute name sent with Check.
 pub const CHECK_ATTRIBUTE_NAME_BYTES_MAX: usize = 64;
 /// Bytes in an attribute value sent with Check.

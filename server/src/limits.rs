@@ -66,8 +66,12 @@ pub const TTL_SECONDS_CEILING: u64 = 30 * 24 * 60 * 60;
 pub const LOG_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Upper bound on the encoded size of one check in a batch entry.
-pub const CHECK_ENCODED_BYTES_MAX: usize =
-    SUBJECT_BYTES_MAX + RESOURCE_BYTES_MAX + ACTION_BYTES_MAX + SUBJECT_BYTES_MAX + 512;
+pub const CHECK_ENCODED_BYTES_MAX: usize = SUBJECT_BYTES_MAX
+    + RESOURCE_BYTES_MAX
+    + ACTION_BYTES_MAX
+    + SUBJECT_BYTES_MAX
+    + CHECK_ATTRIBUTES_MAX * (CHECK_ATTRIBUTE_NAME_BYTES_MAX + CHECK_ATTRIBUTE_VALUE_BYTES_MAX + 8)
+    + 512;
 
 /// Upper bound on the encoded size of one issue command.
 pub const ISSUE_ENCODED_BYTES_MAX: usize = REQUEST_ID_BYTES_MAX
@@ -111,6 +115,14 @@ pub const ROLE_PATTERNS_MAX: usize = 1024;
 /// Largest replicated role mapping, as canonical JSON (it is also the
 /// detail of its audit entry).
 pub const ROLES_JSON_BYTES_MAX: usize = 256 * 1024;
+// Request-time policy: the limits live beside the Cedar code (grantctl
+// validates offline with them too); docs/limits.md lists them.
+pub use grant_policy::{
+    CHECK_ATTRIBUTES_MAX, CHECK_ATTRIBUTE_NAME_BYTES_MAX, CHECK_ATTRIBUTE_VALUE_BYTES_MAX,
+    POLICIES_MAX, POLICY_ID_BYTES_MAX, POLICY_TEXT_BYTES_MAX, SCHEMA_TEXT_BYTES_MAX,
+};
+const _: () = assert!(2 * (POLICY_TEXT_BYTES_MAX + SCHEMA_TEXT_BYTES_MAX) < MESSAGE_BYTES_MAX);
+
 /// A JWT bearer token presented instead of a client certificate.
 pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// Bytes of state written per batch while a snapshot is loaded into a

@@ -8,6 +8,7 @@ use grant_proto::tls::{AcceptServer, Tls};
 use grant_proto::v1::audit_server::AuditServer;
 use grant_proto::v1::cluster_server::ClusterServer;
 use grant_proto::v1::grants_server::GrantsServer;
+use grant_proto::v1::policy_server::PolicyServer;
 use grant_proto::v1::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::watch;
 
@@ -15,6 +16,7 @@ use crate::api::audit::AuditService;
 use crate::api::batcher::CheckBatcher;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
+use crate::api::policy::PolicyService;
 use crate::api::{now_ms, NodeContext};
 use crate::auth::bearer::BearerAuth;
 use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
@@ -113,6 +115,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(
+            PolicyServer::new(PolicyService::new(ctx.clone()))
+                .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
+        )
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

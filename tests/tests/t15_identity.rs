@@ -246,6 +246,7 @@ async fn a_grant_is_useful_only_to_its_subject() {
         identity: identity.into(),
         resource: resource.into(),
         action: "read".into(),
+        attributes: Default::default(),
     };
     let reason_of = |r: Result<grant_client::v1::CheckResponse, ClientError>| reason(&r.unwrap());
     use grant_client::v1::Reason;
@@ -532,6 +533,7 @@ async fn tokens_verify_offline_with_the_jwks_and_forgeries_deny() {
         identity: id(PLANNER),
         resource: "github".into(),
         action: "read".into(),
+        attributes: Default::default(),
     };
     let reason_of = |r: grant_client::v1::CheckResponse| reason(&r);
     assert_eq!(

@@ -27,6 +27,9 @@ pub enum Kind {
     KeyRoster = 7,
     /// The replicated role mapping changed; `detail` holds the new one.
     Roles = 8,
+    /// The policy set changed; `reason` holds the SHA-256 of the policy
+    /// text, `detail` the policy set (policies, schema, no-match rule) as JSON.
+    Policy = 9,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

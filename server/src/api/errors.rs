@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The caller is known but may not do this (its role or its identity).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The policy in force denied the request (recorded in the audit log).
+    #[error("{0}")]
+    PolicyDenied(String),
     /// This node is not the leader; retry on the leader (safe: nothing was proposed).
     #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::ResourceExhausted(_) => "resource_exhausted",
             ApiError::PermissionDenied(_) => "permission_denied",
+            ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Unavailable(_) => "unavailable",
@@ -73,7 +77,7 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
-            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::PermissionDenied(_) | ApiError::PolicyDenied(_) => Code::PermissionDenied,
             ApiError::NotLeader { .. }
             | ApiError::OutcomeUnknown { .. }
             | ApiError::Unavailable(_) => Code::Unavailable,

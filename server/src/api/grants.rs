@@ -148,12 +148,14 @@ fn to_pb_reason(r: Reason) -> pb::Reason {
         Reason::OutOfScope => pb::Reason::OutOfScope,
         Reason::BadToken => pb::Reason::BadToken,
         Reason::TaskCompleted => pb::Reason::TaskCompleted,
+        Reason::PolicyDenied => pb::Reason::PolicyDenied,
     }
 }
 
 pub(crate) fn unexpected(r: CommandResult) -> ApiError {
     match r {
         CommandResult::Rejected(rej) => rej.into(),
+        CommandResult::IssueDenied { message, .. } => ApiError::PolicyDenied(message),
         other => ApiError::Internal(format!("unexpected apply result {other:?}")),
     }
 }
@@ -298,6 +300,9 @@ impl Grants for GrantsService {
         let identity = self.presenter(&caller, r.identity)?;
         validate::name("resource", &r.resource, RESOURCE_BYTES_MAX)?;
         validate::name("action", &r.action, ACTION_BYTES_MAX)?;
+        let attributes = r.attributes.into_iter().collect();
+        grant_policy::check_attributes(&attributes)
+            .map_err(|e| ApiError::invalid("attributes", e))?;
         let cmd = CheckCmd {
             grant_id,
             forged,
@@ -305,6 +310,7 @@ impl Grants for GrantsService {
             resource: r.resource,
             action: r.action,
             actor: caller.id().to_string(),
+            attributes,
         };
         let (o, index) = self.checks.check(cmd).await?;
         Ok(Response::new(pb::CheckResponse {
@@ -316,6 +322,7 @@ impl Grants for GrantsService {
             reason: to_pb_reason(o.reason) as i32,
             grant_id: o.grant_id,
             receipt: receipt(index, Some(o.audit)),
+            policy_ids: o.policy_ids,
         }))
     }
 

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod errors;
 pub mod grants;
 pub mod health;
+pub mod policy;
 pub mod roles;
 pub mod token;
 pub mod validate;

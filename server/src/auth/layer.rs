@@ -208,6 +208,7 @@ impl Access {
             let what = match super::roles::need(path) {
                 Some(Need::Role(r)) => format!("the {} role", r.name()),
                 Some(Need::Reader) => "the issuer, revoker or auditor role".into(),
+                Some(Need::AdminOrAuditor) => "the admin or auditor role".into(),
                 _ => "a method this server serves".into(),
             };
             return Err(Status::permission_denied(format!(

@@ -211,6 +211,8 @@ pub enum Need {
     CheckerOrSubject,
     /// Get and List: an issuer, revoker or auditor.
     Reader,
+    /// Reading or dry-running the policy set: an admin or an auditor.
+    AdminOrAuditor,
 }
 
 /// The requirement of a gRPC method path; `None` for a path we do not
@@ -225,6 +227,8 @@ pub fn need(path: &str) -> Option<Need> {
         // Public keys, for offline verification by any tool server.
         ("grantledger.v1.Grants", "Jwks") => Need::Anyone,
         ("grantledger.v1.Audit", _) => Need::Role(Role::Auditor),
+        ("grantledger.v1.Policy", "Apply") => Need::Role(Role::Admin),
+        ("grantledger.v1.Policy", "Get" | "Validate") => Need::AdminOrAuditor,
         ("grantledger.v1.Cluster", "Status") => Need::Anyone,
         ("grantledger.v1.Cluster", _) => Need::Role(Role::Admin),
         ("grantledger.v1.raft.RaftPeer", _) => Need::Role(Role::Peer),
@@ -248,6 +252,9 @@ impl RoleMap {
             Some(Need::Reader) => [Role::Issuer, Role::Revoker, Role::Auditor]
                 .into_iter()
                 .any(|r| self.has(caller, r)),
+            Some(Need::AdminOrAuditor) => {
+                self.has(caller, Role::Admin) || self.has(caller, Role::Auditor)
+            }
         }
     }
 }
@@ -318,6 +325,19 @@ mod tests {
             "/grantledger.v1.Audit/Export"
         ));
         assert!(!m.allows(orch, "/grantledger.v1.Audit/Export"));
+        assert!(m.allows(
+            "spiffe://example.org/ops/sre",
+            "/grantledger.v1.Policy/Apply"
+        ));
+        assert!(!m.allows(
+            "spiffe://audit.example.org/alice",
+            "/grantledger.v1.Policy/Apply"
+        ));
+        assert!(m.allows(
+            "spiffe://audit.example.org/alice",
+            "/grantledger.v1.Policy/Get"
+        ));
+        assert!(!m.allows(orch, "/grantledger.v1.Policy/Get"));
         assert!(m.allows(
             "spiffe://example.org/ops/sre",
             "/grantledger.v1.Cluster/Remove"

@@ -91,6 +91,7 @@ pub fn apply(
         Command::RegisterKey(c) => register_key(c, state, &mut out)?,
         Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
         Command::SetRoles(c) => set_roles(c, ctx.log_index, &mut out),
+        Command::SetPolicy(c) => set_policy(c, ctx.log_index, &mut out),
     };
     Ok(Applied {
         result,
@@ -144,6 +145,13 @@ fn issue(
             ),
         )));
     }
+    let policy = match state.policy()? {
+        Some(p) => match issue_policy(c, &p) {
+            Ok(allowed) => Some(allowed),
+            Err(denied) => return Ok(deny_issue(c, denied, out)),
+        },
+        None => None,
+    };
     let grant = GrantRecord {
         grant_id: c.grant_id.clone(),
         subject: c.subject.clone(),
@@ -173,6 +181,11 @@ fn issue(
         .map(|s| s.resource.as_str())
         .collect::<Vec<_>>()
         .join(",");
+    if let Some(d) = policy {
+        r.decision = Decision::Allow;
+        r.reason = d.summary();
+        r.policy_ids = d.policy_ids;
+    }
     let audit = out.record(r);
     out.writes.push(Write::TaskCount {
         task_id: c.task_id.clone(),
@@ -193,6 +206,81 @@ fn issue(
         replayed: false,
         audit: Some(audit),
     })
+}
+
+/// An Issue denied by the policy: which scope, and the decision.
+struct IssueDenial {
+    resource: String,
+    actions: Vec<String>,
+    decision: grant_policy::Decision,
+}
+
+/// Ask the policy about every scope of an Issue: all must be allowed. The
+/// allowed decision merges the policies of every scope.
+fn issue_policy(
+    c: &IssueCmd,
+    p: &grant_policy::Compiled,
+) -> Result<grant_policy::Decision, IssueDenial> {
+    let ttl_seconds = u64::try_from((c.expires_at_ms - c.now_ms) / 1000).unwrap_or(0);
+    let mut merged = grant_policy::Decision {
+        allow: true,
+        policy_ids: Vec::new(),
+        errors: Vec::new(),
+    };
+    for scope in &c.scopes {
+        let d = p.issue(&grant_policy::IssueQuery {
+            caller: &c.issuer,
+            subject: &c.subject,
+            task: &c.task_id,
+            intent: &c.intent,
+            ttl_seconds,
+            resource: &scope.resource,
+            actions: &scope.actions,
+            now_ms: c.now_ms,
+        });
+        if !d.allow {
+            return Err(IssueDenial {
+                resource: scope.resource.clone(),
+                actions: scope.actions.clone(),
+                decision: d,
+            });
+        }
+        merged.policy_ids.extend(d.policy_ids);
+        merged.errors.extend(d.errors);
+    }
+    merged.policy_ids.sort();
+    merged.policy_ids.dedup();
+    Ok(merged)
+}
+
+/// Record a denied Issue: the entry says who asked what for whom, and
+/// which policies refused. Nothing else is written (no grant, no dedupe:
+/// a retry after a policy change is decided again).
+fn deny_issue(c: &IssueCmd, denied: IssueDenial, out: &mut Out) -> CommandResult {
+    let mut r = AuditEntry::new(Kind::Issue, c.now_ms);
+    r.actor = c.issuer.clone();
+    r.subject = c.subject.clone();
+    r.task_id = c.task_id.clone();
+    r.intent = c.intent.clone();
+    r.resource = denied.resource.clone();
+    r.action = denied.actions.join(",");
+    r.decision = Decision::Deny;
+    r.reason = denied.decision.summary();
+    r.policy_ids = denied.decision.policy_ids.clone();
+    let audit = out.record(r);
+    let by = if denied.decision.policy_ids.is_empty() {
+        "no policy permits it".to_string()
+    } else {
+        format!("forbidden by {}", denied.decision.policy_ids.join(", "))
+    };
+    CommandResult::IssueDenied {
+        message: format!(
+            "policy denies issuing {:?} on {:?} to {}: {by}",
+            denied.actions, denied.resource, c.subject
+        ),
+        policy_ids: denied.decision.policy_ids,
+        audit,
+    }
 }
 
 fn check(
@@ -218,6 +306,27 @@ fn check(
             GrantState::Active => Reason::Allowed,
         },
     };
+    // The grant allows: the policy in force has the last word.
+    let policy = match (&grant, state.policy()?) {
+        (Some(g), Some(p)) if reason == Reason::Allowed => {
+            Some(p.check(&grant_policy::CheckQuery {
+                identity: &c.identity,
+                resource: &c.resource,
+                action: &c.action,
+                task: &g.task_id,
+                intent: &g.intent,
+                grant_id: &g.grant_id,
+                issuer: &g.issuer,
+                attributes: &c.attributes,
+                now_ms,
+            }))
+        }
+        _ => None,
+    };
+    let reason = match &policy {
+        Some(d) if !d.allow => Reason::PolicyDenied,
+        _ => reason,
+    };
     let allow = reason == Reason::Allowed;
     // A bad token says nothing trustworthy about the grant it names.
     let known = grant.as_ref().filter(|_| reason != Reason::BadToken);
@@ -233,13 +342,37 @@ fn check(
         Decision::Deny
     };
     r.reason = format!("{reason:?}");
+    let policy_ids = policy
+        .as_ref()
+        .map(|d| d.policy_ids.clone())
+        .unwrap_or_default();
+    r.policy_ids = policy_ids.clone();
+    r.detail = check_detail(c, policy.as_ref());
     let audit = out.record(r);
     Ok(CheckOutcome {
         allow,
         reason,
         grant_id: known.map(|g| g.grant_id.clone()).unwrap_or_default(),
+        policy_ids,
         audit,
     })
+}
+
+/// A check entry's detail: the attributes the tool server sent and the
+/// policies that failed to evaluate, as JSON; empty when there are none.
+fn check_detail(c: &CheckCmd, policy: Option<&grant_policy::Decision>) -> String {
+    let errors = policy.map(|d| d.errors.as_slice()).unwrap_or_default();
+    if c.attributes.is_empty() && errors.is_empty() {
+        return String::new();
+    }
+    let mut detail = serde_json::Map::new();
+    if !c.attributes.is_empty() {
+        detail.insert("attributes".into(), serde_json::json!(c.attributes));
+    }
+    if !errors.is_empty() {
+        detail.insert("policy_errors".into(), serde_json::json!(errors));
+    }
+    serde_json::Value::Object(detail).to_string()
 }
 
 fn revoke(
@@ -383,6 +516,35 @@ fn set_roles(c: &SetRolesCmd, log_index: u64, out: &mut Out) -> CommandResult {
         roles_json: c.roles_json.clone(),
     });
     CommandResult::RolesSet { audit }
+}
+
+/// Replace the policy set. The API node has compiled it; it is compiled
+/// again here so that a set that does not compile changes nothing on any
+/// replica (every replica runs the same Cedar, so all refuse alike).
+fn set_policy(c: &SetPolicyCmd, log_index: u64, out: &mut Out) -> CommandResult {
+    let rec = &c.record;
+    let compiled = match grant_policy::compile(&rec.policies, &rec.schema, rec.no_match) {
+        Ok(p) => p,
+        Err(e) => {
+            return CommandResult::Rejected(Rejection::FailedPrecondition(format!(
+                "policy set does not compile: {e}"
+            )))
+        }
+    };
+    let mut r = AuditEntry::new(Kind::Policy, c.now_ms);
+    r.actor = c.actor.clone();
+    r.reason = format!("sha256:{}", rec.policies_sha256());
+    r.detail = serde_json::to_string(rec).expect("a policy record serializes");
+    r.policy_ids = compiled.ids().to_vec();
+    let audit = out.record(r);
+    out.writes.push(Write::PutPolicy {
+        index: log_index,
+        record: rec.clone(),
+    });
+    CommandResult::PolicySet {
+        policy_ids: compiled.ids().to_vec(),
+        audit,
+    }
 }
 
 fn register_key(

@@ -42,6 +42,9 @@ pub trait LedgerState {
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError>;
     /// Size of the newest checkpoint kept.
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError>;
+    /// The policy set in force, compiled; None until the first SetPolicy
+    /// (grants alone decide until then).
+    fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError>;
 }
 
 /// A failure to read state: the storage is broken. Apply cannot continue.

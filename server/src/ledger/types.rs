@@ -3,7 +3,11 @@
 //! field changes what every replica stores, so the storage format version in
 //! storage::keyspace must change with it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+pub use grant_policy::NoMatch;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
@@ -99,6 +103,10 @@ pub struct CheckCmd {
     pub resource: String,
     pub action: String,
     pub actor: String,
+    /// What the tool server says about the request (environment, ticket,
+    /// ...), for the policy: see grant_policy::CheckQuery.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -147,6 +155,32 @@ pub struct SetRolesCmd {
     pub now_ms: i64,
 }
 
+/// The replicated policy set: Cedar policies, the schema they are
+/// validated against, and the decision when none matches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub policies: String,
+    pub schema: String,
+    pub no_match: NoMatch,
+}
+
+impl PolicyRecord {
+    /// Hex SHA-256 of the policy text (its audit entry carries it).
+    pub fn policies_sha256(&self) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            self.policies.as_bytes(),
+        ))
+    }
+}
+
+/// Replace the policy set in force.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SetPolicyCmd {
+    pub record: PolicyRecord,
+    pub actor: String,
+    pub now_ms: i64,
+}
+
 /// A checkpoint the leader signed, to be kept by every replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointCmd {
@@ -170,6 +204,7 @@ pub enum Command {
     RegisterKey(RegisterKeyCmd),
     Checkpoint(CheckpointCmd),
     SetRoles(SetRolesCmd),
+    SetPolicy(SetPolicyCmd),
 }
 
 impl Command {
@@ -184,6 +219,7 @@ impl Command {
             Command::RegisterKey(c) => Some(c.now_ms),
             Command::Checkpoint(_) => None,
             Command::SetRoles(c) => Some(c.now_ms),
+            Command::SetPolicy(c) => Some(c.now_ms),
         }
     }
 }
@@ -199,6 +235,7 @@ impl std::fmt::Display for Command {
             Command::RegisterKey(c) => write!(f, "register_key(node={})", c.node_id),
             Command::Checkpoint(_) => write!(f, "checkpoint"),
             Command::SetRoles(c) => write!(f, "set_roles(actor={})", c.actor),
+            Command::SetPolicy(c) => write!(f, "set_policy(actor={})", c.actor),
         }
     }
 }
@@ -213,6 +250,8 @@ pub enum Reason {
     OutOfScope,
     BadToken,
     TaskCompleted,
+    /// The grant covers the action, but the policy in force denies it.
+    PolicyDenied,
 }
 
 /// The audit entry a command appended: its sequence number and hash, as
@@ -228,6 +267,9 @@ pub struct CheckOutcome {
     pub allow: bool,
     pub reason: Reason,
     pub grant_id: String,
+    /// The policies that decided (empty when no policy set is in force, or
+    /// the grant alone denied).
+    pub policy_ids: Vec<String>,
     pub audit: AuditRef,
 }
 
@@ -271,6 +313,16 @@ pub enum CommandResult {
         size: u64,
     },
     RolesSet {
+        audit: AuditRef,
+    },
+    PolicySet {
+        policy_ids: Vec<String>,
+        audit: AuditRef,
+    },
+    /// The policy in force denied an Issue: recorded, nothing issued.
+    IssueDenied {
+        message: String,
+        policy_ids: Vec<String>,
         audit: AuditRef,
     },
     Rejected(Rejection),
@@ -336,6 +388,11 @@ pub enum Write {
     PutRoles {
         index: u64,
         roles_json: String,
+    },
+    /// The policy set in force, as of log index `index`.
+    PutPolicy {
+        index: u64,
+        record: PolicyRecord,
     },
 }
 

@@ -50,6 +50,9 @@ pub const META_FORMAT_VERSION: &[u8] = b"\x09format_version";
 /// The replicated role mapping: (log index, canonical JSON). Absent until
 /// the first `SetRoles`; the config file's mapping applies until then.
 pub const META_ROLES: &[u8] = b"\x09roles";
+/// The replicated policy set: (log index, ledger::PolicyRecord). Absent
+/// until the first `SetPolicy`; grants alone decide until then.
+pub const META_POLICY: &[u8] = b"\x09policy";
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 2).sum::<usize>());
@@ -218,6 +221,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         }
         Write::PutRoles { index, roles_json } => {
             batch.insert(META_ROLES, codec::encode(&(index, roles_json)));
+        }
+        Write::PutPolicy { index, record } => {
+            batch.insert(META_POLICY, codec::encode(&(index, record)));
         }
     }
 }

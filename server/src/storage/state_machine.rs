@@ -44,6 +44,8 @@ pub struct StateReader {
     /// Log index of the replicated role mapping in force (0: none yet), so
     /// that readers notice a change with one atomic load.
     roles_version: Arc<AtomicU64>,
+    /// The policy set in force, compiled once per change: (log index, set).
+    policy: Arc<RwLock<Option<(u64, Arc<grant_policy::Compiled>)>>>,
 }
 
 #[derive(Clone)]
@@ -105,6 +107,50 @@ impl StateReader {
             ));
         }
         Ok(out)
+    }
+
+    /// The replicated policy set: (log index, record).
+    pub fn policy_record(&self) -> io::Result<Option<(u64, ledger::PolicyRecord)>> {
+        read_meta(&self.tree(), ks::META_POLICY)
+    }
+
+    /// The compiled policy set in force, if any.
+    pub fn policy(&self) -> Option<Arc<grant_policy::Compiled>> {
+        self.policy
+            .read()
+            .expect("policy lock")
+            .as_ref()
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Compile the stored policy set, if it moved (at start, after a
+    /// snapshot install, after a SetPolicy). A stored set that no longer
+    /// compiles is a broken state, not a request to refuse.
+    fn reload_policy(&self) -> io::Result<()> {
+        let stored = self.policy_record()?;
+        let current = self
+            .policy
+            .read()
+            .expect("policy lock")
+            .as_ref()
+            .map(|(i, _)| *i);
+        let compiled = match stored {
+            None => None,
+            Some((index, _)) if Some(index) == current => return Ok(()),
+            Some((index, rec)) => {
+                let p = grant_policy::compile(&rec.policies, &rec.schema, rec.no_match).map_err(
+                    |e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the stored policy set (index {index}) does not compile: {e}"),
+                        )
+                    },
+                )?;
+                Some((index, Arc::new(p)))
+            }
+        };
+        *self.policy.write().expect("policy lock") = compiled;
+        Ok(())
     }
 
     /// The replicated role mapping: (log index, canonical JSON).
@@ -209,7 +255,9 @@ impl StateReader {
     }
 
     pub fn tree_root(&self, size: u64) -> io::Result<Option<Hash>> {
-        SledState(&self.tree()).tree_root(size).map_err(io_err)
+        SledState(&self.tree(), None)
+            .tree_root(size)
+            .map_err(io_err)
     }
 
     /// Every kept checkpoint, smallest first: (size, note).
@@ -277,8 +325,8 @@ fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> io:
     }
 }
 
-/// The ledger's view of a sled tree.
-struct SledState<'a>(&'a sled::Tree);
+/// The ledger's view of a sled tree, with the policy set compiled from it.
+struct SledState<'a>(&'a sled::Tree, Option<Arc<grant_policy::Compiled>>);
 
 fn se(e: impl std::fmt::Display) -> StateError {
     StateError(e.to_string())
@@ -364,6 +412,9 @@ impl LedgerState for SledState<'_> {
             None => Ok(None),
         }
     }
+    fn policy(&self) -> Result<Option<Arc<grant_policy::Compiled>>, StateError> {
+        Ok(self.1.clone())
+    }
     fn dedupe_older_than(
         &self,
         before_ms: i64,
@@ -424,6 +475,7 @@ impl StateMachine {
                 tree: Arc::new(RwLock::new(tree)),
                 active_grants: Arc::new(AtomicI64::new(0)),
                 roles_version: Arc::new(AtomicU64::new(0)),
+                policy: Arc::new(RwLock::new(None)),
             },
             snapshot_dir,
             last_applied,
@@ -434,6 +486,7 @@ impl StateMachine {
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         sm.reader.recount_active();
+        sm.reader.reload_policy()?;
         Ok(sm)
     }
 
@@ -503,7 +556,8 @@ impl StateMachine {
                 if let Some(t) = cmd.time_ms() {
                     self.last_time_ms = t;
                 }
-                Some(ledger::apply(&cmd, ctx, &SledState(&tree)).map_err(io_err)?)
+                let state = SledState(&tree, self.reader.policy());
+                Some(ledger::apply(&cmd, ctx, &state).map_err(io_err)?)
             }
             EntryPayload::Membership(m) => {
                 let voters: Vec<String> = m.voter_ids().map(|id| id.to_string()).collect();
@@ -520,6 +574,7 @@ impl StateMachine {
         let mut batch = ks::WriteSet::default();
         let mut active_delta = 0;
         let mut roles_version = None;
+        let mut policy_changed = false;
         let result = match applied {
             None => CommandResult::Nothing,
             Some(a) => {
@@ -528,6 +583,7 @@ impl StateMachine {
                         ledger::Write::InsertGrant(_) => active_delta += 1,
                         ledger::Write::Retire(_) => active_delta -= 1,
                         ledger::Write::PutRoles { index, .. } => roles_version = Some(*index),
+                        ledger::Write::PutPolicy { .. } => policy_changed = true,
                         _ => {}
                     }
                     ks::encode_write(w, &mut batch);
@@ -555,6 +611,9 @@ impl StateMachine {
             .fetch_add(active_delta, Ordering::Relaxed);
         if let Some(v) = roles_version {
             self.reader.roles_version.store(v, Ordering::Release);
+        }
+        if policy_changed {
+            self.reader.reload_policy()?;
         }
         self.last_applied = Some(log_id);
         Ok(result)
@@ -609,6 +668,7 @@ impl StateMachine {
         self.db.flush().map_err(io_err)?;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         self.reader.recount_active();
+        self.reader.reload_policy()?;
         if !current.is_empty() {
             self.db.drop_tree(&current).map_err(io_err)?;
         }
@@ -844,7 +904,7 @@ mod tests {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
         let tree = sm.reader.tree();
-        let state = SledState(&tree);
+        let state = SledState(&tree, None);
         for t in ["t0", "t1", "t2"] {
             let indexed = state.task_grant_ids(t, 1000).unwrap().len();
             assert_eq!(indexed, 10);

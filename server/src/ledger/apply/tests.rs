@@ -16,10 +16,14 @@ struct Mem {
     checkpoints: BTreeMap<u64, String>,
     token_keys: BTreeSet<String>,
     roles: Option<String>,
+    policy: Option<std::sync::Arc<grant_policy::Compiled>>,
     index: u64,
 }
 
 impl LedgerState for Mem {
+    fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError> {
+        Ok(self.policy.clone())
+    }
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
         Ok(self.roster.get(name).cloned().unwrap_or_default())
     }
@@ -122,6 +126,12 @@ impl Mem {
                 Write::PutRoles { roles_json, .. } => {
                     self.roles = Some(roles_json);
                 }
+                Write::PutPolicy { record, .. } => {
+                    let p =
+                        grant_policy::compile(&record.policies, &record.schema, record.no_match)
+                            .expect("apply wrote a policy that compiles");
+                    self.policy = Some(std::sync::Arc::new(p));
+                }
             }
         }
         a.result
@@ -159,6 +169,7 @@ fn check_cmd(grant: &str, identity: &str, resource: &str, action: &str, now: i64
             resource: resource.into(),
             action: action.into(),
             actor: String::new(),
+            attributes: Default::default(),
         }],
     }
 }
@@ -523,4 +534,180 @@ mod audit_chain {
             CommandResult::Checkpointed { size }
         );
     }
+}
+
+fn set_policy(policies: &str, no_match: NoMatch, now: i64) -> Command {
+    Command::SetPolicy(SetPolicyCmd {
+        record: PolicyRecord {
+            policies: policies.into(),
+            schema: grant_policy::SCHEMA_DEFAULT.into(),
+            no_match,
+        },
+        actor: "spiffe://example.org/ops/admin".into(),
+        now_ms: now,
+    })
+}
+
+const ORCH_ONLY: &str = r#"
+@id("orch") permit (principal, action == Action::"issue", resource)
+  when { principal.path == "/orchestrator" };
+@id("reads") permit (principal, action == Action::"read", resource);
+@id("no-prod-without-ticket") forbid (principal, action, resource)
+  when { resource.name like "prod/*" }
+  unless { context has request && context.request has ticket };
+"#;
+
+#[test]
+fn policy_set_is_recorded_with_its_hash_and_ids() {
+    let mut m = Mem::default();
+    match m.run(set_policy(ORCH_ONLY, NoMatch::Deny, 1000)) {
+        CommandResult::PolicySet { policy_ids, .. } => {
+            assert_eq!(policy_ids, vec!["orch", "reads", "no-prod-without-ticket"])
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = m.audit.last().unwrap();
+    assert_eq!(e.kind, Kind::Policy);
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ORCH_ONLY.as_bytes()));
+    assert_eq!(e.reason, format!("sha256:{sha}"));
+    assert!(m.policy.is_some());
+}
+
+#[test]
+fn a_policy_set_that_does_not_compile_changes_nothing() {
+    let mut m = Mem::default();
+    m.run(set_policy(ORCH_ONLY, NoMatch::Deny, 1000));
+    let before = (m.audit.len(), m.policy.as_ref().unwrap().ids().to_vec());
+    let r = m.run(set_policy(
+        "permit (principal, action, resource) when { principal.nope };",
+        NoMatch::Deny,
+        2000,
+    ));
+    assert!(
+        matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(_))),
+        "{r:?}"
+    );
+    assert_eq!(
+        (m.audit.len(), m.policy.as_ref().unwrap().ids().to_vec()),
+        before
+    );
+}
+
+#[test]
+fn policy_decides_issue_and_records_the_denial() {
+    let mut m = Mem::default();
+    m.run(set_policy(ORCH_ONLY, NoMatch::Deny, 1000));
+    // The orchestrator may issue: the entry names the permit.
+    assert!(matches!(
+        m.run(issue_cmd("r1", "g1", "t1", 2000, 60_000)),
+        CommandResult::Issued { .. }
+    ));
+    let e = m.audit.last().unwrap();
+    assert_eq!(
+        (e.decision, e.policy_ids.clone()),
+        (Decision::Allow, vec!["orch".to_string()])
+    );
+    // Another issuer: no permit. Recorded, and nothing issued.
+    let mut cmd = issue_cmd("r2", "g2", "t1", 3000, 60_000);
+    if let Command::Issue(c) = &mut cmd {
+        c.issuer = "spiffe://example.org/ci".into();
+    }
+    match m.run(cmd.clone()) {
+        CommandResult::IssueDenied {
+            message,
+            policy_ids,
+            ..
+        } => {
+            assert!(policy_ids.is_empty());
+            assert!(message.contains("no policy permits"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.decision), (Kind::Issue, Decision::Deny));
+    assert!(m.grants.get("g2").is_none() && m.dedupe.get("r2").is_none());
+    // A production tool forbidden by name at issue (no request attributes there).
+    let mut cmd = issue_cmd("r3", "g3", "t1", 3000, 60_000);
+    if let Command::Issue(c) = &mut cmd {
+        c.scopes[0].resource = "prod/db".into();
+    }
+    match m.run(cmd) {
+        CommandResult::IssueDenied { policy_ids, .. } => {
+            assert_eq!(policy_ids, vec!["no-prod-without-ticket"])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn policy_decides_check_with_the_tool_servers_attributes() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 600_000));
+    let mut write = issue_cmd("r2", "g2", "t2", 1000, 600_000);
+    if let Command::Issue(c) = &mut write {
+        c.scopes[0].actions = vec!["read".into(), "write".into()];
+    }
+    m.run(write);
+    m.run(set_policy(ORCH_ONLY, NoMatch::Deny, 1500));
+    let checked = |r: CommandResult| match r {
+        CommandResult::Checked(v) => (v[0].reason, v[0].policy_ids.clone()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        checked(m.run(check_cmd("g1", AGENT, "github", "read", 2000))),
+        (Reason::Allowed, vec!["reads".to_string()])
+    );
+    // Covered by the grant, but no policy permits writes.
+    assert_eq!(
+        checked(m.run(check_cmd("g2", AGENT, "github", "write", 2000))),
+        (Reason::PolicyDenied, vec![])
+    );
+    // The grant alone denies: the policy is not asked.
+    assert_eq!(
+        checked(m.run(check_cmd("g1", AGENT, "github", "write", 2000))),
+        (Reason::OutOfScope, vec![])
+    );
+    // A grant on a production tool: the ticket comes from the tool server.
+    let mut prod = issue_cmd("r3", "g3", "t3", 1000, 600_000);
+    if let Command::Issue(c) = &mut prod {
+        c.issuer = "spiffe://example.org/orchestrator".into();
+        c.scopes[0].resource = "prod/db".into();
+        c.now_ms = 1000;
+    }
+    // Issued before the policy forbade it? No: issued now, so it is denied.
+    assert!(matches!(m.run(prod), CommandResult::IssueDenied { .. }));
+    m.run(set_policy(r#"@id("reads") permit (principal, action == Action::"read", resource) when { context.request has ticket };"#, NoMatch::Deny, 2500));
+    let mut with_ticket = check_cmd("g1", AGENT, "github", "read", 3000);
+    if let Command::Checks { checks, .. } = &mut with_ticket {
+        checks[0].attributes.insert("ticket".into(), "OPS-7".into());
+    }
+    assert_eq!(
+        checked(m.run(with_ticket)),
+        (Reason::Allowed, vec!["reads".to_string()])
+    );
+    let e = m.audit.last().unwrap();
+    assert_eq!(e.detail, r#"{"attributes":{"ticket":"OPS-7"}}"#);
+    assert_eq!(
+        checked(m.run(check_cmd("g1", AGENT, "github", "read", 3000))),
+        (Reason::PolicyDenied, vec![])
+    );
+}
+
+#[test]
+fn no_match_allow_lets_through_what_no_policy_forbids() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 600_000));
+    m.run(set_policy(
+        r#"@id("f") forbid (principal, action == Action::"write", resource);"#,
+        NoMatch::Allow,
+        1500,
+    ));
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 2000))),
+        Reason::Allowed
+    );
+    assert!(matches!(
+        m.run(issue_cmd("r2", "g2", "t1", 2000, 60_000)),
+        CommandResult::Issued { .. }
+    ));
 }
