@@ -1,14 +1,18 @@
 //! A realistic policy set of a given size, for tests and benchmarks: one
 //! permit per tool and action for the agents, forbids for production tools
 //! without a ticket and for writes outside business hours, and the issuing
-//! rules. Every check of the harness's grants (github, read) is allowed.
+//! rules. The harness's own identity (ops/admin) may issue, and every
+//! check of the harness's grants (github, read) is allowed.
 
 /// `n` policies (at least the 4 fixed ones) against the built-in schema.
 pub fn realistic(n: usize) -> String {
     let mut out = String::from(
         r#"@id("orchestrator-issues")
 permit (principal, action == Action::"issue", resource)
-when { principal.path == "/orchestrator" && context.ttl_seconds <= 3600 };
+when {
+  (principal.path == "/orchestrator" || principal.path like "/ops/*") &&
+  context.ttl_seconds <= 3600
+};
 
 @id("prod-issue-needs-ticket")
 forbid (principal, action == Action::"issue", resource)

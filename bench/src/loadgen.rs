@@ -4,6 +4,7 @@
 //!
 //!   cargo build --release --bins
 //!   target/release/loadgen --clients 1,16,64 --seconds 10
+//!   target/release/loadgen --ops check --policies 200   # with Cedar policy
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,10 @@ struct Args {
     /// Operations: issue, check, revoke.
     #[arg(long, value_delimiter = ',', default_value = "issue,check,revoke")]
     ops: Vec<String>,
+    /// Apply a realistic Cedar policy set of this many policies first
+    /// (grant_tests::policies); 0 runs without policy.
+    #[arg(long, default_value_t = 0)]
+    policies: usize,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -130,6 +135,17 @@ async fn main() {
     } else {
         Cluster::start(3).await
     };
+    if args.policies > 0 {
+        let r = c
+            .client()
+            .apply_policy(pb::ApplyPolicyRequest {
+                policies: grant_tests::policies::realistic(args.policies),
+                ..Default::default()
+            })
+            .await
+            .expect("the benchmark's policy set applies");
+        println!("policy set: {} policies", r.policy_ids.len());
+    }
     println!(
         "{:<8} {:>8} {:>10} {:>10} {:>10} {:>8}",
         "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
