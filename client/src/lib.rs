@@ -29,6 +29,7 @@ pub use grant_proto::tls::{Tls, TlsFiles};
 pub use grant_proto::v1;
 
 pub mod devcerts;
+pub mod watch;
 
 /// Tuning of the client's retries and timeouts.
 #[derive(Clone, Debug)]

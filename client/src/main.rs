@@ -170,6 +170,19 @@ enum Cmd {
     /// The signed audit log: export, verify offline, prove, roster.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Follow revocations, expirations, task completions and policy
+    /// changes, one line each, resuming on another node if one fails.
+    Watch {
+        /// Start with the events of log entries from this index.
+        #[arg(long, conflicts_with = "after")]
+        from_index: Option<u64>,
+        /// Resume after the event with this audit seq.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Stop after this many events (default: follow until interrupted).
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Print the JWKS document of the cluster's token keys, for tool
     /// servers that verify grant tokens offline.
     Jwks,
@@ -471,6 +484,37 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
         Cmd::Policy(c) => return policy_cmd::run(&client, c).await,
+        Cmd::Watch {
+            from_index,
+            after,
+            count,
+        } => {
+            use grant_client::watch::{Start, Update, Watcher};
+            let start = match (from_index, after) {
+                (Some(i), _) => Start::LogIndex(i),
+                (_, Some(seq)) => Start::After {
+                    seq,
+                    hash: Vec::new(),
+                },
+                _ => Start::Now,
+            };
+            let mut w = Watcher::new(std::sync::Arc::new(client), start);
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                if let Update::Events(events) = w.next().await.map_err(e)? {
+                    for ev in events {
+                        let kind = grant_client::v1::watch_event::Kind::try_from(ev.kind)
+                            .map(|k| k.as_str_name())
+                            .unwrap_or("UNKNOWN");
+                        println!(
+                            "seq={} index={} time_ms={} {kind} grant={} task={}",
+                            ev.seq, ev.log_index, ev.time_ms, ev.grant_id, ev.task_id
+                        );
+                        seen += 1;
+                    }
+                }
+            }
+        }
         Cmd::Jwks => println!("{}", client.jwks().await.map_err(e)?),
         Cmd::Roles(RolesCmd::Get) => {
             let r = client.get_roles().await.map_err(e)?;

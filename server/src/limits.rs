@@ -115,6 +115,20 @@ pub const ROLE_PATTERNS_MAX: usize = 1024;
 /// Largest replicated role mapping, as canonical JSON (it is also the
 /// detail of its audit entry).
 pub const ROLES_JSON_BYTES_MAX: usize = 256 * 1024;
+/// Watch streams open on one node at once; beyond it Watch answers
+/// ResourceExhausted.
+pub const WATCHERS_MAX: usize = 1024;
+/// Events in one Watch message.
+pub const WATCH_EVENTS_PER_MESSAGE_MAX: usize = 512;
+/// Watch messages queued for one slow watcher before its stream waits
+/// (events are read from storage as it catches up, not held in memory).
+pub const WATCH_QUEUE_MESSAGES: usize = 4;
+/// How often a watch stream sends a progress mark confirmed by a read
+/// index through the leader.
+pub const WATCH_CONFIRM_INTERVAL_MS: u64 = 1000;
+// An event: a task id, a grant id, a hash, four integers and framing.
+const _: () = assert!(WATCH_EVENTS_PER_MESSAGE_MAX * (TASK_ID_BYTES_MAX + 128) < MESSAGE_BYTES_MAX);
+
 // Request-time policy: the limits live beside the Cedar code (grantctl
 // validates offline with them too); docs/limits.md lists them.
 pub use grant_policy::{

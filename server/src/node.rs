@@ -17,6 +17,7 @@ use crate::api::batcher::CheckBatcher;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::policy::PolicyService;
+use crate::api::watch::Watchers;
 use crate::api::{now_ms, NodeContext};
 use crate::auth::bearer::BearerAuth;
 use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
@@ -110,9 +111,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             access: access.clone(),
         })
         .add_service(
-            GrantsServer::new(GrantsService::new(ctx.clone(), checks, node_key.clone()))
-                .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
+            GrantsServer::new(GrantsService::new(
+                ctx.clone(),
+                checks,
+                node_key.clone(),
+                Watchers::new(shutdown.clone()),
+            ))
+            .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// The policy in force denied the request (recorded in the audit log).
     #[error("{0}")]
     PolicyDenied(String),
+    /// A watch cannot resume where it asked: the watcher must start over.
+    #[error("{0}")]
+    WatchResync(String),
     /// This node is not the leader; retry on the leader (safe: nothing was proposed).
     #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::ResourceExhausted(_) => "resource_exhausted",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PolicyDenied(_) => "policy_denied",
+            ApiError::WatchResync(_) => "watch_resync",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Unavailable(_) => "unavailable",
@@ -75,7 +79,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
-            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::FailedPrecondition(_) | ApiError::WatchResync(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::PermissionDenied(_) | ApiError::PolicyDenied(_) => Code::PermissionDenied,
             ApiError::NotLeader { .. }

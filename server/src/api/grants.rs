@@ -25,11 +25,18 @@ pub struct GrantsService {
     verifier: token::Verifier,
     /// The token key id known to be published (skips the roster lookup).
     published: std::sync::Mutex<String>,
+    watchers: super::watch::Watchers,
 }
 
 impl GrantsService {
-    pub fn new(ctx: NodeContext, checks: CheckBatcher, key: SharedKey) -> Self {
+    pub fn new(
+        ctx: NodeContext,
+        checks: CheckBatcher,
+        key: SharedKey,
+        watchers: super::watch::Watchers,
+    ) -> Self {
         GrantsService {
+            watchers,
             verifier: token::Verifier::new(ctx.state.clone()),
             ctx,
             checks,
@@ -195,6 +202,16 @@ fn fingerprint(
 
 #[tonic::async_trait]
 impl Grants for GrantsService {
+    type WatchStream = super::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(
+            self.watchers.start(&self.ctx, req.into_inner())?,
+        ))
+    }
     async fn issue(
         &self,
         req: Request<pb::IssueRequest>,
@@ -323,6 +340,8 @@ impl Grants for GrantsService {
             grant_id: o.grant_id,
             receipt: receipt(index, Some(o.audit)),
             policy_ids: o.policy_ids,
+            task_id: o.task_id,
+            expires_at_ms: o.expires_at_ms,
         }))
     }
 

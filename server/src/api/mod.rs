@@ -11,6 +11,7 @@ pub mod policy;
 pub mod roles;
 pub mod token;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

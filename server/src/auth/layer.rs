@@ -209,6 +209,7 @@ impl Access {
                 Some(Need::Role(r)) => format!("the {} role", r.name()),
                 Some(Need::Reader) => "the issuer, revoker or auditor role".into(),
                 Some(Need::AdminOrAuditor) => "the admin or auditor role".into(),
+                Some(Need::Watcher) => "the checker, issuer, revoker or auditor role".into(),
                 _ => "a method this server serves".into(),
             };
             return Err(Status::permission_denied(format!(

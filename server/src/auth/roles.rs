@@ -213,6 +213,9 @@ pub enum Need {
     Reader,
     /// Reading or dry-running the policy set: an admin or an auditor.
     AdminOrAuditor,
+    /// Watch: a checker (a tool server caching allows), issuer, revoker
+    /// or auditor; not a workload, whose grants are its own business.
+    Watcher,
 }
 
 /// The requirement of a gRPC method path; `None` for a path we do not
@@ -224,6 +227,7 @@ pub fn need(path: &str) -> Option<Need> {
         ("grantledger.v1.Grants", "Check") => Need::CheckerOrSubject,
         ("grantledger.v1.Grants", "Revoke" | "CompleteTask") => Need::Role(Role::Revoker),
         ("grantledger.v1.Grants", "Get" | "List") => Need::Reader,
+        ("grantledger.v1.Grants", "Watch") => Need::Watcher,
         // Public keys, for offline verification by any tool server.
         ("grantledger.v1.Grants", "Jwks") => Need::Anyone,
         ("grantledger.v1.Audit", _) => Need::Role(Role::Auditor),
@@ -255,6 +259,9 @@ impl RoleMap {
             Some(Need::AdminOrAuditor) => {
                 self.has(caller, Role::Admin) || self.has(caller, Role::Auditor)
             }
+            Some(Need::Watcher) => [Role::Checker, Role::Issuer, Role::Revoker, Role::Auditor]
+                .into_iter()
+                .any(|r| self.has(caller, r)),
         }
     }
 }
@@ -338,6 +345,8 @@ mod tests {
             "/grantledger.v1.Policy/Get"
         ));
         assert!(!m.allows(orch, "/grantledger.v1.Policy/Get"));
+        assert!(m.allows(tool, "/grantledger.v1.Grants/Watch"));
+        assert!(!m.allows(agent, "/grantledger.v1.Grants/Watch"));
         assert!(m.allows(
             "spiffe://example.org/ops/sre",
             "/grantledger.v1.Cluster/Remove"

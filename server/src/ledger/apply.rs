@@ -354,6 +354,8 @@ fn check(
         reason,
         grant_id: known.map(|g| g.grant_id.clone()).unwrap_or_default(),
         policy_ids,
+        task_id: known.map(|g| g.task_id.clone()).unwrap_or_default(),
+        expires_at_ms: known.map(|g| g.expires_at_ms).unwrap_or_default(),
         audit,
     })
 }

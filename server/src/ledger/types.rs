@@ -270,6 +270,9 @@ pub struct CheckOutcome {
     /// The policies that decided (empty when no policy set is in force, or
     /// the grant alone denied).
     pub policy_ids: Vec<String>,
+    /// The grant's task and expiry (empty and 0 for an unknown grant).
+    pub task_id: String,
+    pub expires_at_ms: i64,
     pub audit: AuditRef,
 }
 

@@ -19,7 +19,10 @@ use crate::raft::codec;
 /// 2: the audit chain: entries are audit_v1 export lines with their hash,
 ///    plus leaf hashes, tree roots by size, checkpoints, the key roster and
 ///    the chain head in meta.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the watch index (audit sequence numbers of revocations, expirations,
+///    task completions and policy changes), so that Watch need not read
+///    every check entry.
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -39,6 +42,8 @@ pub const TOKEN_KEY: u8 = 0x0e;
 /// Grants issued per task (u64 BE); absent in state written before it was
 /// kept, where the task index is counted instead.
 pub const TASK_COUNT: u8 = 0x0f;
+/// The audit entries a revocation watcher needs: seq (u64 BE) -> empty.
+pub const WATCH: u8 = 0x10;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
@@ -102,6 +107,17 @@ pub fn task_completed(task: &str) -> Vec<u8> {
 }
 pub fn audit(seq: u64) -> Vec<u8> {
     key(AUDIT, &[&seq.to_be_bytes()])
+}
+pub fn watch(seq: u64) -> Vec<u8> {
+    key(WATCH, &[&seq.to_be_bytes()])
+}
+/// Whether Watch serves the entries of this kind.
+pub fn watched(kind: grant_proto::audit::Kind) -> bool {
+    use grant_proto::audit::Kind;
+    matches!(
+        kind,
+        Kind::Revoke | Kind::Expire | Kind::CompleteTask | Kind::Policy
+    )
 }
 pub fn audit_leaf(seq: u64) -> Vec<u8> {
     key(AUDIT_LEAF, &[&seq.to_be_bytes()])
@@ -204,6 +220,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             };
             batch.insert(audit(c.entry.seq), line.to_json().into_bytes());
             batch.insert(audit_leaf(c.entry.seq), &c.leaf_hash[..]);
+            if watched(c.entry.kind) {
+                batch.insert(watch(c.entry.seq), &[][..]);
+            }
         }
         Write::RosterKey { name, verifier_key } => {
             let mut k = roster_prefix(name);

@@ -46,6 +46,9 @@ pub struct StateReader {
     roles_version: Arc<AtomicU64>,
     /// The policy set in force, compiled once per change: (log index, set).
     policy: Arc<RwLock<Option<(u64, Arc<grant_policy::Compiled>)>>>,
+    /// The audit chain's size after the last applied entry, for watchers
+    /// waiting for new events.
+    audit_size: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone)]
@@ -105,6 +108,36 @@ impl StateReader {
                 String::from_utf8_lossy(&k[1..]).into_owned(),
                 String::from_utf8_lossy(&v).into_owned(),
             ));
+        }
+        Ok(out)
+    }
+
+    /// Follow the audit chain's size as entries are applied.
+    pub fn audit_size(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.audit_size.subscribe()
+    }
+
+    /// The entries Watch serves (revocations, expirations, task
+    /// completions, policy changes) after audit seq `after` (None: from the
+    /// start), in order, at most `limit`.
+    pub fn watch_events(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> io::Result<Vec<(AuditEntry, Hash)>> {
+        let tree = self.tree();
+        let from = after.map_or(ks::watch(0), |s| ks::watch(s + 1));
+        let mut out = Vec::new();
+        for k in tree.range(from..vec![ks::WATCH + 1]).keys().take(limit) {
+            let k = k.map_err(io_err)?;
+            let seq = u64::from_be_bytes(k[1..9].try_into().expect("watch keys are 9 bytes"));
+            let v = tree.get(ks::audit(seq)).map_err(io_err)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("watch index names missing audit entry {seq}"),
+                )
+            })?;
+            out.push(ks::decode_audit(&v)?);
         }
         Ok(out)
     }
@@ -467,7 +500,7 @@ impl StateMachine {
         db.flush().map_err(io_err)?;
         let last_applied = read_meta::<Option<LogId>>(&tree, ks::META_LAST_APPLIED)?.flatten();
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
-        let chain = read_meta(&tree, ks::META_CHAIN)?.unwrap_or_default();
+        let chain: Chain = read_meta(&tree, ks::META_CHAIN)?.unwrap_or_default();
         let last_time_ms = read_meta(&tree, ks::META_LAST_TIME)?.unwrap_or(0);
         let sm = StateMachine {
             db,
@@ -476,6 +509,7 @@ impl StateMachine {
                 active_grants: Arc::new(AtomicI64::new(0)),
                 roles_version: Arc::new(AtomicU64::new(0)),
                 policy: Arc::new(RwLock::new(None)),
+                audit_size: Arc::new(tokio::sync::watch::channel(chain.size()).0),
             },
             snapshot_dir,
             last_applied,
@@ -615,6 +649,7 @@ impl StateMachine {
         if policy_changed {
             self.reader.reload_policy()?;
         }
+        self.reader.audit_size.send_replace(self.chain.size());
         self.last_applied = Some(log_id);
         Ok(result)
     }
@@ -676,6 +711,7 @@ impl StateMachine {
         self.membership = read_meta(&fresh, ks::META_MEMBERSHIP)?.unwrap_or_default();
         self.chain = read_meta(&fresh, ks::META_CHAIN)?.unwrap_or_default();
         self.last_time_ms = read_meta(&fresh, ks::META_LAST_TIME)?.unwrap_or(0);
+        self.reader.audit_size.send_replace(self.chain.size());
         Ok(())
     }
 }

@@ -1,0 +1,244 @@
+//! Grants/Watch: revocations, expirations, task completions and policy
+//! changes, streamed in audit order from a point of the chain.
+//!
+//! Events are audit entries (the watch index in storage names which), so a
+//! watcher resumes after the last event it received, on any node, without
+//! a gap or a repeat: the audit chain is never compacted. A resume whose
+//! entry differs on the node (another history) is told to resync. Progress
+//! marks say how far the stream is complete; one is *confirmed* after a
+//! read index through the leader, so a watcher can tell a node that is cut
+//! off from the cluster (no more confirmed marks) from a quiet cluster.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grant_proto::v1 as pb;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+use super::errors::ApiError;
+use super::NodeContext;
+use crate::ledger::{AuditEntry, Kind};
+use crate::limits::{
+    WATCHERS_MAX, WATCH_CONFIRM_INTERVAL_MS, WATCH_EVENTS_PER_MESSAGE_MAX, WATCH_QUEUE_MESSAGES,
+};
+
+pub type WatchStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+/// The watchers of one node: a bound on their number, and the node's
+/// shutdown, which ends every stream (a server waits for open streams).
+#[derive(Clone)]
+pub struct Watchers {
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Watchers {
+    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
+        Watchers {
+            permits: Arc::new(Semaphore::new(WATCHERS_MAX)),
+            shutdown,
+        }
+    }
+
+    pub fn start(&self, ctx: &NodeContext, req: pb::WatchRequest) -> Result<WatchStream, ApiError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::ResourceExhausted(format!(
+                "{WATCHERS_MAX} watchers on this node already (watchers_max); watch another node"
+            ))
+        })?;
+        let size = *ctx.state.audit_size().borrow();
+        let (after, verify) = match req.start {
+            Some(pb::watch_request::Start::AfterSeq(s)) => {
+                let hash = match req.after_hash.len() {
+                    0 => None,
+                    32 => Some(req.after_hash.clone()),
+                    _ => return Err(ApiError::invalid("after_hash", "32 bytes, or empty")),
+                };
+                (Some(s), hash.map(|h| (s, h)))
+            }
+            Some(pb::watch_request::Start::FromLogIndex(i)) => (first_seq_at(ctx, i, size)?, None),
+            None => (size.checked_sub(1), None),
+        };
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE_MESSAGES);
+        let stream = Stream {
+            ctx: ctx.clone(),
+            tx,
+            after,
+            verify,
+            shutdown: self.shutdown.clone(),
+            _permit: permit,
+        };
+        tokio::spawn(stream.run());
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        })))
+    }
+}
+
+/// The seq before the first audit entry of log index `index` or later
+/// (None: from the first entry). Entries are in log order, so a binary
+/// search over seq finds it.
+fn first_seq_at(ctx: &NodeContext, index: u64, size: u64) -> Result<Option<u64>, ApiError> {
+    let (mut lo, mut hi) = (0u64, size);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let at = ctx
+            .state
+            .audit_entries(mid, 1)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match at.first() {
+            Some((e, _)) if e.log_index < index => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo.checked_sub(1))
+}
+
+fn event(e: &AuditEntry, hash: &[u8]) -> pb::WatchEvent {
+    use pb::watch_event::Kind as K;
+    let kind = match e.kind {
+        Kind::Revoke => K::Revoked,
+        Kind::Expire => K::Expired,
+        Kind::CompleteTask => K::TaskCompleted,
+        Kind::Policy => K::PolicyChanged,
+        _ => K::Unspecified,
+    };
+    pb::WatchEvent {
+        kind: kind as i32,
+        seq: e.seq,
+        log_index: e.log_index,
+        time_ms: e.time_ms,
+        entry_hash: hash.to_vec(),
+        grant_id: e.grant_id.clone(),
+        task_id: e.task_id.clone(),
+    }
+}
+
+struct Stream {
+    ctx: NodeContext,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    /// The seq of the last event sent (None: none yet, start from 0).
+    after: Option<u64>,
+    /// A resume point to compare with this node's entry once it has it.
+    verify: Option<(u64, Vec<u8>)>,
+    shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Stream {
+    async fn run(mut self) {
+        if let Err(status) = self.serve().await {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), Status> {
+        let mut sizes = self.ctx.state.audit_size();
+        let interval = Duration::from_millis(WATCH_CONFIRM_INTERVAL_MS);
+        let mut next_confirm = tokio::time::Instant::now();
+        loop {
+            let confirm = tokio::time::Instant::now() >= next_confirm;
+            let mut confirmed = false;
+            if confirm {
+                next_confirm = tokio::time::Instant::now() + interval;
+                // After a read index this node has applied everything the
+                // cluster had committed when the mark was asked for.
+                confirmed = self
+                    .ctx
+                    .raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                    .await
+                    .is_ok();
+            }
+            let size = *sizes.borrow_and_update();
+            self.check_resume_point(size)?;
+            self.drain(size).await?;
+            // An events message carries its own progress; a confirmed mark
+            // goes out on its own.
+            if confirm {
+                let mark = pb::WatchResponse {
+                    events: Vec::new(),
+                    progress_size: self.progress(size),
+                    confirmed,
+                };
+                if self.tx.send(Ok(mark)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                r = sizes.changed() => if r.is_err() { return Ok(()) },
+                _ = tokio::time::sleep_until(next_confirm) => {}
+                _ = self.tx.closed() => return Ok(()),
+                _ = self.shutdown.wait_for(|s| *s) => {
+                    return Err(Status::unavailable("node shutting down; resume on another node"));
+                }
+            }
+        }
+    }
+
+    /// Every event the chain of `size` holds is sent once `after` is past it.
+    fn progress(&self, size: u64) -> u64 {
+        size.max(self.after.map_or(0, |a| a + 1))
+    }
+
+    fn check_resume_point(&mut self, size: u64) -> Result<(), Status> {
+        let Some((seq, hash)) = &self.verify else {
+            return Ok(());
+        };
+        if *seq >= size {
+            // This node is behind the point; wait for it.
+            return Ok(());
+        }
+        let ours = self
+            .ctx
+            .state
+            .audit_entries(*seq, 1)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match ours.first() {
+            Some((_, h)) if h[..] == hash[..] => {
+                self.verify = None;
+                Ok(())
+            }
+            _ => Err(ApiError::WatchResync(format!(
+                "audit entry {seq} on this node is not the one the watch resumes after: \
+                 another history (a restored backup?); drop cached decisions and watch from now"
+            ))
+            .into()),
+        }
+    }
+
+    /// Send every event this node holds after `after`, in messages of at
+    /// most WATCH_EVENTS_PER_MESSAGE_MAX.
+    async fn drain(&mut self, size: u64) -> Result<(), Status> {
+        if self.verify.is_some() {
+            return Ok(());
+        }
+        loop {
+            let batch = self
+                .ctx
+                .state
+                .watch_events(self.after, WATCH_EVENTS_PER_MESSAGE_MAX)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let Some((last, _)) = batch.last() else {
+                return Ok(());
+            };
+            self.after = Some(last.seq);
+            let full = batch.len() == WATCH_EVENTS_PER_MESSAGE_MAX;
+            let msg = pb::WatchResponse {
+                events: batch.iter().map(|(e, h)| event(e, h)).collect(),
+                progress_size: if full {
+                    last.seq + 1
+                } else {
+                    self.progress(size)
+                },
+                confirmed: false,
+            };
+            if self.tx.send(Ok(msg)).await.is_err() || !full {
+                return Ok(());
+            }
+        }
+    }
+}
