@@ -9,11 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, ResourceConstraint,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,9 @@ pub const SCHEMA_TEXT_BYTES_MAX: usize = 64 * 1024;
 pub const POLICIES_MAX: usize = 2000;
 /// Bytes in a policy id (`@id("...")`).
 pub const POLICY_ID_BYTES_MAX: usize = 128;
+/// (action, resource) pairs whose slice of the policy set is kept; the
+/// cache is emptied when it would grow past this.
+pub const POLICY_SLICES_CACHED_MAX: usize = 4096;
 /// Attributes a tool server may send with one Check.
 pub const CHECK_ATTRIBUTES_MAX: usize = 8;
 /// Bytes in an attribute name sent with Check.
@@ -79,10 +83,97 @@ pub struct Invalid(pub String);
 
 /// A parsed, validated policy set, ready to answer queries.
 pub struct Compiled {
-    set: PolicySet,
     ids: Vec<String>,
     no_match: NoMatch,
     authorizer: Authorizer,
+    scopes: ScopeIndex,
+    /// The slice of the set each (action, resource) asked about needs.
+    slices: Mutex<HashMap<(String, String), Arc<PolicySet>>>,
+}
+
+/// The policies by what their scope names: Cedar evaluates every policy of
+/// a set, so a request is decided against only those whose action and
+/// resource constraints could match it. The others cannot match (a scope
+/// that does not match is false before any condition is evaluated, so they
+/// cannot err either): the decision is the same, faster.
+///
+/// `in` constraints are indexed like `==`: the ledger hands Cedar no entity
+/// hierarchy (a tool and an action have no parents), so `in X` holds
+/// exactly when the entity is X.
+struct ScopeIndex {
+    policies: Vec<Policy>,
+    /// Action id -> policies naming it; and policies with any action.
+    by_action: HashMap<String, Vec<usize>>,
+    any_action: Vec<usize>,
+    /// Tool id -> policies naming it; and policies with any resource (or a
+    /// constraint indexed conservatively as any).
+    by_resource: HashMap<String, Vec<usize>>,
+    any_resource: Vec<usize>,
+}
+
+impl ScopeIndex {
+    fn new(set: &PolicySet) -> ScopeIndex {
+        let mut ix = ScopeIndex {
+            policies: Vec::new(),
+            by_action: HashMap::new(),
+            any_action: Vec::new(),
+            by_resource: HashMap::new(),
+            any_resource: Vec::new(),
+        };
+        for p in set.policies() {
+            let i = ix.policies.len();
+            ix.policies.push(p.clone());
+            match p.action_constraint() {
+                ActionConstraint::Eq(a) => ix
+                    .by_action
+                    .entry(a.id().unescaped().to_string())
+                    .or_default()
+                    .push(i),
+                ActionConstraint::In(list) => {
+                    for a in list {
+                        ix.by_action
+                            .entry(a.id().unescaped().to_string())
+                            .or_default()
+                            .push(i);
+                    }
+                }
+                ActionConstraint::Any => ix.any_action.push(i),
+            }
+            match p.resource_constraint() {
+                ResourceConstraint::Eq(r) | ResourceConstraint::In(r)
+                    if r.type_name().to_string() == "Tool" =>
+                {
+                    ix.by_resource
+                        .entry(r.id().unescaped().to_string())
+                        .or_default()
+                        .push(i)
+                }
+                _ => ix.any_resource.push(i),
+            }
+        }
+        ix
+    }
+
+    /// The policies that could apply to `action` on `resource`.
+    fn slice(&self, action: &str, resource: &str) -> PolicySet {
+        let actions: BTreeSet<usize> = self
+            .by_action
+            .get(action)
+            .into_iter()
+            .flatten()
+            .chain(&self.any_action)
+            .copied()
+            .collect();
+        let picked = self
+            .by_resource
+            .get(resource)
+            .into_iter()
+            .flatten()
+            .chain(&self.any_resource)
+            .filter(|i| actions.contains(i))
+            .map(|&i| self.policies[i].clone());
+        PolicySet::from_policies(picked).expect("policies of one valid set")
+    }
 }
 
 impl std::fmt::Debug for Compiled {
@@ -155,10 +246,11 @@ pub fn compile(policies: &str, schema: &str, no_match: NoMatch) -> Result<Compil
         return Err(Invalid(lines.join("\n")));
     }
     Ok(Compiled {
-        set,
+        scopes: ScopeIndex::new(&set),
         ids,
         no_match,
         authorizer: Authorizer::new(),
+        slices: Mutex::new(HashMap::new()),
     })
 }
 
@@ -346,6 +438,33 @@ impl Compiled {
         self.decide(q.identity, q.action, q.resource, context)
     }
 
+    /// The same set, every policy asked every time (what Cedar alone does):
+    /// the reference the index is tested against.
+    #[cfg(test)]
+    fn unindexed(mut self) -> Compiled {
+        let n = self.scopes.policies.len();
+        self.scopes.by_action.clear();
+        self.scopes.by_resource.clear();
+        self.scopes.any_action = (0..n).collect();
+        self.scopes.any_resource = (0..n).collect();
+        self
+    }
+
+    /// The slice of the set for (action, resource), cached.
+    fn slice(&self, action: &str, resource: &str) -> Arc<PolicySet> {
+        let key = (action.to_string(), resource.to_string());
+        let mut cache = self.slices.lock().expect("policy slice cache lock");
+        if let Some(s) = cache.get(&key) {
+            return s.clone();
+        }
+        if cache.len() >= POLICY_SLICES_CACHED_MAX {
+            cache.clear();
+        }
+        let s = Arc::new(self.scopes.slice(action, resource));
+        cache.insert(key, s.clone());
+        s
+    }
+
     fn decide(
         &self,
         principal: &str,
@@ -362,19 +481,21 @@ impl Compiled {
         // A principal and a tool with the same id are different entities
         // (different types), so this never holds a duplicate.
         let entities = Entities::from_entities([p, r], None).expect("two distinct entities");
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
+        let slice = self.slice(action, resource);
+        let response = self.authorizer.is_authorized(&request, &slice, &entities);
         let determining: BTreeSet<String> = response
             .diagnostics()
             .reason()
             .map(|id| id.to_string())
             .collect();
-        let errors = response
+        // Sorted: the order Cedar reports them in is not part of its
+        // contract, and they go into audit entries every replica writes.
+        let mut errors: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| e.to_string())
             .collect();
+        errors.sort();
         let allow = match response.decision() {
             CedarDecision::Allow => true,
             CedarDecision::Deny if determining.is_empty() => self.no_match == NoMatch::Allow,

@@ -273,3 +273,41 @@ fn the_same_query_gives_the_same_decision() {
         );
     }
 }
+
+#[test]
+fn the_scope_index_decides_as_the_whole_set() {
+    let text = format!(
+        "{EXAMPLES}\n{}",
+        r#"
+@id("db-write") permit (principal, action == Action::"write", resource == Tool::"db");
+@id("either") permit (principal, action in [Action::"read", Action::"delete"], resource in Tool::"wiki");
+@id("ticket-x") forbid (principal, action == Action::"execute", resource) when { context.request has ticket && context.request.ticket == "x" };
+@id("overflows") forbid (principal, action == Action::"issue", resource) when { context.ttl_seconds * 9223372036854775807 > 0 };
+@id("no-db-delete") forbid (principal, action == Action::"delete", resource == Tool::"db");
+"#
+    );
+    let indexed = compile(&text, SCHEMA_DEFAULT, NoMatch::Deny).unwrap();
+    let whole = compile(&text, SCHEMA_DEFAULT, NoMatch::Deny)
+        .unwrap()
+        .unindexed();
+    for action in ["read", "write", "delete", "execute", "issue", "other"] {
+        for resource in ["db", "wiki", "prod/db", "github", "Tool"] {
+            for attrs in [
+                &[][..],
+                &[("environment", "production")][..],
+                &[("ticket", "x")][..],
+            ] {
+                for at in [monday_at(10), monday_at(20)] {
+                    let a = check(&indexed, action, resource, attrs, at);
+                    let b = check(&whole, action, resource, attrs, at);
+                    assert_eq!(a, b, "{action} {resource} {attrs:?}");
+                }
+            }
+            let a = issue(&indexed, ORCH, resource, "OPS-1", &[action], monday_at(10));
+            let b = issue(&whole, ORCH, resource, "OPS-1", &[action], monday_at(10));
+            assert_eq!(a, b, "issue {action} {resource}");
+            // A policy that fails to evaluate is skipped and named.
+            assert!(a.errors.iter().any(|e| e.contains("overflows")), "{a:?}");
+        }
+    }
+}

@@ -88,7 +88,8 @@ pub struct Args {
     /// Most checks batched into one log entry [default: 256].
     #[arg(long, env = "GRANTD_CHECK_BATCH_MAX")]
     pub check_batch_max: Option<usize>,
-    /// How often the leader commits a sweep of expired grants [default: 1000].
+    /// How often the leader commits a sweep of expired grants [default: 1000];
+    /// a sweep that retires a full batch is followed shortly by the next.
     #[arg(long, env = "GRANTD_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
     /// Let a follower whose disk was wiped rejoin (its log reverts to empty

@@ -23,7 +23,7 @@ use crate::auth::bearer::BearerAuth;
 use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
 use crate::auth::roles::Role;
 use crate::config::Config;
-use crate::ledger::{Command, SweepCmd};
+use crate::ledger::{Command, CommandResult, SweepCmd};
 use crate::limits;
 use crate::metrics::{Metrics, RpcLayer};
 use crate::raft::network::Network;
@@ -253,7 +253,8 @@ async fn wait(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// While this node leads, commit a sweep of expired grants every interval.
+/// While this node leads, commit a sweep of expired grants every interval,
+/// and back to back while each one retires a full batch.
 /// Expired grants already deny at check time; the sweep retires them from
 /// the active indexes and records their expiry.
 async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
@@ -274,6 +275,22 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
             continue;
         }
         match ctx.propose(Command::Sweep(SweepCmd { now_ms: now })).await {
+            Ok((
+                CommandResult::Swept {
+                    expired,
+                    dedupe_dropped,
+                },
+                index,
+            )) if expired as usize == limits::SWEEP_GRANTS_MAX
+                || dedupe_dropped as usize == limits::SWEEP_DEDUPE_MAX =>
+            {
+                // A full batch: more is due. Sweep again soon rather than
+                // retire SWEEP_GRANTS_MAX a tick (a million grants expiring
+                // together would take a quarter of an hour), one bounded
+                // entry at a time with a pause, so that checks interleave.
+                tracing::debug!(expired, dedupe_dropped, index, "full sweep applied");
+                tick.reset_after(Duration::from_millis(limits::SWEEP_BACKLOG_PAUSE_MS));
+            }
             Ok((r, index)) => tracing::debug!(?r, index, "sweep applied"),
             Err(e) => tracing::debug!(error = %e, "sweep not applied"),
         }
