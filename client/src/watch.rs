@@ -188,6 +188,10 @@ struct Cache {
     by_task: HashMap<String, HashSet<Key>>,
     /// Audit size every event before which has been applied to the cache.
     applied_size: u64,
+    /// The watch has delivered something: its start is at or before
+    /// `applied_size`. Until then nothing is cached (a revocation between
+    /// a check and the start of the watch would never be seen).
+    started: bool,
     /// When the watch last confirmed it was complete (None: not live).
     confirmed_at: Option<Instant>,
 }
@@ -334,9 +338,10 @@ impl CachingChecker {
         if r.decision == pb::Decision::Allow as i32 {
             let seq = r.receipt.as_ref().map(|x| x.audit_seq).unwrap_or(u64::MAX);
             let mut c = self.cache.lock().expect("cache lock");
-            // Cache only if the watch has not yet passed this check's entry:
-            // a revocation after it is then still to come and will drop it.
-            if c.applied_size <= seq {
+            // Cache only if the watch began before this check's entry and
+            // has not yet passed it: a revocation after it is then still
+            // to come and will drop it.
+            if c.started && c.applied_size <= seq {
                 let until_ms = r
                     .expires_at_ms
                     .min(now_ms().saturating_add(self.ttl.as_millis() as i64));
@@ -360,12 +365,14 @@ async fn follow(mut w: Watcher, cache: Arc<Mutex<Cache>>) {
         match w.next().await {
             Ok(Update::Events(events)) => {
                 let mut c = cache.lock().expect("cache lock");
+                c.started = true;
                 for e in &events {
                     c.apply(e);
                 }
             }
             Ok(Update::Progress { size, confirmed }) => {
                 let mut c = cache.lock().expect("cache lock");
+                c.started = true;
                 c.applied_size = c.applied_size.max(size);
                 if confirmed {
                     c.confirmed_at = Some(Instant::now());
@@ -378,6 +385,7 @@ async fn follow(mut w: Watcher, cache: Arc<Mutex<Cache>>) {
                     let mut c = cache.lock().expect("cache lock");
                     c.clear();
                     c.confirmed_at = None;
+                    c.started = false;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 w = Watcher::new(w.client.clone(), Start::Now);

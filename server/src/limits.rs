@@ -113,7 +113,14 @@ pub const PROOF_TREE_SIZE_MAX: u64 = 4 * 1024 * 1024;
 /// Bytes of export data per streamed chunk.
 pub const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Bytes of entries in one GetEntries page (about; at least one entry).
+pub const AUDIT_PAGE_BYTES_MAX: usize = 512 * 1024;
 const _: () = assert!(AUDIT_PAGE_DEFAULT <= AUDIT_PAGE_MAX);
+// A page stops before it passes AUDIT_PAGE_BYTES_MAX, and one entry alone
+// fits a message: the largest is a policy change (its text JSON-escaped).
+const _: () = assert!(AUDIT_PAGE_BYTES_MAX < MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(2 * (POLICY_TEXT_BYTES_MAX + SCHEMA_TEXT_BYTES_MAX) + 64 * 1024 < MESSAGE_BYTES_MAX);
 const _: () = assert!(EXPORT_CHUNK_BYTES < MESSAGE_BYTES_MAX);
 
 /// Most SPIFFE ID patterns in a role mapping (config file or replicated).

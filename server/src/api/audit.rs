@@ -87,11 +87,26 @@ impl Audit for AuditService {
             n => n,
         };
         self.ctx.read_barrier(r.allow_stale).await?;
-        let entries = self
+        let mut entries = self
             .ctx
             .state
             .audit_entries(r.from_seq, limit as usize)
             .map_err(ApiError::from)?;
+        // Policy and role changes carry their whole text: a page stops
+        // short rather than outgrow a message (the caller pages on).
+        let mut bytes = 0;
+        let fits = entries
+            .iter()
+            .take_while(|(e, _)| {
+                bytes += e.detail.len()
+                    + e.intent.len()
+                    + e.reason.len()
+                    + e.policy_ids.iter().map(|p| p.len() + 8).sum::<usize>()
+                    + 1024;
+                bytes <= AUDIT_PAGE_BYTES_MAX
+            })
+            .count();
+        entries.truncate(fits.max(1));
         let tree_size = self.ctx.state.chain().map_err(ApiError::from)?.size();
         Ok(Response::new(pb::GetEntriesResponse {
             entries: entries.iter().map(|(e, h)| entry_to_pb(e, h)).collect(),
