@@ -128,10 +128,20 @@ impl Watcher {
                     self.stream = None;
                     return Err(ClientError::Status(s));
                 }
-                // Ended, failed or went quiet: resume on the next node.
+                // Ended, failed or went quiet: resume on the next node,
+                // after a backoff (a node that accepts and fails at once
+                // must not turn this into a busy loop).
                 _ => {
                     self.stream = None;
                     self.node += 1;
+                    failures += 1;
+                    if failures >= self.client.options.attempts_max {
+                        return Err(ClientError::Status(tonic::Status::unavailable(
+                            "no node kept a watch stream open",
+                        )));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.client.options.backoff_max);
                 }
             }
         }
