@@ -88,12 +88,11 @@ impl Policy for PolicyService {
         let Some((log_index, rec)) = stored else {
             return Ok(Response::new(pb::GetPolicyResponse::default()));
         };
-        let policy_ids = self
-            .ctx
-            .state
-            .policy()
+        // From the record read, not the compiled set in force, which a
+        // concurrent apply may already have replaced (Get is rare).
+        let policy_ids = grant_policy::compile(&rec.policies, &rec.schema, rec.no_match)
             .map(|p| p.ids().to_vec())
-            .unwrap_or_default();
+            .map_err(|e| ApiError::Internal(format!("stored policy set: {e}")))?;
         Ok(Response::new(pb::GetPolicyResponse {
             in_force: true,
             policies_sha256: rec.policies_sha256(),
