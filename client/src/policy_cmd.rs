@@ -107,10 +107,7 @@ pub async fn run(client: &Client, cmd: PolicyCmd) -> Result<ExitCode, String> {
             for id in &r.policy_ids {
                 println!("policy: {id}");
             }
-            if let Some(rc) = &r.receipt {
-                println!("log_index: {}", rc.log_index);
-                println!("audit_seq: {}", rc.audit_seq);
-            }
+            crate::print_receipt(&r.receipt);
         }
         PolicyCmd::Get { schema, stale } => {
             let r = client.get_policy(stale).await.map_err(e)?;

@@ -506,12 +506,7 @@ fn set_roles(c: &SetRolesCmd, log_index: u64, out: &mut Out) -> CommandResult {
     let mut r = AuditEntry::new(Kind::Roles, c.now_ms);
     r.actor = c.actor.clone();
     r.detail = c.roles_json.clone();
-    r.reason = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            c.roles_json.as_bytes()
-        ))
-    );
+    r.reason = format!("sha256:{}", sha256_hex(&c.roles_json));
     let audit = out.record(r);
     out.writes.push(Write::PutRoles {
         index: log_index,

@@ -164,12 +164,16 @@ pub struct PolicyRecord {
     pub no_match: NoMatch,
 }
 
+/// Hex SHA-256 of a replicated text (a role mapping, a policy set): the
+/// audit entry of its change carries it.
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
+}
+
 impl PolicyRecord {
     /// Hex SHA-256 of the policy text (its audit entry carries it).
     pub fn policies_sha256(&self) -> String {
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            self.policies.as_bytes(),
-        ))
+        sha256_hex(&self.policies)
     }
 }
 
