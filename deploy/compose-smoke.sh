@@ -74,7 +74,10 @@ wait_until "a leader" leader_known grantd1
 wait_until "three healthy containers" all_healthy
 ctl grantd1 cluster status
 
-issue() { ctl "$1" issue --subject spiffe://example.org/agent/smoke --task "$2" --scope github=read --ttl 600; }
+issue() {
+  ctl "$1" task begin "$2" --tool github --intent smoke --deadline 3600 >/dev/null
+  ctl "$1" issue --subject spiffe://example.org/agent/smoke --task "$2" --scope github=read --ttl 600
+}
 field() { awk -v k="$1:" '$1 == k { print $2 }'; }
 check() { ctl "$1" check --token "$2" --identity spiffe://example.org/agent/smoke --resource github --action read; }
 

@@ -51,11 +51,12 @@ Try, in another shell (as the orchestrator, then as the tool server that checks)
 
   export PATH=$BIN:\$PATH GRANTCTL_CA=$CERTS/ca.pem
   export GRANTCTL_CERT=$CERTS/orchestrator.pem GRANTCTL_KEY=$CERTS/orchestrator.key
+  grantctl task begin t1 --tool github --intent "triage" --deadline 3600
   grantctl issue --subject spiffe://example.org/agent/planner --task t1 --scope github=read --intent "triage" --ttl 300
   GRANTCTL_CERT=$CERTS/tool.pem GRANTCTL_KEY=$CERTS/tool.key \\
     grantctl check --token <token> --identity spiffe://example.org/agent/planner --resource github --action read
   grantctl revoke <grant_id>
-  grantctl complete-task t1
+  grantctl task complete t1
   GRANTCTL_CERT=$CERTS/admin.pem GRANTCTL_KEY=$CERTS/admin.key grantctl cluster status
 
 Ctrl-C stops the cluster.

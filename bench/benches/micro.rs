@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use grant_proto::audit::{Entry, Kind};
 use grantd::ledger::{
     apply, ApplyCtx, Chain, CheckCmd, Command, DedupeRecord, GrantRecord, IssueCmd, LedgerState,
-    Scope, StateError, Write,
+    Scope, StateError, TaskRecord, TaskState, Write,
 };
 use grantd::storage::keyspace::{encode_write, WriteSet};
 
@@ -36,11 +36,26 @@ impl LedgerState for Mem {
     fn task_grant_ids(&self, _: &str, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
     }
-    fn task_grant_count(&self, _: &str, _: usize) -> Result<usize, StateError> {
-        Ok(0)
+    /// Every task is open, declared "github", and far from its deadline.
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StateError> {
+        Ok(Some(TaskRecord {
+            task_id: id.into(),
+            owner: "spiffe://example.org/orchestrator".into(),
+            intent: "triage issue 42".into(),
+            declared_tools: vec!["github".into()],
+            begun_at_ms: 1_700_000_000_000,
+            deadline_ms: 1_900_000_000_000,
+            state: TaskState::Open,
+            closed_at_ms: 0,
+            closed_by: String::new(),
+            close_reason: String::new(),
+            grant_count: 0,
+            fingerprint: String::new(),
+            begun_index: 1,
+        }))
     }
-    fn task_completed(&self, _: &str) -> Result<bool, StateError> {
-        Ok(false)
+    fn tasks_past_deadline(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
     }
     fn expired_grant_ids(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
@@ -80,6 +95,7 @@ fn issue(i: u64) -> Command {
         token_hash: "a".repeat(64),
         now_ms: 1_800_000_000_000,
         expires_at_ms: 1_800_000_300_000,
+        max_expires_at_ms: 1_800_003_600_000,
     })
 }
 

@@ -200,7 +200,7 @@ impl Sys {
         match self {
             Sys::Grants(c) => {
                 let r = c
-                    .issue(issue_req(&format!("bench-{w}-{i}"), 3600))
+                    .issue_in(issue_req(&format!("bench-{w}-{i}"), 3600))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Item::Grant(r.grant.unwrap().grant_id, r.token))

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use grant_tests::{check_req, http_get, issue_req, sample, Cluster};
+use grant_tests::{check_req, http_get, issue_req, sample, Cluster, IssueInTask};
 
 #[derive(Parser)]
 #[command(about = "grant-ledger mass-expiry benchmark")]
@@ -65,7 +65,7 @@ async fn main() {
     for i in 0..20 {
         tokens.push(
             client
-                .issue(issue_req(&format!("keep-{i}"), 3600))
+                .issue_in(issue_req(&format!("keep-{i}"), 3600))
                 .await
                 .unwrap()
                 .token,
@@ -112,7 +112,7 @@ async fn main() {
                 for i in 0..share {
                     // GRANTS_PER_TASK_MAX is 10,000: spread over tasks.
                     let task = format!("exp-{}", (offset + i * issuers + w) / 5000);
-                    client.issue(issue_req(&task, ttl_of())).await.unwrap();
+                    client.issue_in(issue_req(&task, ttl_of())).await.unwrap();
                 }
             }));
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use grant_tests::grant_client::v1 as pb;
-use grant_tests::{check_req, issue_req, Cluster};
+use grant_tests::{check_req, issue_req, Cluster, IssueInTask};
 
 #[derive(Parser)]
 #[command(about = "grant-ledger load generator")]
@@ -60,7 +60,7 @@ async fn run(c: &Cluster, op: &str, clients: usize, secs: u64) -> (usize, usize,
         let n = if op == "check" { 50 } else { per_client };
         for i in 0..n {
             let r = client
-                .issue(issue_req(&format!("bench-{op}-{clients}-{w}-{i}"), 3600))
+                .issue_in(issue_req(&format!("bench-{op}-{clients}-{w}-{i}"), 3600))
                 .await
                 .unwrap();
             pool.push((r.grant.unwrap().grant_id, r.token));
@@ -79,7 +79,7 @@ async fn run(c: &Cluster, op: &str, clients: usize, secs: u64) -> (usize, usize,
                 let t = Instant::now();
                 let ok = match op.as_str() {
                     "issue" => client
-                        .issue(issue_req(&format!("bench-w{w}"), 3600))
+                        .issue_in(issue_req(&format!("bench-w{w}"), 3600))
                         .await
                         .is_ok(),
                     "check" => client

@@ -85,7 +85,7 @@ async fn main() {
                 }
                 let mut req = issue_req(&format!("scale-{w}-{}", i / 100), 86_400);
                 req.request_id = format!("scale-{i}");
-                client.issue(req).await.expect("issue");
+                client.issue_in(req).await.expect("issue");
                 if i > 0 && i % 100_000 == 0 {
                     eprintln!("{i} grants issued");
                 }

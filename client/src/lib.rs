@@ -357,6 +357,73 @@ impl Client {
         .await
     }
 
+    /// Extend a grant (its issuer or its subject). Safe to retry: a second
+    /// renewal extends from its own time.
+    pub async fn renew(&self, req: pb::RenewRequest) -> Result<pb::RenewResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                GrantsClient::new(ch)
+                    .renew(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Begin a task. Safe to retry: the same parameters answer with the task.
+    pub async fn begin_task(
+        &self,
+        req: pb::BeginTaskRequest,
+    ) -> Result<pb::BeginTaskResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                GrantsClient::new(ch)
+                    .begin_task(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn abort_task(
+        &self,
+        mut req: pb::AbortTaskRequest,
+    ) -> Result<pb::AbortTaskResponse, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                GrantsClient::new(ch)
+                    .abort_task(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn get_task(
+        &self,
+        req: pb::GetTaskRequest,
+    ) -> Result<pb::GetTaskResponse, ClientError> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                GrantsClient::new(ch)
+                    .get_task(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ClientError> {
         self.call(|ch| {
             let req = req.clone();

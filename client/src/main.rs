@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 mod audit_cmd;
 mod policy_cmd;
+mod task_cmd;
 
 use clap::{Parser, Subcommand};
 use grant_client::v1 as pb;
@@ -142,8 +143,19 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Complete a task: revoke all its grants, refuse new ones.
-    CompleteTask { task: String },
+    /// Extend a grant's expiry (its issuer or its subject may): up to the
+    /// grant's maximum lifetime and its task's deadline. Prints the grant
+    /// and a fresh token.
+    Renew {
+        grant_id: String,
+        /// Seconds from now; 0 takes the server's default TTL.
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+    },
+    /// Tasks: begin, complete, abort, show. A grant is issued under an
+    /// open task and never outlives its deadline.
+    #[command(subcommand)]
+    Task(task_cmd::TaskCmd),
     /// Show one grant.
     Get {
         grant_id: String,
@@ -419,18 +431,21 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("already_inactive: {}", r.already_inactive);
             print_receipt(&r.receipt);
         }
-        Cmd::CompleteTask { task } => {
+        Cmd::Task(c) => return task_cmd::run(&client, c).await,
+        Cmd::Renew { grant_id, ttl } => {
             let r = client
-                .complete_task(pb::CompleteTaskRequest {
-                    request_id: String::new(),
-                    task_id: task,
+                .renew(pb::RenewRequest {
+                    grant_id,
+                    ttl_seconds: ttl,
                 })
                 .await
                 .map_err(e)?;
-            for id in &r.revoked_grant_ids {
-                println!("revoked: {id}");
+            if let Some(g) = &r.grant {
+                print_grant(g);
             }
-            println!("already_completed: {}", r.already_completed);
+            println!("extended: {}", r.extended);
+            println!("max_expires_at_ms: {}", r.max_expires_at_ms);
+            println!("token: {}", r.token);
             print_receipt(&r.receipt);
         }
         Cmd::Get { grant_id, stale } => {

@@ -245,7 +245,7 @@ impl Cache {
                 let keys = self.by_grant.remove(&e.grant_id);
                 self.drop_keys(keys);
             }
-            Kind::TaskCompleted => {
+            Kind::TaskCompleted | Kind::TaskAborted | Kind::TaskExpired => {
                 let keys = self.by_task.remove(&e.task_id);
                 self.drop_keys(keys);
             }

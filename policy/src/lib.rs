@@ -311,6 +311,8 @@ pub struct IssueQuery<'a> {
     pub caller: &'a str,
     pub subject: &'a str,
     pub task: &'a str,
+    /// The tools the task declared when it began.
+    pub declared_tools: &'a [String],
     pub intent: &'a str,
     pub ttl_seconds: u64,
     pub resource: &'a str,
@@ -324,6 +326,8 @@ pub struct CheckQuery<'a> {
     pub resource: &'a str,
     pub action: &'a str,
     pub task: &'a str,
+    /// The tools the grant's task declared when it began.
+    pub declared_tools: &'a [String],
     pub intent: &'a str,
     pub grant_id: &'a str,
     pub issuer: &'a str,
@@ -334,6 +338,10 @@ pub struct CheckQuery<'a> {
 
 fn s(v: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(v.to_string())
+}
+
+fn set(items: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.iter().map(|v| s(v)))
 }
 
 fn record(fields: Vec<(&str, RestrictedExpression)>) -> RestrictedExpression {
@@ -406,15 +414,13 @@ impl Compiled {
         let context = vec![
             ("subject", s(q.subject)),
             ("task", s(q.task)),
+            ("declared_tools", set(q.declared_tools)),
             ("intent", s(q.intent)),
             (
                 "ttl_seconds",
                 RestrictedExpression::new_long(i64::try_from(q.ttl_seconds).unwrap_or(i64::MAX)),
             ),
-            (
-                "actions",
-                RestrictedExpression::new_set(q.actions.iter().map(|a| s(a))),
-            ),
+            ("actions", set(q.actions)),
             ("time", time(q.now_ms)),
         ];
         self.decide(q.caller, ISSUE_ACTION, q.resource, context)
@@ -429,6 +435,7 @@ impl Compiled {
         );
         let context = vec![
             ("task", s(q.task)),
+            ("declared_tools", set(q.declared_tools)),
             ("intent", s(q.intent)),
             ("grant", s(q.grant_id)),
             ("issuer", s(q.issuer)),

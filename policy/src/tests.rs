@@ -10,6 +10,13 @@ fn monday_at(hour: i64) -> i64 {
     1_795_996_800_000 + hour * 3_600_000
 }
 
+/// The tools task "t1" declared; "wiki" is outside them.
+const DECLARED: &[&str] = &["github", "db", "prod/db"];
+
+fn declared() -> Vec<String> {
+    DECLARED.iter().map(|t| t.to_string()).collect()
+}
+
 fn examples() -> Compiled {
     compile(EXAMPLES, SCHEMA_DEFAULT, NoMatch::Deny).expect("the examples compile")
 }
@@ -27,6 +34,7 @@ fn issue(
         caller,
         subject: AGENT,
         task: "t1",
+        declared_tools: &declared(),
         intent,
         ttl_seconds: 300,
         resource,
@@ -45,6 +53,7 @@ fn check(c: &Compiled, action: &str, resource: &str, attrs: &[(&str, &str)], at:
         resource,
         action,
         task: "t1",
+        declared_tools: &declared(),
         intent: "triage",
         grant_id: "g1",
         issuer: ORCH,
@@ -86,6 +95,22 @@ fn only_the_orchestrator_issues() {
     );
     assert!(!d.allow);
     assert!(d.policy_ids.is_empty(), "no permit matched: {d:?}");
+}
+
+#[test]
+fn nothing_outside_the_task_declared_tools() {
+    let c = examples();
+    let d = issue(&c, ORCH, "wiki", "triage", &["read"], monday_at(10));
+    assert_eq!(
+        (d.allow, d.policy_ids),
+        (false, vec!["declared-tools-only".to_string()])
+    );
+    let d = check(&c, "read", "wiki", &[], monday_at(10));
+    assert_eq!(
+        (d.allow, d.policy_ids),
+        (false, vec!["declared-tools-only".to_string()])
+    );
+    assert!(check(&c, "read", "github", &[], monday_at(10)).allow);
 }
 
 #[test]

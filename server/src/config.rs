@@ -82,9 +82,16 @@ pub struct Args {
     /// TTL of a grant whose Issue does not name one [default: 300].
     #[arg(long, env = "GRANTD_TTL_SECONDS_DEFAULT")]
     pub ttl_seconds_default: Option<u64>,
-    /// Longest TTL an Issue may ask for [default: 3600].
+    /// Longest TTL an Issue or a Renew may ask for, and the longest a grant
+    /// may live, renewals included [default: 3600].
     #[arg(long, env = "GRANTD_TTL_SECONDS_MAX")]
     pub ttl_seconds_max: Option<u64>,
+    /// Deadline of a task whose Begin does not name one [default: 86400].
+    #[arg(long, env = "GRANTD_TASK_DEADLINE_SECONDS_DEFAULT")]
+    pub task_deadline_seconds_default: Option<u64>,
+    /// Furthest deadline a Begin may ask for [default: 604800].
+    #[arg(long, env = "GRANTD_TASK_DEADLINE_SECONDS_MAX")]
+    pub task_deadline_seconds_max: Option<u64>,
     /// Most checks batched into one log entry [default: 256].
     #[arg(long, env = "GRANTD_CHECK_BATCH_MAX")]
     pub check_batch_max: Option<usize>,
@@ -190,6 +197,8 @@ struct FileConfig {
     logs_kept_after_snapshot: Option<u64>,
     ttl_seconds_default: Option<u64>,
     ttl_seconds_max: Option<u64>,
+    task_deadline_seconds_default: Option<u64>,
+    task_deadline_seconds_max: Option<u64>,
     check_batch_max: Option<usize>,
     sweep_interval_ms: Option<u64>,
     allow_log_reversion: Option<bool>,
@@ -223,6 +232,8 @@ pub struct Config {
     pub logs_kept_after_snapshot: u64,
     pub ttl_seconds_default: u64,
     pub ttl_seconds_max: u64,
+    pub task_deadline_seconds_default: u64,
+    pub task_deadline_seconds_max: u64,
     pub check_batch_max: usize,
     pub sweep_interval_ms: u64,
     pub allow_log_reversion: bool,
@@ -338,6 +349,8 @@ impl Config {
             logs_kept_after_snapshot: pick!(logs_kept_after_snapshot, 1000),
             ttl_seconds_default: pick!(ttl_seconds_default, 300),
             ttl_seconds_max: pick!(ttl_seconds_max, 3600),
+            task_deadline_seconds_default: pick!(task_deadline_seconds_default, 86_400),
+            task_deadline_seconds_max: pick!(task_deadline_seconds_max, 604_800),
             check_batch_max: pick!(check_batch_max, 256),
             sweep_interval_ms: pick!(sweep_interval_ms, 1000),
             allow_log_reversion: pick!(allow_log_reversion, true),
@@ -414,6 +427,22 @@ impl Config {
             return bad(
                 "ttl_seconds_default",
                 "must be in 1..=ttl_seconds_max".into(),
+            );
+        }
+        if self.task_deadline_seconds_max == 0
+            || self.task_deadline_seconds_max > limits::TASK_DEADLINE_SECONDS_CEILING
+        {
+            return bad(
+                "task_deadline_seconds_max",
+                format!("must be in 1..={}", limits::TASK_DEADLINE_SECONDS_CEILING),
+            );
+        }
+        if self.task_deadline_seconds_default == 0
+            || self.task_deadline_seconds_default > self.task_deadline_seconds_max
+        {
+            return bad(
+                "task_deadline_seconds_default",
+                "must be in 1..=task_deadline_seconds_max".into(),
             );
         }
         if self.check_batch_max == 0 || self.check_batch_max > CHECK_BATCH_MAX_CEILING {

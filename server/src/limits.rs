@@ -29,6 +29,15 @@ pub const REVOKE_REASON_BYTES_MAX: usize = 512;
 pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// Grants one task may hold; completing a task revokes them in one entry.
 pub const GRANTS_PER_TASK_MAX: usize = 10_000;
+/// Tools a task may declare when it begins.
+pub const TASK_DECLARED_TOOLS_MAX: usize = 64;
+/// Bytes in the reason given to complete or abort a task.
+pub const TASK_CLOSE_REASON_BYTES_MAX: usize = 512;
+/// Upper bound any task deadline configuration may take (90 days).
+pub const TASK_DEADLINE_SECONDS_CEILING: u64 = 90 * 24 * 60 * 60;
+/// Tasks past their deadline the sweep closes in one log entry (their
+/// grants have expired by then: closing one writes the task and an entry).
+pub const SWEEP_TASKS_MAX: usize = 1000;
 /// Grants in one page of List.
 pub const LIST_PAGE_SIZE_MAX: u32 = 500;
 /// Page size of List when the request says 0.
@@ -78,6 +87,14 @@ pub const CHECK_ENCODED_BYTES_MAX: usize = SUBJECT_BYTES_MAX
     + SUBJECT_BYTES_MAX
     + CHECK_ATTRIBUTES_MAX * (CHECK_ATTRIBUTE_NAME_BYTES_MAX + CHECK_ATTRIBUTE_VALUE_BYTES_MAX + 8)
     + 512;
+
+/// Upper bound on the encoded size of one BeginTask command.
+pub const BEGIN_TASK_ENCODED_BYTES_MAX: usize = TASK_ID_BYTES_MAX
+    + SUBJECT_BYTES_MAX
+    + INTENT_BYTES_MAX
+    + TASK_DECLARED_TOOLS_MAX * (RESOURCE_BYTES_MAX + 8)
+    + 1024;
+const _: () = assert!(2 * BEGIN_TASK_ENCODED_BYTES_MAX < MESSAGE_BYTES_MAX);
 
 /// Upper bound on the encoded size of one issue command.
 pub const ISSUE_ENCODED_BYTES_MAX: usize = REQUEST_ID_BYTES_MAX

@@ -253,7 +253,8 @@ async fn wait(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// While this node leads, commit a sweep of expired grants every interval,
+/// While this node leads, commit a sweep of expired grants (and of tasks
+/// past their deadline) every interval,
 /// and back to back while each one retires a full batch.
 /// Expired grants already deny at check time; the sweep retires them from
 /// the active indexes and records their expiry.
@@ -267,6 +268,7 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
         }
         let now = now_ms();
         let due = ctx.state.has_expired(now).unwrap_or(false)
+            || ctx.state.has_task_past_deadline(now).unwrap_or(false)
             || ctx
                 .state
                 .has_old_dedupe(now - limits::DEDUPE_WINDOW_MS)
@@ -278,17 +280,25 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
             Ok((
                 CommandResult::Swept {
                     expired,
+                    tasks_expired,
                     dedupe_dropped,
                 },
                 index,
             )) if expired as usize == limits::SWEEP_GRANTS_MAX
+                || tasks_expired as usize == limits::SWEEP_TASKS_MAX
                 || dedupe_dropped as usize == limits::SWEEP_DEDUPE_MAX =>
             {
                 // A full batch: more is due. Sweep again soon rather than
                 // retire SWEEP_GRANTS_MAX a tick (a million grants expiring
                 // together would take a quarter of an hour), one bounded
                 // entry at a time with a pause, so that checks interleave.
-                tracing::debug!(expired, dedupe_dropped, index, "full sweep applied");
+                tracing::debug!(
+                    expired,
+                    tasks_expired,
+                    dedupe_dropped,
+                    index,
+                    "full sweep applied"
+                );
                 tick.reset_after(Duration::from_millis(limits::SWEEP_BACKLOG_PAUSE_MS));
             }
             Ok((r, index)) => tracing::debug!(?r, index, "sweep applied"),

@@ -9,7 +9,7 @@ async fn issue_check_revoke_and_task_completion() {
     let c = Cluster::start(3).await;
     let client = c.client();
 
-    let issued = client.issue(issue_req("task-1", 300)).await.unwrap();
+    let issued = client.issue_in(issue_req("task-1", 300)).await.unwrap();
     let g = issued.grant.clone().unwrap();
     // A JWT: header.payload.signature, the header starting {"
     assert!(issued.token.starts_with("eyJ") && issued.token.split('.').count() == 3);
@@ -71,13 +71,14 @@ async fn issue_check_revoke_and_task_completion() {
     assert!(again.already_inactive);
 
     // Completing a task revokes all its grants in one step, and only those.
-    let a = client.issue(issue_req("task-2", 300)).await.unwrap();
-    let b = client.issue(issue_req("task-2", 300)).await.unwrap();
-    let keep = client.issue(issue_req("task-3", 300)).await.unwrap();
+    let a = client.issue_in(issue_req("task-2", 300)).await.unwrap();
+    let b = client.issue_in(issue_req("task-2", 300)).await.unwrap();
+    let keep = client.issue_in(issue_req("task-3", 300)).await.unwrap();
     let done = client
         .complete_task(pb::CompleteTaskRequest {
             request_id: String::new(),
             task_id: "task-2".into(),
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -99,7 +100,7 @@ async fn issue_check_revoke_and_task_completion() {
         pb::Reason::Allowed
     );
     // A completed task takes no new grants.
-    let err = client.issue(issue_req("task-2", 300)).await.unwrap_err();
+    let err = client.issue_in(issue_req("task-2", 300)).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::FailedPrecondition));
 
     // List by task, paginated and linearizable.
@@ -141,7 +142,7 @@ async fn issue_check_revoke_and_task_completion() {
 async fn expired_grant_denies_and_is_swept() {
     let c = Cluster::start_with(3, &["--sweep-interval-ms", "100"]).await;
     let client = c.client();
-    let issued = client.issue(issue_req("short", 1)).await.unwrap();
+    let issued = client.issue_in(issue_req("short", 1)).await.unwrap();
     let id = issued.grant.unwrap().grant_id;
     assert_eq!(
         reason(&client.check(check_req(&issued.token)).await.unwrap()),
@@ -176,7 +177,7 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     let client = c.client();
     let mut req = issue_req("retry-task", 300);
     req.request_id = "req-0001".into();
-    let first = client.issue(req.clone()).await.unwrap();
+    let first = client.issue_in(req.clone()).await.unwrap();
     // A retry by the same issuer (what the client library does after a lost
     // answer) gets the same grant and a token for it.
     let second = client.issue(req.clone()).await.unwrap();
@@ -227,7 +228,7 @@ async fn follower_answers_with_leader_hint_and_client_follows() {
         .find(|&id| id != leader)
         .unwrap();
     let direct = c.node_client(follower);
-    let err = direct.issue(issue_req("hint", 60)).await.unwrap_err();
+    let err = direct.issue_in(issue_req("hint", 60)).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable));
     assert_eq!(err.code(), Some("not_leader"));
     match &err {
@@ -251,7 +252,10 @@ async fn follower_answers_with_leader_hint_and_client_follows() {
         c.options(),
     )
     .unwrap();
-    let r = follower_first.issue(issue_req("hint", 60)).await.unwrap();
+    let r = follower_first
+        .issue_in(issue_req("hint", 60))
+        .await
+        .unwrap();
     assert!(!r.token.is_empty());
     // A stale read on the follower is allowed and says so.
     let id = r.grant.unwrap().grant_id;

@@ -70,7 +70,7 @@ async fn certificates_that_name_no_workload_of_the_trust_domain_are_refused() {
         // closes (Unavailable, Cancelled or Unknown, depending on timing).
         let got = code(
             once(&c, pki.options(&files))
-                .issue(issue_req(what, 60))
+                .issue_in(issue_req(what, 60))
                 .await,
         );
         assert!(
@@ -121,7 +121,7 @@ async fn certificates_that_name_no_workload_of_the_trust_domain_are_refused() {
 
     // A plaintext client gets nowhere either.
     let plain = once(&c, Options::default());
-    assert!(plain.issue(issue_req("plaintext", 60)).await.is_err());
+    assert!(plain.issue_in(issue_req("plaintext", 60)).await.is_err());
 
     // Nothing of it reached the state; the real identity still works.
     assert_eq!(c.converged_digests().await[0].1, before[0].1);
@@ -133,7 +133,7 @@ async fn certificates_that_name_no_workload_of_the_trust_domain_are_refused() {
 async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
     let c = Cluster::start(3).await;
     let orch = c.client_as(ORCH);
-    let g = orch.issue(issue_req("roles", 300)).await.unwrap();
+    let g = orch.issue_in(issue_req("roles", 300)).await.unwrap();
     let grant_id = g.grant.unwrap().grant_id;
     // An issuer only for its subjects.
     let mut for_tool = issue_req("roles", 300);
@@ -146,7 +146,7 @@ async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
 
     let agent = c.client_as(PLANNER);
     let denied = Some(Code::PermissionDenied);
-    assert_eq!(code(agent.issue(issue_req("roles", 60)).await), denied);
+    assert_eq!(code(agent.issue_in(issue_req("roles", 60)).await), denied);
     assert_eq!(
         code(agent.revoke(revoke_req(&grant_id, "mine now")).await),
         denied
@@ -157,6 +157,7 @@ async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
                 .complete_task(grant_client::v1::CompleteTaskRequest {
                     request_id: String::new(),
                     task_id: "roles".into(),
+                    reason: String::new(),
                 })
                 .await
         ),
@@ -187,7 +188,7 @@ async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
     assert_eq!(
         code(
             c.client_as("grantd/node-1")
-                .issue(issue_req("roles", 60))
+                .issue_in(issue_req("roles", 60))
                 .await
         ),
         denied
@@ -238,7 +239,7 @@ async fn a_grant_is_useful_only_to_its_subject() {
     let c = Cluster::start(1).await;
     let g = c
         .client_as(ORCH)
-        .issue(issue_req("bound", 300))
+        .issue_in(issue_req("bound", 300))
         .await
         .unwrap();
     let check = |identity: &str, resource: &str| grant_client::v1::CheckRequest {
@@ -422,7 +423,7 @@ subjects = ["spiffe://example.org/agent/*"]
         assert_eq!(
             code(
                 c.node_client_as(n, ORCH)
-                    .issue(issue_req("after", 60))
+                    .issue_in(issue_req("after", 60))
                     .await
             ),
             Some(Code::PermissionDenied)
@@ -433,7 +434,7 @@ subjects = ["spiffe://example.org/agent/*"]
         assert!(got.roles_toml.contains("spiffe://example.org/grantd/*"));
     }
     // The peers still talk (peer is not replicated): writes commit.
-    admin.issue(issue_req("after", 60)).await.unwrap();
+    admin.issue_in(issue_req("after", 60)).await.unwrap();
 
     // Audited: who changed it, and to what.
     let seq = r.receipt.unwrap().audit_seq;
@@ -453,7 +454,7 @@ subjects = ["spiffe://example.org/agent/*"]
     assert_eq!(
         code(
             c.node_client_as(2, ORCH)
-                .issue(issue_req("restart", 60))
+                .issue_in(issue_req("restart", 60))
                 .await
         ),
         Some(Code::PermissionDenied)
@@ -504,7 +505,7 @@ async fn tokens_verify_offline_with_the_jwks_and_forgeries_deny() {
     let c = Cluster::start(3).await;
     let g = c
         .client_as(ORCH)
-        .issue(issue_req("jwt", 300))
+        .issue_in(issue_req("jwt", 300))
         .await
         .unwrap();
     let grant_id = g.grant.as_ref().unwrap().grant_id.clone();
@@ -589,7 +590,7 @@ async fn tokens_verify_offline_with_the_jwks_and_forgeries_deny() {
     // Expired: offline verification and Check both refuse it.
     let short = c
         .client_as(ORCH)
-        .issue(issue_req("jwt-short", 1))
+        .issue_in(issue_req("jwt-short", 1))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -672,14 +673,14 @@ async fn a_caller_may_authenticate_with_a_jwt_instead_of_a_certificate() {
 
     // A JWT-SVID for the orchestrator: it issues, and the audit names it.
     let orch = as_bearer(idp.token("idp-1", claims(&id(ORCH), ISS, "grant-ledger", later)));
-    let g = orch.issue(issue_req("bearer", 60)).await.unwrap();
+    let g = orch.issue_in(issue_req("bearer", 60)).await.unwrap();
     let seq = g.receipt.unwrap().audit_seq;
     let e = c.client().audit_entries(seq, 1).await.unwrap().entries;
     assert_eq!(grant_client::entry_from_pb(&e[0]).unwrap().actor, id(ORCH));
     // Roles apply as to a certificate.
     let agent = as_bearer(idp.token("idp-1", claims(&id(PLANNER), ISS, "grant-ledger", later)));
     assert_eq!(
-        code(agent.issue(issue_req("bearer", 60)).await),
+        code(agent.issue_in(issue_req("bearer", 60)).await),
         Some(Code::PermissionDenied)
     );
     let before = c.converged_digests().await;
@@ -748,7 +749,7 @@ async fn a_caller_may_authenticate_with_a_jwt_instead_of_a_certificate() {
         ("garbage", "not-a-jwt".into()),
     ] {
         let err = as_bearer(token)
-            .issue(issue_req(what, 60))
+            .issue_in(issue_req(what, 60))
             .await
             .unwrap_err();
         assert_eq!(
@@ -767,7 +768,7 @@ async fn a_caller_may_authenticate_with_a_jwt_instead_of_a_certificate() {
     )
     .unwrap();
     assert_eq!(
-        code(nothing.issue(issue_req("nothing", 60)).await),
+        code(nothing.issue_in(issue_req("nothing", 60)).await),
         Some(Code::Unauthenticated)
     );
     assert_eq!(c.converged_digests().await[0].1, before[0].1);
@@ -782,6 +783,7 @@ async fn a_caller_may_authenticate_with_a_jwt_instead_of_a_certificate() {
     }
 
     // grantctl with --ca and --token-file.
+    c.client().begin_task(begin_req("cli")).await.unwrap();
     let tokf = c.dir.path().join("orch.jwt");
     std::fs::write(
         &tokf,

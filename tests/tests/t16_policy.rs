@@ -81,7 +81,10 @@ async fn policy_decides_issue_and_check_on_every_node() {
     let orch = c.client_as(ORCH);
     let tool = c.client_as(TOOL);
     // Issued before any policy: grants alone decide.
-    let early = orch.issue(issue_req("before-policy", 600)).await.unwrap();
+    let early = orch
+        .issue_in(issue_req("before-policy", 600))
+        .await
+        .unwrap();
 
     // Offline validation, then a refused apply: the diagnostics name the
     // policy and where it is wrong, and nothing changes.
@@ -169,12 +172,12 @@ async fn policy_decides_issue_and_check_on_every_node() {
 
     // Issue: the orchestrator may; the admin holds the issuer role but no
     // policy permits it; a production tool needs an ops ticket in the intent.
-    let g = orch.issue(issue_req("with-policy", 600)).await.unwrap();
-    let msg = denied(c.client().issue(issue_req("by-admin", 600)).await);
+    let g = orch.issue_in(issue_req("with-policy", 600)).await.unwrap();
+    let msg = denied(c.client().issue_in(issue_req("by-admin", 600)).await);
     assert!(msg.contains("no policy permits"), "{msg}");
     let mut prod = issue_req("prod", 600);
     prod.scopes[0].resource = "prod/db".into();
-    let msg = denied(orch.issue(prod.clone()).await);
+    let msg = denied(orch.issue_in(prod.clone()).await);
     assert!(msg.contains("no-prod-tools-without-ops-intent"), "{msg}");
     prod.intent = "rotate keys for OPS-17".into();
     orch.issue(prod).await.unwrap();

@@ -73,12 +73,12 @@ async fn every_revocation_once_across_a_leader_change_and_a_reconnect() {
         } else {
             format!("w{i}")
         };
-        let g = admin.issue(issue_req(&task, 600)).await.unwrap();
+        let g = admin.issue_in(issue_req(&task, 600)).await.unwrap();
         grants.push(g.grant.unwrap().grant_id);
     }
     // A short-lived grant, for an expiry event.
     let short = admin
-        .issue(issue_req("short", 1))
+        .issue_in(issue_req("short", 1))
         .await
         .unwrap()
         .grant
@@ -100,6 +100,7 @@ async fn every_revocation_once_across_a_leader_change_and_a_reconnect() {
         .complete_task(pb::CompleteTaskRequest {
             request_id: String::new(),
             task_id: "done-task".into(),
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -209,8 +210,8 @@ async fn a_caching_checker_stops_allowing_within_one_event() {
         assert!(Instant::now() < deadline, "the watch never confirmed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let a = admin.issue(issue_req("cache-a", 600)).await.unwrap();
-    let b = admin.issue(issue_req("cache-b", 600)).await.unwrap();
+    let a = admin.issue_in(issue_req("cache-a", 600)).await.unwrap();
+    let b = admin.issue_in(issue_req("cache-b", 600)).await.unwrap();
 
     // The first check goes to the cluster, the next comes from the cache.
     let (r, cached) = checker.check(check_req(&a.token)).await.unwrap();
@@ -241,6 +242,7 @@ async fn a_caching_checker_stops_allowing_within_one_event() {
         .complete_task(pb::CompleteTaskRequest {
             request_id: String::new(),
             task_id: "cache-b".into(),
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -249,7 +251,7 @@ async fn a_caching_checker_stops_allowing_within_one_event() {
     assert_eq!((reason(&r), cached), (pb::Reason::TaskCompleted, false));
 
     // A policy change empties the cache: the new policy decides.
-    let g = admin.issue(issue_req("cache-c", 600)).await.unwrap();
+    let g = admin.issue_in(issue_req("cache-c", 600)).await.unwrap();
     checker.check(check_req(&g.token)).await.unwrap();
     assert!(checker.check(check_req(&g.token)).await.unwrap().1);
     let applied = admin

@@ -8,7 +8,7 @@ use tonic::Code;
 async fn bad_input_is_refused_and_changes_nothing() {
     let c = Cluster::start(3).await;
     let client = c.client();
-    let good = client.issue(issue_req("bad-input", 300)).await.unwrap();
+    let good = client.issue_in(issue_req("bad-input", 300)).await.unwrap();
     let before = c.converged_digests().await;
 
     let mut cases: Vec<(&str, pb::IssueRequest)> = Vec::new();

@@ -14,9 +14,9 @@ async fn replace_a_dead_voter_with_a_new_node() {
     let client = c.client();
     let mut acked = Vec::new();
     for _ in 0..5 {
-        acked.push(client.issue(issue_req("members", 600)).await.unwrap());
+        acked.push(client.issue_in(issue_req("members", 600)).await.unwrap());
     }
-    let revoked = client.issue(issue_req("members", 600)).await.unwrap();
+    let revoked = client.issue_in(issue_req("members", 600)).await.unwrap();
     client
         .revoke(revoke_req(
             &revoked.grant.as_ref().unwrap().grant_id,
@@ -28,7 +28,7 @@ async fn replace_a_dead_voter_with_a_new_node() {
     // Node 3 dies for good; two of three voters still make a quorum.
     c.kill(3);
     c.wipe(3);
-    acked.push(client.issue(issue_req("members", 600)).await.unwrap());
+    acked.push(client.issue_in(issue_req("members", 600)).await.unwrap());
 
     // A fresh node 4 joins as a learner and catches up.
     let node4 = c.add_node_proc(4).member();
@@ -104,7 +104,7 @@ async fn replace_a_dead_voter_with_a_new_node() {
 async fn leadership_moves_on_request_and_on_sigterm() {
     let mut c = Cluster::start(3).await;
     let client = c.client();
-    let g = client.issue(issue_req("transfer", 600)).await.unwrap();
+    let g = client.issue_in(issue_req("transfer", 600)).await.unwrap();
     let leader = c.wait_leader().await;
     let to = if leader == 1 { 2 } else { 1 };
     let r = client.transfer_leader(to).await.unwrap();
@@ -178,7 +178,7 @@ async fn nodes_with_the_same_initial_members_form_one_cluster() {
     }
     let leader = c.wait_leader().await;
     let client = c.client();
-    let g = client.issue(issue_req("bootstrap", 600)).await.unwrap();
+    let g = client.issue_in(issue_req("bootstrap", 600)).await.unwrap();
     // Every node, whenever it got going, joined the one cluster.
     for id in 1..=3 {
         wait_for("every node to see the three voters", || async {

@@ -16,7 +16,7 @@ async fn traffic(c: &Cluster, tag: &str, n: usize) {
     let client = c.client();
     for i in 0..n {
         let r = client
-            .issue(issue_req(&format!("{tag}-{}", i % 3), 600))
+            .issue_in(issue_req(&format!("{tag}-{}", i % 3), 600))
             .await
             .unwrap();
         client.check(check_req(&r.token)).await.unwrap();
@@ -30,6 +30,7 @@ async fn traffic(c: &Cluster, tag: &str, n: usize) {
         .complete_task(pb::CompleteTaskRequest {
             request_id: String::new(),
             task_id: format!("{tag}-0"),
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -143,11 +144,7 @@ async fn export_verifies_offline_and_every_tampering_is_caught() {
 
     // One byte changed inside an entry.
     let mut t = l.clone();
-    t[at] = t[at].replacen(
-        "spiffe://example.org/agent/planner",
-        "spiffe://example.org/agent/plannes",
-        1,
-    );
+    t[at] = t[at].replacen("triage issue 42", "triage issue 43", 1);
     assert_ne!(t[at], l[at]);
     let e = first_error(&join(&t), &keys);
     assert_eq!(e.at, Position::Seq(k), "{e}");
@@ -255,7 +252,7 @@ async fn export_verifies_offline_and_every_tampering_is_caught() {
 async fn proofs_verify_against_signed_checkpoints() {
     let c = Cluster::start_with(3, &["--checkpoint-interval-ms", "100"]).await;
     let client = c.client();
-    let issued = client.issue(issue_req("prove", 600)).await.unwrap();
+    let issued = client.issue_in(issue_req("prove", 600)).await.unwrap();
     let first_cp = {
         settled_export(&c, None).await;
         client.latest_checkpoint().await.unwrap()

@@ -33,7 +33,7 @@ async fn writers(
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let Ok(r) = client.issue(issue_req(&format!("w{w}-t{i}"), 600)).await else {
+                    let Ok(r) = client.issue_in(issue_req(&format!("w{w}-t{i}"), 600)).await else {
                         continue;
                     };
                     let grant_id = r.grant.unwrap().grant_id;
@@ -159,7 +159,7 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
     let mut tokens = Vec::new();
     for i in 0..150 {
         let r = client
-            .issue(issue_req(&format!("snap-{i}"), 600))
+            .issue_in(issue_req(&format!("snap-{i}"), 600))
             .await
             .unwrap();
         tokens.push((r.grant.unwrap().grant_id, r.token));
@@ -179,7 +179,7 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
     }
     for i in 150..260 {
         client
-            .issue(issue_req(&format!("snap-{i}"), 600))
+            .issue_in(issue_req(&format!("snap-{i}"), 600))
             .await
             .unwrap();
     }
@@ -220,7 +220,7 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
 async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_state() {
     let mut c = Cluster::start(3).await;
     let client = c.client();
-    let r = client.issue(issue_req("term", 600)).await.unwrap();
+    let r = client.issue_in(issue_req("term", 600)).await.unwrap();
     let leader = c.wait_leader().await;
     assert!(c.terminate(leader), "grantd should exit 0 on SIGTERM");
     c.wait_leader().await;
@@ -241,7 +241,7 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_state() {
 async fn paused_old_leader_never_allows_a_revoked_grant() {
     let mut c = Cluster::start(3).await;
     let client = c.client();
-    let issued = client.issue(issue_req("pause", 600)).await.unwrap();
+    let issued = client.issue_in(issue_req("pause", 600)).await.unwrap();
     let grant_id = issued.grant.unwrap().grant_id;
     assert_eq!(
         reason(&client.check(check_req(&issued.token)).await.unwrap()),
@@ -310,7 +310,7 @@ async fn whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
     let mut acked = Vec::new();
     for i in 0..60 {
         let r = client
-            .issue(issue_req(&format!("crash-{i}"), 600))
+            .issue_in(issue_req(&format!("crash-{i}"), 600))
             .await
             .unwrap();
         let id = r.grant.unwrap().grant_id;

@@ -11,7 +11,7 @@ async fn a_leader_cut_off_from_its_peers_never_allows_a_revoked_grant() {
     let Some(c) = Cluster::start_partitionable(3).await else {
         return;
     };
-    let g = c.client().issue(issue_req("part", 600)).await.unwrap();
+    let g = c.client().issue_in(issue_req("part", 600)).await.unwrap();
     let grant_id = g.grant.unwrap().grant_id;
     let old = c.wait_leader().await;
     c.cut(old);
@@ -58,7 +58,7 @@ async fn a_leader_cut_off_from_its_peers_never_allows_a_revoked_grant() {
         );
     }
     // Meanwhile the majority keeps working.
-    maj.issue(issue_req("part-2", 600)).await.unwrap();
+    maj.issue_in(issue_req("part-2", 600)).await.unwrap();
 
     // Healed, the old leader follows and its own state holds the revoke.
     c.heal(old);
@@ -102,7 +102,7 @@ async fn a_follower_cut_off_catches_up_when_healed() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let g = client
-            .issue(issue_req(&format!("f{i}"), 600))
+            .issue_in(issue_req(&format!("f{i}"), 600))
             .await
             .unwrap();
         ids.push(g.grant.unwrap().grant_id);

@@ -16,7 +16,7 @@ async fn metrics_follow_requests_raft_and_the_ledger() {
     let leader = c.wait_leader().await;
     let mut grants = Vec::new();
     for _ in 0..4 {
-        grants.push(client.issue(issue_req("metrics", 600)).await.unwrap());
+        grants.push(client.issue_in(issue_req("metrics", 600)).await.unwrap());
     }
     let g0 = grants[0].grant.clone().unwrap();
     client
@@ -115,7 +115,7 @@ async fn json_logs_carry_the_request_id() {
     let client = c.client();
     let mut req = issue_req("json-logs", 600);
     req.request_id = "req-json-logs-7".into();
-    client.issue(req).await.unwrap();
+    client.issue_in(req).await.unwrap();
     let leader = c.wait_leader().await;
     let log = std::fs::read_to_string(c.dir.path().join(format!("node{leader}.log"))).unwrap();
     let mut found = false;

@@ -55,9 +55,9 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     let client = old.client();
     let mut kept = Vec::new();
     for _ in 0..5 {
-        kept.push(client.issue(issue_req("backup", 3600)).await.unwrap());
+        kept.push(client.issue_in(issue_req("backup", 3600)).await.unwrap());
     }
-    let revoked = client.issue(issue_req("backup", 3600)).await.unwrap();
+    let revoked = client.issue_in(issue_req("backup", 3600)).await.unwrap();
     client
         .revoke(revoke_req(
             &revoked.grant.as_ref().unwrap().grant_id,
@@ -89,7 +89,7 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
     let (header, _) = grant_client::backup::parse(&bytes).unwrap();
 
     // Written after the backup: not in it.
-    let later = client.issue(issue_req("backup", 3600)).await.unwrap();
+    let later = client.issue_in(issue_req("backup", 3600)).await.unwrap();
     let old_export = String::from_utf8(client.audit_export(None).await.unwrap()).unwrap();
     let mut trusted = client.roster().await.unwrap().keys;
     drop(old);
@@ -141,7 +141,10 @@ async fn backup_restores_into_a_new_cluster_whose_chain_verifies_and_continues()
         reason(&client.check(check_req(&later.token)).await.unwrap()),
         pb::Reason::UnknownGrant
     );
-    let fresh = client.issue(issue_req("after-restore", 600)).await.unwrap();
+    let fresh = client
+        .issue_in(issue_req("after-restore", 600))
+        .await
+        .unwrap();
     assert_eq!(
         reason(&client.check(check_req(&fresh.token)).await.unwrap()),
         pb::Reason::Allowed
@@ -180,7 +183,7 @@ async fn after_losing_a_majority_the_survivor_seeds_a_new_cluster() {
     let mut old = Cluster::start(3).await;
     let g = old
         .client()
-        .issue(issue_req("majority", 3600))
+        .issue_in(issue_req("majority", 3600))
         .await
         .unwrap();
     old.converged_digests().await;

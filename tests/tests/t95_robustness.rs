@@ -101,7 +101,7 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
             };
             let mut req = issue_req(&task, 600);
             req.request_id = op.request_id.clone();
-            op.outcome = match client.issue(req).await {
+            op.outcome = match client.issue_in(req).await {
                 Ok(r) => {
                     let g = r.grant.unwrap();
                     mine.push((g.grant_id.clone(), r.token.clone()));
@@ -141,6 +141,7 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
                 .complete_task(pb::CompleteTaskRequest {
                     request_id: String::new(),
                     task_id: task.clone(),
+                    reason: String::new(),
                 })
                 .await
             {

@@ -30,6 +30,16 @@ pub enum Kind {
     /// The policy set changed; `reason` holds the SHA-256 of the policy
     /// text, `detail` the policy set (policies, schema, no-match rule) as JSON.
     Policy = 9,
+    /// A task began: `resource` holds its declared tools (comma-separated),
+    /// `detail` its deadline as JSON.
+    BeginTask = 10,
+    /// A task was aborted: its grants are revoked; `reason` is the caller's.
+    AbortTask = 11,
+    /// A task's deadline passed and the sweep closed it.
+    ExpireTask = 12,
+    /// A grant's expiry was extended; `detail` holds the new and previous
+    /// expiry as JSON. A renewal the policy denied has decision `deny`.
+    Renew = 13,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

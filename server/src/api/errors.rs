@@ -19,6 +19,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// Something by that name exists with other parameters (a task begun
+    /// with other declared tools, say).
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
@@ -63,6 +67,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument { .. } => "invalid_argument",
             ApiError::NotFound(_) => "not_found",
+            ApiError::AlreadyExists(_) => "already_exists",
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::ResourceExhausted(_) => "resource_exhausted",
             ApiError::PermissionDenied(_) => "permission_denied",
@@ -79,6 +84,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) | ApiError::WatchResync(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::PermissionDenied(_) | ApiError::PolicyDenied(_) => Code::PermissionDenied,
@@ -129,6 +135,7 @@ impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::NotFound(m) => ApiError::NotFound(m),
+            Rejection::AlreadyExists(m) => ApiError::AlreadyExists(m),
             Rejection::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             Rejection::ResourceExhausted(m) => ApiError::ResourceExhausted(m),
         }

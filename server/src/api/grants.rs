@@ -1,4 +1,5 @@
-//! The Grants service: Issue, Check, Revoke, CompleteTask, Get, List.
+//! The Grants service: Issue, Check, Revoke, Get, List, Jwks, Watch; the
+//! task RPCs are in `tasks`.
 
 use grant_proto::v1 as pb;
 use grant_proto::v1::grants_server::Grants;
@@ -7,12 +8,12 @@ use tonic::{Request, Response, Status};
 
 use super::batcher::CheckBatcher;
 use super::errors::ApiError;
-use super::{now_ms, token, validate, NodeContext};
+use super::{now_ms, tasks, token, validate, NodeContext};
 use crate::audit::keys::{NodeKey, SharedKey};
 use crate::auth::layer::Caller;
 use crate::auth::roles::Role;
 use crate::ledger::{
-    self, AuditRef, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason,
+    self, AuditRef, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason, TaskState,
 };
 use crate::limits::*;
 use crate::storage::keyspace;
@@ -155,6 +156,7 @@ fn to_pb_reason(r: Reason) -> pb::Reason {
         Reason::OutOfScope => pb::Reason::OutOfScope,
         Reason::BadToken => pb::Reason::BadToken,
         Reason::TaskCompleted => pb::Reason::TaskCompleted,
+        Reason::TaskAborted => pb::Reason::TaskAborted,
         Reason::PolicyDenied => pb::Reason::PolicyDenied,
     }
 }
@@ -162,7 +164,7 @@ fn to_pb_reason(r: Reason) -> pb::Reason {
 pub(crate) fn unexpected(r: CommandResult) -> ApiError {
     match r {
         CommandResult::Rejected(rej) => rej.into(),
-        CommandResult::IssueDenied { message, .. } => ApiError::PolicyDenied(message),
+        CommandResult::PolicyDenied { message, .. } => ApiError::PolicyDenied(message),
         other => ApiError::Internal(format!("unexpected apply result {other:?}")),
     }
 }
@@ -252,10 +254,13 @@ impl Grants for GrantsService {
             }
             t => t,
         };
+        // The task must exist; a closed one is left to the ledger, which
+        // answers a retried request id with its grant before it refuses.
+        let task = tasks::known_task(&self.ctx, &r.task_id).await?;
         let key = self.signing_key().await?;
         let now = now_ms();
         let grant_id = new_grant_id();
-        let expires_at_ms = now + (ttl_seconds as i64) * 1000;
+        let expires_at_ms = tasks::grant_expiry(&task, now, ttl_seconds);
         let claims = token::Claims::of(
             &self.ctx.config.audit_origin,
             &grant_id,
@@ -279,6 +284,7 @@ impl Grants for GrantsService {
             token_hash: minted.token_hash,
             now_ms: now,
             expires_at_ms,
+            max_expires_at_ms: now + (cfg.ttl_seconds_max as i64) * 1000,
         });
         match self.ctx.propose(cmd).await? {
             (
@@ -380,37 +386,143 @@ impl Grants for GrantsService {
         }
     }
 
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        validate::grant_id("grant_id", &r.grant_id)?;
+        let cfg = &self.ctx.config;
+        let ttl_seconds = match r.ttl_seconds {
+            0 => cfg.ttl_seconds_default,
+            t if t > cfg.ttl_seconds_max => {
+                return Err(ApiError::invalid(
+                    "ttl_seconds",
+                    format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max),
+                )
+                .into())
+            }
+            t => t,
+        };
+        // A grant's issuer and subject never change: any applied state,
+        // or a read through the leader if this node has not seen it yet.
+        let known = match self.ctx.state.grant(&r.grant_id).map_err(ApiError::from)? {
+            Some(g) => Some(g),
+            None => {
+                self.ctx.read_barrier(false).await?;
+                self.ctx.state.grant(&r.grant_id).map_err(ApiError::from)?
+            }
+        };
+        let g = known.ok_or_else(|| ApiError::NotFound(format!("no grant {}", r.grant_id)))?;
+        if caller.id() != g.issuer && caller.id() != g.subject {
+            return Err(ApiError::PermissionDenied(format!(
+                "{} may not renew grant {}: only its issuer or its subject may",
+                caller.id(),
+                r.grant_id
+            ))
+            .into());
+        }
+        let key = self.signing_key().await?;
+        let now = now_ms();
+        let cmd = Command::Renew(ledger::RenewCmd {
+            grant_id: r.grant_id,
+            expires_at_ms: now + (ttl_seconds as i64) * 1000,
+            actor: caller.id().to_string(),
+            now_ms: now,
+        });
+        match self.ctx.propose(cmd).await? {
+            (
+                CommandResult::Renewed {
+                    grant,
+                    extended,
+                    audit,
+                },
+                index,
+            ) => {
+                let deadline = self
+                    .ctx
+                    .state
+                    .task(&grant.task_id)
+                    .map_err(ApiError::from)?
+                    .map_or(i64::MAX, |t| t.deadline_ms);
+                Ok(Response::new(pb::RenewResponse {
+                    token: self.token_of(&key, &grant)?.token,
+                    max_expires_at_ms: grant.max_expires_at_ms.min(deadline),
+                    grant: Some(to_pb_grant(&grant, now_ms())),
+                    extended,
+                    receipt: receipt(index, audit),
+                }))
+            }
+            (other, _) => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn begin_task(
+        &self,
+        req: Request<pb::BeginTaskRequest>,
+    ) -> Result<Response<pb::BeginTaskResponse>, Status> {
+        let caller = Caller::of(&req);
+        Ok(Response::new(
+            tasks::begin(&self.ctx, &caller, req.into_inner()).await?,
+        ))
+    }
+
     async fn complete_task(
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        if !r.request_id.is_empty() {
-            validate::request_id(&r.request_id)?;
-            log_request_id(&r.request_id);
-        }
-        validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
-        let cmd = Command::CompleteTask(ledger::CompleteTaskCmd {
-            task_id: r.task_id,
-            actor: caller.id().to_string(),
-            now_ms: now_ms(),
-        });
-        match self.ctx.propose(cmd).await? {
-            (
-                CommandResult::TaskCompleted {
-                    revoked_grant_ids,
-                    already_completed,
-                    audit,
-                },
-                index,
-            ) => Ok(Response::new(pb::CompleteTaskResponse {
-                revoked_grant_ids,
-                already_completed,
-                receipt: receipt(index, audit),
-            })),
-            (other, _) => Err(unexpected(other).into()),
-        }
+        log_request_id(&r.request_id);
+        let c = tasks::close(
+            &self.ctx,
+            &caller,
+            &r.request_id,
+            &r.task_id,
+            r.reason,
+            TaskState::Completed,
+        )
+        .await?;
+        Ok(Response::new(pb::CompleteTaskResponse {
+            revoked_grant_ids: c.revoked_grant_ids,
+            already_closed: c.already_closed,
+            receipt: c.receipt,
+            task: Some(c.task),
+        }))
+    }
+
+    async fn abort_task(
+        &self,
+        req: Request<pb::AbortTaskRequest>,
+    ) -> Result<Response<pb::AbortTaskResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        log_request_id(&r.request_id);
+        let c = tasks::close(
+            &self.ctx,
+            &caller,
+            &r.request_id,
+            &r.task_id,
+            r.reason,
+            TaskState::Aborted,
+        )
+        .await?;
+        Ok(Response::new(pb::AbortTaskResponse {
+            revoked_grant_ids: c.revoked_grant_ids,
+            already_closed: c.already_closed,
+            receipt: c.receipt,
+            task: Some(c.task),
+        }))
+    }
+
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        Ok(Response::new(
+            tasks::get(&self.ctx, req.into_inner()).await?,
+        ))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {

@@ -9,6 +9,7 @@ pub mod grants;
 pub mod health;
 pub mod policy;
 pub mod roles;
+pub mod tasks;
 pub mod token;
 pub mod validate;
 pub mod watch;

@@ -103,6 +103,8 @@ fn event(e: &AuditEntry, hash: &[u8]) -> pb::WatchEvent {
         Kind::Revoke => K::Revoked,
         Kind::Expire => K::Expired,
         Kind::CompleteTask => K::TaskCompleted,
+        Kind::AbortTask => K::TaskAborted,
+        Kind::ExpireTask => K::TaskExpired,
         Kind::Policy => K::PolicyChanged,
         _ => K::Unspecified,
     };

@@ -210,6 +210,9 @@ impl Access {
                 Some(Need::Reader) => "the issuer, revoker or auditor role".into(),
                 Some(Need::AdminOrAuditor) => "the admin or auditor role".into(),
                 Some(Need::Watcher) => "the checker, issuer, revoker or auditor role".into(),
+                Some(Need::TaskCloser) => {
+                    "the revoker role, or the issuer role as the task's owner".into()
+                }
                 _ => "a method this server serves".into(),
             };
             return Err(Status::permission_denied(format!(

@@ -216,6 +216,12 @@ pub enum Need {
     /// Watch: a checker (a tool server caching allows), issuer, revoker
     /// or auditor; not a workload, whose grants are its own business.
     Watcher,
+    /// Completing or aborting a task: a revoker, or an issuer (the handler
+    /// lets an issuer close only the tasks it owns).
+    TaskCloser,
+    /// Renew: any authenticated caller reaches the handler, which lets only
+    /// the grant's issuer or its subject renew it.
+    IssuerOrSubject,
 }
 
 /// The requirement of a gRPC method path; `None` for a path we do not
@@ -225,8 +231,11 @@ pub fn need(path: &str) -> Option<Need> {
     Some(match (service, method) {
         ("grantledger.v1.Grants", "Issue") => Need::Role(Role::Issuer),
         ("grantledger.v1.Grants", "Check") => Need::CheckerOrSubject,
-        ("grantledger.v1.Grants", "Revoke" | "CompleteTask") => Need::Role(Role::Revoker),
-        ("grantledger.v1.Grants", "Get" | "List") => Need::Reader,
+        ("grantledger.v1.Grants", "Revoke") => Need::Role(Role::Revoker),
+        ("grantledger.v1.Grants", "Renew") => Need::IssuerOrSubject,
+        ("grantledger.v1.Grants", "BeginTask") => Need::Role(Role::Issuer),
+        ("grantledger.v1.Grants", "CompleteTask" | "AbortTask") => Need::TaskCloser,
+        ("grantledger.v1.Grants", "Get" | "List" | "GetTask") => Need::Reader,
         ("grantledger.v1.Grants", "Watch") => Need::Watcher,
         // Public keys, for offline verification by any tool server.
         ("grantledger.v1.Grants", "Jwks") => Need::Anyone,
@@ -253,6 +262,7 @@ impl RoleMap {
             // A workload may check its own grants; the handler denies a
             // token presented for anyone else.
             Some(Need::CheckerOrSubject) => true,
+            Some(Need::IssuerOrSubject) => true,
             Some(Need::Reader) => [Role::Issuer, Role::Revoker, Role::Auditor]
                 .into_iter()
                 .any(|r| self.has(caller, r)),
@@ -262,6 +272,9 @@ impl RoleMap {
             Some(Need::Watcher) => [Role::Checker, Role::Issuer, Role::Revoker, Role::Auditor]
                 .into_iter()
                 .any(|r| self.has(caller, r)),
+            Some(Need::TaskCloser) => {
+                self.has(caller, Role::Revoker) || self.has(caller, Role::Issuer)
+            }
         }
     }
 }
@@ -324,6 +337,11 @@ mod tests {
         assert!(!m.may_issue_for(orch, "spiffe://example.org/tool/github"));
         assert!(m.allows(orch, "/grantledger.v1.Grants/Revoke"));
         assert!(!m.allows(tool, "/grantledger.v1.Grants/CompleteTask"));
+        assert!(!m.allows(tool, "/grantledger.v1.Grants/AbortTask"));
+        assert!(!m.allows(tool, "/grantledger.v1.Grants/BeginTask"));
+        assert!(m.allows(orch, "/grantledger.v1.Grants/BeginTask"));
+        assert!(m.allows(orch, "/grantledger.v1.Grants/AbortTask"));
+        assert!(!m.allows(agent, "/grantledger.v1.Grants/GetTask"));
         assert!(m.allows(agent, "/grantledger.v1.Grants/Check"));
         assert!(m.allows(orch, "/grantledger.v1.Grants/List"));
         assert!(!m.allows(agent, "/grantledger.v1.Grants/Get"));

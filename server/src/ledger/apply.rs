@@ -86,7 +86,9 @@ pub fn apply(
             CommandResult::Checked(outcomes)
         }
         Command::Revoke(c) => revoke(c, state, &mut out)?,
-        Command::CompleteTask(c) => complete_task(c, state, &mut out)?,
+        Command::Renew(c) => renew(c, state, &mut out)?,
+        Command::BeginTask(c) => begin_task(c, ctx.log_index, state, &mut out)?,
+        Command::CloseTask(c) => close_task(c, state, &mut out)?,
         Command::Sweep(c) => sweep(c, state, &mut out)?,
         Command::RegisterKey(c) => register_key(c, state, &mut out)?,
         Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
@@ -130,13 +132,28 @@ fn issue(
             audit: d.audit,
         });
     }
-    if state.task_completed(&c.task_id)? {
+    let Some(mut task) = state.task(&c.task_id)? else {
+        return Ok(CommandResult::Rejected(Rejection::NotFound(format!(
+            "no task {:?}: begin it first (BeginTask)",
+            c.task_id
+        ))));
+    };
+    if let Some(refusal) = closed(&task, c.now_ms) {
         return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
-            format!("task {:?} is completed; it takes no new grants", c.task_id),
+            format!("{refusal}; it takes no new grants"),
         )));
     }
-    let in_task = state.task_grant_count(&c.task_id, limits::GRANTS_PER_TASK_MAX)?;
-    if in_task >= limits::GRANTS_PER_TASK_MAX {
+    if c.expires_at_ms > task.deadline_ms {
+        // The API node caps the TTL at the deadline it read; this is a
+        // request that raced a read of another state.
+        return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
+            format!(
+                "the grant would outlive task {:?}, whose deadline is {} ms",
+                c.task_id, task.deadline_ms
+            ),
+        )));
+    }
+    if task.grant_count >= limits::GRANTS_PER_TASK_MAX as u64 {
         return Ok(CommandResult::Rejected(Rejection::ResourceExhausted(
             format!(
                 "task {:?} already holds {} grants (grants_per_task_max)",
@@ -146,7 +163,7 @@ fn issue(
         )));
     }
     let policy = match state.policy()? {
-        Some(p) => match issue_policy(c, &p) {
+        Some(p) => match issue_policy(c, &task, &p) {
             Ok(allowed) => Some(allowed),
             Err(denied) => return Ok(deny_issue(c, denied, out)),
         },
@@ -162,6 +179,7 @@ fn issue(
         issued_at_ms: c.now_ms,
         expires_at_ms: c.expires_at_ms,
         token_hash: c.token_hash.clone(),
+        max_expires_at_ms: c.max_expires_at_ms,
         state: GrantState::Active,
         revoked_at_ms: 0,
         revoke_reason: String::new(),
@@ -187,10 +205,8 @@ fn issue(
         r.policy_ids = d.policy_ids;
     }
     let audit = out.record(r);
-    out.writes.push(Write::TaskCount {
-        task_id: c.task_id.clone(),
-        count: in_task as u64 + 1,
-    });
+    task.grant_count += 1;
+    out.writes.push(Write::PutTask(task));
     out.writes.push(Write::InsertGrant(grant.clone()));
     out.writes.push(Write::PutDedupe {
         request_id: c.request_id.clone(),
@@ -215,28 +231,70 @@ struct IssueDenial {
     decision: grant_policy::Decision,
 }
 
-/// Ask the policy about every scope of an Issue: all must be allowed. The
-/// allowed decision merges the policies of every scope.
+impl IssueDenial {
+    /// Which policies refused, for the caller's message.
+    fn by(&self) -> String {
+        if self.decision.policy_ids.is_empty() {
+            "no policy permits it".to_string()
+        } else {
+            format!("forbidden by {}", self.decision.policy_ids.join(", "))
+        }
+    }
+}
+
+/// What the policy is asked at an Issue, and again at a Renew: may the
+/// issuer have `subject` hold these scopes, in this task, for this long?
+struct IssueAsk<'a> {
+    issuer: &'a str,
+    subject: &'a str,
+    task: &'a TaskRecord,
+    intent: &'a str,
+    scopes: &'a [Scope],
+    ttl_seconds: u64,
+    now_ms: i64,
+}
+
 fn issue_policy(
     c: &IssueCmd,
+    task: &TaskRecord,
     p: &grant_policy::Compiled,
 ) -> Result<grant_policy::Decision, IssueDenial> {
-    let ttl_seconds = u64::try_from((c.expires_at_ms - c.now_ms) / 1000).unwrap_or(0);
+    ask_issue(
+        p,
+        &IssueAsk {
+            issuer: &c.issuer,
+            subject: &c.subject,
+            task,
+            intent: &c.intent,
+            scopes: &c.scopes,
+            ttl_seconds: u64::try_from((c.expires_at_ms - c.now_ms) / 1000).unwrap_or(0),
+            now_ms: c.now_ms,
+        },
+    )
+}
+
+/// Ask the policy about every scope: all must be allowed. The allowed
+/// decision merges the policies of every scope.
+fn ask_issue(
+    p: &grant_policy::Compiled,
+    a: &IssueAsk<'_>,
+) -> Result<grant_policy::Decision, IssueDenial> {
     let mut merged = grant_policy::Decision {
         allow: true,
         policy_ids: Vec::new(),
         errors: Vec::new(),
     };
-    for scope in &c.scopes {
+    for scope in a.scopes {
         let d = p.issue(&grant_policy::IssueQuery {
-            caller: &c.issuer,
-            subject: &c.subject,
-            task: &c.task_id,
-            intent: &c.intent,
-            ttl_seconds,
+            caller: a.issuer,
+            subject: a.subject,
+            task: &a.task.task_id,
+            declared_tools: &a.task.declared_tools,
+            intent: a.intent,
+            ttl_seconds: a.ttl_seconds,
             resource: &scope.resource,
             actions: &scope.actions,
-            now_ms: c.now_ms,
+            now_ms: a.now_ms,
         });
         if !d.allow {
             return Err(IssueDenial {
@@ -268,19 +326,122 @@ fn deny_issue(c: &IssueCmd, denied: IssueDenial, out: &mut Out) -> CommandResult
     r.reason = denied.decision.summary();
     r.policy_ids = denied.decision.policy_ids.clone();
     let audit = out.record(r);
-    let by = if denied.decision.policy_ids.is_empty() {
-        "no policy permits it".to_string()
-    } else {
-        format!("forbidden by {}", denied.decision.policy_ids.join(", "))
-    };
-    CommandResult::IssueDenied {
+    CommandResult::PolicyDenied {
         message: format!(
-            "policy denies issuing {:?} on {:?} to {}: {by}",
-            denied.actions, denied.resource, c.subject
+            "policy denies issuing {:?} on {:?} to {}: {}",
+            denied.actions,
+            denied.resource,
+            c.subject,
+            denied.by()
         ),
         policy_ids: denied.decision.policy_ids,
         audit,
     }
+}
+
+/// Extend an active grant, as far as its maximum lifetime and its task's
+/// deadline allow. The policy is asked again, as for an Issue by the
+/// grant's issuer of the grant's whole lifetime, so that a renewal cannot
+/// take a grant where an Issue could not.
+fn renew(
+    c: &RenewCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
+    let Some(mut g) = state.grant(&c.grant_id)? else {
+        return Ok(CommandResult::Rejected(Rejection::NotFound(format!(
+            "no grant {}",
+            c.grant_id
+        ))));
+    };
+    let refuse = |m: String| Ok(CommandResult::Rejected(Rejection::FailedPrecondition(m)));
+    match g.state_at(c.now_ms) {
+        GrantState::Active => {}
+        GrantState::Revoked => return refuse(format!("grant {} is revoked", c.grant_id)),
+        GrantState::Expired => {
+            return refuse(format!("grant {} has expired: issue a new one", c.grant_id))
+        }
+    }
+    let task = state.task(&g.task_id)?.ok_or_else(|| {
+        StateError(format!(
+            "grant {} names missing task {}",
+            g.grant_id, g.task_id
+        ))
+    })?;
+    if let Some(refusal) = closed(&task, c.now_ms) {
+        return refuse(refusal);
+    }
+    let expires_at_ms = c
+        .expires_at_ms
+        .min(g.max_expires_at_ms)
+        .min(task.deadline_ms);
+    if expires_at_ms <= g.expires_at_ms {
+        return Ok(CommandResult::Renewed {
+            grant: g,
+            extended: false,
+            audit: None,
+        });
+    }
+    let decided = match state.policy()? {
+        Some(p) => {
+            let lifetime = u64::try_from((expires_at_ms - g.issued_at_ms) / 1000).unwrap_or(0);
+            let ask = IssueAsk {
+                issuer: &g.issuer,
+                subject: &g.subject,
+                task: &task,
+                intent: &g.intent,
+                scopes: &g.scopes,
+                ttl_seconds: lifetime,
+                now_ms: c.now_ms,
+            };
+            match ask_issue(&p, &ask) {
+                Ok(d) => Some(d),
+                Err(denied) => {
+                    let mut r = record(Kind::Renew, c.now_ms, &c.actor, Some(&g));
+                    r.resource = denied.resource.clone();
+                    r.action = denied.actions.join(",");
+                    r.decision = Decision::Deny;
+                    r.reason = denied.decision.summary();
+                    r.policy_ids = denied.decision.policy_ids.clone();
+                    let audit = out.record(r);
+                    return Ok(CommandResult::PolicyDenied {
+                        message: format!(
+                            "policy denies renewing grant {} to a lifetime of {lifetime} s on {:?}: {}",
+                            g.grant_id,
+                            denied.resource,
+                            denied.by()
+                        ),
+                        policy_ids: denied.decision.policy_ids,
+                        audit,
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    let previous_expires_at_ms = g.expires_at_ms;
+    g.expires_at_ms = expires_at_ms;
+    let mut r = record(Kind::Renew, c.now_ms, &c.actor, Some(&g));
+    r.detail = serde_json::json!({
+        "expires_at_ms": expires_at_ms,
+        "previous_expires_at_ms": previous_expires_at_ms,
+    })
+    .to_string();
+    if let Some(d) = decided {
+        r.decision = Decision::Allow;
+        r.reason = d.summary();
+        r.policy_ids = d.policy_ids;
+    }
+    let audit = out.record(r);
+    out.writes.push(Write::Renew {
+        grant: g.clone(),
+        previous_expires_at_ms,
+    });
+    Ok(CommandResult::Renewed {
+        grant: g,
+        extended: true,
+        audit: Some(audit),
+    })
 }
 
 fn check(
@@ -298,8 +459,11 @@ fn check(
         None if c.forged => Reason::BadToken,
         None => Reason::UnknownGrant,
         Some(g) => match g.state_at(now_ms) {
-            GrantState::Revoked if state.task_completed(&g.task_id)? => Reason::TaskCompleted,
-            GrantState::Revoked => Reason::Revoked,
+            GrantState::Revoked => match state.task(&g.task_id)?.map(|t| t.state) {
+                Some(TaskState::Completed) => Reason::TaskCompleted,
+                Some(TaskState::Aborted) => Reason::TaskAborted,
+                _ => Reason::Revoked,
+            },
             GrantState::Expired => Reason::Expired,
             GrantState::Active if g.subject != c.identity => Reason::SubjectMismatch,
             GrantState::Active if !g.covers(&c.resource, &c.action) => Reason::OutOfScope,
@@ -309,11 +473,16 @@ fn check(
     // The grant allows: the policy in force has the last word.
     let policy = match (&grant, state.policy()?) {
         (Some(g), Some(p)) if reason == Reason::Allowed => {
+            let declared_tools = state
+                .task(&g.task_id)?
+                .map(|t| t.declared_tools)
+                .unwrap_or_default();
             Some(p.check(&grant_policy::CheckQuery {
                 identity: &c.identity,
                 resource: &c.resource,
                 action: &c.action,
                 task: &g.task_id,
+                declared_tools: &declared_tools,
                 intent: &g.intent,
                 grant_id: &g.grant_id,
                 issuer: &g.issuer,
@@ -398,11 +567,7 @@ fn revoke(
     if grant.state_at(c.now_ms) == GrantState::Expired {
         // Past its expiry but not swept yet: retire it as expired, which is
         // what it already was for every check.
-        grant.state = GrantState::Expired;
-        let mut r = record(Kind::Expire, c.now_ms, "", Some(&grant));
-        r.reason = "expired".into();
-        let audit = out.record(r);
-        out.writes.push(Write::Retire(grant.clone()));
+        let (grant, audit) = expire_grant(grant, c.now_ms, out);
         return Ok(CommandResult::Revoked {
             grant,
             already_inactive: true,
@@ -423,42 +588,189 @@ fn revoke(
     })
 }
 
-fn complete_task(
-    c: &CompleteTaskCmd,
+/// Retire an active grant past its expiry, with its expire entry.
+fn expire_grant(mut g: GrantRecord, now_ms: i64, out: &mut Out) -> (GrantRecord, AuditRef) {
+    g.state = GrantState::Expired;
+    let mut r = record(Kind::Expire, now_ms, "", Some(&g));
+    r.reason = "expired".into();
+    let audit = out.record(r);
+    out.writes.push(Write::Retire(g.clone()));
+    (g, audit)
+}
+
+/// Why a task takes no new grants, or None while it is open.
+fn closed(task: &TaskRecord, now_ms: i64) -> Option<String> {
+    let how = match task.state_at(now_ms) {
+        TaskState::Open => return None,
+        TaskState::Completed => "completed",
+        TaskState::Aborted => "aborted",
+        TaskState::Expired => "past its deadline",
+    };
+    Some(format!("task {:?} is {how}", task.task_id))
+}
+
+fn begin_task(
+    c: &BeginTaskCmd,
+    log_index: u64,
     state: &impl LedgerState,
     out: &mut Out,
 ) -> Result<CommandResult, StateError> {
-    let already_completed = state.task_completed(&c.task_id)?;
+    if let Some(task) = state.task(&c.task_id)? {
+        if task.fingerprint == c.fingerprint {
+            // A retry: the task as it is now, never a second one.
+            return Ok(CommandResult::TaskBegun {
+                task,
+                replayed: true,
+                audit: None,
+            });
+        }
+        return Ok(CommandResult::Rejected(Rejection::AlreadyExists(format!(
+            "task {:?} was already begun by {} with other parameters",
+            c.task_id, task.owner
+        ))));
+    }
+    if c.deadline_ms <= c.now_ms {
+        return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
+            format!("task {:?} would end before it begins", c.task_id),
+        )));
+    }
+    let task = TaskRecord {
+        task_id: c.task_id.clone(),
+        owner: c.owner.clone(),
+        intent: c.intent.clone(),
+        declared_tools: c.declared_tools.clone(),
+        begun_at_ms: c.now_ms,
+        deadline_ms: c.deadline_ms,
+        state: TaskState::Open,
+        closed_at_ms: 0,
+        closed_by: String::new(),
+        close_reason: String::new(),
+        grant_count: 0,
+        fingerprint: c.fingerprint.clone(),
+        begun_index: log_index,
+    };
+    let mut r = AuditEntry::new(Kind::BeginTask, c.now_ms);
+    r.actor = c.owner.clone();
+    r.task_id = c.task_id.clone();
+    r.intent = c.intent.clone();
+    r.resource = c.declared_tools.join(",");
+    r.detail = serde_json::json!({ "deadline_ms": c.deadline_ms }).to_string();
+    let audit = out.record(r);
+    out.writes.push(Write::PutTask(task.clone()));
+    Ok(CommandResult::TaskBegun {
+        task,
+        replayed: false,
+        audit: Some(audit),
+    })
+}
+
+/// Retire every active grant of a task: revoked with `reason`, or expired
+/// (with its expire entry) if past its expiry. Returns the ids revoked.
+fn retire_task_grants(
+    task_id: &str,
+    reason: &str,
+    now_ms: i64,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<Vec<String>, StateError> {
     let mut revoked = Vec::new();
-    for id in state.task_grant_ids(&c.task_id, limits::GRANTS_PER_TASK_MAX)? {
+    for id in state.task_grant_ids(task_id, limits::GRANTS_PER_TASK_MAX)? {
         let mut g = state
             .grant(&id)?
             .ok_or_else(|| StateError(format!("task index points at missing grant {id}")))?;
         if g.state != GrantState::Active {
             continue;
         }
-        if g.state_at(c.now_ms) == GrantState::Expired {
-            g.state = GrantState::Expired;
-        } else {
-            g.state = GrantState::Revoked;
-            g.revoked_at_ms = c.now_ms;
-            g.revoke_reason = "task completed".into();
-            revoked.push(g.grant_id.clone());
+        if g.state_at(now_ms) == GrantState::Expired {
+            expire_grant(g, now_ms, out);
+            continue;
         }
+        g.state = GrantState::Revoked;
+        g.revoked_at_ms = now_ms;
+        g.revoke_reason = reason.to_string();
+        revoked.push(g.grant_id.clone());
         out.writes.push(Write::Retire(g));
     }
-    let mut r = record(Kind::CompleteTask, c.now_ms, &c.actor, None);
-    r.task_id = c.task_id.clone();
-    r.reason = format!("revoked {} grants", revoked.len());
+    Ok(revoked)
+}
+
+/// Close a task whose deadline has passed (the sweep, or a close that
+/// came after the deadline): its grants have expired by then.
+fn expire_task(
+    mut task: TaskRecord,
+    now_ms: i64,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<(TaskRecord, AuditRef), StateError> {
+    retire_task_grants(&task.task_id, "task deadline passed", now_ms, state, out)?;
+    task.state = TaskState::Expired;
+    task.closed_at_ms = now_ms;
+    task.close_reason = "deadline passed".into();
+    let mut r = AuditEntry::new(Kind::ExpireTask, now_ms);
+    r.task_id = task.task_id.clone();
+    r.reason = task.close_reason.clone();
     let audit = out.record(r);
-    if !already_completed {
-        out.writes.push(Write::CompleteTask {
-            task_id: c.task_id.clone(),
-        });
+    out.writes.push(Write::PutTask(task.clone()));
+    Ok((task, audit))
+}
+
+fn close_task(
+    c: &CloseTaskCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
+    let Some(mut task) = state.task(&c.task_id)? else {
+        return Ok(CommandResult::Rejected(Rejection::NotFound(format!(
+            "no task {:?}",
+            c.task_id
+        ))));
+    };
+    match task.state_at(c.now_ms) {
+        TaskState::Open => {}
+        TaskState::Expired if task.state == TaskState::Open => {
+            // Past its deadline but not swept yet: close it as expired,
+            // which is what it already was for every request.
+            let (task, audit) = expire_task(task, c.now_ms, state, out)?;
+            return Ok(CommandResult::TaskClosed {
+                task,
+                revoked_grant_ids: Vec::new(),
+                already_closed: true,
+                audit: Some(audit),
+            });
+        }
+        _ => {
+            return Ok(CommandResult::TaskClosed {
+                task,
+                revoked_grant_ids: Vec::new(),
+                already_closed: true,
+                audit: None,
+            })
+        }
     }
-    Ok(CommandResult::TaskCompleted {
+    let (kind, grant_reason) = match c.outcome {
+        TaskState::Completed => (Kind::CompleteTask, "task completed"),
+        TaskState::Aborted => (Kind::AbortTask, "task aborted"),
+        other => {
+            return Err(StateError(format!(
+                "a task is closed by hand as completed or aborted, not {other:?}"
+            )))
+        }
+    };
+    let revoked = retire_task_grants(&c.task_id, grant_reason, c.now_ms, state, out)?;
+    task.state = c.outcome;
+    task.closed_at_ms = c.now_ms;
+    task.closed_by = c.actor.clone();
+    task.close_reason = c.reason.clone();
+    let mut r = record(kind, c.now_ms, &c.actor, None);
+    r.task_id = c.task_id.clone();
+    r.reason = c.reason.clone();
+    r.detail = format!("revoked {} grants", revoked.len());
+    let audit = out.record(r);
+    out.writes.push(Write::PutTask(task.clone()));
+    Ok(CommandResult::TaskClosed {
+        task,
         revoked_grant_ids: revoked,
-        already_completed,
+        already_closed: false,
         audit: Some(audit),
     })
 }
@@ -470,15 +782,24 @@ fn sweep(
 ) -> Result<CommandResult, StateError> {
     let mut expired = 0u32;
     for id in state.expired_grant_ids(c.now_ms, limits::SWEEP_GRANTS_MAX)? {
-        let mut g = state
+        let g = state
             .grant(&id)?
             .ok_or_else(|| StateError(format!("expiry index points at missing grant {id}")))?;
-        g.state = GrantState::Expired;
-        let mut r = record(Kind::Expire, c.now_ms, "", Some(&g));
-        r.reason = "expired".into();
-        out.record(r);
-        out.writes.push(Write::Retire(g));
+        expire_grant(g, c.now_ms, out);
         expired += 1;
+    }
+    // Tasks once no grant is left to expire: a task's grants expire no
+    // later than its deadline, so by then closing it retires none (which
+    // keeps the entry small), and none is retired twice in one entry.
+    let mut tasks_expired = 0u32;
+    if expired == 0 {
+        for id in state.tasks_past_deadline(c.now_ms, limits::SWEEP_TASKS_MAX)? {
+            let task = state
+                .task(&id)?
+                .ok_or_else(|| StateError(format!("deadline index points at missing task {id}")))?;
+            expire_task(task, c.now_ms, state, out)?;
+            tasks_expired += 1;
+        }
     }
     let mut dedupe_dropped = 0u32;
     for (at, request_id) in state.dedupe_older_than(
@@ -493,6 +814,7 @@ fn sweep(
     }
     Ok(CommandResult::Swept {
         expired,
+        tasks_expired,
         dedupe_dropped,
     })
 }

@@ -19,10 +19,9 @@ pub trait LedgerState {
     fn dedupe(&self, request_id: &str) -> Result<Option<DedupeRecord>, StateError>;
     /// Ids of the grants of a task, at most `limit`.
     fn task_grant_ids(&self, task_id: &str, limit: usize) -> Result<Vec<String>, StateError>;
-    /// How many grants a task has been issued (revoked and expired ones
-    /// included), counted up to `limit` at most.
-    fn task_grant_count(&self, task_id: &str, limit: usize) -> Result<usize, StateError>;
-    fn task_completed(&self, task_id: &str) -> Result<bool, StateError>;
+    fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StateError>;
+    /// Open tasks whose deadline is at or before `now_ms`, soonest first, at most `limit`.
+    fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
     /// Active grants whose expiry is at or before `now_ms`, oldest first, at most `limit`.
     fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
     /// Dedupe records applied before `before_ms`, oldest first, at most `limit`:

@@ -36,6 +36,9 @@ pub struct GrantRecord {
     /// Hex SHA-256 of the token first handed out for this grant (kept to
     /// identify it; never the token itself).
     pub token_hash: String,
+    /// How far renewals may take `expires_at_ms`: the issue time plus the
+    /// longest TTL the cluster allowed then (`ttl_seconds_max`).
+    pub max_expires_at_ms: i64,
     pub state: GrantState,
     pub revoked_at_ms: i64,
     pub revoke_reason: String,
@@ -87,6 +90,18 @@ pub struct IssueCmd {
     pub token_hash: String,
     pub now_ms: i64,
     pub expires_at_ms: i64,
+    /// See GrantRecord::max_expires_at_ms.
+    pub max_expires_at_ms: i64,
+}
+
+/// Extend an active grant: its expiry becomes `expires_at_ms`, or as far
+/// towards it as the grant's maximum lifetime and its task's deadline let.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RenewCmd {
+    pub grant_id: String,
+    pub expires_at_ms: i64,
+    pub actor: String,
+    pub now_ms: i64,
 }
 
 /// One check inside a batch entry. The token's signature was verified by
@@ -117,9 +132,74 @@ pub struct RevokeCmd {
     pub now_ms: i64,
 }
 
+/// Where a task stands. Only an open task takes grants; closing it (by
+/// hand or at its deadline) is final.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    Open,
+    Completed,
+    Aborted,
+    /// Its deadline passed: closed by the leader's sweep.
+    Expired,
+}
+
+/// A task as stored: what was declared when it began, and how it ended.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct CompleteTaskCmd {
+pub struct TaskRecord {
     pub task_id: String,
+    /// The caller that began it; it may complete or abort it.
+    pub owner: String,
+    pub intent: String,
+    /// The tools (resources) the task says it will use, for the policy
+    /// (`context.declared_tools`).
+    pub declared_tools: Vec<String>,
+    pub begun_at_ms: i64,
+    /// No grant of the task outlives it; the sweep closes the task then.
+    pub deadline_ms: i64,
+    pub state: TaskState,
+    pub closed_at_ms: i64,
+    /// Who closed it (empty: the deadline sweep) and why.
+    pub closed_by: String,
+    pub close_reason: String,
+    /// Grants issued under the task (revoked and expired ones included).
+    pub grant_count: u64,
+    /// Hex SHA-256 over the Begin's parameters: a Begin retried with the
+    /// same ones is answered with the task, other ones are refused.
+    pub fingerprint: String,
+    /// Log index of the entry that began it.
+    pub begun_index: u64,
+}
+
+impl TaskRecord {
+    /// The state as of `now_ms`: an open task past its deadline is
+    /// expired, whether or not the sweep has closed it yet.
+    pub fn state_at(&self, now_ms: i64) -> TaskState {
+        match self.state {
+            TaskState::Open if now_ms >= self.deadline_ms => TaskState::Expired,
+            s => s,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BeginTaskCmd {
+    pub task_id: String,
+    pub owner: String,
+    pub intent: String,
+    pub declared_tools: Vec<String>,
+    pub deadline_ms: i64,
+    pub fingerprint: String,
+    pub now_ms: i64,
+}
+
+/// Complete or abort a task: every active grant of it is revoked in the
+/// same entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CloseTaskCmd {
+    pub task_id: String,
+    /// Completed or Aborted.
+    pub outcome: TaskState,
+    pub reason: String,
     pub actor: String,
     pub now_ms: i64,
 }
@@ -203,7 +283,9 @@ pub enum Command {
         checks: Vec<CheckCmd>,
     },
     Revoke(RevokeCmd),
-    CompleteTask(CompleteTaskCmd),
+    Renew(RenewCmd),
+    BeginTask(BeginTaskCmd),
+    CloseTask(CloseTaskCmd),
     Sweep(SweepCmd),
     RegisterKey(RegisterKeyCmd),
     Checkpoint(CheckpointCmd),
@@ -218,7 +300,9 @@ impl Command {
             Command::Issue(c) => Some(c.now_ms),
             Command::Checks { now_ms, .. } => Some(*now_ms),
             Command::Revoke(c) => Some(c.now_ms),
-            Command::CompleteTask(c) => Some(c.now_ms),
+            Command::Renew(c) => Some(c.now_ms),
+            Command::BeginTask(c) => Some(c.now_ms),
+            Command::CloseTask(c) => Some(c.now_ms),
             Command::Sweep(c) => Some(c.now_ms),
             Command::RegisterKey(c) => Some(c.now_ms),
             Command::Checkpoint(_) => None,
@@ -234,7 +318,11 @@ impl std::fmt::Display for Command {
             Command::Issue(c) => write!(f, "issue(req={}, grant={})", c.request_id, c.grant_id),
             Command::Checks { checks, .. } => write!(f, "checks(n={})", checks.len()),
             Command::Revoke(c) => write!(f, "revoke(grant={})", c.grant_id),
-            Command::CompleteTask(c) => write!(f, "complete_task(task={})", c.task_id),
+            Command::Renew(c) => write!(f, "renew(grant={})", c.grant_id),
+            Command::BeginTask(c) => write!(f, "begin_task(task={})", c.task_id),
+            Command::CloseTask(c) => {
+                write!(f, "close_task(task={}, {:?})", c.task_id, c.outcome)
+            }
             Command::Sweep(c) => write!(f, "sweep(now={})", c.now_ms),
             Command::RegisterKey(c) => write!(f, "register_key(node={})", c.node_id),
             Command::Checkpoint(_) => write!(f, "checkpoint"),
@@ -254,6 +342,8 @@ pub enum Reason {
     OutOfScope,
     BadToken,
     TaskCompleted,
+    /// The grant was revoked when its task was aborted.
+    TaskAborted,
     /// The grant covers the action, but the policy in force denies it.
     PolicyDenied,
 }
@@ -285,6 +375,7 @@ pub struct CheckOutcome {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     NotFound(String),
+    AlreadyExists(String),
     FailedPrecondition(String),
     ResourceExhausted(String),
 }
@@ -304,13 +395,30 @@ pub enum CommandResult {
         already_inactive: bool,
         audit: Option<AuditRef>,
     },
-    TaskCompleted {
+    Renewed {
+        grant: GrantRecord,
+        /// False when the expiry could not move further (the grant is at
+        /// its maximum lifetime or its task's deadline): no entry appended.
+        extended: bool,
+        audit: Option<AuditRef>,
+    },
+    TaskBegun {
+        task: TaskRecord,
+        replayed: bool,
+        /// None for a replay (the receipt names no new entry).
+        audit: Option<AuditRef>,
+    },
+    TaskClosed {
+        task: TaskRecord,
         revoked_grant_ids: Vec<String>,
-        already_completed: bool,
+        /// The task was already closed (by hand or its deadline): nothing
+        /// changed and no entry was appended.
+        already_closed: bool,
         audit: Option<AuditRef>,
     },
     Swept {
         expired: u32,
+        tasks_expired: u32,
         dedupe_dropped: u32,
     },
     KeyRegistered {
@@ -326,8 +434,9 @@ pub enum CommandResult {
         policy_ids: Vec<String>,
         audit: AuditRef,
     },
-    /// The policy in force denied an Issue: recorded, nothing issued.
-    IssueDenied {
+    /// The policy in force denied an Issue or a Renew: recorded, nothing
+    /// else changed.
+    PolicyDenied {
         message: String,
         policy_ids: Vec<String>,
         audit: AuditRef,
@@ -357,6 +466,12 @@ pub enum Write {
     /// Update a grant that is leaving the active state (revoked or expired):
     /// rewrites the row and drops it from the expiry index.
     Retire(GrantRecord),
+    /// An active grant's expiry moved: rewrites the row and moves its
+    /// expiry index entry.
+    Renew {
+        grant: GrantRecord,
+        previous_expires_at_ms: i64,
+    },
     PutDedupe {
         request_id: String,
         record: DedupeRecord,
@@ -365,42 +480,21 @@ pub enum Write {
         request_id: String,
         applied_at_ms: i64,
     },
-    CompleteTask {
-        task_id: String,
-    },
-    /// The number of grants a task has been issued, so that its cap is
-    /// checked without walking its index.
-    TaskCount {
-        task_id: String,
-        count: u64,
-    },
+    /// Write a task (begun, a grant counted, or closed); an open task is
+    /// in the deadline index, a closed one leaves it.
+    PutTask(TaskRecord),
     /// One audit entry, already chained (sequence, prev hash, hashes).
     Audit(Chained),
     /// Record a node's signing key in the roster (verifier key text).
-    RosterKey {
-        name: String,
-        verifier_key: String,
-    },
+    RosterKey { name: String, verifier_key: String },
     /// Publish a token verification key (JWK `x`) under its `kid`.
-    TokenKey {
-        kid: String,
-        x: String,
-    },
+    TokenKey { kid: String, x: String },
     /// Keep a signed checkpoint of this tree size.
-    PutCheckpoint {
-        size: u64,
-        note: String,
-    },
+    PutCheckpoint { size: u64, note: String },
     /// The replicated role mapping, as of log index `index`.
-    PutRoles {
-        index: u64,
-        roles_json: String,
-    },
+    PutRoles { index: u64, roles_json: String },
     /// The policy set in force, as of log index `index`.
-    PutPolicy {
-        index: u64,
-        record: PolicyRecord,
-    },
+    PutPolicy { index: u64, record: PolicyRecord },
 }
 
 /// The outcome of applying one entry.

@@ -10,7 +10,7 @@
 
 use grant_proto::audit::export::Line;
 
-use crate::ledger::{DedupeRecord, GrantRecord, Write};
+use crate::ledger::{DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
 use crate::raft::codec;
 
 /// On-disk format version, checked at start-up.
@@ -22,7 +22,9 @@ use crate::raft::codec;
 /// 3: the watch index (audit sequence numbers of revocations, expirations,
 ///    task completions and policy changes), so that Watch need not read
 ///    every check entry.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: tasks are records of their own (TASK, with a deadline index) in
+///    place of the completed-task markers (0x07) and grant counts (0x0f).
+pub const FORMAT_VERSION: u32 = 4;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -30,7 +32,7 @@ pub const BY_SUBJECT: u8 = 0x03;
 pub const EXPIRY: u8 = 0x04;
 pub const DEDUPE: u8 = 0x05;
 pub const DEDUPE_BY_TIME: u8 = 0x06;
-pub const TASK_COMPLETED: u8 = 0x07;
+// 0x07 held completed-task markers until format 4.
 pub const AUDIT: u8 = 0x08;
 pub const META: u8 = 0x09;
 pub const AUDIT_LEAF: u8 = 0x0a;
@@ -39,11 +41,13 @@ pub const CHECKPOINT: u8 = 0x0c;
 pub const ROSTER: u8 = 0x0d;
 /// Token verification keys: kid -> JWK `x`.
 pub const TOKEN_KEY: u8 = 0x0e;
-/// Grants issued per task (u64 BE); absent in state written before it was
-/// kept, where the task index is counted instead.
-pub const TASK_COUNT: u8 = 0x0f;
+// 0x0f held grant counts per task until format 4 (TaskRecord has them).
 /// The audit entries a revocation watcher needs: seq (u64 BE) -> empty.
 pub const WATCH: u8 = 0x10;
+/// Tasks: task id -> ledger::TaskRecord.
+pub const TASK: u8 = 0x11;
+/// Open tasks by deadline: deadline (ms BE) + task id -> empty.
+pub const TASK_DEADLINE: u8 = 0x12;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
@@ -102,8 +106,14 @@ pub fn dedupe(request_id: &str) -> Vec<u8> {
 pub fn dedupe_by_time(at_ms: i64, request_id: &str) -> Vec<u8> {
     key(DEDUPE_BY_TIME, &[&ms(at_ms), request_id.as_bytes()])
 }
-pub fn task_completed(task: &str) -> Vec<u8> {
-    key(TASK_COMPLETED, &[task.as_bytes()])
+pub fn task(task: &str) -> Vec<u8> {
+    key(TASK, &[task.as_bytes()])
+}
+pub fn task_deadline(at_ms: i64, task: &str) -> Vec<u8> {
+    key(TASK_DEADLINE, &[&ms(at_ms), task.as_bytes()])
+}
+pub fn task_deadline_upto(at_ms: i64) -> Vec<u8> {
+    key(TASK_DEADLINE, &[&ms(at_ms.saturating_add(1))])
 }
 pub fn audit(seq: u64) -> Vec<u8> {
     key(AUDIT, &[&seq.to_be_bytes()])
@@ -116,7 +126,12 @@ pub fn watched(kind: grant_proto::audit::Kind) -> bool {
     use grant_proto::audit::Kind;
     matches!(
         kind,
-        Kind::Revoke | Kind::Expire | Kind::CompleteTask | Kind::Policy
+        Kind::Revoke
+            | Kind::Expire
+            | Kind::CompleteTask
+            | Kind::AbortTask
+            | Kind::ExpireTask
+            | Kind::Policy
     )
 }
 pub fn audit_leaf(seq: u64) -> Vec<u8> {
@@ -128,15 +143,11 @@ pub fn tree_root(size: u64) -> Vec<u8> {
 pub fn checkpoint(size: u64) -> Vec<u8> {
     key(CHECKPOINT, &[&size.to_be_bytes()])
 }
-/// Prefix of every key recorded under a key name; the verifier key follows.
-pub fn task_count(task: &str) -> Vec<u8> {
-    key(TASK_COUNT, &[task.as_bytes()])
-}
-
 pub fn token_key(kid: &str) -> Vec<u8> {
     key(TOKEN_KEY, &[kid.as_bytes()])
 }
 
+/// Prefix of every key recorded under a key name; the verifier key follows.
 pub fn roster_prefix(name: &str) -> Vec<u8> {
     key(ROSTER, &[&lp(name)])
 }
@@ -199,6 +210,14 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             batch.insert(grant(&g.grant_id), codec::encode(g));
             batch.remove(expiry(g.expires_at_ms, &g.grant_id));
         }
+        Write::Renew {
+            grant: g,
+            previous_expires_at_ms,
+        } => {
+            batch.insert(grant(&g.grant_id), codec::encode(g));
+            batch.remove(expiry(*previous_expires_at_ms, &g.grant_id));
+            batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
+        }
         Write::PutDedupe { request_id, record } => {
             batch.insert(dedupe(request_id), codec::encode(record));
             batch.insert(dedupe_by_time(record.applied_at_ms, request_id), &[][..]);
@@ -210,8 +229,14 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             batch.remove(dedupe(request_id));
             batch.remove(dedupe_by_time(*applied_at_ms, request_id));
         }
-        Write::CompleteTask { task_id } => {
-            batch.insert(task_completed(task_id), &[][..]);
+        Write::PutTask(t) => {
+            batch.insert(task(&t.task_id), codec::encode(t));
+            let deadline = task_deadline(t.deadline_ms, &t.task_id);
+            if t.state == TaskState::Open {
+                batch.insert(deadline, &[][..]);
+            } else {
+                batch.remove(deadline);
+            }
         }
         Write::Audit(c) => {
             let line = Line::Entry {
@@ -232,9 +257,6 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());
         }
-        Write::TaskCount { task_id, count } => {
-            batch.insert(task_count(task_id), &count.to_be_bytes()[..]);
-        }
         Write::TokenKey { kid, x } => {
             batch.insert(token_key(kid), x.as_bytes());
         }
@@ -248,6 +270,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
 }
 
 pub fn decode_grant(v: &[u8]) -> std::io::Result<GrantRecord> {
+    codec::decode(v)
+}
+pub fn decode_task(v: &[u8]) -> std::io::Result<TaskRecord> {
     codec::decode(v)
 }
 pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {

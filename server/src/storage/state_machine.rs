@@ -26,6 +26,7 @@ use grant_proto::audit::Hash;
 
 use crate::ledger::{
     self, AuditEntry, Chain, CommandResult, DedupeRecord, GrantRecord, LedgerState, StateError,
+    TaskRecord,
 };
 use crate::raft::codec;
 use crate::raft::typ::*;
@@ -203,6 +204,13 @@ impl StateReader {
     pub fn grant(&self, id: &str) -> io::Result<Option<GrantRecord>> {
         match self.tree().get(ks::grant(id)).map_err(io_err)? {
             Some(v) => Ok(Some(ks::decode_grant(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn task(&self, id: &str) -> io::Result<Option<TaskRecord>> {
+        match self.tree().get(ks::task(id)).map_err(io_err)? {
+            Some(v) => Ok(Some(ks::decode_task(&v)?)),
             None => Ok(None),
         }
     }
@@ -387,26 +395,19 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
             .collect()
     }
-    fn task_grant_count(&self, task: &str, limit: usize) -> Result<usize, StateError> {
-        match self.0.get(ks::task_count(task)).map_err(se)? {
-            Some(v) => {
-                let n: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| se("task count is not 8 bytes"))?;
-                Ok(u64::from_be_bytes(n) as usize)
-            }
-            // Kept since format 2 was written: count the index once.
-            None => Ok(self
-                .0
-                .scan_prefix(ks::by_task_prefix(task))
-                .keys()
-                .take(limit)
-                .count()),
+    fn task(&self, task: &str) -> Result<Option<TaskRecord>, StateError> {
+        match self.0.get(ks::task(task)).map_err(se)? {
+            Some(v) => Ok(Some(ks::decode_task(&v).map_err(se)?)),
+            None => Ok(None),
         }
     }
-    fn task_completed(&self, task: &str) -> Result<bool, StateError> {
-        self.0.contains_key(ks::task_completed(task)).map_err(se)
+    fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.0
+            .range(vec![ks::TASK_DEADLINE]..ks::task_deadline_upto(now_ms))
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
+            .collect()
     }
     fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
         self.0
@@ -845,6 +846,17 @@ impl StateReader {
             .is_some())
     }
 
+    /// Whether any open task's deadline has passed by `now_ms`.
+    pub fn has_task_past_deadline(&self, now_ms: i64) -> io::Result<bool> {
+        Ok(self
+            .tree()
+            .range(vec![ks::TASK_DEADLINE]..ks::task_deadline_upto(now_ms))
+            .next()
+            .transpose()
+            .map_err(io_err)?
+            .is_some())
+    }
+
     /// Whether any dedupe record is older than `before_ms`.
     pub fn has_old_dedupe(&self, before_ms: i64) -> io::Result<bool> {
         let end = ks::dedupe_by_time(before_ms, "");
@@ -863,7 +875,27 @@ mod tests {
     use openraft::entry::RaftEntry;
 
     use super::*;
-    use crate::ledger::{Command, IssueCmd, RevokeCmd, Scope, SweepCmd};
+    use crate::ledger::{
+        BeginTaskCmd, CloseTaskCmd, Command, IssueCmd, RenewCmd, RevokeCmd, Scope, SweepCmd,
+        TaskState,
+    };
+
+    /// Begin tasks t0, t1, t2 (deadlines 5000, 6000, 7000) at log indexes
+    /// 1 to 3: the grants of `issue` go into them.
+    fn begin_tasks(sm: &mut StateMachine) {
+        for i in 0..3u64 {
+            let c = Command::BeginTask(BeginTaskCmd {
+                task_id: format!("t{i}"),
+                owner: "spiffe://example.org/o".into(),
+                intent: String::new(),
+                declared_tools: vec!["github".into()],
+                deadline_ms: 5000 + i as i64 * 1000,
+                fingerprint: "f".into(),
+                now_ms: 1000,
+            });
+            sm.apply_one(entry(i + 1, c)).unwrap();
+        }
+    }
 
     fn issue(i: u64) -> Command {
         Command::Issue(IssueCmd {
@@ -881,6 +913,7 @@ mod tests {
             token_hash: "h".into(),
             now_ms: 1000 + i as i64,
             expires_at_ms: 1000 + i as i64 * 10,
+            max_expires_at_ms: 1_000_000,
         })
     }
 
@@ -894,7 +927,8 @@ mod tests {
     async fn snapshot_copied_beside_apply_is_the_state_when_it_began() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
-        for i in 1..=20 {
+        begin_tasks(&mut sm);
+        for i in 4..=20 {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
         let before = sm.digest().unwrap();
@@ -903,7 +937,7 @@ mod tests {
         // retires more) and insert (new grants, audit entries).
         for i in 1..=5 {
             let c = Command::Revoke(RevokeCmd {
-                grant_id: format!("{i:032x}"),
+                grant_id: format!("{:032x}", i + 3),
                 reason: String::new(),
                 actor: String::new(),
                 now_ms: 1050,
@@ -930,13 +964,14 @@ mod tests {
         assert!(sm.capture.lock().unwrap().is_none());
     }
 
-    /// The task's grant count is kept as a counter and agrees with its index,
-    /// also where the counter is absent (state written before it was kept).
+    /// A task counts its grants; open tasks are found by deadline, and a
+    /// closed one leaves the deadline index.
     #[tokio::test]
-    async fn task_grant_count_follows_the_task_index() {
+    async fn tasks_count_their_grants_and_are_found_by_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
-        for i in 1..=30 {
+        begin_tasks(&mut sm);
+        for i in 4..=33 {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
         let tree = sm.reader.tree();
@@ -944,10 +979,58 @@ mod tests {
         for t in ["t0", "t1", "t2"] {
             let indexed = state.task_grant_ids(t, 1000).unwrap().len();
             assert_eq!(indexed, 10);
-            assert_eq!(state.task_grant_count(t, 1000).unwrap(), indexed);
-            tree.remove(ks::task_count(t)).unwrap();
-            assert_eq!(state.task_grant_count(t, 1000).unwrap(), indexed);
-            assert_eq!(state.task_grant_count(t, 4).unwrap(), 4);
+            assert_eq!(state.task(t).unwrap().unwrap().grant_count, 10);
         }
+        assert_eq!(
+            state.tasks_past_deadline(4999, 10).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            state.tasks_past_deadline(6000, 10).unwrap(),
+            vec!["t0", "t1"]
+        );
+        assert_eq!(state.tasks_past_deadline(9000, 1).unwrap(), vec!["t0"]);
+        let close = Command::CloseTask(CloseTaskCmd {
+            task_id: "t0".into(),
+            outcome: TaskState::Completed,
+            reason: String::new(),
+            actor: "spiffe://example.org/o".into(),
+            now_ms: 2000,
+        });
+        sm.apply_one(entry(34, close)).unwrap();
+        let tree = sm.reader.tree();
+        let state = SledState(&tree, None);
+        assert_eq!(
+            state.tasks_past_deadline(9000, 10).unwrap(),
+            vec!["t1", "t2"]
+        );
+        assert_eq!(
+            state.task("t0").unwrap().unwrap().state,
+            TaskState::Completed
+        );
+        assert!(sm.reader.has_task_past_deadline(6000).unwrap());
+        assert!(!sm.reader.has_task_past_deadline(5999).unwrap());
+    }
+
+    /// A renewal moves the grant in the expiry index: the sweep no longer
+    /// finds it at its old expiry, and finds it at the new one.
+    #[tokio::test]
+    async fn a_renewal_moves_the_grant_in_the_expiry_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        begin_tasks(&mut sm);
+        sm.apply_one(entry(4, issue(4))).unwrap(); // expires at 1040, task t1
+        assert!(sm.reader.has_expired(1040).unwrap());
+        let renew = Command::Renew(RenewCmd {
+            grant_id: format!("{:032x}", 4),
+            expires_at_ms: 3000,
+            actor: String::new(),
+            now_ms: 1010,
+        });
+        sm.apply_one(entry(5, renew)).unwrap();
+        assert!(!sm.reader.has_expired(2999).unwrap());
+        assert!(sm.reader.has_expired(3000).unwrap());
+        let g = sm.reader.grant(&format!("{:032x}", 4)).unwrap().unwrap();
+        assert_eq!(g.expires_at_ms, 3000);
     }
 }

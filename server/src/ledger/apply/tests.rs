@@ -8,7 +8,10 @@ use super::*;
 struct Mem {
     grants: BTreeMap<String, GrantRecord>,
     dedupe: BTreeMap<String, DedupeRecord>,
-    completed: BTreeSet<String>,
+    tasks: BTreeMap<String, TaskRecord>,
+    /// Issue into a task only once it has begun; otherwise (the tests not
+    /// about tasks) `run` opens the task of an Issue that names a new one.
+    explicit_tasks: bool,
     audit: Vec<AuditEntry>,
     chain: Chain,
     roots: BTreeMap<u64, grant_proto::audit::Hash>,
@@ -42,9 +45,6 @@ impl LedgerState for Mem {
     fn dedupe(&self, r: &str) -> Result<Option<DedupeRecord>, StateError> {
         Ok(self.dedupe.get(r).cloned())
     }
-    fn task_grant_count(&self, task: &str, limit: usize) -> Result<usize, StateError> {
-        Ok(self.task_grant_ids(task, limit)?.len())
-    }
     fn task_grant_ids(&self, task: &str, limit: usize) -> Result<Vec<String>, StateError> {
         Ok(self
             .grants
@@ -54,8 +54,18 @@ impl LedgerState for Mem {
             .take(limit)
             .collect())
     }
-    fn task_completed(&self, task: &str) -> Result<bool, StateError> {
-        Ok(self.completed.contains(task))
+    fn task(&self, task: &str) -> Result<Option<TaskRecord>, StateError> {
+        Ok(self.tasks.get(task).cloned())
+    }
+    fn tasks_past_deadline(&self, now: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut v: Vec<_> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Open && t.deadline_ms <= now)
+            .map(|t| (t.deadline_ms, t.task_id.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().take(limit).map(|(_, id)| id).collect())
     }
     fn expired_grant_ids(&self, now: i64, limit: usize) -> Result<Vec<String>, StateError> {
         let mut v: Vec<_> = self
@@ -85,6 +95,12 @@ impl LedgerState for Mem {
 
 impl Mem {
     fn run(&mut self, cmd: Command) -> CommandResult {
+        if let Command::Issue(c) = &cmd {
+            if !self.explicit_tasks && !self.tasks.contains_key(&c.task_id) {
+                self.tasks
+                    .insert(c.task_id.clone(), open_task(&c.task_id, i64::MAX / 2));
+            }
+        }
         self.index += 1;
         let a = apply(
             &cmd,
@@ -99,7 +115,7 @@ impl Mem {
         self.roots.insert(self.chain.size(), self.chain.root());
         for w in a.writes {
             match w {
-                Write::InsertGrant(g) | Write::Retire(g) => {
+                Write::InsertGrant(g) | Write::Retire(g) | Write::Renew { grant: g, .. } => {
                     self.grants.insert(g.grant_id.clone(), g);
                 }
                 Write::PutDedupe { request_id, record } => {
@@ -108,8 +124,8 @@ impl Mem {
                 Write::DeleteDedupe { request_id, .. } => {
                     self.dedupe.remove(&request_id);
                 }
-                Write::CompleteTask { task_id } => {
-                    self.completed.insert(task_id);
+                Write::PutTask(t) => {
+                    self.tasks.insert(t.task_id.clone(), t);
                 }
                 Write::Audit(c) => self.audit.push(c.entry),
                 Write::RosterKey { name, verifier_key } => {
@@ -118,8 +134,6 @@ impl Mem {
                 Write::PutCheckpoint { size, note } => {
                     self.checkpoints.insert(size, note);
                 }
-                // Derived from the grants here.
-                Write::TaskCount { .. } => {}
                 Write::TokenKey { kid, .. } => {
                     self.token_keys.insert(kid);
                 }
@@ -139,6 +153,48 @@ impl Mem {
 }
 
 const AGENT: &str = "spiffe://example.org/agent/planner";
+const OWNER: &str = "spiffe://example.org/orchestrator";
+
+/// An open task that declared "github", as a Begin at time 0 writes it.
+fn open_task(task: &str, deadline_ms: i64) -> TaskRecord {
+    TaskRecord {
+        task_id: task.into(),
+        owner: OWNER.into(),
+        intent: "triage".into(),
+        declared_tools: vec!["github".into()],
+        begun_at_ms: 0,
+        deadline_ms,
+        state: TaskState::Open,
+        closed_at_ms: 0,
+        closed_by: String::new(),
+        close_reason: String::new(),
+        grant_count: 0,
+        fingerprint: format!("begin-{task}"),
+        begun_index: 0,
+    }
+}
+
+fn begin_cmd(task: &str, deadline_ms: i64, now: i64) -> Command {
+    Command::BeginTask(BeginTaskCmd {
+        task_id: task.into(),
+        owner: OWNER.into(),
+        intent: "triage".into(),
+        declared_tools: vec!["github".into()],
+        deadline_ms,
+        fingerprint: format!("begin-{task}"),
+        now_ms: now,
+    })
+}
+
+fn close_cmd(task: &str, outcome: TaskState, now: i64) -> Command {
+    Command::CloseTask(CloseTaskCmd {
+        task_id: task.into(),
+        outcome,
+        reason: "done".into(),
+        actor: OWNER.into(),
+        now_ms: now,
+    })
+}
 
 fn issue_cmd(req: &str, grant: &str, task: &str, now: i64, ttl_ms: i64) -> Command {
     Command::Issue(IssueCmd {
@@ -156,6 +212,7 @@ fn issue_cmd(req: &str, grant: &str, task: &str, now: i64, ttl_ms: i64) -> Comma
         token_hash: format!("hash-{grant}"),
         now_ms: now,
         expires_at_ms: now + ttl_ms,
+        max_expires_at_ms: now + 3_600_000,
     })
 }
 
@@ -317,21 +374,24 @@ fn complete_task_revokes_all_and_closes_task() {
     m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
     m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
     m.run(issue_cmd("r3", "g3", "t2", 1000, 60_000));
-    match m.run(Command::CompleteTask(CompleteTaskCmd {
-        task_id: "t1".into(),
-        actor: "o".into(),
-        now_ms: 2000,
-    })) {
-        CommandResult::TaskCompleted {
+    match m.run(close_cmd("t1", TaskState::Completed, 2000)) {
+        CommandResult::TaskClosed {
             revoked_grant_ids,
-            already_completed,
+            already_closed,
+            task,
             ..
         } => {
             assert_eq!(revoked_grant_ids, vec!["g1".to_string(), "g2".to_string()]);
-            assert!(!already_completed);
+            assert!(!already_closed);
+            assert_eq!((task.state, task.grant_count), (TaskState::Completed, 2));
         }
         other => panic!("{other:?}"),
     }
+    let e = m.audit.last().unwrap();
+    assert_eq!(
+        (e.kind, e.detail.as_str()),
+        (Kind::CompleteTask, "revoked 2 grants")
+    );
     assert_eq!(
         reason(m.run(check_cmd("g1", AGENT, "github", "read", 3000))),
         Reason::TaskCompleted
@@ -345,14 +405,180 @@ fn complete_task_revokes_all_and_closes_task() {
         r,
         CommandResult::Rejected(Rejection::FailedPrecondition(_))
     ));
-    let again = m.run(Command::CompleteTask(CompleteTaskCmd {
-        task_id: "t1".into(),
-        actor: "o".into(),
-        now_ms: 4000,
-    }));
+    // Closing again, either way, changes nothing and appends nothing.
+    let entries = m.audit.len();
+    for outcome in [TaskState::Completed, TaskState::Aborted] {
+        let again = m.run(close_cmd("t1", outcome, 4000));
+        assert!(
+            matches!(again, CommandResult::TaskClosed { already_closed: true, ref revoked_grant_ids, audit: None, ref task } if revoked_grant_ids.is_empty() && task.state == TaskState::Completed)
+        );
+    }
+    assert_eq!(m.audit.len(), entries);
+}
+
+#[test]
+fn grants_are_issued_only_under_an_open_task_and_within_its_deadline() {
+    let mut m = Mem {
+        explicit_tasks: true,
+        ..Mem::default()
+    };
+    let r = m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
     assert!(
-        matches!(again, CommandResult::TaskCompleted { already_completed: true, ref revoked_grant_ids, .. } if revoked_grant_ids.is_empty())
+        matches!(r, CommandResult::Rejected(Rejection::NotFound(_))),
+        "{r:?}"
     );
+    assert!(m.grants.is_empty() && m.audit.is_empty());
+
+    assert!(matches!(
+        m.run(begin_cmd("t1", 50_000, 1000)),
+        CommandResult::TaskBegun {
+            replayed: false,
+            audit: Some(_),
+            ..
+        }
+    ));
+    let e = m.audit.last().unwrap();
+    assert_eq!(
+        (e.kind, e.actor.as_str(), e.resource.as_str()),
+        (Kind::BeginTask, OWNER, "github")
+    );
+    // A retry is answered with the task; other parameters are refused.
+    assert!(matches!(
+        m.run(begin_cmd("t1", 50_000, 2000)),
+        CommandResult::TaskBegun {
+            replayed: true,
+            audit: None,
+            ..
+        }
+    ));
+    let mut other = begin_cmd("t1", 90_000, 2000);
+    if let Command::BeginTask(c) = &mut other {
+        c.fingerprint = "other".into();
+    }
+    assert!(matches!(
+        m.run(other),
+        CommandResult::Rejected(Rejection::AlreadyExists(_))
+    ));
+    assert_eq!(m.tasks["t1"].deadline_ms, 50_000);
+
+    // A grant that would outlive the deadline is refused (the API node
+    // caps its TTL; this is the ledger's own guard).
+    let r = m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    assert!(
+        matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(_))),
+        "{r:?}"
+    );
+    assert!(matches!(
+        m.run(issue_cmd("r2", "g2", "t1", 1000, 49_000)),
+        CommandResult::Issued {
+            replayed: false,
+            ..
+        }
+    ));
+    assert_eq!(m.tasks["t1"].grant_count, 1);
+
+    // Past the deadline: no grant, even before the sweep closes the task.
+    let r = m.run(issue_cmd("r3", "g3", "t1", 50_000, 1));
+    assert!(
+        matches!(r, CommandResult::Rejected(Rejection::FailedPrecondition(ref m)) if m.contains("deadline")),
+        "{r:?}"
+    );
+    assert!(!m.grants.contains_key("g3"));
+}
+
+#[test]
+fn aborting_a_task_revokes_its_grants_with_the_reason() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    // One grant already past its expiry: retired as expired, with its entry.
+    m.run(issue_cmd("r2", "g2", "t1", 1000, 500));
+    match m.run(close_cmd("t1", TaskState::Aborted, 2000)) {
+        CommandResult::TaskClosed {
+            revoked_grant_ids,
+            task,
+            ..
+        } => {
+            assert_eq!(revoked_grant_ids, vec!["g1".to_string()]);
+            assert_eq!(
+                (task.state, task.close_reason.as_str()),
+                (TaskState::Aborted, "done")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.grants["g2"].state, GrantState::Expired);
+    let kinds: Vec<Kind> = m.audit.iter().rev().take(2).map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![Kind::AbortTask, Kind::Expire]);
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 3000))),
+        Reason::TaskAborted
+    );
+}
+
+#[test]
+fn the_sweep_closes_a_task_at_its_deadline_once_its_grants_have_expired() {
+    let mut m = Mem {
+        explicit_tasks: true,
+        ..Mem::default()
+    };
+    m.run(begin_cmd("t1", 10_000, 1000));
+    m.run(begin_cmd("t2", 99_000, 1000));
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 9_000));
+    // The grants first: a sweep that expires some closes no task.
+    assert_eq!(
+        m.run(Command::Sweep(SweepCmd { now_ms: 10_000 })),
+        CommandResult::Swept {
+            expired: 1,
+            tasks_expired: 0,
+            dedupe_dropped: 0
+        }
+    );
+    assert_eq!(
+        m.run(Command::Sweep(SweepCmd { now_ms: 10_001 })),
+        CommandResult::Swept {
+            expired: 0,
+            tasks_expired: 1,
+            dedupe_dropped: 0
+        }
+    );
+    assert_eq!(m.tasks["t1"].state, TaskState::Expired);
+    assert_eq!(m.tasks["t2"].state, TaskState::Open);
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.task_id.as_str()), (Kind::ExpireTask, "t1"));
+    // Closing it by hand now changes nothing.
+    assert!(matches!(
+        m.run(close_cmd("t1", TaskState::Completed, 11_000)),
+        CommandResult::TaskClosed {
+            already_closed: true,
+            audit: None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn closing_a_task_past_its_deadline_before_the_sweep_expires_it() {
+    let mut m = Mem {
+        explicit_tasks: true,
+        ..Mem::default()
+    };
+    m.run(begin_cmd("t1", 10_000, 1000));
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 9_000));
+    match m.run(close_cmd("t1", TaskState::Completed, 12_000)) {
+        CommandResult::TaskClosed {
+            already_closed: true,
+            audit: Some(_),
+            task,
+            revoked_grant_ids,
+        } => {
+            assert_eq!(task.state, TaskState::Expired);
+            assert!(revoked_grant_ids.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.grants["g1"].state, GrantState::Expired);
+    let kinds: Vec<Kind> = m.audit.iter().rev().take(2).map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![Kind::ExpireTask, Kind::Expire]);
 }
 
 #[test]
@@ -364,6 +590,7 @@ fn sweep_retires_expired_and_old_dedupe() {
         m.run(Command::Sweep(SweepCmd { now_ms: 2000 })),
         CommandResult::Swept {
             expired: 1,
+            tasks_expired: 0,
             dedupe_dropped: 0
         }
     );
@@ -374,6 +601,7 @@ fn sweep_retires_expired_and_old_dedupe() {
         m.run(Command::Sweep(SweepCmd { now_ms: later })),
         CommandResult::Swept {
             expired: 1,
+            tasks_expired: 0,
             dedupe_dropped: 2
         }
     );
@@ -613,7 +841,7 @@ fn policy_decides_issue_and_records_the_denial() {
         c.issuer = "spiffe://example.org/ci".into();
     }
     match m.run(cmd.clone()) {
-        CommandResult::IssueDenied {
+        CommandResult::PolicyDenied {
             message,
             policy_ids,
             ..
@@ -632,7 +860,7 @@ fn policy_decides_issue_and_records_the_denial() {
         c.scopes[0].resource = "prod/db".into();
     }
     match m.run(cmd) {
-        CommandResult::IssueDenied { policy_ids, .. } => {
+        CommandResult::PolicyDenied { policy_ids, .. } => {
             assert_eq!(policy_ids, vec!["no-prod-without-ticket"])
         }
         other => panic!("{other:?}"),
@@ -675,7 +903,7 @@ fn policy_decides_check_with_the_tool_servers_attributes() {
         c.now_ms = 1000;
     }
     // Issued before the policy forbade it? No: issued now, so it is denied.
-    assert!(matches!(m.run(prod), CommandResult::IssueDenied { .. }));
+    assert!(matches!(m.run(prod), CommandResult::PolicyDenied { .. }));
     m.run(set_policy(r#"@id("reads") permit (principal, action == Action::"read", resource) when { context.request has ticket };"#, NoMatch::Deny, 2500));
     let mut with_ticket = check_cmd("g1", AGENT, "github", "read", 3000);
     if let Command::Checks { checks, .. } = &mut with_ticket {
@@ -710,4 +938,111 @@ fn no_match_allow_lets_through_what_no_policy_forbids() {
         m.run(issue_cmd("r2", "g2", "t1", 2000, 60_000)),
         CommandResult::Issued { .. }
     ));
+}
+
+fn renew_cmd(grant: &str, to_ms: i64, now: i64) -> Command {
+    Command::Renew(RenewCmd {
+        grant_id: grant.into(),
+        expires_at_ms: to_ms,
+        actor: AGENT.into(),
+        now_ms: now,
+    })
+}
+
+fn expiry_after(r: CommandResult) -> (i64, bool) {
+    match r {
+        CommandResult::Renewed {
+            grant, extended, ..
+        } => (grant.expires_at_ms, extended),
+        other => panic!("not a renewal: {other:?}"),
+    }
+}
+
+#[test]
+fn renew_extends_within_the_maximum_lifetime_and_the_task_deadline() {
+    let mut m = Mem {
+        explicit_tasks: true,
+        ..Mem::default()
+    };
+    m.run(begin_cmd("t1", 100_000, 0));
+    m.run(begin_cmd("t2", 10_000_000, 0));
+    // Issued at 1 s for 10 s; the maximum lifetime is an hour.
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 10_000));
+    assert_eq!(
+        expiry_after(m.run(renew_cmd("g1", 25_000, 5000))),
+        (25_000, true)
+    );
+    let e = m.audit.last().unwrap();
+    assert_eq!(
+        (e.kind, e.grant_id.as_str(), e.actor.as_str()),
+        (Kind::Renew, "g1", AGENT)
+    );
+    assert!(
+        e.detail.contains("\"previous_expires_at_ms\":11000"),
+        "{}",
+        e.detail
+    );
+    // The task's deadline caps it, then nothing moves (and nothing is recorded).
+    assert_eq!(
+        expiry_after(m.run(renew_cmd("g1", 500_000, 6000))),
+        (100_000, true)
+    );
+    let entries = m.audit.len();
+    assert_eq!(
+        expiry_after(m.run(renew_cmd("g1", 500_000, 7000))),
+        (100_000, false)
+    );
+    assert_eq!(m.audit.len(), entries);
+    // The maximum lifetime caps it (issue time + an hour).
+    m.run(issue_cmd("r2", "g2", "t2", 1000, 10_000));
+    assert_eq!(
+        expiry_after(m.run(renew_cmd("g2", 9_000_000, 8000))),
+        (3_601_000, true)
+    );
+    // Neither a revoked nor an expired grant renews; nor an unknown one.
+    m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g2".into(),
+        reason: "done".into(),
+        actor: OWNER.into(),
+        now_ms: 9000,
+    }));
+    assert!(matches!(
+        m.run(renew_cmd("g2", 20_000, 10_000)),
+        CommandResult::Rejected(Rejection::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        m.run(renew_cmd("g1", 200_000, 100_000)),
+        CommandResult::Rejected(Rejection::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        m.run(renew_cmd("nope", 20_000, 10_000)),
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+}
+
+#[test]
+fn renew_asks_the_policy_about_the_whole_lifetime() {
+    let mut m = Mem::default();
+    let short_lived = r#"
+@id("short-grants") permit (principal, action == Action::"issue", resource)
+  when { context.ttl_seconds <= 60 };
+"#;
+    m.run(set_policy(short_lived, NoMatch::Deny, 0));
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 30_000));
+    // 50 s of lifetime in all: allowed, with the permit on the record.
+    assert_eq!(
+        expiry_after(m.run(renew_cmd("g1", 51_000, 2000))),
+        (51_000, true)
+    );
+    assert_eq!(m.audit.last().unwrap().policy_ids, vec!["short-grants"]);
+    // 120 s in all: denied, recorded, the expiry stays.
+    match m.run(renew_cmd("g1", 121_000, 3000)) {
+        CommandResult::PolicyDenied { message, .. } => {
+            assert!(message.contains("lifetime of 120 s"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.decision), (Kind::Renew, Decision::Deny));
+    assert_eq!(m.grants["g1"].expires_at_ms, 51_000);
 }
