@@ -36,6 +36,9 @@ impl LedgerState for Mem {
     fn task_grant_ids(&self, _: &str, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
     }
+    fn child_grant_ids(&self, _: &str, _: usize) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
     /// Every task is open, declared "github", and far from its deadline.
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, StateError> {
         Ok(Some(TaskRecord {

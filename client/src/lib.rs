@@ -357,6 +357,27 @@ impl Client {
         .await
     }
 
+    /// Delegate a sub-grant from a grant this caller holds. Retry-safe by
+    /// request id (generated when empty).
+    pub async fn delegate(
+        &self,
+        mut req: pb::DelegateRequest,
+    ) -> Result<pb::IssueResponse, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                GrantsClient::new(ch)
+                    .delegate(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
     /// Extend a grant (its issuer or its subject). Safe to retry: a second
     /// renewal extends from its own time.
     pub async fn renew(&self, req: pb::RenewRequest) -> Result<pb::RenewResponse, ClientError> {

@@ -143,6 +143,31 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Delegate a sub-grant from a grant you hold (as its subject): a
+    /// subset of its scopes, expiring no later, to another workload, in the
+    /// same task. Revoking the parent revokes it. Prints the sub-grant and
+    /// its token.
+    Delegate {
+        /// The parent grant's token.
+        #[arg(long)]
+        parent_token: String,
+        /// Workload identity the sub-grant is bound to.
+        #[arg(long)]
+        subject: String,
+        /// What the sub-grant is for, within the task.
+        #[arg(long, default_value = "")]
+        sub_task: String,
+        /// RESOURCE=ACTION[,ACTION...], within the parent's scopes; repeat.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "")]
+        intent: String,
+        /// Seconds until expiry (capped at the parent's); 0 takes the default.
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
     /// Extend a grant's expiry (its issuer or its subject may): up to the
     /// grant's maximum lifetime and its task's deadline. Prints the grant
     /// and a fresh token.
@@ -316,6 +341,11 @@ fn print_grant(g: &pb::Grant) {
         println!("scope: {}={}", s.resource, s.actions.join(","));
     }
     println!("intent: {}", g.intent);
+    if !g.parent_grant_id.is_empty() {
+        println!("parent_grant_id: {}", g.parent_grant_id);
+        println!("sub_task: {}", g.sub_task);
+        println!("depth: {}", g.depth);
+    }
     println!("state: {}", state_name(g.state));
     println!("issued_at_ms: {}", g.issued_at_ms);
     println!("expires_at_ms: {}", g.expires_at_ms);
@@ -429,9 +459,43 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 print_grant(g);
             }
             println!("already_inactive: {}", r.already_inactive);
+            for id in &r.descendants_revoked {
+                println!("revoked with it: {id}");
+            }
             print_receipt(&r.receipt);
         }
         Cmd::Task(c) => return task_cmd::run(&client, c).await,
+        Cmd::Delegate {
+            parent_token,
+            subject,
+            sub_task,
+            scopes,
+            intent,
+            ttl,
+            request_id,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| parse_scope(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let r = client
+                .delegate(pb::DelegateRequest {
+                    request_id,
+                    parent_token,
+                    subject,
+                    sub_task,
+                    scopes,
+                    intent,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(e)?;
+            if let Some(g) = &r.grant {
+                print_grant(g);
+            }
+            println!("token: {}", r.token);
+            print_receipt(&r.receipt);
+        }
         Cmd::Renew { grant_id, ttl } => {
             let r = client
                 .renew(pb::RenewRequest {

@@ -24,6 +24,8 @@ pub const SCHEMA_DEFAULT: &str = include_str!("schema.cedarschema");
 
 /// The Cedar action of Issue; tool actions are any other name.
 pub const ISSUE_ACTION: &str = "issue";
+/// The Cedar action of Delegate (a grant holder handing on a sub-grant).
+pub const DELEGATE_ACTION: &str = "delegate";
 
 /// Bytes of policy text in one policy set.
 pub const POLICY_TEXT_BYTES_MAX: usize = 256 * 1024;
@@ -411,6 +413,16 @@ impl Compiled {
     }
 
     pub fn issue(&self, q: &IssueQuery<'_>) -> Decision {
+        self.issue_as(ISSUE_ACTION, q)
+    }
+
+    /// A delegation: the grant holder (`caller`) hands a sub-grant to
+    /// `subject`; asked as `Action::"delegate"` with the Issue context.
+    pub fn delegate(&self, q: &IssueQuery<'_>) -> Decision {
+        self.issue_as(DELEGATE_ACTION, q)
+    }
+
+    fn issue_as(&self, action: &str, q: &IssueQuery<'_>) -> Decision {
         let context = vec![
             ("subject", s(q.subject)),
             ("task", s(q.task)),
@@ -423,7 +435,7 @@ impl Compiled {
             ("actions", set(q.actions)),
             ("time", time(q.now_ms)),
         ];
-        self.decide(q.caller, ISSUE_ACTION, q.resource, context)
+        self.decide(q.caller, action, q.resource, context)
     }
 
     pub fn check(&self, q: &CheckQuery<'_>) -> Decision {

@@ -114,6 +114,59 @@ fn nothing_outside_the_task_declared_tools() {
 }
 
 #[test]
+fn production_grants_live_ten_minutes() {
+    let c = examples();
+    let actions = vec!["read".to_string()];
+    let ask = |ttl_seconds: u64| {
+        c.issue(&IssueQuery {
+            caller: ORCH,
+            subject: AGENT,
+            task: "t1",
+            declared_tools: &declared(),
+            intent: "fix OPS-1",
+            ttl_seconds,
+            resource: "prod/db",
+            actions: &actions,
+            now_ms: monday_at(10),
+        })
+    };
+    assert!(ask(600).allow);
+    let d = ask(601);
+    assert_eq!(
+        (d.allow, d.policy_ids),
+        (false, vec!["prod-grants-live-ten-minutes".to_string()])
+    );
+}
+
+#[test]
+fn agents_delegate_to_agents_only() {
+    let c = examples();
+    let ask = |caller: &str, to: &str| {
+        let actions = vec!["read".to_string()];
+        c.delegate(&IssueQuery {
+            caller,
+            subject: to,
+            task: "t1",
+            declared_tools: &declared(),
+            intent: "triage",
+            ttl_seconds: 60,
+            resource: "github",
+            actions: &actions,
+            now_ms: monday_at(10),
+        })
+    };
+    let d = ask(AGENT, "spiffe://example.org/agent/helper");
+    assert_eq!(
+        (d.allow, d.policy_ids),
+        (true, vec!["agents-delegate-to-agents".to_string()])
+    );
+    // Not to a tool, and "agents-use-grants" does not let it through.
+    let d = ask(AGENT, "spiffe://example.org/tool/github");
+    assert_eq!((d.allow, d.policy_ids), (false, Vec::<String>::new()));
+    assert!(!ask(ORCH, "spiffe://example.org/agent/helper").allow);
+}
+
+#[test]
 fn production_needs_a_ticket_in_the_intent() {
     let c = examples();
     let d = issue(&c, ORCH, "prod/db", "look around", &["read"], monday_at(10));

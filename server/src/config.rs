@@ -86,6 +86,10 @@ pub struct Args {
     /// may live, renewals included [default: 3600].
     #[arg(long, env = "GRANTD_TTL_SECONDS_MAX")]
     pub ttl_seconds_max: Option<u64>,
+    /// Deepest delegation: a grant delegated from an issued grant is at
+    /// depth 1, one delegated from that at 2, ... [default: 3].
+    #[arg(long, env = "GRANTD_DELEGATION_DEPTH_MAX")]
+    pub delegation_depth_max: Option<u32>,
     /// Deadline of a task whose Begin does not name one [default: 86400].
     #[arg(long, env = "GRANTD_TASK_DEADLINE_SECONDS_DEFAULT")]
     pub task_deadline_seconds_default: Option<u64>,
@@ -197,6 +201,7 @@ struct FileConfig {
     logs_kept_after_snapshot: Option<u64>,
     ttl_seconds_default: Option<u64>,
     ttl_seconds_max: Option<u64>,
+    delegation_depth_max: Option<u32>,
     task_deadline_seconds_default: Option<u64>,
     task_deadline_seconds_max: Option<u64>,
     check_batch_max: Option<usize>,
@@ -232,6 +237,7 @@ pub struct Config {
     pub logs_kept_after_snapshot: u64,
     pub ttl_seconds_default: u64,
     pub ttl_seconds_max: u64,
+    pub delegation_depth_max: u32,
     pub task_deadline_seconds_default: u64,
     pub task_deadline_seconds_max: u64,
     pub check_batch_max: usize,
@@ -349,6 +355,7 @@ impl Config {
             logs_kept_after_snapshot: pick!(logs_kept_after_snapshot, 1000),
             ttl_seconds_default: pick!(ttl_seconds_default, 300),
             ttl_seconds_max: pick!(ttl_seconds_max, 3600),
+            delegation_depth_max: pick!(delegation_depth_max, 3),
             task_deadline_seconds_default: pick!(task_deadline_seconds_default, 86_400),
             task_deadline_seconds_max: pick!(task_deadline_seconds_max, 604_800),
             check_batch_max: pick!(check_batch_max, 256),
@@ -427,6 +434,12 @@ impl Config {
             return bad(
                 "ttl_seconds_default",
                 "must be in 1..=ttl_seconds_max".into(),
+            );
+        }
+        if self.delegation_depth_max > limits::DELEGATION_DEPTH_CEILING {
+            return bad(
+                "delegation_depth_max",
+                format!("must be at most {}", limits::DELEGATION_DEPTH_CEILING),
             );
         }
         if self.task_deadline_seconds_max == 0

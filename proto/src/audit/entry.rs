@@ -40,6 +40,9 @@ pub enum Kind {
     /// A grant's expiry was extended; `detail` holds the new and previous
     /// expiry as JSON. A renewal the policy denied has decision `deny`.
     Renew = 13,
+    /// A grant's holder delegated a sub-grant (`actor` is the holder);
+    /// `detail` names the parent, the sub-task and the depth as JSON.
+    Delegate = 14,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

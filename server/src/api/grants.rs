@@ -1,9 +1,10 @@
-//! The Grants service: Issue, Check, Revoke, Get, List, Jwks, Watch; the
-//! task RPCs are in `tasks`.
+//! The Grants service: Check, Revoke, Get, List, Jwks, Watch; Issue,
+//! Delegate and Renew are in `minting`, the task RPCs in `api::tasks`.
+
+mod minting;
 
 use grant_proto::v1 as pb;
 use grant_proto::v1::grants_server::Grants;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::batcher::CheckBatcher;
@@ -143,6 +144,9 @@ fn to_pb_grant(g: &GrantRecord, now: i64) -> pb::Grant {
         revoked_at_ms: g.revoked_at_ms,
         revoke_reason: g.revoke_reason.clone(),
         issuer: g.issuer.clone(),
+        parent_grant_id: g.parent_grant_id.clone(),
+        sub_task: g.sub_task.clone(),
+        depth: g.depth,
     }
 }
 
@@ -169,39 +173,6 @@ pub(crate) fn unexpected(r: CommandResult) -> ApiError {
     }
 }
 
-/// Fingerprint of an Issue's parameters: a request id reused with other
-/// parameters is refused instead of answered with the first grant. The issuing
-/// caller is part of it: another caller reusing the id gets a conflict, not
-/// someone else's grant (nor a token for it).
-fn fingerprint(
-    issuer: &str,
-    r: &pb::IssueRequest,
-    scopes: &[ledger::Scope],
-    ttl_seconds: u64,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        issuer.as_bytes(),
-        r.subject.as_bytes(),
-        r.task_id.as_bytes(),
-        r.intent.as_bytes(),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    for s in scopes {
-        h.update((s.resource.len() as u64).to_be_bytes());
-        h.update(s.resource.as_bytes());
-        for a in &s.actions {
-            h.update((a.len() as u64).to_be_bytes());
-            h.update(a.as_bytes());
-        }
-        h.update(b"\xff");
-    }
-    h.update(ttl_seconds.to_be_bytes());
-    hex::encode(h.finalize())
-}
-
 #[tonic::async_trait]
 impl Grants for GrantsService {
     type WatchStream = super::watch::WatchStream;
@@ -219,95 +190,19 @@ impl Grants for GrantsService {
         req: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let caller = Caller::of(&req);
-        let r = req.into_inner();
-        validate::request_id(&r.request_id)?;
-        log_request_id(&r.request_id);
-        validate::spiffe_id("subject", &r.subject)?;
-        if !self.ctx.access.may_issue_for(&caller, &r.subject) {
-            return Err(ApiError::PermissionDenied(format!(
-                "{} may not issue grants for {}: no roles.issuer entry pairs them",
-                caller.id(),
-                r.subject
-            ))
-            .into());
-        }
-        validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
-        validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
-        let scopes: Vec<ledger::Scope> = r
-            .scopes
-            .iter()
-            .map(|s| ledger::Scope {
-                resource: s.resource.clone(),
-                actions: s.actions.clone(),
-            })
-            .collect();
-        validate::scopes(&scopes)?;
-        let cfg = &self.ctx.config;
-        let ttl_seconds = match r.ttl_seconds {
-            0 => cfg.ttl_seconds_default,
-            t if t > cfg.ttl_seconds_max => {
-                return Err(ApiError::invalid(
-                    "ttl_seconds",
-                    format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max),
-                )
-                .into())
-            }
-            t => t,
-        };
-        // The task must exist; a closed one is left to the ledger, which
-        // answers a retried request id with its grant before it refuses.
-        let task = tasks::known_task(&self.ctx, &r.task_id).await?;
-        let key = self.signing_key().await?;
-        let now = now_ms();
-        let grant_id = new_grant_id();
-        let expires_at_ms = tasks::grant_expiry(&task, now, ttl_seconds);
-        let claims = token::Claims::of(
-            &self.ctx.config.audit_origin,
-            &grant_id,
-            &r.subject,
-            &r.task_id,
-            &scopes,
-            caller.id(),
-            now,
-            expires_at_ms,
-        );
-        let minted = token::mint(&key.token, &claims)?;
-        let cmd = Command::Issue(ledger::IssueCmd {
-            request_id: r.request_id.clone(),
-            fingerprint: fingerprint(caller.id(), &r, &scopes, ttl_seconds),
-            grant_id,
-            subject: r.subject.clone(),
-            task_id: r.task_id.clone(),
-            scopes,
-            intent: r.intent.clone(),
-            issuer: caller.id().to_string(),
-            token_hash: minted.token_hash,
-            now_ms: now,
-            expires_at_ms,
-            max_expires_at_ms: now + (cfg.ttl_seconds_max as i64) * 1000,
-        });
-        match self.ctx.propose(cmd).await? {
-            (
-                CommandResult::Issued {
-                    grant,
-                    replayed,
-                    audit,
-                },
-                index,
-            ) => Ok(Response::new(pb::IssueResponse {
-                grant: Some(to_pb_grant(&grant, now_ms())),
-                // A replay comes from the same issuer (the fingerprint
-                // binds it): it gets a token for the grant it created.
-                token: if replayed {
-                    self.token_of(&key, &grant)?.token
-                } else {
-                    minted.token
-                },
-                replayed,
-                receipt: receipt(index, audit),
-            })),
-            (other, _) => Err(unexpected(other).into()),
-        }
+        Ok(Response::new(
+            self.issue_rpc(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn delegate(
+        &self,
+        req: Request<pb::DelegateRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        let caller = Caller::of(&req);
+        Ok(Response::new(
+            self.delegate_rpc(&caller, req.into_inner()).await?,
+        ))
     }
 
     async fn check(
@@ -375,12 +270,14 @@ impl Grants for GrantsService {
                     grant,
                     already_inactive,
                     audit,
+                    descendants_revoked,
                 },
                 index,
             ) => Ok(Response::new(pb::RevokeResponse {
                 grant: Some(to_pb_grant(&grant, now_ms())),
                 already_inactive,
                 receipt: receipt(index, audit),
+                descendants_revoked,
             })),
             (other, _) => Err(unexpected(other).into()),
         }
@@ -391,71 +288,9 @@ impl Grants for GrantsService {
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
         let caller = Caller::of(&req);
-        let r = req.into_inner();
-        validate::grant_id("grant_id", &r.grant_id)?;
-        let cfg = &self.ctx.config;
-        let ttl_seconds = match r.ttl_seconds {
-            0 => cfg.ttl_seconds_default,
-            t if t > cfg.ttl_seconds_max => {
-                return Err(ApiError::invalid(
-                    "ttl_seconds",
-                    format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max),
-                )
-                .into())
-            }
-            t => t,
-        };
-        // A grant's issuer and subject never change: any applied state,
-        // or a read through the leader if this node has not seen it yet.
-        let known = match self.ctx.state.grant(&r.grant_id).map_err(ApiError::from)? {
-            Some(g) => Some(g),
-            None => {
-                self.ctx.read_barrier(false).await?;
-                self.ctx.state.grant(&r.grant_id).map_err(ApiError::from)?
-            }
-        };
-        let g = known.ok_or_else(|| ApiError::NotFound(format!("no grant {}", r.grant_id)))?;
-        if caller.id() != g.issuer && caller.id() != g.subject {
-            return Err(ApiError::PermissionDenied(format!(
-                "{} may not renew grant {}: only its issuer or its subject may",
-                caller.id(),
-                r.grant_id
-            ))
-            .into());
-        }
-        let key = self.signing_key().await?;
-        let now = now_ms();
-        let cmd = Command::Renew(ledger::RenewCmd {
-            grant_id: r.grant_id,
-            expires_at_ms: now + (ttl_seconds as i64) * 1000,
-            actor: caller.id().to_string(),
-            now_ms: now,
-        });
-        match self.ctx.propose(cmd).await? {
-            (
-                CommandResult::Renewed {
-                    grant,
-                    extended,
-                    audit,
-                },
-                index,
-            ) => {
-                let deadline = self
-                    .ctx
-                    .state
-                    .task(&grant.task_id)
-                    .map_err(ApiError::from)?
-                    .map_or(i64::MAX, |t| t.deadline_ms);
-                Ok(Response::new(pb::RenewResponse {
-                    token: self.token_of(&key, &grant)?.token,
-                    max_expires_at_ms: grant.max_expires_at_ms.min(deadline),
-                    grant: Some(to_pb_grant(&grant, now_ms())),
-                    extended,
-                    receipt: receipt(index, audit),
-                }))
-            }
-            (other, _) => Err(unexpected(other).into()),
-        }
+        Ok(Response::new(
+            self.renew_rpc(&caller, req.into_inner()).await?,
+        ))
     }
 
     async fn begin_task(

@@ -219,8 +219,9 @@ pub enum Need {
     /// Completing or aborting a task: a revoker, or an issuer (the handler
     /// lets an issuer close only the tasks it owns).
     TaskCloser,
-    /// Renew: any authenticated caller reaches the handler, which lets only
-    /// the grant's issuer or its subject renew it.
+    /// Renew and Delegate: any authenticated caller reaches the handler,
+    /// which lets only the grant's issuer or its subject renew it, and only
+    /// its subject delegate from it.
     IssuerOrSubject,
 }
 
@@ -233,6 +234,8 @@ pub fn need(path: &str) -> Option<Need> {
         ("grantledger.v1.Grants", "Check") => Need::CheckerOrSubject,
         ("grantledger.v1.Grants", "Revoke") => Need::Role(Role::Revoker),
         ("grantledger.v1.Grants", "Renew") => Need::IssuerOrSubject,
+        // The parent grant's holder, whatever its roles (the handler checks).
+        ("grantledger.v1.Grants", "Delegate") => Need::IssuerOrSubject,
         ("grantledger.v1.Grants", "BeginTask") => Need::Role(Role::Issuer),
         ("grantledger.v1.Grants", "CompleteTask" | "AbortTask") => Need::TaskCloser,
         ("grantledger.v1.Grants", "Get" | "List" | "GetTask") => Need::Reader,

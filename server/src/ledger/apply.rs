@@ -77,7 +77,8 @@ pub fn apply(
         log_index: ctx.log_index,
     };
     let result = match cmd {
-        Command::Issue(c) => issue(c, ctx.log_index, state, &mut out)?,
+        Command::Issue(c) => issue(c, None, ctx.log_index, state, &mut out)?,
+        Command::Delegate(d) => issue(&d.grant, Some(d), ctx.log_index, state, &mut out)?,
         Command::Checks { now_ms, checks } => {
             let mut outcomes = Vec::with_capacity(checks.len());
             for c in checks {
@@ -102,8 +103,11 @@ pub fn apply(
     })
 }
 
+/// Issue a grant, or delegate one (`delegation`): the same rules, and for
+/// a delegation those of its parent grant.
 fn issue(
     c: &IssueCmd,
+    delegation: Option<&DelegateCmd>,
     log_index: u64,
     state: &impl LedgerState,
     out: &mut Out,
@@ -162,10 +166,22 @@ fn issue(
             ),
         )));
     }
+    let (parent_grant_id, sub_task, depth) = match delegation {
+        None => (String::new(), String::new(), 0),
+        Some(d) => match parent_allows(c, d, state)? {
+            Ok(depth) => (d.parent_grant_id.clone(), d.sub_task.clone(), depth),
+            Err(rejection) => return Ok(CommandResult::Rejected(rejection)),
+        },
+    };
+    let kind = if delegation.is_some() {
+        Kind::Delegate
+    } else {
+        Kind::Issue
+    };
     let policy = match state.policy()? {
-        Some(p) => match issue_policy(c, &task, &p) {
+        Some(p) => match issue_policy(c, delegation.is_some(), &task, &p) {
             Ok(allowed) => Some(allowed),
-            Err(denied) => return Ok(deny_issue(c, denied, out)),
+            Err(denied) => return Ok(deny_issue(c, kind, denied, out)),
         },
         None => None,
     };
@@ -184,6 +200,9 @@ fn issue(
         revoked_at_ms: 0,
         revoke_reason: String::new(),
         issued_index: log_index,
+        parent_grant_id,
+        sub_task,
+        depth,
     };
     if state.grant(&grant.grant_id)?.is_some() {
         // Grant ids are 128 random bits drawn by the leader: a collision is a bug.
@@ -192,7 +211,15 @@ fn issue(
             grant.grant_id
         )));
     }
-    let mut r = record(Kind::Issue, c.now_ms, &c.issuer, Some(&grant));
+    let mut r = record(kind, c.now_ms, &c.issuer, Some(&grant));
+    if delegation.is_some() {
+        r.detail = serde_json::json!({
+            "parent_grant_id": grant.parent_grant_id,
+            "sub_task": grant.sub_task,
+            "depth": grant.depth,
+        })
+        .to_string();
+    }
     r.resource = grant
         .scopes
         .iter()
@@ -224,6 +251,60 @@ fn issue(
     })
 }
 
+/// Whether the parent of a delegation allows it: active, held by the
+/// delegator, in the same task, covering every scope asked for, expiring
+/// no sooner, and not at the deepest delegation allowed. The sub-grant's
+/// depth, or why not.
+fn parent_allows(
+    c: &IssueCmd,
+    d: &DelegateCmd,
+    state: &impl LedgerState,
+) -> Result<Result<u32, Rejection>, StateError> {
+    let refuse = |m: String| Ok(Err(Rejection::FailedPrecondition(m)));
+    let Some(parent) = state.grant(&d.parent_grant_id)? else {
+        return Ok(Err(Rejection::NotFound(format!(
+            "no grant {}",
+            d.parent_grant_id
+        ))));
+    };
+    match parent.state_at(c.now_ms) {
+        GrantState::Active => {}
+        s => return refuse(format!("parent grant {} is {s:?}", parent.grant_id).to_lowercase()),
+    }
+    if parent.subject != c.issuer {
+        return refuse(format!(
+            "only the holder of grant {} ({}) may delegate from it",
+            parent.grant_id, parent.subject
+        ));
+    }
+    if parent.task_id != c.task_id {
+        return refuse(format!(
+            "a delegated grant stays in its parent's task {:?}",
+            parent.task_id
+        ));
+    }
+    if let Some((resource, action)) = parent.widened_by(&c.scopes) {
+        return refuse(format!(
+            "grant {} does not cover {action:?} on {resource:?}: a delegation cannot widen it",
+            parent.grant_id
+        ));
+    }
+    if c.expires_at_ms > parent.expires_at_ms {
+        return refuse(format!(
+            "a delegated grant may not outlive its parent (expires at {} ms)",
+            parent.expires_at_ms
+        ));
+    }
+    let depth = parent.depth + 1;
+    if depth > d.depth_max {
+        return Ok(Err(Rejection::ResourceExhausted(format!(
+            "grant {} is at delegation depth {}: delegation_depth_max is {}",
+            parent.grant_id, parent.depth, d.depth_max
+        ))));
+    }
+    Ok(Ok(depth))
+}
+
 /// An Issue denied by the policy: which scope, and the decision.
 struct IssueDenial {
     resource: String,
@@ -245,6 +326,8 @@ impl IssueDenial {
 /// What the policy is asked at an Issue, and again at a Renew: may the
 /// issuer have `subject` hold these scopes, in this task, for this long?
 struct IssueAsk<'a> {
+    /// Asked as a delegation (Cedar action "delegate") rather than an issue.
+    delegate: bool,
     issuer: &'a str,
     subject: &'a str,
     task: &'a TaskRecord,
@@ -256,12 +339,14 @@ struct IssueAsk<'a> {
 
 fn issue_policy(
     c: &IssueCmd,
+    delegate: bool,
     task: &TaskRecord,
     p: &grant_policy::Compiled,
 ) -> Result<grant_policy::Decision, IssueDenial> {
     ask_issue(
         p,
         &IssueAsk {
+            delegate,
             issuer: &c.issuer,
             subject: &c.subject,
             task,
@@ -285,7 +370,7 @@ fn ask_issue(
         errors: Vec::new(),
     };
     for scope in a.scopes {
-        let d = p.issue(&grant_policy::IssueQuery {
+        let q = grant_policy::IssueQuery {
             caller: a.issuer,
             subject: a.subject,
             task: &a.task.task_id,
@@ -295,7 +380,12 @@ fn ask_issue(
             resource: &scope.resource,
             actions: &scope.actions,
             now_ms: a.now_ms,
-        });
+        };
+        let d = if a.delegate {
+            p.delegate(&q)
+        } else {
+            p.issue(&q)
+        };
         if !d.allow {
             return Err(IssueDenial {
                 resource: scope.resource.clone(),
@@ -314,8 +404,8 @@ fn ask_issue(
 /// Record a denied Issue: the entry says who asked what for whom, and
 /// which policies refused. Nothing else is written (no grant, no dedupe:
 /// a retry after a policy change is decided again).
-fn deny_issue(c: &IssueCmd, denied: IssueDenial, out: &mut Out) -> CommandResult {
-    let mut r = AuditEntry::new(Kind::Issue, c.now_ms);
+fn deny_issue(c: &IssueCmd, kind: Kind, denied: IssueDenial, out: &mut Out) -> CommandResult {
+    let mut r = AuditEntry::new(kind, c.now_ms);
     r.actor = c.issuer.clone();
     r.subject = c.subject.clone();
     r.task_id = c.task_id.clone();
@@ -328,7 +418,12 @@ fn deny_issue(c: &IssueCmd, denied: IssueDenial, out: &mut Out) -> CommandResult
     let audit = out.record(r);
     CommandResult::PolicyDenied {
         message: format!(
-            "policy denies issuing {:?} on {:?} to {}: {}",
+            "policy denies {} {:?} on {:?} to {}: {}",
+            if kind == Kind::Delegate {
+                "delegating"
+            } else {
+                "issuing"
+            },
             denied.actions,
             denied.resource,
             c.subject,
@@ -371,10 +466,25 @@ fn renew(
     if let Some(refusal) = closed(&task, c.now_ms) {
         return refuse(refusal);
     }
+    // A delegated grant never outlives its parent, renewed or not.
+    let parent_expiry = if g.parent_grant_id.is_empty() {
+        i64::MAX
+    } else {
+        match state.grant(&g.parent_grant_id)? {
+            Some(p) if p.state_at(c.now_ms) == GrantState::Active => p.expires_at_ms,
+            _ => {
+                return refuse(format!(
+                    "the parent of grant {} is no longer active",
+                    c.grant_id
+                ))
+            }
+        }
+    };
     let expires_at_ms = c
         .expires_at_ms
         .min(g.max_expires_at_ms)
-        .min(task.deadline_ms);
+        .min(task.deadline_ms)
+        .min(parent_expiry);
     if expires_at_ms <= g.expires_at_ms {
         return Ok(CommandResult::Renewed {
             grant: g,
@@ -386,6 +496,7 @@ fn renew(
         Some(p) => {
             let lifetime = u64::try_from((expires_at_ms - g.issued_at_ms) / 1000).unwrap_or(0);
             let ask = IssueAsk {
+                delegate: !g.parent_grant_id.is_empty(),
                 issuer: &g.issuer,
                 subject: &g.subject,
                 task: &task,
@@ -562,16 +673,19 @@ fn revoke(
             grant,
             already_inactive: true,
             audit: None,
+            descendants_revoked: Vec::new(),
         });
     }
     if grant.state_at(c.now_ms) == GrantState::Expired {
         // Past its expiry but not swept yet: retire it as expired, which is
         // what it already was for every check.
+        // Its delegated grants expire no later: they have too.
         let (grant, audit) = expire_grant(grant, c.now_ms, out);
         return Ok(CommandResult::Revoked {
             grant,
             already_inactive: true,
             audit: Some(audit),
+            descendants_revoked: Vec::new(),
         });
     }
     grant.state = GrantState::Revoked;
@@ -581,11 +695,51 @@ fn revoke(
     r.reason = c.reason.clone();
     let audit = out.record(r);
     out.writes.push(Write::Retire(grant.clone()));
+    let descendants_revoked = revoke_descendants(&grant.grant_id, c, state, out)?;
     Ok(CommandResult::Revoked {
         grant,
         already_inactive: false,
         audit: Some(audit),
+        descendants_revoked,
     })
+}
+
+/// Revoke every active grant delegated, at any depth, from `root` (which
+/// is being revoked in the same entry). They all live in root's task, so
+/// there are at most GRANTS_PER_TASK_MAX.
+fn revoke_descendants(
+    root: &str,
+    c: &RevokeCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<Vec<String>, StateError> {
+    let mut revoked = Vec::new();
+    let mut parents = vec![root.to_string()];
+    while let Some(parent) = parents.pop() {
+        for id in state.child_grant_ids(&parent, limits::GRANTS_PER_TASK_MAX)? {
+            let mut g = state.grant(&id)?.ok_or_else(|| {
+                StateError(format!("children index points at missing grant {id}"))
+            })?;
+            // An inactive one took its own descendants with it.
+            if g.state != GrantState::Active {
+                continue;
+            }
+            if g.state_at(c.now_ms) == GrantState::Expired {
+                expire_grant(g, c.now_ms, out);
+                continue;
+            }
+            g.state = GrantState::Revoked;
+            g.revoked_at_ms = c.now_ms;
+            g.revoke_reason = format!("parent grant {parent} revoked");
+            let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&g));
+            r.reason = g.revoke_reason.clone();
+            out.record(r);
+            out.writes.push(Write::Retire(g));
+            revoked.push(id.clone());
+            parents.push(id);
+        }
+    }
+    Ok(revoked)
 }
 
 /// Retire an active grant past its expiry, with its expire entry.

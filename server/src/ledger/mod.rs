@@ -19,6 +19,8 @@ pub trait LedgerState {
     fn dedupe(&self, request_id: &str) -> Result<Option<DedupeRecord>, StateError>;
     /// Ids of the grants of a task, at most `limit`.
     fn task_grant_ids(&self, task_id: &str, limit: usize) -> Result<Vec<String>, StateError>;
+    /// Ids of the grants delegated directly from `grant_id`, at most `limit`.
+    fn child_grant_ids(&self, grant_id: &str, limit: usize) -> Result<Vec<String>, StateError>;
     fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StateError>;
     /// Open tasks whose deadline is at or before `now_ms`, soonest first, at most `limit`.
     fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;

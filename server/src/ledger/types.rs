@@ -44,6 +44,14 @@ pub struct GrantRecord {
     pub revoke_reason: String,
     /// Log index of the entry that issued the grant.
     pub issued_index: u64,
+    /// The grant this one was delegated from (empty: issued). A delegated
+    /// grant lives in its parent's task, covers a subset of its scopes and
+    /// expires no later; revoking the parent revokes it.
+    pub parent_grant_id: String,
+    /// What the delegated grant is for, within the task (free text).
+    pub sub_task: String,
+    /// 0 for an issued grant, its parent's + 1 for a delegated one.
+    pub depth: u32,
 }
 
 impl GrantRecord {
@@ -60,6 +68,17 @@ impl GrantRecord {
         self.scopes
             .iter()
             .any(|s| s.resource == resource && s.actions.iter().any(|a| a == action))
+    }
+
+    /// The first (resource, action) of `scopes` this grant does not cover:
+    /// what a delegation of them would widen.
+    pub fn widened_by<'a>(&self, scopes: &'a [Scope]) -> Option<(&'a str, &'a str)> {
+        scopes.iter().find_map(|s| {
+            s.actions
+                .iter()
+                .find(|a| !self.covers(&s.resource, a))
+                .map(|a| (s.resource.as_str(), a.as_str()))
+        })
     }
 }
 
@@ -92,6 +111,19 @@ pub struct IssueCmd {
     pub expires_at_ms: i64,
     /// See GrantRecord::max_expires_at_ms.
     pub max_expires_at_ms: i64,
+}
+
+/// Delegate: the holder of an active grant (its subject, the `issuer` of
+/// the new one) hands a sub-grant of a subset of its scopes, expiring no
+/// later, to another workload, in the same task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DelegateCmd {
+    /// The sub-grant, as an Issue (its `issuer` is the delegator).
+    pub grant: IssueCmd,
+    pub parent_grant_id: String,
+    pub sub_task: String,
+    /// The deepest delegation the taking node allows (its config).
+    pub depth_max: u32,
 }
 
 /// Extend an active grant: its expiry becomes `expires_at_ms`, or as far
@@ -283,6 +315,7 @@ pub enum Command {
         checks: Vec<CheckCmd>,
     },
     Revoke(RevokeCmd),
+    Delegate(DelegateCmd),
     Renew(RenewCmd),
     BeginTask(BeginTaskCmd),
     CloseTask(CloseTaskCmd),
@@ -300,6 +333,7 @@ impl Command {
             Command::Issue(c) => Some(c.now_ms),
             Command::Checks { now_ms, .. } => Some(*now_ms),
             Command::Revoke(c) => Some(c.now_ms),
+            Command::Delegate(c) => Some(c.grant.now_ms),
             Command::Renew(c) => Some(c.now_ms),
             Command::BeginTask(c) => Some(c.now_ms),
             Command::CloseTask(c) => Some(c.now_ms),
@@ -318,6 +352,11 @@ impl std::fmt::Display for Command {
             Command::Issue(c) => write!(f, "issue(req={}, grant={})", c.request_id, c.grant_id),
             Command::Checks { checks, .. } => write!(f, "checks(n={})", checks.len()),
             Command::Revoke(c) => write!(f, "revoke(grant={})", c.grant_id),
+            Command::Delegate(c) => write!(
+                f,
+                "delegate(req={}, grant={}, parent={})",
+                c.grant.request_id, c.grant.grant_id, c.parent_grant_id
+            ),
             Command::Renew(c) => write!(f, "renew(grant={})", c.grant_id),
             Command::BeginTask(c) => write!(f, "begin_task(task={})", c.task_id),
             Command::CloseTask(c) => {
@@ -394,6 +433,8 @@ pub enum CommandResult {
         grant: GrantRecord,
         already_inactive: bool,
         audit: Option<AuditRef>,
+        /// Grants delegated from it (at any depth) revoked with it.
+        descendants_revoked: Vec<String>,
     },
     Renewed {
         grant: GrantRecord,
@@ -461,7 +502,8 @@ pub use crate::audit::chain::{Chain, Chained};
 /// atomic batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
-    /// Insert a new grant with its task, subject and expiry index entries.
+    /// Insert a new grant with its task, subject and expiry index entries
+    /// (and its parent's children index entry, if delegated).
     InsertGrant(GrantRecord),
     /// Update a grant that is leaving the active state (revoked or expired):
     /// rewrites the row and drops it from the expiry index.

@@ -23,7 +23,8 @@ use crate::raft::codec;
 ///    task completions and policy changes), so that Watch need not read
 ///    every check entry.
 /// 4: tasks are records of their own (TASK, with a deadline index) in
-///    place of the completed-task markers (0x07) and grant counts (0x0f).
+///    place of the completed-task markers (0x07) and grant counts (0x0f);
+///    grants record their delegation parent, indexed (CHILDREN).
 pub const FORMAT_VERSION: u32 = 4;
 
 pub const GRANT: u8 = 0x01;
@@ -48,6 +49,8 @@ pub const WATCH: u8 = 0x10;
 pub const TASK: u8 = 0x11;
 /// Open tasks by deadline: deadline (ms BE) + task id -> empty.
 pub const TASK_DEADLINE: u8 = 0x12;
+/// Delegated grants by parent: parent id (length-prefixed) + child id -> empty.
+pub const CHILDREN: u8 = 0x13;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
@@ -89,6 +92,10 @@ pub fn grant(id: &str) -> Vec<u8> {
 /// Prefix of all index keys of one task; the grant id follows.
 pub fn by_task_prefix(task: &str) -> Vec<u8> {
     key(BY_TASK, &[&lp(task)])
+}
+/// Prefix of the children index of one grant; the child's id follows.
+pub fn children_prefix(parent: &str) -> Vec<u8> {
+    key(CHILDREN, &[&lp(parent)])
 }
 pub fn by_subject_prefix(subject: &str) -> Vec<u8> {
     key(BY_SUBJECT, &[&lp(subject)])
@@ -205,6 +212,11 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             s.extend_from_slice(g.grant_id.as_bytes());
             batch.insert(s, &[][..]);
             batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
+            if !g.parent_grant_id.is_empty() {
+                let mut c = children_prefix(&g.parent_grant_id);
+                c.extend_from_slice(g.grant_id.as_bytes());
+                batch.insert(c, &[][..]);
+            }
         }
         Write::Retire(g) => {
             batch.insert(grant(&g.grant_id), codec::encode(g));

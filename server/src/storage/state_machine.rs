@@ -395,6 +395,15 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
             .collect()
     }
+    fn child_grant_ids(&self, parent: &str, limit: usize) -> Result<Vec<String>, StateError> {
+        let p = ks::children_prefix(parent);
+        self.0
+            .scan_prefix(&p)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
+            .collect()
+    }
     fn task(&self, task: &str) -> Result<Option<TaskRecord>, StateError> {
         match self.0.get(ks::task(task)).map_err(se)? {
             Some(v) => Ok(Some(ks::decode_task(&v).map_err(se)?)),

@@ -54,6 +54,15 @@ impl LedgerState for Mem {
             .take(limit)
             .collect())
     }
+    fn child_grant_ids(&self, parent: &str, limit: usize) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .grants
+            .values()
+            .filter(|g| g.parent_grant_id == parent)
+            .map(|g| g.grant_id.clone())
+            .take(limit)
+            .collect())
+    }
     fn task(&self, task: &str) -> Result<Option<TaskRecord>, StateError> {
         Ok(self.tasks.get(task).cloned())
     }
@@ -1045,4 +1054,159 @@ fn renew_asks_the_policy_about_the_whole_lifetime() {
     let e = m.audit.last().unwrap();
     assert_eq!((e.kind, e.decision), (Kind::Renew, Decision::Deny));
     assert_eq!(m.grants["g1"].expires_at_ms, 51_000);
+}
+
+const HELPER: &str = "spiffe://example.org/agent/helper";
+
+/// `holder` delegates `scopes` of `parent` to HELPER as grant `id`.
+fn delegate_cmd(
+    req: &str,
+    id: &str,
+    parent: &str,
+    holder: &str,
+    scopes: &[(&str, &[&str])],
+    now: i64,
+    ttl_ms: i64,
+) -> Command {
+    let Command::Issue(mut grant) = issue_cmd(req, id, "t1", now, ttl_ms) else {
+        unreachable!()
+    };
+    grant.issuer = holder.into();
+    grant.subject = HELPER.into();
+    grant.scopes = scopes
+        .iter()
+        .map(|(r, a)| Scope {
+            resource: r.to_string(),
+            actions: a.iter().map(|a| a.to_string()).collect(),
+        })
+        .collect();
+    Command::Delegate(DelegateCmd {
+        grant,
+        parent_grant_id: parent.into(),
+        sub_task: "summarise".into(),
+        depth_max: 2,
+    })
+}
+
+fn rejected(r: CommandResult) -> Rejection {
+    match r {
+        CommandResult::Rejected(r) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn delegation_cannot_widen_outlive_or_go_too_deep() {
+    let mut m = Mem::default();
+    // The parent: github read+comment... as issue_cmd gives github read.
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    let read: &[(&str, &[&str])] = &[("github", &["read"])];
+    // Not its holder; wider scopes (another action, another tool); longer.
+    for (what, cmd) in [
+        (
+            "not the holder",
+            delegate_cmd("d", "x", "g1", HELPER, read, 2000, 10_000),
+        ),
+        (
+            "another action",
+            delegate_cmd(
+                "d",
+                "x",
+                "g1",
+                AGENT,
+                &[("github", &["read", "write"])],
+                2000,
+                10_000,
+            ),
+        ),
+        (
+            "another tool",
+            delegate_cmd("d", "x", "g1", AGENT, &[("jira", &["read"])], 2000, 10_000),
+        ),
+        (
+            "outlives it",
+            delegate_cmd("d", "x", "g1", AGENT, read, 2000, 60_000),
+        ),
+    ] {
+        assert!(
+            matches!(rejected(m.run(cmd)), Rejection::FailedPrecondition(_)),
+            "{what}"
+        );
+    }
+    assert!(matches!(
+        rejected(m.run(delegate_cmd("d", "x", "nope", AGENT, read, 2000, 10_000))),
+        Rejection::NotFound(_)
+    ));
+    assert!(!m.grants.contains_key("x"));
+    // Within: depth 1, recorded as a delegation by the holder.
+    match m.run(delegate_cmd("d1", "c1", "g1", AGENT, read, 2000, 10_000)) {
+        CommandResult::Issued { grant, .. } => {
+            assert_eq!((grant.depth, grant.parent_grant_id.as_str()), (1, "g1"));
+            assert_eq!(grant.subject, HELPER);
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.actor.as_str()), (Kind::Delegate, AGENT));
+    assert!(
+        e.detail.contains("\"parent_grant_id\":\"g1\""),
+        "{}",
+        e.detail
+    );
+    // Depth 2 from it; depth 3 is past depth_max.
+    m.run(delegate_cmd("d2", "c2", "c1", HELPER, read, 2000, 5_000));
+    assert_eq!(m.grants["c2"].depth, 2);
+    assert!(matches!(
+        rejected(m.run(delegate_cmd("d3", "c3", "c2", HELPER, read, 2000, 1_000))),
+        Rejection::ResourceExhausted(_)
+    ));
+    // A renewal of a delegated grant stops at its parent's expiry.
+    assert_eq!(
+        expiry_after(m.run(renew_cmd("c2", 50_000, 3000))),
+        (12_000, true)
+    );
+}
+
+#[test]
+fn revoking_a_grant_revokes_everything_delegated_from_it() {
+    let mut m = Mem::default();
+    let read: &[(&str, &[&str])] = &[("github", &["read"])];
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+    m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
+    m.run(delegate_cmd("d1", "c1", "g1", AGENT, read, 2000, 10_000));
+    m.run(delegate_cmd("d2", "c2", "c1", HELPER, read, 2000, 10_000));
+    m.run(delegate_cmd("d3", "c3", "g2", AGENT, read, 2000, 10_000));
+    match m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g1".into(),
+        reason: "done".into(),
+        actor: OWNER.into(),
+        now_ms: 3000,
+    })) {
+        CommandResult::Revoked {
+            mut descendants_revoked,
+            ..
+        } => {
+            descendants_revoked.sort();
+            assert_eq!(descendants_revoked, vec!["c1", "c2"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    for id in ["c1", "c2"] {
+        assert_eq!(m.grants[id].state, GrantState::Revoked);
+        assert_eq!(
+            reason(m.run(check_cmd(id, HELPER, "github", "read", 3500))),
+            Reason::Revoked
+        );
+    }
+    assert_eq!(m.grants["c3"].state, GrantState::Active, "another parent's");
+    // Each revocation is on the record.
+    let revokes = m.audit.iter().filter(|e| e.kind == Kind::Revoke).count();
+    assert_eq!(revokes, 3);
+    // Completing the task takes the rest, delegated ones included.
+    match m.run(close_cmd("t1", TaskState::Completed, 4000)) {
+        CommandResult::TaskClosed {
+            revoked_grant_ids, ..
+        } => assert_eq!(revoked_grant_ids, vec!["c3".to_string(), "g2".to_string()]),
+        other => panic!("{other:?}"),
+    }
 }
