@@ -582,6 +582,15 @@ where
 
 pub const AGENT: &str = "spiffe://example.org/agent/planner";
 
+/// grantd flags that lift the active-grant quotas: the benchmarks hold far
+/// more grants for one agent than a real one would, to measure the ledger.
+pub const NO_QUOTAS: &[&str] = &[
+    "--active-grants-per-subject-max",
+    "0",
+    "--active-grants-per-task-max",
+    "0",
+];
+
 pub fn issue_req(task: &str, ttl_seconds: u64) -> pb::IssueRequest {
     pb::IssueRequest {
         request_id: String::new(),

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use grant_proto::audit::{Entry, Kind};
 use grantd::ledger::{
-    apply, ApplyCtx, Chain, CheckCmd, Command, DedupeRecord, GrantRecord, IssueCmd, LedgerState,
-    Scope, StateError, TaskRecord, TaskState, Write,
+    apply, ApplyCtx, Chain, CheckCmd, Command, Counted, DedupeRecord, GrantRecord, IssueCmd,
+    LedgerState, Scope, StateError, TaskRecord, TaskState, Write,
 };
 use grantd::storage::keyspace::{encode_write, WriteSet};
 
@@ -35,6 +35,9 @@ impl LedgerState for Mem {
     }
     fn task_grant_ids(&self, _: &str, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
+    }
+    fn active_grants(&self, _: &Counted) -> Result<u64, StateError> {
+        Ok(0)
     }
     fn child_grant_ids(&self, _: &str, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
@@ -99,6 +102,7 @@ fn issue(i: u64) -> Command {
         now_ms: 1_800_000_000_000,
         expires_at_ms: 1_800_000_300_000,
         max_expires_at_ms: 1_800_003_600_000,
+        quota: Default::default(),
     })
 }
 

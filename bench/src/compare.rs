@@ -382,9 +382,9 @@ async fn main() {
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0);
     let gl = if args.grant_mtls {
-        Cluster::start(3).await
+        Cluster::start_with(3, NO_QUOTAS).await
     } else {
-        Cluster::start_with(3, &["--insecure"]).await
+        Cluster::start_with(3, &[&["--insecure"], NO_QUOTAS].concat()).await
     };
     let gl_pids: Vec<u32> = gl.nodes.iter().filter_map(|n| n.pid()).collect();
     let gl_sys = vec![Sys::Grants(Arc::new(gl.client()))];

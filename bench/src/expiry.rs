@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use grant_tests::{check_req, http_get, issue_req, sample, Cluster, IssueInTask};
+use grant_tests::{check_req, http_get, issue_req, sample, Cluster, IssueInTask, NO_QUOTAS};
 
 #[derive(Parser)]
 #[command(about = "grant-ledger mass-expiry benchmark")]
@@ -57,7 +57,7 @@ fn window(samples: &[(i64, Duration)], from: i64, to: i64) -> Vec<Duration> {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let c = Cluster::start(3).await;
+    let c = Cluster::start_with(3, NO_QUOTAS).await;
     let client = Arc::new(c.client());
 
     // Checkers run throughout, on grants that outlive the run.

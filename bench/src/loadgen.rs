@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use grant_tests::grant_client::v1 as pb;
-use grant_tests::{check_req, issue_req, Cluster, IssueInTask};
+use grant_tests::{check_req, issue_req, Cluster, IssueInTask, NO_QUOTAS};
 
 #[derive(Parser)]
 #[command(about = "grant-ledger load generator")]
@@ -131,9 +131,9 @@ async fn main() {
     let args = Args::parse();
     // mTLS by default, as users run it; --insecure measures plaintext.
     let c = if args.insecure {
-        Cluster::start_with(3, &["--insecure"]).await
+        Cluster::start_with(3, &[&["--insecure"], NO_QUOTAS].concat()).await
     } else {
-        Cluster::start(3).await
+        Cluster::start_with(3, NO_QUOTAS).await
     };
     if args.policies > 0 {
         let r = c

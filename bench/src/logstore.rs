@@ -43,6 +43,7 @@ fn entry(index: u64) -> Entry {
         now_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_000_300_000,
         max_expires_at_ms: 1_700_003_600_000,
+        quota: Default::default(),
     });
     Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), cmd)
 }

@@ -69,7 +69,8 @@ fn report(c: &Cluster, what: &str) {
 async fn main() {
     let args = Args::parse();
     // Snapshots every 10k entries, as the default config.
-    let mut c = Cluster::start_with(3, &["--insecure", "--ttl-seconds-max", "86400"]).await;
+    let flags = [&["--insecure", "--ttl-seconds-max", "86400"], NO_QUOTAS].concat();
+    let mut c = Cluster::start_with(3, &flags).await;
     report(&c, "empty");
     let client = Arc::new(c.client());
     let next = Arc::new(AtomicUsize::new(0));

@@ -86,6 +86,21 @@ pub struct Args {
     /// may live, renewals included [default: 3600].
     #[arg(long, env = "GRANTD_TTL_SECONDS_MAX")]
     pub ttl_seconds_max: Option<u64>,
+    /// Active grants one subject (workload) may hold at once; 0: no quota
+    /// [default: 1000].
+    #[arg(long, env = "GRANTD_ACTIVE_GRANTS_PER_SUBJECT_MAX")]
+    pub active_grants_per_subject_max: Option<u64>,
+    /// Active grants one task may hold at once; 0: no quota [default: 1000].
+    #[arg(long, env = "GRANTD_ACTIVE_GRANTS_PER_TASK_MAX")]
+    pub active_grants_per_task_max: Option<u64>,
+    /// Issues and delegations per second one caller may make on this node
+    /// (the leader takes every write); 0: no limit [default: 0].
+    #[arg(long, env = "GRANTD_ISSUE_RATE_PER_CALLER")]
+    pub issue_rate_per_caller: Option<u32>,
+    /// Issues and delegations one caller may make at once above that rate
+    /// [default: 2 x the rate].
+    #[arg(long, env = "GRANTD_ISSUE_BURST_PER_CALLER")]
+    pub issue_burst_per_caller: Option<u32>,
     /// Deepest delegation: a grant delegated from an issued grant is at
     /// depth 1, one delegated from that at 2, ... [default: 3].
     #[arg(long, env = "GRANTD_DELEGATION_DEPTH_MAX")]
@@ -201,6 +216,10 @@ struct FileConfig {
     logs_kept_after_snapshot: Option<u64>,
     ttl_seconds_default: Option<u64>,
     ttl_seconds_max: Option<u64>,
+    active_grants_per_subject_max: Option<u64>,
+    active_grants_per_task_max: Option<u64>,
+    issue_rate_per_caller: Option<u32>,
+    issue_burst_per_caller: Option<u32>,
     delegation_depth_max: Option<u32>,
     task_deadline_seconds_default: Option<u64>,
     task_deadline_seconds_max: Option<u64>,
@@ -237,6 +256,10 @@ pub struct Config {
     pub logs_kept_after_snapshot: u64,
     pub ttl_seconds_default: u64,
     pub ttl_seconds_max: u64,
+    pub active_grants_per_subject_max: u64,
+    pub active_grants_per_task_max: u64,
+    pub issue_rate_per_caller: u32,
+    pub issue_burst_per_caller: u32,
     pub delegation_depth_max: u32,
     pub task_deadline_seconds_default: u64,
     pub task_deadline_seconds_max: u64,
@@ -355,6 +378,13 @@ impl Config {
             logs_kept_after_snapshot: pick!(logs_kept_after_snapshot, 1000),
             ttl_seconds_default: pick!(ttl_seconds_default, 300),
             ttl_seconds_max: pick!(ttl_seconds_max, 3600),
+            active_grants_per_subject_max: pick!(active_grants_per_subject_max, 1000),
+            active_grants_per_task_max: pick!(active_grants_per_task_max, 1000),
+            issue_rate_per_caller: pick!(issue_rate_per_caller, 0),
+            issue_burst_per_caller: pick!(
+                issue_burst_per_caller,
+                2 * pick!(issue_rate_per_caller, 0)
+            ),
             delegation_depth_max: pick!(delegation_depth_max, 3),
             task_deadline_seconds_default: pick!(task_deadline_seconds_default, 86_400),
             task_deadline_seconds_max: pick!(task_deadline_seconds_max, 604_800),
@@ -434,6 +464,21 @@ impl Config {
             return bad(
                 "ttl_seconds_default",
                 "must be in 1..=ttl_seconds_max".into(),
+            );
+        }
+        if self.active_grants_per_task_max > limits::GRANTS_PER_TASK_MAX as u64 {
+            return bad(
+                "active_grants_per_task_max",
+                format!(
+                    "must be at most {} (grants_per_task_max)",
+                    limits::GRANTS_PER_TASK_MAX
+                ),
+            );
+        }
+        if self.issue_rate_per_caller > 0 && self.issue_burst_per_caller == 0 {
+            return bad(
+                "issue_burst_per_caller",
+                "must be positive when issue_rate_per_caller is".into(),
             );
         }
         if self.delegation_depth_max > limits::DELEGATION_DEPTH_CEILING {

@@ -29,6 +29,9 @@ pub const REVOKE_REASON_BYTES_MAX: usize = 512;
 pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// Grants one task may hold; completing a task revokes them in one entry.
 pub const GRANTS_PER_TASK_MAX: usize = 10_000;
+/// Callers whose issue-rate buckets a node keeps before it drops those
+/// that have refilled (issue_rate_per_caller).
+pub const RATE_LIMITED_CALLERS_MAX: usize = 10_000;
 /// Highest `delegation_depth_max` a config may set (0 turns delegation off).
 pub const DELEGATION_DEPTH_CEILING: u32 = 16;
 /// Tools a task may declare when it begins.

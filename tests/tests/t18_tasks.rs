@@ -449,3 +449,70 @@ async fn a_grant_renews_within_its_task_and_outlives_its_first_expiry() {
     assert_eq!(renewals[0].actor, AGENT);
     assert!(renewals[1].actor.ends_with("/orchestrator"));
 }
+
+/// Quotas: active grants per subject, and the issue rate per caller, each
+/// refused with ResourceExhausted naming the setting, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_with_resource_exhausted_and_change_nothing() {
+    let c = Cluster::start_with(
+        3,
+        &[
+            "--active-grants-per-subject-max",
+            "2",
+            "--issue-rate-per-caller",
+            "5",
+            "--issue-burst-per-caller",
+            "6",
+        ],
+    )
+    .await;
+    let orch = c.client_as(ORCH);
+    orch.begin_task(begin("quota", &["github"], 600))
+        .await
+        .unwrap();
+    let a = orch.issue(issue_req("quota", 300)).await.unwrap();
+    orch.issue(issue_req("quota", 300)).await.unwrap();
+    let over = orch.issue(issue_req("quota", 300)).await;
+    let msg = format!("{:?}", over.as_ref().map(|_| ()));
+    assert_eq!(
+        refused(over),
+        (Code::ResourceExhausted, "resource_exhausted".into())
+    );
+    assert!(msg.contains("active_grants_per_subject_max"), "{msg}");
+    let listed = orch.list(list_task_req("quota", 100)).await.unwrap();
+    assert_eq!(listed.grants.len(), 2, "the refused Issue left no grant");
+    // A revoke gives the place back.
+    orch.revoke(revoke_req(&a.grant.unwrap().grant_id, "make room"))
+        .await
+        .unwrap();
+    orch.issue(issue_req("quota", 300)).await.unwrap();
+
+    // The caller's rate: a burst of 6, then 5 a second. Other subjects,
+    // so that only the rate can refuse.
+    let mut issued = 0;
+    let mut limited = None;
+    for i in 0..40 {
+        let mut req = issue_req("quota", 300);
+        req.subject = format!("spiffe://example.org/agent/worker-{i}");
+        match orch.issue(req).await {
+            Ok(_) => issued += 1,
+            Err(e) => {
+                limited = Some(e);
+                break;
+            }
+        }
+    }
+    let e = limited.expect("the issue rate never refused");
+    assert_eq!(e.grpc_code(), Some(Code::ResourceExhausted), "{e}");
+    assert!(e.to_string().contains("issue_rate_per_caller"), "{e}");
+    let listed = orch.list(list_task_req("quota", 100)).await.unwrap();
+    assert_eq!(
+        listed.grants.len(),
+        3 + issued,
+        "the limited Issue left no grant"
+    );
+    // Another caller has its own bucket.
+    let mut req = issue_req("quota-admin", 60);
+    req.subject = "spiffe://example.org/agent/worker-admin".into();
+    c.client().issue_in(req).await.unwrap();
+}

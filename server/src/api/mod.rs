@@ -8,6 +8,7 @@ pub mod errors;
 pub mod grants;
 pub mod health;
 pub mod policy;
+pub mod rate;
 pub mod roles;
 pub mod tasks;
 pub mod token;
@@ -35,16 +36,22 @@ pub struct NodeContext {
     /// How callers are identified and what they may do.
     pub access: Arc<Access>,
     proposals: Arc<Semaphore>,
+    /// Issues and delegations per caller (issue_rate_per_caller).
+    pub issue_rate: Arc<rate::IssueRate>,
 }
 
 impl NodeContext {
     pub fn new(config: Arc<Config>, raft: Raft, state: StateReader, access: Arc<Access>) -> Self {
         NodeContext {
-            config,
             raft,
             state,
             access,
             proposals: Arc::new(Semaphore::new(crate::limits::PROPOSALS_IN_FLIGHT_MAX)),
+            issue_rate: Arc::new(rate::IssueRate::new(
+                config.issue_rate_per_caller,
+                config.issue_burst_per_caller,
+            )),
+            config,
         }
     }
 

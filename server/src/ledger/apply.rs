@@ -2,6 +2,8 @@
 
 use grant_proto::audit::note::{self, VerifierKey};
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::limits;
 
@@ -17,9 +19,58 @@ struct Out {
     writes: Vec<Write>,
     chain: Chain,
     log_index: u64,
+    /// How this entry moves the active-grant counters.
+    active: BTreeMap<Counted, i64>,
 }
 
 impl Out {
+    fn new(ctx: ApplyCtx) -> Out {
+        Out {
+            writes: Vec::new(),
+            chain: ctx.chain,
+            log_index: ctx.log_index,
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// A new active grant: written with its indexes, counted.
+    fn insert_grant(&mut self, g: GrantRecord) {
+        self.count(&g, 1);
+        self.writes.push(Write::InsertGrant(g));
+    }
+
+    /// A grant leaving the active state (revoked or expired).
+    fn retire(&mut self, g: GrantRecord) {
+        self.count(&g, -1);
+        self.writes.push(Write::Retire(g));
+    }
+
+    fn count(&mut self, g: &GrantRecord, by: i64) {
+        for c in [
+            Counted::Subject(g.subject.clone()),
+            Counted::Task(g.task_id.clone()),
+        ] {
+            *self.active.entry(c).or_default() += by;
+        }
+    }
+
+    /// Active grants of `c` as of this point of the entry.
+    fn active_now(&self, c: &Counted, state: &impl LedgerState) -> Result<u64, StateError> {
+        let delta = self.active.get(c).copied().unwrap_or(0);
+        Ok(state.active_grants(c)?.saturating_add_signed(delta))
+    }
+
+    /// The writes, with the counters this entry moved.
+    fn finish(mut self, state: &impl LedgerState) -> Result<(Vec<Write>, Chain), StateError> {
+        for (c, delta) in std::mem::take(&mut self.active) {
+            if delta != 0 {
+                let count = state.active_grants(&c)?.saturating_add_signed(delta);
+                self.writes.push(Write::ActiveCount { of: c, count });
+            }
+        }
+        Ok((self.writes, self.chain))
+    }
+
     /// Chain an entry and write it in the same batch as the change it
     /// records: a change is never without its entry, nor an entry without
     /// its change.
@@ -49,11 +100,7 @@ fn record(kind: Kind, time_ms: i64, actor: &str, g: Option<&GrantRecord>) -> Aud
 /// The audit entry of a membership change, applied at the time of the last
 /// entry (a membership entry carries no leader time of its own).
 pub fn apply_membership(voters: &str, learners: &str, time_ms: i64, ctx: ApplyCtx) -> Applied {
-    let mut out = Out {
-        writes: Vec::new(),
-        chain: ctx.chain,
-        log_index: ctx.log_index,
-    };
+    let mut out = Out::new(ctx);
     let mut r = AuditEntry::new(Kind::Membership, time_ms);
     r.detail = format!("voters={voters} learners={learners}");
     out.record(r);
@@ -71,14 +118,11 @@ pub fn apply(
     ctx: ApplyCtx,
     state: &impl LedgerState,
 ) -> Result<Applied, StateError> {
-    let mut out = Out {
-        writes: Vec::new(),
-        chain: ctx.chain,
-        log_index: ctx.log_index,
-    };
+    let log_index = ctx.log_index;
+    let mut out = Out::new(ctx);
     let result = match cmd {
-        Command::Issue(c) => issue(c, None, ctx.log_index, state, &mut out)?,
-        Command::Delegate(d) => issue(&d.grant, Some(d), ctx.log_index, state, &mut out)?,
+        Command::Issue(c) => issue(c, None, log_index, state, &mut out)?,
+        Command::Delegate(d) => issue(&d.grant, Some(d), log_index, state, &mut out)?,
         Command::Checks { now_ms, checks } => {
             let mut outcomes = Vec::with_capacity(checks.len());
             for c in checks {
@@ -88,18 +132,19 @@ pub fn apply(
         }
         Command::Revoke(c) => revoke(c, state, &mut out)?,
         Command::Renew(c) => renew(c, state, &mut out)?,
-        Command::BeginTask(c) => begin_task(c, ctx.log_index, state, &mut out)?,
+        Command::BeginTask(c) => begin_task(c, log_index, state, &mut out)?,
         Command::CloseTask(c) => close_task(c, state, &mut out)?,
         Command::Sweep(c) => sweep(c, state, &mut out)?,
         Command::RegisterKey(c) => register_key(c, state, &mut out)?,
         Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
-        Command::SetRoles(c) => set_roles(c, ctx.log_index, &mut out),
-        Command::SetPolicy(c) => set_policy(c, ctx.log_index, &mut out),
+        Command::SetRoles(c) => set_roles(c, log_index, &mut out),
+        Command::SetPolicy(c) => set_policy(c, log_index, &mut out),
     };
+    let (writes, chain) = out.finish(state)?;
     Ok(Applied {
         result,
-        writes: out.writes,
-        chain: out.chain,
+        writes,
+        chain,
     })
 }
 
@@ -165,6 +210,9 @@ fn issue(
                 limits::GRANTS_PER_TASK_MAX
             ),
         )));
+    }
+    if let Some(over) = over_quota(c, out, state)? {
+        return Ok(CommandResult::Rejected(Rejection::ResourceExhausted(over)));
     }
     let (parent_grant_id, sub_task, depth) = match delegation {
         None => (String::new(), String::new(), 0),
@@ -234,7 +282,7 @@ fn issue(
     let audit = out.record(r);
     task.grant_count += 1;
     out.writes.push(Write::PutTask(task));
-    out.writes.push(Write::InsertGrant(grant.clone()));
+    out.insert_grant(grant.clone());
     out.writes.push(Write::PutDedupe {
         request_id: c.request_id.clone(),
         record: DedupeRecord {
@@ -249,6 +297,33 @@ fn issue(
         replayed: false,
         audit: Some(audit),
     })
+}
+
+/// Which active-grant quota a new grant would pass, if any (0: no quota).
+fn over_quota(
+    c: &IssueCmd,
+    out: &Out,
+    state: &impl LedgerState,
+) -> Result<Option<String>, StateError> {
+    for (of, max, setting) in [
+        (
+            Counted::Subject(c.subject.clone()),
+            c.quota.active_per_subject_max,
+            "active_grants_per_subject_max",
+        ),
+        (
+            Counted::Task(c.task_id.clone()),
+            c.quota.active_per_task_max,
+            "active_grants_per_task_max",
+        ),
+    ] {
+        if max > 0 && out.active_now(&of, state)? >= max {
+            return Ok(Some(format!(
+                "{of} already holds {max} active grants ({setting}): revoke or complete some first"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether the parent of a delegation allows it: active, held by the
@@ -694,7 +769,7 @@ fn revoke(
     let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&grant));
     r.reason = c.reason.clone();
     let audit = out.record(r);
-    out.writes.push(Write::Retire(grant.clone()));
+    out.retire(grant.clone());
     let descendants_revoked = revoke_descendants(&grant.grant_id, c, state, out)?;
     Ok(CommandResult::Revoked {
         grant,
@@ -734,7 +809,7 @@ fn revoke_descendants(
             let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&g));
             r.reason = g.revoke_reason.clone();
             out.record(r);
-            out.writes.push(Write::Retire(g));
+            out.retire(g);
             revoked.push(id.clone());
             parents.push(id);
         }
@@ -748,7 +823,7 @@ fn expire_grant(mut g: GrantRecord, now_ms: i64, out: &mut Out) -> (GrantRecord,
     let mut r = record(Kind::Expire, now_ms, "", Some(&g));
     r.reason = "expired".into();
     let audit = out.record(r);
-    out.writes.push(Write::Retire(g.clone()));
+    out.retire(g.clone());
     (g, audit)
 }
 
@@ -843,7 +918,7 @@ fn retire_task_grants(
         g.revoked_at_ms = now_ms;
         g.revoke_reason = reason.to_string();
         revoked.push(g.grant_id.clone());
-        out.writes.push(Write::Retire(g));
+        out.retire(g);
     }
     Ok(revoked)
 }

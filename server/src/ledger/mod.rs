@@ -21,6 +21,9 @@ pub trait LedgerState {
     fn task_grant_ids(&self, task_id: &str, limit: usize) -> Result<Vec<String>, StateError>;
     /// Ids of the grants delegated directly from `grant_id`, at most `limit`.
     fn child_grant_ids(&self, grant_id: &str, limit: usize) -> Result<Vec<String>, StateError>;
+    /// Active grants of a subject or task, as counted at issue and retire
+    /// (a grant past its expiry counts until the sweep retires it).
+    fn active_grants(&self, of: &Counted) -> Result<u64, StateError>;
     fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StateError>;
     /// Open tasks whose deadline is at or before `now_ms`, soonest first, at most `limit`.
     fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;

@@ -111,6 +111,33 @@ pub struct IssueCmd {
     pub expires_at_ms: i64,
     /// See GrantRecord::max_expires_at_ms.
     pub max_expires_at_ms: i64,
+    /// The quotas of the node that took the request.
+    pub quota: Quota,
+}
+
+/// Quotas on active grants, from the config of the node that takes the
+/// request (carried in the command, so that every replica decides alike).
+/// 0 means no quota.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub active_per_subject_max: u64,
+    pub active_per_task_max: u64,
+}
+
+/// What the ledger counts active grants of.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counted {
+    Subject(String),
+    Task(String),
+}
+
+impl std::fmt::Display for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Counted::Subject(s) => write!(f, "subject {s}"),
+            Counted::Task(t) => write!(f, "task {t:?}"),
+        }
+    }
 }
 
 /// Delegate: the holder of an active grant (its subject, the `issuer` of
@@ -522,6 +549,8 @@ pub enum Write {
         request_id: String,
         applied_at_ms: i64,
     },
+    /// The number of active grants of a subject or a task (0 removes it).
+    ActiveCount { of: Counted, count: u64 },
     /// Write a task (begun, a grant counted, or closed); an open task is
     /// in the deadline index, a closed one leaves it.
     PutTask(TaskRecord),

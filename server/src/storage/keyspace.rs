@@ -10,7 +10,7 @@
 
 use grant_proto::audit::export::Line;
 
-use crate::ledger::{DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
+use crate::ledger::{Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
 use crate::raft::codec;
 
 /// On-disk format version, checked at start-up.
@@ -24,7 +24,8 @@ use crate::raft::codec;
 ///    every check entry.
 /// 4: tasks are records of their own (TASK, with a deadline index) in
 ///    place of the completed-task markers (0x07) and grant counts (0x0f);
-///    grants record their delegation parent, indexed (CHILDREN).
+///    grants record their delegation parent, indexed (CHILDREN); active
+///    grants are counted per subject and per task (ACTIVE), for quotas.
 pub const FORMAT_VERSION: u32 = 4;
 
 pub const GRANT: u8 = 0x01;
@@ -51,6 +52,8 @@ pub const TASK: u8 = 0x11;
 pub const TASK_DEADLINE: u8 = 0x12;
 /// Delegated grants by parent: parent id (length-prefixed) + child id -> empty.
 pub const CHILDREN: u8 = 0x13;
+/// Active grants per subject (`s`) or task (`t`) + name -> u64 BE.
+pub const ACTIVE: u8 = 0x14;
 
 pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
@@ -93,6 +96,13 @@ pub fn grant(id: &str) -> Vec<u8> {
 pub fn by_task_prefix(task: &str) -> Vec<u8> {
     key(BY_TASK, &[&lp(task)])
 }
+pub fn active(of: &Counted) -> Vec<u8> {
+    match of {
+        Counted::Subject(s) => key(ACTIVE, &[b"s", s.as_bytes()]),
+        Counted::Task(t) => key(ACTIVE, &[b"t", t.as_bytes()]),
+    }
+}
+
 /// Prefix of the children index of one grant; the child's id follows.
 pub fn children_prefix(parent: &str) -> Vec<u8> {
     key(CHILDREN, &[&lp(parent)])
@@ -241,6 +251,8 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             batch.remove(dedupe(request_id));
             batch.remove(dedupe_by_time(*applied_at_ms, request_id));
         }
+        Write::ActiveCount { of, count: 0 } => batch.remove(active(of)),
+        Write::ActiveCount { of, count } => batch.insert(active(of), &count.to_be_bytes()[..]),
         Write::PutTask(t) => {
             batch.insert(task(&t.task_id), codec::encode(t));
             let deadline = task_deadline(t.deadline_ms, &t.task_id);

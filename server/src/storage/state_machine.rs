@@ -395,6 +395,16 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::suffix_id(&k, p.len())).map_err(se))
             .collect()
     }
+    fn active_grants(&self, of: &ledger::Counted) -> Result<u64, StateError> {
+        match self.0.get(ks::active(of)).map_err(se)? {
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| se("active count is not 8 bytes"))?,
+            )),
+            None => Ok(0),
+        }
+    }
     fn child_grant_ids(&self, parent: &str, limit: usize) -> Result<Vec<String>, StateError> {
         let p = ks::children_prefix(parent);
         self.0
@@ -923,6 +933,7 @@ mod tests {
             now_ms: 1000 + i as i64,
             expires_at_ms: 1000 + i as i64 * 10,
             max_expires_at_ms: 1_000_000,
+            quota: Default::default(),
         })
     }
 

@@ -191,6 +191,8 @@ impl GrantsService {
         g: NewGrant,
         parent: Option<(String, String)>,
     ) -> Result<pb::IssueResponse, ApiError> {
+        // Last, so that a request refused for what it says costs no token.
+        self.ctx.issue_rate.take(caller.id())?;
         let key = self.signing_key().await?;
         let grant_id = new_grant_id();
         let claims = token::Claims::of(
@@ -217,6 +219,10 @@ impl GrantsService {
             now_ms: g.now,
             expires_at_ms: g.expires_at_ms,
             max_expires_at_ms: g.max_expires_at_ms,
+            quota: ledger::Quota {
+                active_per_subject_max: self.ctx.config.active_grants_per_subject_max,
+                active_per_task_max: self.ctx.config.active_grants_per_task_max,
+            },
         };
         let cmd = match parent {
             None => Command::Issue(issue),

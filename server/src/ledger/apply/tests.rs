@@ -9,6 +9,7 @@ struct Mem {
     grants: BTreeMap<String, GrantRecord>,
     dedupe: BTreeMap<String, DedupeRecord>,
     tasks: BTreeMap<String, TaskRecord>,
+    active: BTreeMap<Counted, u64>,
     /// Issue into a task only once it has begun; otherwise (the tests not
     /// about tasks) `run` opens the task of an Issue that names a new one.
     explicit_tasks: bool,
@@ -53,6 +54,9 @@ impl LedgerState for Mem {
             .map(|g| g.grant_id.clone())
             .take(limit)
             .collect())
+    }
+    fn active_grants(&self, of: &Counted) -> Result<u64, StateError> {
+        Ok(self.active.get(of).copied().unwrap_or(0))
     }
     fn child_grant_ids(&self, parent: &str, limit: usize) -> Result<Vec<String>, StateError> {
         Ok(self
@@ -132,6 +136,9 @@ impl Mem {
                 }
                 Write::DeleteDedupe { request_id, .. } => {
                     self.dedupe.remove(&request_id);
+                }
+                Write::ActiveCount { of, count } => {
+                    self.active.insert(of, count);
                 }
                 Write::PutTask(t) => {
                     self.tasks.insert(t.task_id.clone(), t);
@@ -222,6 +229,7 @@ fn issue_cmd(req: &str, grant: &str, task: &str, now: i64, ttl_ms: i64) -> Comma
         now_ms: now,
         expires_at_ms: now + ttl_ms,
         max_expires_at_ms: now + 3_600_000,
+        quota: Quota::default(),
     })
 }
 
@@ -1209,4 +1217,75 @@ fn revoking_a_grant_revokes_everything_delegated_from_it() {
         } => assert_eq!(revoked_grant_ids, vec!["c3".to_string(), "g2".to_string()]),
         other => panic!("{other:?}"),
     }
+}
+
+fn with_quota(cmd: Command, per_subject: u64, per_task: u64) -> Command {
+    let Command::Issue(mut c) = cmd else {
+        unreachable!()
+    };
+    c.quota = Quota {
+        active_per_subject_max: per_subject,
+        active_per_task_max: per_task,
+    };
+    Command::Issue(c)
+}
+
+#[test]
+fn quotas_count_active_grants_and_refuse_changing_nothing() {
+    let mut m = Mem::default();
+    let subject = Counted::Subject(AGENT.into());
+    for (i, task) in ["t1", "t2"].iter().enumerate() {
+        let r = m.run(with_quota(
+            issue_cmd(&format!("r{i}"), &format!("g{i}"), task, 1000, 5_000),
+            2,
+            0,
+        ));
+        assert!(matches!(r, CommandResult::Issued { .. }), "{r:?}");
+    }
+    assert_eq!(m.active[&subject], 2);
+    let entries = m.audit.len();
+    let over = m.run(with_quota(issue_cmd("r2", "g2", "t3", 1000, 5_000), 2, 0));
+    assert!(
+        matches!(over, CommandResult::Rejected(Rejection::ResourceExhausted(ref msg)) if msg.contains("active_grants_per_subject_max")),
+        "{over:?}"
+    );
+    assert_eq!(
+        (m.grants.len(), m.audit.len()),
+        (2, entries),
+        "nothing changed"
+    );
+    // A revoke frees a place; so does the sweep retiring an expired grant.
+    m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g0".into(),
+        reason: "done".into(),
+        actor: OWNER.into(),
+        now_ms: 2000,
+    }));
+    assert_eq!(m.active[&subject], 1);
+    assert!(matches!(
+        m.run(with_quota(issue_cmd("r2", "g2", "t3", 2000, 60_000), 2, 0)),
+        CommandResult::Issued { .. }
+    ));
+    m.run(Command::Sweep(SweepCmd { now_ms: 7000 }));
+    assert_eq!(m.active[&subject], 1, "g1 expired");
+    // Per task: the second active grant of t3 is refused, another task's is not.
+    let r = m.run(with_quota(issue_cmd("r3", "g3", "t3", 8000, 60_000), 0, 1));
+    assert!(
+        matches!(r, CommandResult::Rejected(Rejection::ResourceExhausted(ref msg)) if msg.contains("active_grants_per_task_max")),
+        "{r:?}"
+    );
+    assert!(matches!(
+        m.run(with_quota(issue_cmd("r4", "g4", "t4", 8000, 60_000), 0, 1)),
+        CommandResult::Issued { .. }
+    ));
+    // Completing a task gives its places back.
+    m.run(close_cmd("t3", TaskState::Completed, 9000));
+    assert_eq!(
+        m.active
+            .get(&Counted::Task("t3".into()))
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(m.active[&subject], 1);
 }
