@@ -47,7 +47,7 @@ fn delegate(
                 actions: a.iter().map(|a| a.to_string()).collect(),
             })
             .collect(),
-        intent: "triage issue 42".into(),
+        intent: String::new(),
         ttl_seconds: ttl,
     }
 }
@@ -121,6 +121,7 @@ async fn delegation_narrows_is_bounded_and_falls_with_its_parent() {
     );
     assert_eq!(g1.expires_at_ms, pg.expires_at_ms);
     assert!(g1.issuer.ends_with("/agent/planner"));
+    assert_eq!(g1.intent, pg.intent, "unsaid, the purpose is the parent's");
     let again = planner.delegate(req).await.unwrap();
     assert!(again.replayed);
     assert_eq!(again.grant.unwrap().grant_id, g1.grant_id);

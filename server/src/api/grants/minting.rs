@@ -174,7 +174,12 @@ impl GrantsService {
             subject: r.subject,
             task_id: parent.task_id.clone(),
             scopes,
-            intent: r.intent,
+            // Unsaid, the purpose is the parent's.
+            intent: if r.intent.is_empty() {
+                parent.intent.clone()
+            } else {
+                r.intent
+            },
             expires_at_ms,
             max_expires_at_ms: now + (self.ctx.config.ttl_seconds_max as i64) * 1000,
             now,
