@@ -71,6 +71,21 @@ impl NodeContext {
         Ok(())
     }
 
+    /// Read something that never changes once written (a task's owner and
+    /// deadline, a grant's subject and parent): this node's copy, or, if it
+    /// has none yet (written through another leader, not applied here),
+    /// the copy after a read barrier.
+    pub async fn read_settled<T>(
+        &self,
+        read: impl Fn(&StateReader) -> std::io::Result<Option<T>>,
+    ) -> Result<Option<T>, ApiError> {
+        if let Some(v) = read(&self.state)? {
+            return Ok(Some(v));
+        }
+        self.read_barrier(false).await?;
+        Ok(read(&self.state)?)
+    }
+
     /// Propose a command and wait for its result; returns (result, log index).
     pub async fn propose(&self, cmd: Command) -> Result<(CommandResult, u64), ApiError> {
         let _permit = self.proposals.try_acquire().map_err(|_| {

@@ -34,16 +34,10 @@ pub(crate) fn to_pb_task(t: &TaskRecord, now: i64) -> pb::Task {
     }
 }
 
-/// The task as this node has it; if it has none, after a read barrier
-/// (a task begun through another leader may not be applied here yet).
-/// A task never changes owner, intent, tools or deadline, so a read of
-/// any applied state is good for those.
+/// The task, which must have been begun (its owner, tools and deadline
+/// never change: see `NodeContext::read_settled`).
 pub(crate) async fn known_task(ctx: &NodeContext, task_id: &str) -> Result<TaskRecord, ApiError> {
-    if let Some(t) = ctx.state.task(task_id)? {
-        return Ok(t);
-    }
-    ctx.read_barrier(false).await?;
-    ctx.state.task(task_id)?.ok_or_else(|| {
+    ctx.read_settled(|s| s.task(task_id)).await?.ok_or_else(|| {
         ApiError::NotFound(format!("no task {task_id:?}: begin it first (BeginTask)"))
     })
 }
@@ -99,20 +93,12 @@ pub(crate) async fn begin(
     validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
     validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
     declared_tools(&r.declared_tools)?;
-    let cfg = &ctx.config;
-    let deadline_seconds = match r.deadline_seconds {
-        0 => cfg.task_deadline_seconds_default,
-        s if s > cfg.task_deadline_seconds_max => {
-            return Err(ApiError::invalid(
-                "deadline_seconds",
-                format!(
-                    "{s} exceeds the maximum of {}",
-                    cfg.task_deadline_seconds_max
-                ),
-            ))
-        }
-        s => s,
-    };
+    let deadline_seconds = validate::seconds(
+        "deadline_seconds",
+        r.deadline_seconds,
+        ctx.config.task_deadline_seconds_default,
+        ctx.config.task_deadline_seconds_max,
+    )?;
     let now = now_ms();
     let cmd = Command::BeginTask(BeginTaskCmd {
         task_id: r.task_id.clone(),

@@ -186,3 +186,15 @@ mod tests {
         assert!(text("i", &"x".repeat(INTENT_BYTES_MAX + 1), INTENT_BYTES_MAX).is_err());
     }
 }
+
+/// A duration in seconds: 0 takes `default`, above `max` is refused.
+pub fn seconds(field: &'static str, asked: u64, default: u64, max: u64) -> R<u64> {
+    match asked {
+        0 => Ok(default),
+        s if s > max => Err(ApiError::invalid(
+            field,
+            format!("{s} exceeds the maximum of {max}"),
+        )),
+        s => Ok(s),
+    }
+}

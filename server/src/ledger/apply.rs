@@ -737,7 +737,7 @@ fn revoke(
     state: &impl LedgerState,
     out: &mut Out,
 ) -> Result<CommandResult, StateError> {
-    let Some(mut grant) = state.grant(&c.grant_id)? else {
+    let Some(grant) = state.grant(&c.grant_id)? else {
         return Ok(CommandResult::Rejected(Rejection::NotFound(format!(
             "no grant {}",
             c.grant_id
@@ -763,13 +763,7 @@ fn revoke(
             descendants_revoked: Vec::new(),
         });
     }
-    grant.state = GrantState::Revoked;
-    grant.revoked_at_ms = c.now_ms;
-    grant.revoke_reason = c.reason.clone();
-    let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&grant));
-    r.reason = c.reason.clone();
-    let audit = out.record(r);
-    out.retire(grant.clone());
+    let (grant, audit) = revoke_grant(grant, &c.reason, &c.actor, c.now_ms, out);
     let descendants_revoked = revoke_descendants(&grant.grant_id, c, state, out)?;
     Ok(CommandResult::Revoked {
         grant,
@@ -792,7 +786,7 @@ fn revoke_descendants(
     let mut parents = vec![root.to_string()];
     while let Some(parent) = parents.pop() {
         for id in state.child_grant_ids(&parent, limits::GRANTS_PER_TASK_MAX)? {
-            let mut g = state.grant(&id)?.ok_or_else(|| {
+            let g = state.grant(&id)?.ok_or_else(|| {
                 StateError(format!("children index points at missing grant {id}"))
             })?;
             // An inactive one took its own descendants with it.
@@ -803,18 +797,31 @@ fn revoke_descendants(
                 expire_grant(g, c.now_ms, out);
                 continue;
             }
-            g.state = GrantState::Revoked;
-            g.revoked_at_ms = c.now_ms;
-            g.revoke_reason = format!("parent grant {parent} revoked");
-            let mut r = record(Kind::Revoke, c.now_ms, &c.actor, Some(&g));
-            r.reason = g.revoke_reason.clone();
-            out.record(r);
-            out.retire(g);
+            let reason = format!("parent grant {parent} revoked");
+            revoke_grant(g, &reason, &c.actor, c.now_ms, out);
             revoked.push(id.clone());
             parents.push(id);
         }
     }
     Ok(revoked)
+}
+
+/// Revoke an active grant, with its revoke entry.
+fn revoke_grant(
+    mut g: GrantRecord,
+    reason: &str,
+    actor: &str,
+    now_ms: i64,
+    out: &mut Out,
+) -> (GrantRecord, AuditRef) {
+    g.state = GrantState::Revoked;
+    g.revoked_at_ms = now_ms;
+    g.revoke_reason = reason.to_string();
+    let mut r = record(Kind::Revoke, now_ms, actor, Some(&g));
+    r.reason = g.revoke_reason.clone();
+    let audit = out.record(r);
+    out.retire(g.clone());
+    (g, audit)
 }
 
 /// Retire an active grant past its expiry, with its expire entry.

@@ -13,21 +13,18 @@ struct NewGrant {
     scopes: Vec<ledger::Scope>,
     intent: String,
     expires_at_ms: i64,
-    max_expires_at_ms: i64,
     now: i64,
 }
 
 /// The TTL asked for, or the default; above the maximum is refused.
 fn ttl(ctx: &NodeContext, asked: u64) -> Result<u64, ApiError> {
     let cfg = &ctx.config;
-    match asked {
-        0 => Ok(cfg.ttl_seconds_default),
-        t if t > cfg.ttl_seconds_max => Err(ApiError::invalid(
-            "ttl_seconds",
-            format!("{t} exceeds the maximum of {}", cfg.ttl_seconds_max),
-        )),
-        t => Ok(t),
-    }
+    validate::seconds(
+        "ttl_seconds",
+        asked,
+        cfg.ttl_seconds_default,
+        cfg.ttl_seconds_max,
+    )
 }
 
 fn scopes_of(scopes: &[pb::Scope]) -> Result<Vec<ledger::Scope>, ApiError> {
@@ -66,16 +63,11 @@ fn fingerprint(parts: &[&str], scopes: &[ledger::Scope], ttl_seconds: u64) -> St
     hex::encode(h.finalize())
 }
 
-/// A grant's fields that never change (subject, issuer, task, scopes,
-/// parent): this node's copy, or one read through the leader if this node
-/// has not seen the grant yet.
+/// A grant, by id (its subject, issuer, task, scopes and parent never
+/// change: see `NodeContext::read_settled`).
 async fn known_grant(ctx: &NodeContext, grant_id: &str) -> Result<GrantRecord, ApiError> {
-    if let Some(g) = ctx.state.grant(grant_id)? {
-        return Ok(g);
-    }
-    ctx.read_barrier(false).await?;
-    ctx.state
-        .grant(grant_id)?
+    ctx.read_settled(|s| s.grant(grant_id))
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no grant {grant_id}")))
 }
 
@@ -115,7 +107,6 @@ impl GrantsService {
             scopes,
             intent: r.intent,
             expires_at_ms: tasks::grant_expiry(&task, now, ttl_seconds),
-            max_expires_at_ms: now + (self.ctx.config.ttl_seconds_max as i64) * 1000,
             now,
         };
         self.propose_grant(caller, g, None).await
@@ -181,7 +172,6 @@ impl GrantsService {
                 r.intent
             },
             expires_at_ms,
-            max_expires_at_ms: now + (self.ctx.config.ttl_seconds_max as i64) * 1000,
             now,
         };
         self.propose_grant(caller, g, Some((parent_id, r.sub_task)))
@@ -223,7 +213,9 @@ impl GrantsService {
             token_hash: minted.token_hash,
             now_ms: g.now,
             expires_at_ms: g.expires_at_ms,
-            max_expires_at_ms: g.max_expires_at_ms,
+            // Renewals may take it this far (a delegated grant: and no
+            // further than its parent).
+            max_expires_at_ms: g.now + (self.ctx.config.ttl_seconds_max as i64) * 1000,
             quota: ledger::Quota {
                 active_per_subject_max: self.ctx.config.active_grants_per_subject_max,
                 active_per_task_max: self.ctx.config.active_grants_per_task_max,
