@@ -648,6 +648,18 @@ impl IssueInTask for Client {
     }
 }
 
+/// The gRPC code and `x-grant-error` of a call expected to be refused.
+pub fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, String) {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(ClientError::Status(s)) => (
+            s.code(),
+            grant_client::error_code(&s).unwrap_or_default().to_string(),
+        ),
+        Err(e) => panic!("expected a status, got {e}"),
+    }
+}
+
 /// Revoke `grant_id` with a reason, request id left to the client library.
 pub fn revoke_req(grant_id: &str, reason: &str) -> pb::RevokeRequest {
     pb::RevokeRequest {

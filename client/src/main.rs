@@ -355,6 +355,18 @@ fn print_grant(g: &pb::Grant) {
     }
 }
 
+/// An Issue's or a Delegate's answer: the grant, its token (shown once).
+fn print_issued(r: &pb::IssueResponse) {
+    if let Some(g) = &r.grant {
+        print_grant(g);
+    }
+    if r.replayed {
+        println!("replayed: true (this request id was applied before)");
+    }
+    println!("token: {}", r.token);
+    print_receipt(&r.receipt);
+}
+
 fn print_receipt(r: &Option<pb::Receipt>) {
     if let Some(r) = r {
         println!("log_index: {}", r.log_index);
@@ -399,14 +411,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            if let Some(g) = &r.grant {
-                print_grant(g);
-            }
-            if r.replayed {
-                println!("replayed: true (this request id was applied before)");
-            }
-            println!("token: {}", r.token);
-            print_receipt(&r.receipt);
+            print_issued(&r);
         }
         Cmd::Check {
             token,
@@ -490,11 +495,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            if let Some(g) = &r.grant {
-                print_grant(g);
-            }
-            println!("token: {}", r.token);
-            print_receipt(&r.receipt);
+            print_issued(&r);
         }
         Cmd::Renew { grant_id, ttl } => {
             let r = client

@@ -28,17 +28,6 @@ callers = ["spiffe://example.org/orchestrator", "spiffe://example.org/orchestrat
 subjects = ["spiffe://example.org/agent/*"]
 "#;
 
-fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (Code, String) {
-    match r {
-        Ok(v) => panic!("expected a refusal, got {v:?}"),
-        Err(ClientError::Status(s)) => (
-            s.code(),
-            grant_client::error_code(&s).unwrap_or_default().to_string(),
-        ),
-        Err(e) => panic!("expected a status, got {e}"),
-    }
-}
-
 fn begin(task: &str, tools: &[&str], deadline_seconds: u64) -> pb::BeginTaskRequest {
     pb::BeginTaskRequest {
         task_id: task.into(),

@@ -5,7 +5,6 @@
 //! step is on the audit record.
 
 use grant_client::v1 as pb;
-use grant_client::ClientError;
 use grant_tests::grant_proto::audit::{export, Kind};
 use grant_tests::*;
 use tonic::Code;
@@ -16,17 +15,6 @@ const PLANNER: &str = "agent/planner";
 
 fn id(path: &str) -> String {
     format!("spiffe://example.org/{path}")
-}
-
-fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (Code, String) {
-    match r {
-        Ok(v) => panic!("expected a refusal, got {v:?}"),
-        Err(ClientError::Status(s)) => (
-            s.code(),
-            grant_client::error_code(&s).unwrap_or_default().to_string(),
-        ),
-        Err(e) => panic!("expected a status, got {e}"),
-    }
 }
 
 fn delegate(
