@@ -621,22 +621,32 @@ impl Client {
             .unwrap_or_else(|_| "UNKNOWN".into()))
     }
 
-    /// A backup file of the cluster's state (see `grant_proto::backup`),
-    /// served after a read barrier; or, with `stale_from`, that node's own
-    /// state without one (after losing a majority).
-    pub async fn backup(&self, stale_from: Option<&str>) -> Result<Vec<u8>, ClientError> {
+    /// Write a backup file of the cluster's state (see `grant_proto::backup`)
+    /// to `out` as it arrives (a backup is as large as the state), served
+    /// after a read barrier; or, with `stale_from`, that node's own state
+    /// without one (after losing a majority). `out` is rewritten from its
+    /// start by each attempt; the caller checks and publishes it.
+    pub async fn backup_to(
+        &self,
+        stale_from: Option<&str>,
+        out: &std::path::Path,
+    ) -> Result<(), ClientError> {
         use futures_util::StreamExt;
+        use std::io::Write;
         let allow_stale = stale_from.is_some();
         let fetch = |ch: Ch| async move {
             let mut stream = ClusterClient::new(ch)
                 .backup(pb::BackupRequest { allow_stale })
                 .await?
                 .into_inner();
-            let mut out = Vec::new();
+            let io = |e: std::io::Error| {
+                Status::internal(format!("cannot write {}: {e}", out.display()))
+            };
+            let mut f = std::io::BufWriter::new(std::fs::File::create(out).map_err(io)?);
             while let Some(chunk) = stream.next().await {
-                out.extend_from_slice(&chunk?.data);
+                f.write_all(&chunk?.data).map_err(io)?;
             }
-            Ok(out)
+            f.flush().map_err(io)
         };
         match stale_from {
             Some(a) => fetch(self.channel(a)?).await.map_err(ClientError::Status),

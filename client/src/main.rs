@@ -635,34 +635,45 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Snapshot(SnapshotCmd::Save { file, stale_from }) => {
-            let data = client.backup(stale_from.as_deref()).await.map_err(e)?;
-            let (h, _) = grant_client::backup::parse(&data)
-                .map_err(|err| format!("the backup received is damaged: {err}"))?;
-            write_durably(&file, &data)
-                .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+            // Received into a temporary file beside the target, checked as
+            // a stream, then made durable and renamed.
+            let mut tmp = file.as_os_str().to_owned();
+            tmp.push(".partial");
+            let tmp = std::path::PathBuf::from(tmp);
+            let saved = async {
+                client
+                    .backup_to(stale_from.as_deref(), &tmp)
+                    .await
+                    .map_err(e)?;
+                let h = check_backup_file(&tmp)?
+                    .map_err(|err| format!("the backup received is damaged: {err}"))?;
+                publish_durably(&tmp, &file)
+                    .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+                Ok::<_, String>(h)
+            }
+            .await;
+            let h = saved.inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
             println!(
-                "saved {}: {} bytes, log index {}, {} audit entries, from node {}",
+                "saved {}: {} bytes of state, log index {}, {} audit entries, from node {}",
                 file.display(),
-                data.len(),
+                h.data_bytes,
                 h.last_log_index,
                 h.audit_size,
                 h.taken_from_node
             );
         }
-        Cmd::Snapshot(SnapshotCmd::Status { file }) => {
-            let data = std::fs::read(&file)
-                .map_err(|err| format!("cannot read {}: {err}", file.display()))?;
-            match grant_client::backup::parse(&data) {
-                Ok((h, _)) => println!(
-                    "ok: log index {}, {} audit entries, {} bytes of state (sha256 {}), taken from node {} at {} ms, state format {}",
-                    h.last_log_index, h.audit_size, h.data_bytes, h.data_sha256, h.taken_from_node, h.created_ms, h.state_format
-                ),
-                Err(err) => {
-                    println!("damaged: {err}");
-                    return Ok(ExitCode::from(1));
-                }
+        Cmd::Snapshot(SnapshotCmd::Status { file }) => match check_backup_file(&file)? {
+            Ok(h) => println!(
+                "ok: log index {}, {} audit entries, {} bytes of state (sha256 {}), taken from node {} at {} ms, state format {}",
+                h.last_log_index, h.audit_size, h.data_bytes, h.data_sha256, h.taken_from_node, h.created_ms, h.state_format
+            ),
+            Err(err) => {
+                println!("damaged: {err}");
+                return Ok(ExitCode::from(1));
             }
-        }
+        },
         Cmd::Cluster(c) => match c {
             ClusterCmd::Init { members } => {
                 let members = members
@@ -749,14 +760,27 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 
 /// Write to a temporary name beside `path`, fsync, rename: a crash leaves
 /// either the old file or the whole new one.
-fn write_durably(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// Read a backup file as a stream and check it: Err when it cannot be
+/// read, Ok(Err) when it is damaged.
+fn check_backup_file(
+    path: &std::path::Path,
+) -> Result<Result<grant_client::backup::BackupHeader, grant_client::backup::BackupError>, String> {
+    use grant_client::backup;
+    let f = std::fs::File::open(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
+    Ok(backup::read_header(&mut r).and_then(|h| backup::check_data(r, &h).map(|_| h)))
+}
+
+/// fsync `tmp` and rename it to `path`, so that `path` is whole or absent.
+fn publish_durably(tmp: &std::path::Path, path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn print_membership(r: &pb::MembershipResponse) {

@@ -10,7 +10,11 @@
 //! ```
 //!
 //! The SHA-256 of the data is checked on save and on restore, so a file cut
-//! short or altered is refused before anything is written.
+//! short or altered is refused before anything is written. Backups are as
+//! large as the state, so they are read as streams ([`read_header`],
+//! [`check_data`]).
+
+use std::io::{BufRead, Read};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,6 +54,12 @@ pub enum BackupError {
     Truncated { got: u64, want: u64 },
     #[error("backup data does not match its SHA-256: the file was altered or damaged")]
     Checksum,
+    #[error("reading the backup: {0}")]
+    Io(String),
+}
+
+fn io(e: std::io::Error) -> BackupError {
+    BackupError::Io(e.to_string())
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -64,28 +74,63 @@ pub fn header_bytes(h: &BackupHeader) -> Vec<u8> {
     out
 }
 
-/// Split and check a whole backup file: its description and its data.
-pub fn parse(file: &[u8]) -> Result<(BackupHeader, &[u8]), BackupError> {
-    let rest = file
-        .strip_prefix(format!("{MAGIC}\n").as_bytes())
-        .ok_or(BackupError::NotABackup)?;
-    let end = rest
-        .iter()
-        .take(HEADER_BYTES_MAX)
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| BackupError::BadHeader("no end of line".into()))?;
-    let h: BackupHeader =
-        serde_json::from_slice(&rest[..end]).map_err(|e| BackupError::BadHeader(e.to_string()))?;
-    let data = &rest[end + 1..];
-    if data.len() as u64 != h.data_bytes {
+/// Read the magic and description lines at the start of a backup, leaving
+/// `r` at the first byte of the data.
+pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
+    let mut magic = Vec::new();
+    r.by_ref()
+        .take(MAGIC.len() as u64 + 1)
+        .read_until(b'\n', &mut magic)
+        .map_err(io)?;
+    if magic != format!("{MAGIC}\n").as_bytes() {
+        return Err(BackupError::NotABackup);
+    }
+    let mut line = Vec::new();
+    r.by_ref()
+        .take(HEADER_BYTES_MAX as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(io)?;
+    if line.pop() != Some(b'\n') {
+        return Err(BackupError::BadHeader("no end of line".into()));
+    }
+    serde_json::from_slice(&line).map_err(|e| BackupError::BadHeader(e.to_string()))
+}
+
+/// Read the data after the header to the end of `r`, checking its length
+/// and SHA-256 against the description.
+pub fn check_data(r: impl Read, h: &BackupHeader) -> Result<(), BackupError> {
+    let mut hasher = HashingWriter(Sha256::new());
+    let got = std::io::copy(&mut { r }, &mut hasher).map_err(io)?;
+    if got != h.data_bytes {
         return Err(BackupError::Truncated {
-            got: data.len() as u64,
+            got,
             want: h.data_bytes,
         });
     }
-    if sha256_hex(data) != h.data_sha256 {
+    if hex::encode(hasher.0.finalize()) != h.data_sha256 {
         return Err(BackupError::Checksum);
     }
+    Ok(())
+}
+
+struct HashingWriter(Sha256);
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Split and check a whole backup file held in memory: its description and
+/// its data.
+pub fn parse(file: &[u8]) -> Result<(BackupHeader, &[u8]), BackupError> {
+    let mut data = file;
+    let h = read_header(&mut data)?;
+    check_data(data, &h)?;
     Ok((h, data))
 }
 

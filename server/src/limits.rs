@@ -122,8 +122,13 @@ const _: () = assert!(2 * ISSUE_ENCODED_BYTES_MAX < LOG_ENTRY_BYTES_MAX);
 const _: () = assert!(LOG_ENTRY_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
 
-/// Bytes of one snapshot received from a leader (held in memory to install).
-pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;
+/// Bytes of one snapshot received from a leader (written to disk as it
+/// arrives; the leader announces the length first).
+pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024 * 1024 * 1024;
+/// Bytes of one key or value in snapshot data: a length prefix above it is
+/// damage, refused before anything is allocated. No value is larger than
+/// the log entry that wrote it.
+pub const SNAPSHOT_VALUE_BYTES_MAX: usize = LOG_ENTRY_BYTES_MAX;
 
 /// Audit entries in one GetEntries page.
 pub const AUDIT_PAGE_MAX: u32 = 1000;

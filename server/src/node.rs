@@ -40,6 +40,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
     let sm = StateMachine::open(&config.data_dir)?;
     let state = sm.reader();
+    let sm_snapshot_dir = sm.snapshot_dir().to_path_buf();
 
     let raft_config = openraft::Config {
         cluster_name: "grant-ledger".into(),
@@ -141,7 +142,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             access: access.clone(),
         })
         .add_service(
-            RaftPeerServer::new(RaftPeerService::new(raft.clone()))
+            RaftPeerServer::new(RaftPeerService::new(raft.clone(), sm_snapshot_dir))
                 .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX),
         )

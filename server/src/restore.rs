@@ -11,6 +11,8 @@
 //! verifies from the first entry.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
@@ -58,9 +60,17 @@ pub async fn restore(
     if !nodes.contains_key(&node_id) {
         bail!("the members must include this node ({node_id})");
     }
-    let file =
-        std::fs::read(backup_file).with_context(|| format!("reading {}", backup_file.display()))?;
-    let (header, data) = backup::parse(&file)?;
+    // A backup is as large as the state: read it as a stream, once to check
+    // it and once to copy it.
+    let open = || -> anyhow::Result<(backup::BackupHeader, BufReader<File>)> {
+        let f = File::open(backup_file)
+            .with_context(|| format!("reading {}", backup_file.display()))?;
+        let mut r = BufReader::with_capacity(256 * 1024, f);
+        let header = backup::read_header(&mut r)?;
+        Ok((header, r))
+    };
+    let (header, data) = open()?;
+    backup::check_data(data, &header)?;
     if header.state_format != ks::FORMAT_VERSION {
         bail!(
             "backup holds state format {}, this grantd reads {}",
@@ -75,7 +85,6 @@ pub async fn restore(
     let voters: BTreeSet<u64> = nodes.keys().copied().collect();
     let membership = Membership::new(vec![voters.clone()], nodes)?;
     let stored = StoredMembership::new(Some(last), membership);
-    let data = snapshot_data::replace(data, ks::META_MEMBERSHIP, &codec::encode(&stored))?;
     let meta = SnapshotMeta {
         last_log_id: Some(last),
         last_membership: stored,
@@ -84,20 +93,30 @@ pub async fn restore(
     std::fs::create_dir_all(data_dir)?;
     let seeded = async {
         let mut sm = StateMachine::open(data_dir)?;
-        sm.install_snapshot(&meta, data).await?;
+        let (_, data) = open()?;
+        let mut out = sm.snapshot_writer(&meta)?;
+        snapshot_data::copy_replacing(
+            data.take(header.data_bytes),
+            &mut out,
+            ks::META_MEMBERSHIP,
+            &codec::encode(&meta.last_membership),
+        )?;
+        let (_, file) = out.finish()?;
+        sm.install_snapshot(&meta, file).await?;
         let mut log = LogStore::open(&data_dir.join("raft-log"))?;
         log.purge(last).await?;
         log.save_committed(Some(last)).await?;
         // Durable, and flushes the purge and commit marks with it. A vote in
         // the backup's term keeps every later term above the log's.
         log.save_vote(&Vote::new(last.leader_id.term, node_id))
-            .await
+            .await?;
+        anyhow::Ok(())
     }
     .await;
     if let Err(e) = seeded {
         // The directory was empty or absent: leave it as it was.
         let _ = std::fs::remove_dir_all(data_dir);
-        return Err(e.into());
+        return Err(e);
     }
     Ok(Restored {
         last_log_index: last.index,

@@ -177,7 +177,10 @@ async fn each_service_refuses_callers_without_its_role_and_changes_nothing() {
     assert_eq!(code(agent.list(list_task_req("roles", 10)).await), denied);
     assert_eq!(code(agent.audit_export(None).await), denied);
     assert_eq!(code(agent.roster().await), denied);
-    assert_eq!(code(agent.backup(None).await), denied);
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("refused.backup");
+    assert_eq!(code(agent.backup_to(None, &out).await), denied);
+    assert!(!out.exists(), "a refused backup wrote a file");
     assert_eq!(code(agent.remove_node(3).await), denied);
     assert_eq!(code(agent.transfer_leader(2).await), denied);
     // A checker is no revoker, nor an auditor.

@@ -192,7 +192,12 @@ async fn after_losing_a_majority_the_survivor_seeds_a_new_cluster() {
     for id in (1..=3).filter(|&i| i != survivor) {
         old.kill(id);
     }
-    let err = old.node_client(survivor).backup(None).await.unwrap_err();
+    let scratch = tempfile::tempdir().unwrap();
+    let err = old
+        .node_client(survivor)
+        .backup_to(None, &scratch.path().join("no-quorum.backup"))
+        .await
+        .unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable), "{err}");
 
     let vault = tempfile::tempdir().unwrap();

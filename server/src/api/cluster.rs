@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures::StreamExt;
 use grant_proto::v1 as pb;
 use grant_proto::v1::cluster_server::Cluster;
 use openraft::async_runtime::WatchReceiver;
@@ -171,36 +172,44 @@ impl Cluster for ClusterService {
         let snap = self
             .snapshot_for_backup(req.into_inner().allow_stale)
             .await?;
-        let data = snap.snapshot;
-        let chain: crate::ledger::Chain =
-            match snapshot_data::get(&data, ks::META_CHAIN).map_err(ApiError::from)? {
-                Some(v) => codec::decode(v).map_err(ApiError::from)?,
-                None => Default::default(),
-            };
+        let file = snap.snapshot;
+        // One pass for the checksum and the chain head, then the data
+        // streamed from the file: a backup is as large as the state.
+        let (file, summary) = tokio::task::spawn_blocking(move || {
+            let summary = snapshot_data::summarize(file.data(), ks::META_CHAIN);
+            (file, summary)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (data_bytes, data_sha256, chain) = summary.map_err(ApiError::from)?;
+        let chain: crate::ledger::Chain = match chain {
+            Some(v) => codec::decode(&v).map_err(ApiError::from)?,
+            None => Default::default(),
+        };
         let header = backup::BackupHeader {
             state_format: ks::FORMAT_VERSION,
             created_ms: super::now_ms(),
             taken_from_node: self.ctx.config.node_id,
             last_log_index: snap.meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0),
             audit_size: chain.size(),
-            data_bytes: data.len() as u64,
-            data_sha256: backup::sha256_hex(&data),
+            data_bytes,
+            data_sha256,
             raft_meta: serde_json::from_slice(&codec::encode(&snap.meta))
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
         };
         tracing::info!(
             index = header.last_log_index,
-            bytes = data.len(),
+            bytes = data_bytes,
             "serving a backup"
         );
-        let mut chunks = vec![Ok(pb::BackupChunk {
+        let first = futures::stream::once(futures::future::ready(Ok(pb::BackupChunk {
             data: backup::header_bytes(&header),
-        })];
-        chunks.extend(
-            data.chunks(limits::EXPORT_CHUNK_BYTES)
-                .map(|c| Ok(pb::BackupChunk { data: c.to_vec() })),
-        );
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        })));
+        let rest = file.chunks(limits::EXPORT_CHUNK_BYTES).map(|c| {
+            c.map(|data| pb::BackupChunk { data })
+                .map_err(|e| Status::from(ApiError::Internal(format!("reading the snapshot: {e}"))))
+        });
+        Ok(Response::new(Box::pin(first.chain(rest))))
     }
 
     async fn initialize(

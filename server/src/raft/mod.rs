@@ -49,7 +49,8 @@ pub mod typ {
     pub type EntryResponder = openraft::storage::EntryResponder<TypeConfig>;
     pub type LogState = openraft::storage::LogState<TypeConfig>;
     pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-    pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+    pub type Snapshot =
+        openraft::alias::SnapshotOf<TypeConfig, crate::storage::snapshot_file::SnapshotFile>;
     pub type IOFlushed = openraft::storage::IOFlushed<TypeConfig>;
     pub type RaftError<E = openraft::errors::Infallible> =
         openraft::errors::RaftError<TypeConfig, E>;

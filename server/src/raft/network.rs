@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use grant_proto::tls::{AcceptServer, Tls};
 use grant_proto::v1::raft::raft_peer_client::RaftPeerClient;
 use grant_proto::v1::raft::{RaftPayload, SnapshotChunk};
@@ -107,7 +108,7 @@ impl PeerConnection {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = crate::storage::snapshot_file::SnapshotFile;
 
     async fn append_entries(
         &mut self,
@@ -144,25 +145,41 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError> {
-        let header = codec::encode(&(vote, snapshot.meta.clone()));
-        let data = snapshot.snapshot;
-        let mut chunks = vec![SnapshotChunk {
-            header,
+        let file = snapshot.snapshot;
+        // The length goes first, so that a stream cut short is refused
+        // rather than installed as a smaller state.
+        let first = SnapshotChunk {
+            header: codec::encode(&(vote, snapshot.meta.clone(), file.data_len())),
             data: Vec::new(),
-        }];
-        chunks.extend(
-            data.chunks(limits::SNAPSHOT_CHUNK_BYTES)
-                .map(|c| SnapshotChunk {
-                    header: Vec::new(),
-                    data: c.to_vec(),
-                }),
+        };
+        tracing::info!(
+            target = self.target,
+            bytes = file.data_len(),
+            "sending snapshot"
         );
-        tracing::info!(target = self.target, bytes = data.len(), "sending snapshot");
+        // Read from the file as the peer takes it: one chunk in memory at a
+        // time. A read error ends the stream; the peer then refuses the
+        // snapshot as cut short.
+        let target = self.target;
+        let rest = file
+            .chunks(limits::SNAPSHOT_CHUNK_BYTES)
+            .scan((), move |_, c| {
+                futures::future::ready(match c {
+                    Ok(data) => Some(SnapshotChunk {
+                        header: Vec::new(),
+                        data,
+                    }),
+                    Err(e) => {
+                        tracing::error!(target, error = %e, "reading the snapshot to send");
+                        None
+                    }
+                })
+            });
         let mut client = self
             .client()
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
         let resp = client
-            .install_snapshot(futures::stream::iter(chunks))
+            .install_snapshot(futures::stream::once(async { first }).chain(rest))
             .await
             .map_err(|s| StreamingError::Network(network_err(s)))?;
         codec::decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(network_err(e)))

@@ -11,7 +11,7 @@
 //! exactly as it was when the capture began.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
+use std::io::{self, Write};
 use std::sync::Mutex;
 
 use super::io_err;
@@ -40,9 +40,9 @@ impl Capture {
         Ok(())
     }
 
-    /// The state when the capture began, in `snapshot_data` encoding.
-    pub fn dump(&self, tree: &sled::Tree) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
+    /// Write the state when the capture began to `out`, in `snapshot_data`
+    /// encoding.
+    pub fn dump(&self, tree: &sled::Tree, out: &mut impl Write) -> io::Result<()> {
         let mut taken_from_preimage = HashSet::new();
         for kv in tree.iter() {
             let (k, v) = kv.map_err(io_err)?;
@@ -55,9 +55,9 @@ impl Capture {
                 .get(k.as_ref())
                 .cloned();
             match pre {
-                None => put(&mut out, &k, &v),
+                None => put(out, &k, &v)?,
                 Some(Some(old)) => {
-                    put(&mut out, &k, &old);
+                    put(out, &k, &old)?;
                     taken_from_preimage.insert(k.to_vec());
                 }
                 Some(None) => {} // created after the capture began
@@ -66,10 +66,10 @@ impl Capture {
         for (k, old) in self.preimages.lock().expect("capture lock").iter() {
             if let Some(old) = old {
                 if !taken_from_preimage.contains(k) {
-                    put(&mut out, k, old); // deleted since the capture began
+                    put(out, k, old)?; // deleted since the capture began
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod keyspace;
 pub mod log_store;
 pub mod snapshot_data;
+pub mod snapshot_file;
 pub mod state_machine;
 
 pub use log_store::LogStore;

@@ -1,86 +1,217 @@
 //! The encoding of snapshot data: the state tree's pairs in key order,
 //! each as (u32 key length, key, u32 value length, value), big-endian.
 //! Raft ships it between nodes; a backup file carries it unchanged.
+//!
+//! Snapshots are as large as the state (gigabytes at a million grants), so
+//! everything here reads and writes a stream, one pair at a time.
 
-use std::io;
+use std::io::{self, Read, Write};
 
-pub fn put(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
-    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-    out.extend_from_slice(k);
-    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-    out.extend_from_slice(v);
+use crate::limits::SNAPSHOT_VALUE_BYTES_MAX;
+
+pub fn put(out: &mut impl Write, k: &[u8], v: &[u8]) -> io::Result<()> {
+    out.write_all(&(k.len() as u32).to_be_bytes())?;
+    out.write_all(k)?;
+    out.write_all(&(v.len() as u32).to_be_bytes())?;
+    out.write_all(v)
 }
 
-/// The (key, value) pairs of `data` in order, one at a time (a malformed
-/// tail ends the iteration with an error).
-pub fn iter(data: &[u8]) -> impl Iterator<Item = io::Result<(&[u8], &[u8])>> {
-    fn take<'a>(rest: &mut &'a [u8]) -> io::Result<&'a [u8]> {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed snapshot data");
-        let len = u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
-        let v = rest.get(4..4 + len).ok_or_else(bad)?;
-        *rest = &rest[4 + len..];
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed snapshot data: {what}"),
+    )
+}
+
+/// The (key, value) pairs read from `r` in order, one at a time. A
+/// malformed or cut-short tail ends the iteration with an error.
+pub fn pairs<R: Read>(r: R) -> Pairs<R> {
+    Pairs {
+        r,
+        failed: false,
+        pairs: 0,
+    }
+}
+
+pub struct Pairs<R> {
+    r: R,
+    failed: bool,
+    pairs: u64,
+}
+
+impl<R: Read> Pairs<R> {
+    /// The next length prefix, or None at a clean end of the stream.
+    fn len(&mut self, first: bool) -> io::Result<Option<usize>> {
+        let mut b = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.r.read(&mut b[got..]) {
+                Ok(0) if got == 0 && first => return Ok(None),
+                Ok(0) => return Err(malformed("cut short")),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let n = u32::from_be_bytes(b) as usize;
+        if n > SNAPSHOT_VALUE_BYTES_MAX {
+            return Err(malformed(&format!(
+                "pair {} claims {n} bytes, above snapshot_value_bytes_max",
+                self.pairs
+            )));
+        }
+        Ok(Some(n))
+    }
+
+    fn bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut v = vec![0; n];
+        self.r.read_exact(&mut v).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => malformed("cut short"),
+            _ => e,
+        })?;
         Ok(v)
     }
-    let mut rest = data;
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if rest.is_empty() || failed {
+
+    fn pair(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let Some(kn) = self.len(true)? else {
+            return Ok(None);
+        };
+        let k = self.bytes(kn)?;
+        let vn = self.len(false)?.expect("not first");
+        let v = self.bytes(vn)?;
+        self.pairs += 1;
+        Ok(Some((k, v)))
+    }
+}
+
+impl<R: Read> Iterator for Pairs<R> {
+    type Item = io::Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
             return None;
         }
-        let pair = take(&mut rest).and_then(|k| Ok((k, take(&mut rest)?)));
-        failed = pair.is_err();
-        Some(pair)
-    })
+        let p = self.pair().transpose();
+        self.failed = matches!(p, Some(Err(_)));
+        p
+    }
 }
 
-/// Every (key, value) pair of `data`, or an error if it is malformed.
-pub fn pairs(data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
-    iter(data).collect()
-}
-
-/// The value of `key` in `data`, if present.
-pub fn get<'a>(data: &'a [u8], key: &[u8]) -> io::Result<Option<&'a [u8]>> {
-    Ok(pairs(data)?
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v))
-}
-
-/// `data` with the value of `key` set to `value` (added if absent).
-pub fn replace(data: &[u8], key: &[u8], value: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len() + value.len());
+/// Copy the data read from `r` to `w` with the value of `key` set to
+/// `value` (added at the end if absent).
+pub fn copy_replacing(
+    r: impl Read,
+    w: &mut impl Write,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
     let mut done = false;
-    for (k, v) in pairs(data)? {
+    for kv in pairs(r) {
+        let (k, v) = kv?;
         if k == key {
-            put(&mut out, k, value);
+            put(w, &k, value)?;
             done = true;
         } else {
-            put(&mut out, k, v);
+            put(w, &k, &v)?;
         }
     }
     if !done {
-        put(&mut out, key, value);
+        put(w, key, value)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A reader that hashes (SHA-256) and counts what passes through it.
+pub struct Hashing<R> {
+    r: R,
+    h: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(r: R) -> Self {
+        use sha2::Digest;
+        Hashing {
+            r,
+            h: sha2::Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far and the hex SHA-256 of them.
+    pub fn finish(self) -> (u64, String) {
+        use sha2::Digest;
+        (self.bytes, hex::encode(self.h.finalize()))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.r.read(buf)?;
+        self.h.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// One pass over the data read from `r`: its length, its hex SHA-256, and
+/// the value of `key` if present.
+pub fn summarize(r: impl Read, key: &[u8]) -> io::Result<(u64, String, Option<Vec<u8>>)> {
+    let mut r = Hashing::new(r);
+    let mut found = None;
+    for kv in pairs(&mut r) {
+        let (k, v) = kv?;
+        if k == key {
+            found = Some(v);
+        }
+    }
+    let (n, sha) = r.finish();
+    Ok((n, sha, found))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     #[test]
     fn pairs_round_trip_and_replace() {
         let mut d = Vec::new();
-        put(&mut d, b"a", b"1");
-        put(&mut d, b"b", b"");
+        put(&mut d, b"a", b"1").unwrap();
+        put(&mut d, b"b", b"").unwrap();
+        let all: Vec<_> = pairs(&d[..]).collect::<io::Result<_>>().unwrap();
         assert_eq!(
-            pairs(&d).unwrap(),
-            vec![(&b"a"[..], &b"1"[..]), (&b"b"[..], &b""[..])]
+            all,
+            vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])]
         );
-        let r = replace(&d, b"a", b"22").unwrap();
-        assert_eq!(get(&r, b"a").unwrap(), Some(&b"22"[..]));
-        let r = replace(&r, b"c", b"3").unwrap();
-        assert_eq!(get(&r, b"c").unwrap(), Some(&b"3"[..]));
-        assert!(pairs(&d[..d.len() - 1]).is_err());
+        let mut r = Vec::new();
+        copy_replacing(&d[..], &mut r, b"a", b"22").unwrap();
+        let get = |d: &[u8], k: &[u8]| summarize(d, k).unwrap().2;
+        assert_eq!(get(&r, b"a"), Some(b"22".to_vec()));
+        let mut r2 = Vec::new();
+        copy_replacing(&r[..], &mut r2, b"c", b"3").unwrap();
+        assert_eq!(get(&r2, b"c"), Some(b"3".to_vec()));
+        assert_eq!(get(&r2, b"b"), Some(vec![]));
+        let (n, sha, _) = summarize(&r2[..], b"none").unwrap();
+        assert_eq!(
+            (n, sha),
+            (r2.len() as u64, hex::encode(sha2::Sha256::digest(&r2)))
+        );
+    }
+
+    #[test]
+    fn damaged_data_ends_with_an_error_not_a_huge_allocation() {
+        let mut d = Vec::new();
+        put(&mut d, b"a", b"1").unwrap();
+        for cut in 1..d.len() {
+            let r: io::Result<Vec<_>> = pairs(&d[..cut]).collect();
+            assert!(r.is_err(), "cut at {cut} accepted");
+        }
+        // A length prefix far beyond any value is refused before reading.
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        let e = pairs(&huge[..]).next().unwrap().unwrap_err();
+        assert!(e.to_string().contains("snapshot_value_bytes_max"), "{e}");
     }
 }

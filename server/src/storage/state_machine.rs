@@ -5,8 +5,8 @@
 //! State lives in one sled tree (see `keyspace`) named by generation
 //! (`state.<n>`). Installing a snapshot fills a fresh tree and then switches
 //! the pointer in the `meta` tree, because sled cannot clear a tree
-//! atomically. Snapshots are kept as one file, written to a temporary name,
-//! fsynced and renamed.
+//! atomically. Snapshots are files (`snapshot_file`), written and read as
+//! streams: they are never held whole in memory.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,10 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use super::capture::Capture;
+use super::io_err;
 use super::keyspace as ks;
 use super::snapshot_data;
-use super::{io_err, sync_dir};
+use super::snapshot_file::{SnapshotFile, SnapshotWriter};
 use grant_proto::audit::Hash;
 
 use crate::ledger::{
@@ -33,7 +34,6 @@ use crate::raft::typ::*;
 use crate::raft::TypeConfig;
 
 const ACTIVE_TREE: &[u8] = b"active_tree";
-const SNAPSHOT_FILE: &str = "current.snap";
 
 /// Read-side handle to the state, shared with the API layer.
 #[derive(Clone)]
@@ -491,6 +491,7 @@ impl StateMachine {
             .map_err(io_err)?;
         let snapshot_dir = dir.join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
+        SnapshotWriter::remove_leftovers(&snapshot_dir)?;
         let meta = db.open_tree("meta").map_err(io_err)?;
         let name = match meta.get(ACTIVE_TREE).map_err(io_err)? {
             Some(n) => n.to_vec(),
@@ -566,34 +567,15 @@ impl StateMachine {
         self.reader.clone()
     }
 
-    fn write_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        let m = codec::encode(meta);
-        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&(m.len() as u32).to_be_bytes())?;
-            f.write_all(&m)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.snapshot_dir.join(SNAPSHOT_FILE))?;
-        sync_dir(&self.snapshot_dir)
+    /// Where this node's snapshot files are.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
     }
 
-    fn read_snapshot_file(&self) -> io::Result<Option<Snapshot>> {
-        let bytes = match std::fs::read(self.snapshot_dir.join(SNAPSHOT_FILE)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot file");
-        let len = u32::from_be_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
-        let meta: SnapshotMeta = codec::decode(bytes.get(4..4 + len).ok_or_else(bad)?)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: bytes[4 + len..].to_vec(),
-        }))
+    /// A new snapshot file in this node's snapshot directory (published
+    /// when it is installed).
+    pub fn snapshot_writer(&self, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
+        SnapshotWriter::create(&self.snapshot_dir, meta)
     }
 
     fn apply_one(&mut self, entry: Entry) -> io::Result<CommandResult> {
@@ -675,7 +657,7 @@ impl StateMachine {
     }
 
     /// Load snapshot data into a fresh tree and make it the active one.
-    fn load(&mut self, data: &[u8]) -> io::Result<()> {
+    fn load(&mut self, data: impl io::Read) -> io::Result<()> {
         let meta_tree = self.db.open_tree("meta").map_err(io_err)?;
         let current = meta_tree
             .get(ACTIVE_TREE)
@@ -695,7 +677,7 @@ impl StateMachine {
         // one atomic batch would only hold a second copy of the state.
         let mut batch = sled::Batch::default();
         let mut bytes = 0;
-        for kv in snapshot_data::iter(data) {
+        for kv in snapshot_data::pairs(data) {
             let (k, v) = kv?;
             bytes += k.len() + v.len();
             batch.insert(k, v);
@@ -764,15 +746,19 @@ impl Drop for SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (tree, capture) = (self.tree.clone(), self.capture.clone());
-        let data = tokio::task::spawn_blocking(move || capture.dump(&tree))
-            .await
-            .map_err(io_err)?;
+        let mut out = self.sm.snapshot_writer(&self.meta)?;
+        let written = tokio::task::spawn_blocking(move || {
+            capture.dump(&tree, &mut out)?;
+            out.finish()
+        })
+        .await
+        .map_err(io_err)?;
         self.stop_capture();
-        let data = data?;
+        let (meta, mut file) = written?;
         // The state up to the snapshot must be durable before openraft may
         // purge the log behind it.
         let db = self.sm.db.clone();
@@ -780,16 +766,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(io_err)?
             .map_err(io_err)?;
-        self.sm.write_snapshot_file(&self.meta, &data)?;
+        file.publish(&self.sm.snapshot_dir)?;
         Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: data,
+            meta,
+            snapshot: file,
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -832,10 +818,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Vec<u8>,
+        mut snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let _no_build = self.build_lock.clone().lock_owned().await;
-        self.load(&snapshot)?;
+        self.load(snapshot.data())?;
         if self.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -845,11 +831,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
             ));
         }
-        self.write_snapshot_file(meta, &snapshot)
+        snapshot.publish(&self.snapshot_dir)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        self.read_snapshot_file()
+        Ok(SnapshotFile::open_current(&self.snapshot_dir)?
+            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
 
