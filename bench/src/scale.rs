@@ -26,12 +26,14 @@ struct Args {
     clients: usize,
 }
 
-fn rss_mib(pid: u32) -> f64 {
+/// A memory figure of /proc/<pid>/status in MiB: `VmRSS` (resident now)
+/// or `VmHWM` (the most it was resident since it started).
+fn mem_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -56,10 +58,12 @@ fn report(c: &Cluster, what: &str) {
     for n in &c.nodes {
         if let Some(pid) = n.pid() {
             println!(
-                "{what}: node {} RSS {:.0} MiB, data directory {:.0} MiB",
+                "{what}: node {} RSS {:.0} MiB (peak {:.0} MiB), data directory {:.0} MiB (snapshot {:.0} MiB)",
                 n.id,
-                rss_mib(pid),
-                dir_mib(&n.data_dir)
+                mem_mib(pid, "VmRSS:"),
+                mem_mib(pid, "VmHWM:"),
+                dir_mib(&n.data_dir),
+                dir_mib(&n.data_dir.join("snapshot"))
             );
         }
     }
@@ -79,12 +83,14 @@ async fn main() {
     for w in 0..args.clients {
         let (client, next, total) = (client.clone(), next.clone(), args.grants);
         tasks.push(tokio::spawn(async move {
-            loop {
+            // Each client fills tasks of its own, 500 grants each (within
+            // the per-task quota), so few Issues have to begin a task.
+            for mine in 0.. {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
                     break;
                 }
-                let mut req = issue_req(&format!("scale-{w}-{}", i / 100), 86_400);
+                let mut req = issue_req(&format!("scale-{w}-{}", mine / 500), 86_400);
                 req.request_id = format!("scale-{i}");
                 client.issue_in(req).await.expect("issue");
                 if i > 0 && i % 100_000 == 0 {

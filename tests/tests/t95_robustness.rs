@@ -1,15 +1,17 @@
-//! Robustness run (issue #7): clients issue, check, revoke and complete
-//! tasks while a seeded nemesis kills -9, SIGTERMs and SIGSTOPs nodes and,
+//! Robustness run (issue #7): clients issue, delegate, check, revoke,
+//! complete and abort tasks while a seeded nemesis kills -9, SIGTERMs and SIGSTOPs nodes and,
 //! where network namespaces can be made, cuts a node (the leader or any)
 //! off from its peers (one fault at a time). Every operation is recorded with
 //! its start, end and result; after healing, a checker proves:
 //!
 //! - no acknowledged grant, revoke or task completion is lost;
-//! - no Check that started after an acknowledged revoke (or completion of
-//!   the grant's task) returned allow;
+//! - no Check that started after an acknowledged revoke of the grant or of
+//!   a grant it was delegated from (or the close of its task) returned
+//!   allow, and no delegation that started after its parent's revoke was
+//!   acknowledged made a grant;
 //! - no request id produced a second grant;
 //! - every node holds the same audit chain, which verifies offline, and
-//!   every acknowledged Issue, Check and Revoke is in it exactly once,
+//!   every acknowledged Issue, Delegate, Check and Revoke is in it exactly once,
 //!   at the sequence number and hash of its receipt.
 //!
 //! `GRANT_ROBUST_SEED` replays a run (the seed is printed);
@@ -27,6 +29,7 @@ use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone)]
 enum Outcome {
+    /// Issued, or delegated (then `Op::grant` names the parent).
     Issued {
         grant_id: String,
         receipt: pb::Receipt,
@@ -53,7 +56,8 @@ struct Op {
     kind: &'static str,
     task: String,
     request_id: String,
-    /// The grant the op is about (check, revoke), if known beforehand.
+    /// The grant the op is about (check, revoke; a delegation's parent),
+    /// if known beforehand.
     grant: String,
     start: Instant,
     end: Instant,
@@ -71,10 +75,34 @@ fn failed(e: &grant_client::ClientError) -> Outcome {
     }
 }
 
-async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant, h: Arc<History>) {
+/// A grant a worker holds: its id, its token and its holder (the agent an
+/// Issue names, or the helper a delegation names).
+#[derive(Clone)]
+struct Held {
+    grant: String,
+    token: String,
+    holder: &'static str,
+    task: String,
+}
+
+const PLANNER: &str = "agent/planner";
+const HELPER: &str = "agent/helper";
+
+/// The clients of one worker: the orchestrator issues, revokes and closes
+/// tasks (admin here), the planner delegates what it holds to the helper.
+struct Callers {
+    admin: grant_client::Client,
+    planner: grant_client::Client,
+}
+
+async fn worker(w: usize, seed: u64, clients: Callers, stop: Instant, h: Arc<History>) {
+    let Callers {
+        admin: client,
+        planner,
+    } = clients;
     let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9));
     let mut task_no = 0u32;
-    let mut mine: Vec<(String, String)> = Vec::new(); // (grant id, token)
+    let mut mine: Vec<Held> = Vec::new();
     let mut n = 0u64;
     while Instant::now() < stop {
         n += 1;
@@ -104,7 +132,52 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
             op.outcome = match client.issue_in(req).await {
                 Ok(r) => {
                     let g = r.grant.unwrap();
-                    mine.push((g.grant_id.clone(), r.token.clone()));
+                    mine.push(Held {
+                        grant: g.grant_id.clone(),
+                        token: r.token.clone(),
+                        holder: PLANNER,
+                        task: task.clone(),
+                    });
+                    Outcome::Issued {
+                        grant_id: g.grant_id,
+                        receipt: r.receipt.unwrap(),
+                    }
+                }
+                Err(e) => failed(&e),
+            };
+        } else if roll < 48 && mine.iter().any(|m| m.holder == PLANNER && m.task == task) {
+            // The planner hands a grant of the task at hand on to the
+            // helper (grants of closed tasks would only be refused).
+            let held: Vec<&Held> = mine
+                .iter()
+                .filter(|m| m.holder == PLANNER && m.task == task)
+                .collect();
+            let parent = held[rng.gen_range(0..held.len())].clone();
+            op.kind = "delegate";
+            op.grant = parent.grant.clone();
+            op.task = parent.task.clone();
+            op.request_id = format!("w{w}-d{n}");
+            let req = pb::DelegateRequest {
+                request_id: op.request_id.clone(),
+                parent_token: parent.token.clone(),
+                subject: format!("spiffe://example.org/{HELPER}"),
+                sub_task: "robustness".into(),
+                scopes: vec![pb::Scope {
+                    resource: "github".into(),
+                    actions: vec!["read".into()],
+                }],
+                intent: String::new(),
+                ttl_seconds: 600,
+            };
+            op.outcome = match planner.delegate(req).await {
+                Ok(r) => {
+                    let g = r.grant.unwrap();
+                    mine.push(Held {
+                        grant: g.grant_id.clone(),
+                        token: r.token.clone(),
+                        holder: HELPER,
+                        task: parent.task.clone(),
+                    });
                     Outcome::Issued {
                         grant_id: g.grant_id,
                         receipt: r.receipt.unwrap(),
@@ -113,10 +186,14 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
                 Err(e) => failed(&e),
             };
         } else if roll < 85 {
-            let (g, t) = mine[rng.gen_range(0..mine.len())].clone();
+            let held = mine[rng.gen_range(0..mine.len())].clone();
             op.kind = "check";
-            op.grant = g;
-            op.outcome = match client.check(check_req(&t)).await {
+            op.grant = held.grant;
+            let req = pb::CheckRequest {
+                identity: format!("spiffe://example.org/{}", held.holder),
+                ..check_req(&held.token)
+            };
+            op.outcome = match client.check(req).await {
                 Ok(r) => Outcome::Checked {
                     allow: r.decision == pb::Decision::Allow as i32,
                     grant_id: r.grant_id,
@@ -125,7 +202,7 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
                 Err(e) => failed(&e),
             };
         } else if roll < 97 {
-            let (g, _) = mine[rng.gen_range(0..mine.len())].clone();
+            let g = mine[rng.gen_range(0..mine.len())].grant.clone();
             op.kind = "revoke";
             op.grant = g.clone();
             op.outcome = match client.revoke(revoke_req(&g, "robustness")).await {
@@ -136,16 +213,30 @@ async fn worker(w: usize, seed: u64, client: grant_client::Client, stop: Instant
                 Err(e) => failed(&e),
             };
         } else {
-            op.kind = "complete";
-            op.outcome = match client
-                .complete_task(pb::CompleteTaskRequest {
-                    request_id: String::new(),
-                    task_id: task.clone(),
-                    reason: String::new(),
-                })
-                .await
-            {
-                Ok(_) => Outcome::Completed,
+            // The task ends, either way revoking every grant in it.
+            let closed = if roll % 2 == 0 {
+                op.kind = "complete";
+                client
+                    .complete_task(pb::CompleteTaskRequest {
+                        request_id: String::new(),
+                        task_id: task.clone(),
+                        reason: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+            } else {
+                op.kind = "abort";
+                client
+                    .abort_task(pb::AbortTaskRequest {
+                        request_id: String::new(),
+                        task_id: task.clone(),
+                        reason: "robustness".into(),
+                    })
+                    .await
+                    .map(|_| ())
+            };
+            op.outcome = match closed {
+                Ok(()) => Outcome::Completed,
                 Err(e) => failed(&e),
             };
             task_no += 1;
@@ -224,7 +315,13 @@ async fn invariants_hold_under_a_seeded_nemesis() {
     let stop = Instant::now() + Duration::from_secs(secs);
     let history = Arc::new(History(Mutex::new(Vec::new())));
     let workers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(worker(w, seed, c.client(), stop, history.clone())))
+        .map(|w| {
+            let clients = Callers {
+                admin: c.client(),
+                planner: c.client_as(PLANNER),
+            };
+            tokio::spawn(worker(w, seed, clients, stop, history.clone()))
+        })
         .collect();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
@@ -245,11 +342,14 @@ async fn invariants_hold_under_a_seeded_nemesis() {
         ops.iter().filter(|o| o.kind == k && ok(&o.outcome)).count()
     };
     eprintln!(
-        "ops: {} ({} issued, {} checked, {} revoked, {} unknown outcomes)",
+        "ops: {} ({} issued, {} delegated, {} checked, {} revoked, {} tasks closed, {} unknown outcomes)",
         ops.len(),
         count("issue", |o| matches!(o, Outcome::Issued { .. })),
+        count("delegate", |o| matches!(o, Outcome::Issued { .. })),
         count("check", |o| matches!(o, Outcome::Checked { .. })),
         count("revoke", |o| matches!(o, Outcome::Revoked { .. })),
+        count("complete", |o| matches!(o, Outcome::Completed))
+            + count("abort", |o| matches!(o, Outcome::Completed)),
         ops.iter()
             .filter(|o| matches!(o.outcome, Outcome::Unknown(_)))
             .count(),
@@ -270,11 +370,16 @@ async fn invariants_hold_under_a_seeded_nemesis() {
     let mut by_rid: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     let mut grant_task: HashMap<&str, &str> = HashMap::new();
     let mut issued_end: HashMap<&str, Instant> = HashMap::new();
+    // Delegated grant -> the grant it was delegated from.
+    let mut parent_of: HashMap<&str, &str> = HashMap::new();
     for o in &ops {
         if let Outcome::Issued { grant_id, .. } = &o.outcome {
             by_rid.entry(&o.request_id).or_default().insert(grant_id);
             grant_task.insert(grant_id, &o.task);
             issued_end.entry(grant_id).or_insert(o.end);
+            if o.kind == "delegate" {
+                parent_of.insert(grant_id, &o.grant);
+            }
         }
     }
     for (rid, grants) in &by_rid {
@@ -299,7 +404,7 @@ async fn invariants_hold_under_a_seeded_nemesis() {
             ("revoke", Outcome::Unknown(_)) => {
                 maybe_revoked.insert(&o.grant);
             }
-            ("complete", out) => {
+            ("complete" | "abort", out) => {
                 for (g, task) in &grant_task {
                     if *task != o.task {
                         continue;
@@ -317,6 +422,34 @@ async fn invariants_hold_under_a_seeded_nemesis() {
                 }
             }
             _ => {}
+        }
+    }
+
+    // A delegated grant that exists was made before its parent was revoked
+    // (a delegation from a revoked grant or a closed task is refused), so
+    // the parent's revoke revoked it too, by the time it was acknowledged.
+    for (child, parent) in &parent_of {
+        if let Some(t) = revoked_at.get(parent).copied() {
+            let c = revoked_at.entry(child).or_insert(t);
+            *c = (*c).min(t);
+        }
+        if maybe_revoked.contains(parent) {
+            maybe_revoked.insert(child);
+        }
+    }
+    // No delegation that started after its parent's revoke was
+    // acknowledged made a grant.
+    for o in ops.iter().filter(|o| o.kind == "delegate") {
+        if let (Outcome::Issued { grant_id, .. }, Some(t)) =
+            (&o.outcome, revoked_at.get(&o.grant[..]))
+        {
+            assert!(
+                o.start < *t,
+                "grant {grant_id} delegated from {} by worker {}, started {:?} after the parent's revoke was acknowledged ({ctx})",
+                o.grant,
+                o.worker,
+                o.start - *t
+            );
         }
     }
 
@@ -354,7 +487,10 @@ async fn invariants_hold_under_a_seeded_nemesis() {
     }
     // No task holds more grants than request ids were tried for it.
     let mut tried: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for o in ops.iter().filter(|o| o.kind == "issue") {
+    for o in ops
+        .iter()
+        .filter(|o| o.kind == "issue" || o.kind == "delegate")
+    {
         tried.entry(&o.task).or_default().insert(&o.request_id);
     }
     for (task, rids) in &tried {
@@ -404,7 +540,7 @@ async fn invariants_hold_under_a_seeded_nemesis() {
     let mut seen_seq: HashMap<u64, String> = HashMap::new();
     let mut issue_entries: HashMap<&str, usize> = HashMap::new();
     for e in &chain {
-        if e.kind == "issue" {
+        if e.kind == "issue" || e.kind == "delegate" {
             *issue_entries.entry(&e.grant_id).or_default() += 1;
         }
     }
@@ -413,7 +549,7 @@ async fn invariants_hold_under_a_seeded_nemesis() {
             // A replay's receipt names the original entry.
             Outcome::Issued {
                 receipt, grant_id, ..
-            } => ("issue", receipt, grant_id.as_str()),
+            } => (o.kind, receipt, grant_id.as_str()),
             Outcome::Checked {
                 receipt, grant_id, ..
             } => ("check", receipt, grant_id.as_str()),
@@ -440,8 +576,8 @@ async fn invariants_hold_under_a_seeded_nemesis() {
         );
         // Distinct operations, distinct entries (a replayed Issue shares
         // its original's).
-        let key = if kind == "issue" {
-            format!("issue {grant}")
+        let key = if kind == "issue" || kind == "delegate" {
+            format!("{kind} {grant}")
         } else {
             format!("{kind} op {i}")
         };
