@@ -334,7 +334,11 @@ impl Cluster {
                 "--election-timeout-max-ms",
                 "600",
             ])
-            .args(["--peer-rpc-timeout-ms", "1000"])
+            .args(if extra.iter().any(|a| a == "--peer-rpc-timeout-ms") {
+                &[][..]
+            } else {
+                &["--peer-rpc-timeout-ms", "1000"][..]
+            })
             .args(if extra.iter().any(|a| a == "--log") {
                 &[][..]
             } else {

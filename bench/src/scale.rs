@@ -119,7 +119,17 @@ async fn main() {
     c.wipe(follower);
     let t = Instant::now();
     c.spawn(follower);
+    let pid = c.node(follower).pid().expect("running");
+    let mut sampled = Instant::now();
     loop {
+        if sampled.elapsed() >= Duration::from_millis(500) {
+            sampled = Instant::now();
+            println!(
+                "  catching up, {:.0} s: node {follower} RSS {:.0} MiB",
+                t.elapsed().as_secs_f64(),
+                mem_mib(pid, "VmRSS:")
+            );
+        }
         if let Some(s) = c.status(follower).await {
             if s.applied_index >= target {
                 break;
@@ -136,4 +146,8 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     report(&c, "after catch-up");
+    let keep = std::path::Path::new("target").join(format!("scale-node{follower}.log"));
+    if std::fs::copy(c.dir.path().join(format!("node{follower}.log")), &keep).is_ok() {
+        println!("the caught-up node's log: {}", keep.display());
+    }
 }

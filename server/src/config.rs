@@ -70,7 +70,8 @@ pub struct Args {
     /// Upper bound of the randomised election timeout [default: 1200].
     #[arg(long, env = "GRANTD_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
-    /// Timeout of one Raft RPC to a peer [default: 2000].
+    /// Timeout of one Raft RPC to a peer; snapshot transfers, which take as
+    /// long as their size needs, are watched by keep-alive pings instead [default: 2000].
     #[arg(long, env = "GRANTD_PEER_RPC_TIMEOUT_MS")]
     pub peer_rpc_timeout_ms: Option<u64>,
     /// Build a snapshot after this many log entries since the last [default: 10000].

@@ -216,6 +216,67 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
     }
 }
 
+/// A snapshot whose transfer and install take longer than one peer RPC may
+/// (`peer_rpc_timeout_ms`, here 100 ms) still reaches a wiped follower, and
+/// is sent once: snapshots travel on a connection of their own, without
+/// the per-message timeout (with it, every attempt was cut off and resent,
+/// and the follower never caught up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_longer_than_one_rpc_timeout_reaches_a_wiped_follower() {
+    let flags = [
+        &[
+            "--peer-rpc-timeout-ms",
+            "100",
+            "--snapshot-logs-since-last",
+            "1000",
+            "--logs-kept-after-snapshot",
+            "10",
+        ][..],
+        NO_QUOTAS,
+    ]
+    .concat();
+    let mut c = Cluster::start_with(3, &flags).await;
+    let leader = c.wait_leader().await;
+    let victim = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    c.kill(victim);
+    c.wipe(victim);
+    // A few megabytes of state, issued by eight clients at once.
+    let client = Arc::new(c.client());
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..500 {
+                client
+                    .issue_in(issue_req(&format!("big-{w}-{}", i / 100), 600))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_for("the leader to snapshot and purge", || async {
+        c.status(leader)
+            .await
+            .map(|s| s.snapshot_index > 1000)
+            .unwrap_or(false)
+    })
+    .await;
+    c.spawn(victim);
+    let d = c.converged_digests().await;
+    assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ: {d:?}");
+    let log = std::fs::read_to_string(c.dir.path().join(format!("node{victim}.log"))).unwrap();
+    let received = log.matches("installing snapshot from leader").count();
+    assert_eq!(received, 1, "the snapshot was sent {received} times");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_state() {
     let mut c = Cluster::start(3).await;

@@ -23,11 +23,22 @@ use crate::limits;
 
 #[derive(Clone)]
 pub struct Network {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Per peer address: the channel for Raft messages (each call bounded
+    /// by `rpc_timeout`), and one of its own for snapshots.
+    channels: Arc<Mutex<HashMap<(String, Purpose), Channel>>>,
     rpc_timeout: Duration,
     /// Our certificate, and which server identities count as peers; `None`
     /// in insecure (plaintext) mode.
     tls: Option<(Tls, AcceptServer)>,
+}
+
+/// What a channel carries. Snapshots get a connection of their own: a
+/// transfer of gigabytes neither fits a message's timeout nor should hold
+/// heartbeats back behind its chunks.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Purpose {
+    Messages,
+    Snapshots,
 }
 
 impl Network {
@@ -39,9 +50,9 @@ impl Network {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    fn channel(&self, addr: &str, purpose: Purpose) -> Result<Channel, String> {
         let mut m = self.channels.lock().expect("channel cache lock");
-        if let Some(c) = m.get(addr) {
+        if let Some(c) = m.get(&(addr.to_string(), purpose)) {
             return Ok(c.clone());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -52,13 +63,19 @@ impl Network {
                 .client_endpoint(e, accept.clone())
                 .map_err(|e| format!("peer {addr}: {e}"))?;
         }
-        let c = e
+        e = e
             .connect_timeout(Duration::from_millis(500))
-            .timeout(self.rpc_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
-        m.insert(addr.to_string(), c.clone());
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        // A snapshot takes as long as its size needs; a peer that stops
+        // answering is noticed by the keep-alive pings (interval above,
+        // then tonic's 20 s ping timeout), and openraft cancels a transfer
+        // it no longer wants.
+        if purpose == Purpose::Messages {
+            e = e.timeout(self.rpc_timeout);
+        }
+        let c = e.connect_lazy();
+        m.insert((addr.to_string(), purpose), c.clone());
         Ok(c)
     }
 }
@@ -69,7 +86,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
         PeerConnection {
             target,
-            channel: self.channel(&node.raft_addr),
+            channel: self.channel(&node.raft_addr, Purpose::Messages),
+            snapshot_channel: self.channel(&node.raft_addr, Purpose::Snapshots),
         }
     }
 }
@@ -77,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerConnection {
     target: NodeId,
     channel: Result<Channel, String>,
+    snapshot_channel: Result<Channel, String>,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> RPCError {
@@ -100,7 +119,11 @@ fn status_err(s: tonic::Status) -> RPCError {
 
 impl PeerConnection {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError> {
-        let ch = self.channel.clone().map_err(unreachable)?;
+        Self::client_on(&self.channel)
+    }
+
+    fn client_on(channel: &Result<Channel, String>) -> Result<RaftPeerClient<Channel>, RPCError> {
+        let ch = channel.clone().map_err(unreachable)?;
         Ok(RaftPeerClient::new(ch)
             .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX))
@@ -142,7 +165,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError> {
         let file = snapshot.snapshot;
@@ -175,13 +198,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     }
                 })
             });
-        let mut client = self
-            .client()
+        let mut client = Self::client_on(&self.snapshot_channel)
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
-        let resp = client
-            .install_snapshot(futures::stream::once(async { first }).chain(rest))
-            .await
-            .map_err(|s| StreamingError::Network(network_err(s)))?;
+        let send = client.install_snapshot(futures::stream::once(async { first }).chain(rest));
+        let resp = tokio::select! {
+            r = send => r.map_err(|s| StreamingError::Network(network_err(s)))?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
         codec::decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(network_err(e)))
     }
 
