@@ -157,12 +157,18 @@ impl Cluster {
 
     /// Cut node `id` off from the other nodes (clients still reach it).
     pub fn cut(&self, id: u64) {
-        self.net.as_ref().expect("a partitionable cluster").cut(id);
+        self.net().cut(id);
     }
 
     /// Reconnect node `id` to the other nodes.
     pub fn heal(&self, id: u64) {
-        self.net.as_ref().expect("a partitionable cluster").heal(id);
+        self.net().heal(id);
+    }
+
+    /// The network of a partitionable cluster, for partial, one-way and
+    /// lossy faults.
+    pub fn net(&self) -> &netns::Net {
+        self.net.as_ref().expect("a partitionable cluster")
     }
 
     async fn start_nodes(&mut self, n: u64, files: &[(&str, &str)]) {

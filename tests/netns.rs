@@ -12,6 +12,8 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+const BOTH: &[(&str, &str)] = &[("INPUT", "-s"), ("OUTPUT", "-d")];
+
 /// One test's network: a bridge (the host side, `10.<a>.<b>.1`) and a
 /// namespace per node (`10.<a>.<b>.<10 + id>`).
 pub struct Net {
@@ -145,19 +147,57 @@ impl Net {
     /// Cut node `id` off from the other nodes, both ways; clients (the
     /// host side of the bridge) still reach it.
     pub fn cut(&self, id: u64) {
-        let ns = self.ns(id);
-        for other in self.nodes.iter().filter(|&&o| o != id) {
-            let ip = self.ip(*other).to_string();
-            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
-                run(&[
-                    "ip", "netns", "exec", &ns, "iptables", "-A", chain, dir, &ip, "-j", "DROP",
-                ])
-                .expect("iptables");
-            }
+        for other in self.peers(id) {
+            self.drop_between(id, other, BOTH, &[]);
         }
     }
 
-    /// Undo `cut`.
+    /// Cut only the link between nodes `id` and `other`, both ways: each
+    /// still reaches the third node (a partial partition).
+    pub fn cut_link(&self, id: u64, other: u64) {
+        self.drop_between(id, other, BOTH, &[]);
+    }
+
+    /// Drop what node `id` sends to node `to`; the other way still works
+    /// (an asymmetric partition).
+    pub fn cut_one_way(&self, id: u64, to: u64) {
+        self.drop_between(id, to, &[("OUTPUT", "-d")], &[]);
+    }
+
+    /// Drop `percent`% of the packets node `id` exchanges with its peers, at
+    /// random (a lossy link; `tc netem` would add delay, but its kernel
+    /// module is not on every machine, iptables' statistic match is).
+    pub fn lossy(&self, id: u64, percent: u32) {
+        let p = format!("{:.2}", percent as f64 / 100.0);
+        for other in self.peers(id) {
+            self.drop_between(
+                id,
+                other,
+                BOTH,
+                &["-m", "statistic", "--mode", "random", "--probability", &p],
+            );
+        }
+    }
+
+    fn peers(&self, id: u64) -> Vec<u64> {
+        self.nodes.iter().copied().filter(|&o| o != id).collect()
+    }
+
+    /// DROP rules in node `id`'s namespace for its packets with `other`, in
+    /// the chains and directions given, with `extra` matches.
+    fn drop_between(&self, id: u64, other: u64, dirs: &[(&str, &str)], extra: &[&str]) {
+        let (ns, ip) = (self.ns(id), self.ip(other).to_string());
+        for (chain, dir) in dirs {
+            let mut args = vec![
+                "ip", "netns", "exec", &ns, "iptables", "-A", chain, dir, &ip,
+            ];
+            args.extend(extra);
+            args.extend(["-j", "DROP"]);
+            run(&args).expect("iptables");
+        }
+    }
+
+    /// Undo whatever was done to node `id`'s links.
     pub fn heal(&self, id: u64) {
         let ns = self.ns(id);
         for chain in ["INPUT", "OUTPUT"] {

@@ -1,10 +1,12 @@
 //! Robustness run (issue #7): clients issue, delegate, check, revoke,
-//! complete and abort tasks while a seeded nemesis kills -9, SIGTERMs and SIGSTOPs nodes and,
-//! where network namespaces can be made, cuts a node (the leader or any)
-//! off from its peers (one fault at a time). Every operation is recorded with
-//! its start, end and result; after healing, a checker proves:
+//! complete and abort tasks while a seeded nemesis kills -9, SIGTERMs and
+//! SIGSTOPs nodes and, where network namespaces can be made, cuts a node
+//! (the leader or any) off from its peers, cuts one link of three, drops
+//! one direction of a link, or drops a share of a node's peer packets (one
+//! fault at a time). Every operation is recorded with its start, end and
+//! result; after healing, a checker proves:
 //!
-//! - no acknowledged grant, revoke or task completion is lost;
+//! - no acknowledged grant, delegation, revoke or task close is lost;
 //! - no Check that started after an acknowledged revoke of the grant or of
 //!   a grant it was delegated from (or the close of its task) returned
 //!   allow, and no delegation that started after its parent's revoke was
@@ -253,7 +255,11 @@ async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec
         let leader = c.wait_leader().await;
         let any = rng.gen_range(1..=3u64);
         let hold = Duration::from_millis(rng.gen_range(700..2000));
-        let kinds = if c.net.is_some() { 6 } else { 4 };
+        let follower = *[1, 2, 3u64]
+            .iter()
+            .filter(|&&i| i != leader)
+            .collect::<Vec<_>>()[rng.gen_range(0..2)];
+        let kinds = if c.net.is_some() { 10 } else { 4 };
         match rng.gen_range(0..kinds) {
             0 => {
                 log.push(format!("kill -9 node {any}"));
@@ -285,10 +291,45 @@ async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec
                 tokio::time::sleep(hold).await;
                 c.heal(leader);
             }
-            _ => {
+            5 => {
                 log.push(format!("cut node {any} off its peers for {hold:?}"));
                 c.cut(any);
                 tokio::time::sleep(hold).await;
+                c.heal(any);
+            }
+            6 => {
+                // Partial: both still reach the third node.
+                log.push(format!(
+                    "cut the link leader {leader} - node {follower} for {hold:?}"
+                ));
+                c.net().cut_link(leader, follower);
+                tokio::time::sleep(hold).await;
+                c.heal(leader);
+            }
+            7 => {
+                log.push(format!(
+                    "drop leader {leader} -> node {follower} (one way) for {hold:?}"
+                ));
+                c.net().cut_one_way(leader, follower);
+                tokio::time::sleep(hold).await;
+                c.heal(leader);
+            }
+            8 => {
+                log.push(format!(
+                    "drop node {follower} -> leader {leader} (one way) for {hold:?}"
+                ));
+                c.net().cut_one_way(follower, leader);
+                tokio::time::sleep(hold).await;
+                c.heal(follower);
+            }
+            _ => {
+                let loss = rng.gen_range(10..40);
+                let long = hold * 3;
+                log.push(format!(
+                    "drop {loss}% of node {any}'s peer packets for {long:?}"
+                ));
+                c.net().lossy(any, loss);
+                tokio::time::sleep(long).await;
                 c.heal(any);
             }
         }
