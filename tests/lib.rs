@@ -504,6 +504,18 @@ impl Cluster {
     }
 
     /// Wait until a running node reports itself leader and a quorum agrees.
+    /// The leader and one of its followers (the lowest id that is not it).
+    pub async fn leader_and_follower(&self) -> (u64, u64) {
+        let leader = self.wait_leader().await;
+        let follower = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|&id| id != leader)
+            .expect("a cluster of more than one node");
+        (leader, follower)
+    }
+
     pub async fn wait_leader(&self) -> u64 {
         let deadline = Instant::now() + WAIT_MAX;
         loop {

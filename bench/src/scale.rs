@@ -112,8 +112,7 @@ async fn main() {
     report(&c, "loaded");
 
     // Wipe a follower and time its return through a snapshot.
-    let leader = c.wait_leader().await;
-    let follower = c.nodes.iter().map(|n| n.id).find(|&i| i != leader).unwrap();
+    let (leader, follower) = c.leader_and_follower().await;
     let target = c.status(leader).await.unwrap().applied_index;
     c.kill(follower);
     c.wipe(follower);

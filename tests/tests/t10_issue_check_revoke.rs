@@ -220,13 +220,7 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_answers_with_leader_hint_and_client_follows() {
     let c = Cluster::start(3).await;
-    let leader = c.wait_leader().await;
-    let follower = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|&id| id != leader)
-        .unwrap();
+    let (leader, follower) = c.leader_and_follower().await;
     let direct = c.node_client(follower);
     let err = direct.issue_in(issue_req("hint", 60)).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable));

@@ -357,13 +357,7 @@ async fn replicas_hold_the_same_chain_through_kill_and_wipe() {
     )
     .await;
     traffic(&c, "a", 10).await;
-    let leader = c.wait_leader().await;
-    let killed = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|&id| id != leader)
-        .unwrap();
+    let (_, killed) = c.leader_and_follower().await;
     c.kill(killed);
     traffic(&c, "b", 10).await;
     c.spawn(killed);

@@ -164,13 +164,7 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
             .unwrap();
         tokens.push((r.grant.unwrap().grant_id, r.token));
     }
-    let leader = c.wait_leader().await;
-    let victim = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|&id| id != leader)
-        .unwrap();
+    let (leader, victim) = c.leader_and_follower().await;
     c.kill(victim);
     c.wipe(victim);
     // Writes go on while it is away, and the log is purged behind a snapshot.
@@ -236,13 +230,7 @@ async fn a_snapshot_longer_than_one_rpc_timeout_reaches_a_wiped_follower() {
     ]
     .concat();
     let mut c = Cluster::start_with(3, &flags).await;
-    let leader = c.wait_leader().await;
-    let victim = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|&id| id != leader)
-        .unwrap();
+    let (leader, victim) = c.leader_and_follower().await;
     c.kill(victim);
     c.wipe(victim);
     // A few megabytes of state, issued by eight clients at once.

@@ -95,8 +95,7 @@ async fn a_follower_cut_off_catches_up_when_healed() {
     let Some(c) = Cluster::start_partitionable(3).await else {
         return;
     };
-    let leader = c.wait_leader().await;
-    let follower = c.nodes.iter().map(|n| n.id).find(|&i| i != leader).unwrap();
+    let (leader, follower) = c.leader_and_follower().await;
     c.cut(follower);
     let client = c.client();
     let mut ids = Vec::new();

@@ -38,13 +38,7 @@ async fn health_follows_quorum() {
         );
     }
     // Two of three gone: the survivor has no quorum and says so.
-    let leader = c.wait_leader().await;
-    let survivor = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|&id| id != leader)
-        .unwrap();
+    let (_, survivor) = c.leader_and_follower().await;
     let others: Vec<u64> = c
         .nodes
         .iter()
