@@ -95,12 +95,20 @@ pub async fn restore(
         let mut sm = StateMachine::open(data_dir)?;
         let (_, data) = open()?;
         let mut out = sm.snapshot_writer(&meta)?;
+        let mut copied = snapshot_data::Hashing::new(data.take(header.data_bytes));
         snapshot_data::copy_replacing(
-            data.take(header.data_bytes),
+            &mut copied,
             &mut out,
             ks::META_MEMBERSHIP,
             &codec::encode(&meta.last_membership),
         )?;
+        // The file was checked above; what was copied must be what was checked.
+        if copied.finish() != (header.data_bytes, header.data_sha256.clone()) {
+            bail!(
+                "{} changed while it was being restored",
+                backup_file.display()
+            );
+        }
         let (_, file) = out.finish()?;
         sm.install_snapshot(&meta, file).await?;
         let mut log = LogStore::open(&data_dir.join("raft-log"))?;
