@@ -145,6 +145,29 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     report(&c, "after catch-up");
+
+    // The same node restarted: what it holds when it pages its state in on
+    // demand instead of having just loaded all of it.
+    c.terminate(follower);
+    c.spawn(follower);
+    let t = Instant::now();
+    loop {
+        if let Some(s) = c.status(follower).await {
+            if s.applied_index >= target {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "no restart within 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "node {follower} restarted and back at index {target} in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    report(&c, "after its restart");
     let keep = std::path::Path::new("target").join(format!("scale-node{follower}.log"));
     if std::fs::copy(c.dir.path().join(format!("node{follower}.log")), &keep).is_ok() {
         println!("the caught-up node's log: {}", keep.display());
