@@ -62,10 +62,6 @@ fn io(e: std::io::Error) -> BackupError {
     BackupError::Io(e.to_string())
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 /// The bytes before the data: magic line and description line.
 pub fn header_bytes(h: &BackupHeader) -> Vec<u8> {
     let mut out = format!("{MAGIC}\n").into_bytes();
@@ -99,29 +95,49 @@ pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
 /// Read the data after the header to the end of `r`, checking its length
 /// and SHA-256 against the description.
 pub fn check_data(r: impl Read, h: &BackupHeader) -> Result<(), BackupError> {
-    let mut hasher = HashingWriter(Sha256::new());
-    let got = std::io::copy(&mut { r }, &mut hasher).map_err(io)?;
+    let mut r = Hashing::new(r);
+    std::io::copy(&mut r, &mut std::io::sink()).map_err(io)?;
+    let (got, sha) = r.finish();
     if got != h.data_bytes {
         return Err(BackupError::Truncated {
             got,
             want: h.data_bytes,
         });
     }
-    if hex::encode(hasher.0.finalize()) != h.data_sha256 {
+    if sha != h.data_sha256 {
         return Err(BackupError::Checksum);
     }
     Ok(())
 }
 
-struct HashingWriter(Sha256);
+/// A reader that hashes (SHA-256) and counts what passes through it.
+pub struct Hashing<R> {
+    r: R,
+    h: Sha256,
+    bytes: u64,
+}
 
-impl std::io::Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
+impl<R: Read> Hashing<R> {
+    pub fn new(r: R) -> Self {
+        Hashing {
+            r,
+            h: Sha256::new(),
+            bytes: 0,
+        }
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+
+    /// Bytes read so far and the hex SHA-256 of them.
+    pub fn finish(self) -> (u64, String) {
+        (self.bytes, hex::encode(self.h.finalize()))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.h.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
     }
 }
 
@@ -137,6 +153,10 @@ pub fn parse(file: &[u8]) -> Result<(BackupHeader, &[u8]), BackupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
 
     fn file(data: &[u8]) -> Vec<u8> {
         let h = BackupHeader {

@@ -95,7 +95,7 @@ pub async fn restore(
         let mut sm = StateMachine::open(data_dir)?;
         let (_, data) = open()?;
         let mut out = sm.snapshot_writer(&meta)?;
-        let mut copied = snapshot_data::Hashing::new(data.take(header.data_bytes));
+        let mut copied = backup::Hashing::new(data.take(header.data_bytes));
         snapshot_data::copy_replacing(
             &mut copied,
             &mut out,

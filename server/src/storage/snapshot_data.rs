@@ -121,44 +121,10 @@ pub fn copy_replacing(
     Ok(())
 }
 
-/// A reader that hashes (SHA-256) and counts what passes through it.
-pub struct Hashing<R> {
-    r: R,
-    h: sha2::Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> Hashing<R> {
-    pub fn new(r: R) -> Self {
-        use sha2::Digest;
-        Hashing {
-            r,
-            h: sha2::Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    /// Bytes read so far and the hex SHA-256 of them.
-    pub fn finish(self) -> (u64, String) {
-        use sha2::Digest;
-        (self.bytes, hex::encode(self.h.finalize()))
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest;
-        let n = self.r.read(buf)?;
-        self.h.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
 /// One pass over the data read from `r`: its length, its hex SHA-256, and
 /// the value of `key` if present.
 pub fn summarize(r: impl Read, key: &[u8]) -> io::Result<(u64, String, Option<Vec<u8>>)> {
-    let mut r = Hashing::new(r);
+    let mut r = grant_proto::backup::Hashing::new(r);
     let mut found = None;
     for kv in pairs(&mut r) {
         let (k, v) = kv?;
