@@ -69,6 +69,34 @@ fn report(c: &Cluster, what: &str) {
     }
 }
 
+/// Wait until node `id` (just spawned) has applied `target`, printing its
+/// resident memory every half second; how long that took.
+async fn back_at(c: &Cluster, id: u64, target: u64, doing: &str, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let pid = c.node(id).pid().expect("running");
+    let mut sampled = Instant::now();
+    loop {
+        if sampled.elapsed() >= Duration::from_millis(500) {
+            sampled = Instant::now();
+            println!(
+                "  {doing}, {:.0} s: node {id} RSS {:.0} MiB",
+                t.elapsed().as_secs_f64(),
+                mem_mib(pid, "VmRSS:")
+            );
+        }
+        if let Some(s) = c.status(id).await {
+            if s.applied_index >= target {
+                return t.elapsed();
+            }
+        }
+        assert!(
+            t.elapsed() < limit,
+            "node {id}: {doing} took over {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -116,33 +144,18 @@ async fn main() {
     let target = c.status(leader).await.unwrap().applied_index;
     c.kill(follower);
     c.wipe(follower);
-    let t = Instant::now();
     c.spawn(follower);
-    let pid = c.node(follower).pid().expect("running");
-    let mut sampled = Instant::now();
-    loop {
-        if sampled.elapsed() >= Duration::from_millis(500) {
-            sampled = Instant::now();
-            println!(
-                "  catching up, {:.0} s: node {follower} RSS {:.0} MiB",
-                t.elapsed().as_secs_f64(),
-                mem_mib(pid, "VmRSS:")
-            );
-        }
-        if let Some(s) = c.status(follower).await {
-            if s.applied_index >= target {
-                break;
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(3600),
-            "no catch-up within an hour"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let took = back_at(
+        &c,
+        follower,
+        target,
+        "catching up",
+        Duration::from_secs(3600),
+    )
+    .await;
     println!(
         "wiped node {follower} caught up to index {target} in {:.1} s",
-        t.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     report(&c, "after catch-up");
 
@@ -150,22 +163,10 @@ async fn main() {
     // demand instead of having just loaded all of it.
     c.terminate(follower);
     c.spawn(follower);
-    let t = Instant::now();
-    loop {
-        if let Some(s) = c.status(follower).await {
-            if s.applied_index >= target {
-                break;
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "no restart within 10 min"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let took = back_at(&c, follower, target, "restarting", Duration::from_secs(600)).await;
     println!(
         "node {follower} restarted and back at index {target} in {:.1} s",
-        t.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     report(&c, "after its restart");
     let keep = std::path::Path::new("target").join(format!("scale-node{follower}.log"));
