@@ -4,6 +4,11 @@ use clap::Parser;
 use grantd::config::{Args, Config, LogFormat, Sub};
 use tokio::sync::watch;
 
+/// mimalloc, not glibc's malloc: grantd allocates many small, short-lived
+/// buffers per request (sled nodes, protobuf, JSON) on several threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let config = match Config::load(&args) {
