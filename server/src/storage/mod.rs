@@ -2,6 +2,7 @@
 //! state machine (sled, one key space declared in `keyspace`).
 
 pub mod capture;
+pub mod generation;
 pub mod keyspace;
 pub mod log_store;
 pub mod snapshot_data;

@@ -19,6 +19,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use super::capture::Capture;
+use super::generation;
 use super::io_err;
 use super::keyspace as ks;
 use super::snapshot_data;
@@ -32,8 +33,6 @@ use crate::ledger::{
 use crate::raft::codec;
 use crate::raft::typ::*;
 use crate::raft::TypeConfig;
-
-const ACTIVE_TREE: &[u8] = b"active_tree";
 
 /// Read-side handle to the state, shared with the API layer.
 #[derive(Clone)]
@@ -54,7 +53,11 @@ pub struct StateReader {
 
 #[derive(Clone)]
 pub struct StateMachine {
+    /// The database of the generation in force (`generation`).
     db: sled::Db,
+    /// The data directory.
+    dir: PathBuf,
+    generation: String,
     reader: StateReader,
     snapshot_dir: PathBuf,
     last_applied: Option<LogId>,
@@ -485,23 +488,12 @@ impl LedgerState for SledState<'_> {
 
 impl StateMachine {
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
-        let db = sled::Config::new()
-            .path(dir.join("state"))
-            .open()
-            .map_err(io_err)?;
         let snapshot_dir = dir.join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
         SnapshotWriter::remove_leftovers(&snapshot_dir)?;
-        let meta = db.open_tree("meta").map_err(io_err)?;
-        let name = match meta.get(ACTIVE_TREE).map_err(io_err)? {
-            Some(n) => n.to_vec(),
-            None => {
-                meta.insert(ACTIVE_TREE, b"state.0".to_vec())
-                    .map_err(io_err)?;
-                b"state.0".to_vec()
-            }
-        };
-        let tree = db.open_tree(&name).map_err(io_err)?;
+        let name = generation::current(dir)?;
+        generation::remove_others(dir, &name)?;
+        let (db, tree) = generation::open(dir, &name)?;
         match read_meta::<u32>(&tree, ks::META_FORMAT_VERSION)? {
             None => {
                 tree.insert(ks::META_FORMAT_VERSION, codec::encode(&ks::FORMAT_VERSION))
@@ -525,6 +517,8 @@ impl StateMachine {
         let last_time_ms = read_meta(&tree, ks::META_LAST_TIME)?.unwrap_or(0);
         let sm = StateMachine {
             db,
+            dir: dir.to_path_buf(),
+            generation: name,
             reader: StateReader {
                 tree: Arc::new(RwLock::new(tree)),
                 active_grants: Arc::new(AtomicI64::new(0)),
@@ -656,64 +650,70 @@ impl StateMachine {
         Ok(result)
     }
 
-    /// Load snapshot data into a fresh tree and make it the active one.
+    /// Load snapshot data into the next generation's database and make it
+    /// the one in force (see `generation`).
     fn load(&mut self, data: impl io::Read) -> io::Result<()> {
-        let meta_tree = self.db.open_tree("meta").map_err(io_err)?;
-        let current = meta_tree
-            .get(ACTIVE_TREE)
-            .map_err(io_err)?
-            .map(|v| v.to_vec())
-            .unwrap_or_default();
-        let gen: u64 = std::str::from_utf8(&current)
-            .ok()
-            .and_then(|s| s.strip_prefix("state."))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let name = format!("state.{}", gen + 1);
-        self.db.drop_tree(&name).map_err(io_err)?;
-        let fresh = self.db.open_tree(&name).map_err(io_err)?;
-        // In bounded batches: the fresh tree is not in use until the switch
-        // below (a crash before it leaves a tree the next load drops), so
-        // one atomic batch would only hold a second copy of the state.
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0;
-        for kv in snapshot_data::pairs(data) {
-            let (k, v) = kv?;
-            bytes += k.len() + v.len();
-            batch.insert(k, v);
-            if bytes >= crate::limits::SNAPSHOT_LOAD_BATCH_BYTES {
-                fresh
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(io_err)?;
-                bytes = 0;
-            }
+        let name = generation::next(&self.generation);
+        let path = self.dir.join(&name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
         }
-        fresh.apply_batch(batch).map_err(io_err)?;
-        match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
-            Some(v) if v == ks::FORMAT_VERSION => {}
-            v => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("snapshot format version {v:?}"),
-                ));
+        let loaded = (|| {
+            let (db, fresh) = generation::open(&self.dir, &name)?;
+            // In bounded batches: the new database is not in use until the
+            // switch below (a crash before it leaves a directory the next
+            // start removes), so one atomic batch would only hold a second
+            // copy of the state.
+            let mut batch = sled::Batch::default();
+            let mut bytes = 0;
+            for kv in snapshot_data::pairs(data) {
+                let (k, v) = kv?;
+                bytes += k.len() + v.len();
+                batch.insert(k, v);
+                if bytes >= crate::limits::SNAPSHOT_LOAD_BATCH_BYTES {
+                    fresh
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(io_err)?;
+                    bytes = 0;
+                }
             }
+            fresh.apply_batch(batch).map_err(io_err)?;
+            match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
+                Some(v) if v == ks::FORMAT_VERSION => {}
+                v => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot format version {v:?}"),
+                    ));
+                }
+            }
+            db.flush().map_err(io_err)?;
+            Ok(())
+        })();
+        // The database was closed when the closure returned: every page
+        // just loaded left memory with it.
+        if let Err(e) = loaded {
+            let _ = std::fs::remove_dir_all(&path);
+            return Err(e);
         }
-        self.db.flush().map_err(io_err)?;
-        meta_tree
-            .insert(ACTIVE_TREE, name.as_bytes())
-            .map_err(io_err)?;
-        self.db.flush().map_err(io_err)?;
+        let (db, fresh) = generation::open(&self.dir, &name)?;
+        generation::switch_to(&self.dir, &name)?;
+        let old = std::mem::replace(&mut self.generation, name);
+        self.db = db;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         self.reader.recount_active();
         self.reader.reload_policy()?;
-        if !current.is_empty() {
-            self.db.drop_tree(&current).map_err(io_err)?;
-        }
         self.last_applied = read_meta::<Option<LogId>>(&fresh, ks::META_LAST_APPLIED)?.flatten();
         self.membership = read_meta(&fresh, ks::META_MEMBERSHIP)?.unwrap_or_default();
         self.chain = read_meta(&fresh, ks::META_CHAIN)?.unwrap_or_default();
         self.last_time_ms = read_meta(&fresh, ks::META_LAST_TIME)?.unwrap_or(0);
         self.reader.audit_size.send_replace(self.chain.size());
+        // Readers still holding the old tree keep its files open until they
+        // finish; nothing opens it by name any more. Left behind, the next
+        // start removes it.
+        if let Err(e) = std::fs::remove_dir_all(self.dir.join(&old)) {
+            tracing::warn!(generation = %old, error = %e, "could not remove the replaced state database");
+        }
         Ok(())
     }
 }
@@ -969,6 +969,87 @@ mod tests {
         assert_eq!(fresh.digest().unwrap(), before);
         // Apply no longer records once the build is done.
         assert!(sm.capture.lock().unwrap().is_none());
+    }
+
+    /// The generation directories in a data directory, sorted.
+    fn generations(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("state"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Each install loads a database of its own, puts it in force and
+    /// removes the one before; a snapshot that fails to load changes
+    /// nothing; a restart opens the generation in force.
+    #[tokio::test]
+    async fn an_installed_snapshot_is_a_database_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        begin_tasks(&mut sm);
+        for i in 4..=20 {
+            sm.apply_one(entry(i, issue(i))).unwrap();
+        }
+        let before = sm.digest().unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let mut fresh = StateMachine::open(other.path()).unwrap();
+        fresh
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(generations(other.path()), ["state.1", "state.current"]);
+        let again = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        fresh
+            .install_snapshot(&again.meta, again.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(generations(other.path()), ["state.2", "state.current"]);
+        assert_eq!(fresh.digest().unwrap(), before);
+
+        // Data of another format version is refused after loading it all.
+        let good = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut out = fresh.snapshot_writer(&good.meta).unwrap();
+        snapshot_data::copy_replacing(
+            good.snapshot.data(),
+            &mut out,
+            ks::META_FORMAT_VERSION,
+            &codec::encode(&(ks::FORMAT_VERSION + 1)),
+        )
+        .unwrap();
+        let (_, bad) = out.finish().unwrap();
+        let e = fresh
+            .install_snapshot(&good.meta, bad)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("format version"), "{e}");
+        assert_eq!(generations(other.path()), ["state.2", "state.current"]);
+        assert_eq!(fresh.digest().unwrap(), before);
+
+        drop(fresh);
+        let reopened = StateMachine::open(other.path()).unwrap();
+        assert_eq!(reopened.digest().unwrap(), before);
+        assert_eq!(reopened.generation, "state.2");
     }
 
     /// A task counts its grants; open tasks are found by deadline, and a
