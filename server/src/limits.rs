@@ -184,3 +184,7 @@ pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// memory (8 MiB batches: 690 MB resident for 76 MB of small pairs); from
 /// 256 KiB down the load stays near twice the data (143 MB) and no slower.
 pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
+/// How long reopening a freshly loaded state database waits for sled to let
+/// go of its file lock (its I/O threads finish with the closed database
+/// first); beyond it the install fails.
+pub const DB_REOPEN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
