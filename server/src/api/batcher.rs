@@ -1,8 +1,9 @@
 //! Group commit for checks: every Check is a write (its decision is
 //! recorded), so concurrent checks share one log entry instead of paying a
 //! Raft round each. One task drains the queue into batches of at most
-//! `check_batch_max`; at most `CHECK_BATCHES_IN_FLIGHT_MAX` batches are in
-//! Raft at once, and checks that arrive meanwhile wait for the next batch.
+//! `check_batch_max`; at most `CHECK_BATCHES_IN_FLIGHT_MAX` batches (one)
+//! are in Raft at once, and checks that arrive meanwhile wait for the next
+//! batch.
 
 use std::sync::Arc;
 
