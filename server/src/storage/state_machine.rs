@@ -653,11 +653,9 @@ impl StateMachine {
     /// Load snapshot data into the next generation's database and make it
     /// the one in force (see `generation`).
     fn load(&mut self, data: impl io::Read) -> io::Result<()> {
+        // A load that failed or crashed before its switch left a directory.
+        generation::remove_others(&self.dir, &self.generation)?;
         let name = generation::next(&self.generation);
-        let path = self.dir.join(&name);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)?;
-        }
         let loaded = (|| {
             let (db, fresh) = generation::open(&self.dir, &name)?;
             // In bounded batches: the new database is not in use until the
@@ -693,12 +691,12 @@ impl StateMachine {
         // The database was closed when the closure returned: every page
         // just loaded left memory with it.
         if let Err(e) = loaded {
-            let _ = std::fs::remove_dir_all(&path);
+            let _ = generation::remove_others(&self.dir, &self.generation);
             return Err(e);
         }
         let (db, fresh) = generation::reopen(&self.dir, &name)?;
         generation::switch_to(&self.dir, &name)?;
-        let old = std::mem::replace(&mut self.generation, name);
+        self.generation = name;
         self.db = db;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         self.reader.recount_active();
@@ -708,11 +706,10 @@ impl StateMachine {
         self.chain = read_meta(&fresh, ks::META_CHAIN)?.unwrap_or_default();
         self.last_time_ms = read_meta(&fresh, ks::META_LAST_TIME)?.unwrap_or(0);
         self.reader.audit_size.send_replace(self.chain.size());
-        // Readers still holding the old tree keep its files open until they
-        // finish; nothing opens it by name any more. Left behind, the next
-        // start removes it.
-        if let Err(e) = std::fs::remove_dir_all(self.dir.join(&old)) {
-            tracing::warn!(generation = %old, error = %e, "could not remove the replaced state database");
+        // The old generation: readers still holding its tree keep its files
+        // open until they finish. Left behind, the next start removes it.
+        if let Err(e) = generation::remove_others(&self.dir, &self.generation) {
+            tracing::warn!(error = %e, "could not remove the replaced state database");
         }
         Ok(())
     }
