@@ -199,8 +199,11 @@ impl Sys {
     async fn issue(&mut self, w: usize, i: usize) -> Result<Item, String> {
         match self {
             Sys::Grants(c) => {
+                // A task per client and thousand grants: one Issue per
+                // operation, as the issue asks (a task per grant made every
+                // operation a BeginTask and an Issue, two entries).
                 let r = c
-                    .issue_in(issue_req(&format!("bench-{w}-{i}"), 3600))
+                    .issue_in(issue_req(&format!("bench-{w}-{}", i / 1000), 3600))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Item::Grant(r.grant.unwrap().grant_id, r.token))
