@@ -925,16 +925,23 @@ mod tests {
         Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), cmd)
     }
 
+    /// A state machine in `dir` with tasks begun and grants issued up to
+    /// log index 20.
+    fn with_grants_through_20(dir: &Path) -> StateMachine {
+        let mut sm = StateMachine::open(dir).unwrap();
+        begin_tasks(&mut sm);
+        for i in 4..=20 {
+            sm.apply_one(entry(i, issue(i))).unwrap();
+        }
+        sm
+    }
+
     /// A snapshot copied while apply goes on (inserts, overwrites and
     /// deletes) is the state at the moment the builder was made.
     #[tokio::test]
     async fn snapshot_copied_beside_apply_is_the_state_when_it_began() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachine::open(dir.path()).unwrap();
-        begin_tasks(&mut sm);
-        for i in 4..=20 {
-            sm.apply_one(entry(i, issue(i))).unwrap();
-        }
+        let mut sm = with_grants_through_20(dir.path());
         let before = sm.digest().unwrap();
         let mut builder = sm.get_snapshot_builder().await;
         // Overwrite (revoke), delete (revoke drops expiry keys; the sweep
@@ -985,11 +992,7 @@ mod tests {
     #[tokio::test]
     async fn an_installed_snapshot_is_a_database_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachine::open(dir.path()).unwrap();
-        begin_tasks(&mut sm);
-        for i in 4..=20 {
-            sm.apply_one(entry(i, issue(i))).unwrap();
-        }
+        let mut sm = with_grants_through_20(dir.path());
         let before = sm.digest().unwrap();
         let snap = sm
             .get_snapshot_builder()
