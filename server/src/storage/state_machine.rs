@@ -936,6 +936,15 @@ mod tests {
         sm
     }
 
+    /// A new state machine in `dir` with `snap` installed.
+    async fn installed_in(dir: &Path, snap: Snapshot) -> StateMachine {
+        let mut sm = StateMachine::open(dir).unwrap();
+        sm.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        sm
+    }
+
     /// A snapshot copied while apply goes on (inserts, overwrites and
     /// deletes) is the state at the moment the builder was made.
     #[tokio::test]
@@ -965,11 +974,7 @@ mod tests {
         assert_eq!(snap.meta.last_log_id.as_ref().map(|l| l.index()), Some(20));
 
         let other = tempfile::tempdir().unwrap();
-        let mut fresh = StateMachine::open(other.path()).unwrap();
-        fresh
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
+        let fresh = installed_in(other.path(), snap).await;
         assert_eq!(fresh.digest().unwrap(), before);
         // Apply no longer records once the build is done.
         assert!(sm.capture.lock().unwrap().is_none());
@@ -1002,11 +1007,7 @@ mod tests {
             .unwrap();
 
         let other = tempfile::tempdir().unwrap();
-        let mut fresh = StateMachine::open(other.path()).unwrap();
-        fresh
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
+        let mut fresh = installed_in(other.path(), snap).await;
         assert_eq!(generations(other.path()), ["state.1", "state.current"]);
         let again = sm
             .get_snapshot_builder()
