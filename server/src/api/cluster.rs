@@ -176,14 +176,18 @@ impl Cluster for ClusterService {
         // One pass for the checksum and the chain head, then the data
         // streamed from the file: a backup is as large as the state.
         let (file, summary) = tokio::task::spawn_blocking(move || {
-            let summary = snapshot_data::summarize(file.data(), ks::META_CHAIN);
+            let summary = snapshot_data::summarize(file.data(), ks::META_APPLIED);
             (file, summary)
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
         let (data_bytes, data_sha256, chain) = summary.map_err(ApiError::from)?;
-        let chain: crate::ledger::Chain = match chain {
-            Some(v) => codec::decode(&v).map_err(ApiError::from)?,
+        let chain = match chain {
+            Some(v) => {
+                codec::decode::<ks::Applied>(&v)
+                    .map_err(ApiError::from)?
+                    .chain
+            }
             None => Default::default(),
         };
         let header = backup::BackupHeader {

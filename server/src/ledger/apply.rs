@@ -281,7 +281,7 @@ fn issue(
     }
     let audit = out.record(r);
     task.grant_count += 1;
-    out.writes.push(Write::PutTask(task));
+    out.writes.push(Write::UpdateTask(task));
     out.insert_grant(grant.clone());
     out.writes.push(Write::PutDedupe {
         request_id: c.request_id.clone(),

@@ -551,9 +551,12 @@ pub enum Write {
     },
     /// The number of active grants of a subject or a task (0 removes it).
     ActiveCount { of: Counted, count: u64 },
-    /// Write a task (begun, a grant counted, or closed); an open task is
-    /// in the deadline index, a closed one leaves it.
+    /// Write a task (begun or closed); an open task is in the deadline
+    /// index, a closed one leaves it.
     PutTask(TaskRecord),
+    /// Rewrite an open task's record (a grant counted): its deadline, and
+    /// so its index key, stay as they are.
+    UpdateTask(TaskRecord),
     /// One audit entry, already chained (sequence, prev hash, hashes).
     Audit(Chained),
     /// Record a node's signing key in the roster (verifier key text).

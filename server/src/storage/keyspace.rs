@@ -9,9 +9,11 @@
 //! Values are JSON of the ledger's records.
 
 use grant_proto::audit::export::Line;
+use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
+use crate::ledger::{Chain, Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
 use crate::raft::codec;
+use crate::raft::typ::LogId;
 
 /// On-disk format version, checked at start-up.
 /// 1: first format (grants, task/subject/expiry indexes, dedupe, completed
@@ -26,7 +28,11 @@ use crate::raft::codec;
 ///    place of the completed-task markers (0x07) and grant counts (0x0f);
 ///    grants record their delegation parent, indexed (CHILDREN); active
 ///    grants are counted per subject and per task (ACTIVE), for quotas.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: where the state stands (last applied log id, chain head, leader
+///    time) is one key, META_APPLIED, in place of three; an open task's
+///    deadline key is written when the task opens or its deadline moves,
+///    not again with every grant it gets.
+pub const FORMAT_VERSION: u32 = 5;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -55,12 +61,10 @@ pub const CHILDREN: u8 = 0x13;
 /// Active grants per subject (`s`) or task (`t`) + name -> u64 BE.
 pub const ACTIVE: u8 = 0x14;
 
-pub const META_LAST_APPLIED: &[u8] = b"\x09last_applied";
+/// Where the state stands (`Applied`): rewritten by every applied entry,
+/// so it is one key (an entry's fixed cost in sled is per key).
+pub const META_APPLIED: &[u8] = b"\x09applied";
 pub const META_MEMBERSHIP: &[u8] = b"\x09membership";
-pub const META_CHAIN: &[u8] = b"\x09chain";
-/// Leader time of the last applied command: the time of entries (membership
-/// changes) whose log entry carries none.
-pub const META_LAST_TIME: &[u8] = b"\x09last_time_ms";
 pub const META_FORMAT_VERSION: &[u8] = b"\x09format_version";
 /// The replicated role mapping: (log index, canonical JSON). Absent until
 /// the first `SetRoles`; the config file's mapping applies until then.
@@ -68,6 +72,17 @@ pub const META_ROLES: &[u8] = b"\x09roles";
 /// The replicated policy set: (log index, ledger::PolicyRecord). Absent
 /// until the first `SetPolicy`; grants alone decide until then.
 pub const META_POLICY: &[u8] = b"\x09policy";
+
+/// The value of META_APPLIED.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub last_applied: Option<LogId>,
+    /// The audit chain's head as of `last_applied`.
+    pub chain: Chain,
+    /// Leader time of the last applied command: the time of entries
+    /// (membership changes) whose log entry carries none.
+    pub last_time_ms: i64,
+}
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 2).sum::<usize>());
@@ -261,6 +276,10 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             } else {
                 batch.remove(deadline);
             }
+        }
+        Write::UpdateTask(t) => {
+            debug_assert_eq!(t.state, TaskState::Open, "only open tasks are updated");
+            batch.insert(task(&t.task_id), codec::encode(t));
         }
         Write::Audit(c) => {
             let line = Line::Entry {

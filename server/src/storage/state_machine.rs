@@ -60,10 +60,9 @@ pub struct StateMachine {
     generation: String,
     reader: StateReader,
     snapshot_dir: PathBuf,
-    last_applied: Option<LogId>,
+    /// Last applied log id, chain head and leader time (META_APPLIED).
+    applied: ks::Applied,
     membership: StoredMembership,
-    chain: Chain,
-    last_time_ms: i64,
     /// The snapshot being copied beside apply, if any (shared by clones).
     capture: Arc<Mutex<Option<Arc<Capture>>>>,
     /// Held from the start of a snapshot build to its end; installing a
@@ -196,12 +195,10 @@ impl StateReader {
     }
 
     pub fn last_applied_index(&self) -> io::Result<u64> {
-        Ok(
-            read_meta::<Option<LogId>>(&self.tree(), ks::META_LAST_APPLIED)?
-                .flatten()
-                .map(|l| l.index())
-                .unwrap_or(0),
-        )
+        Ok(read_meta::<ks::Applied>(&self.tree(), ks::META_APPLIED)?
+            .and_then(|a| a.last_applied)
+            .map(|l| l.index())
+            .unwrap_or(0))
     }
 
     pub fn grant(&self, id: &str) -> io::Result<Option<GrantRecord>> {
@@ -358,7 +355,9 @@ impl StateReader {
 
     /// The chain head as of the last applied entry.
     pub fn chain(&self) -> io::Result<Chain> {
-        Ok(read_meta(&self.tree(), ks::META_CHAIN)?.unwrap_or_default())
+        Ok(read_meta::<ks::Applied>(&self.tree(), ks::META_APPLIED)?
+            .unwrap_or_default()
+            .chain)
     }
 }
 
@@ -511,10 +510,8 @@ impl StateMachine {
             }
         }
         db.flush().map_err(io_err)?;
-        let last_applied = read_meta::<Option<LogId>>(&tree, ks::META_LAST_APPLIED)?.flatten();
+        let applied: ks::Applied = read_meta(&tree, ks::META_APPLIED)?.unwrap_or_default();
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
-        let chain: Chain = read_meta(&tree, ks::META_CHAIN)?.unwrap_or_default();
-        let last_time_ms = read_meta(&tree, ks::META_LAST_TIME)?.unwrap_or(0);
         let sm = StateMachine {
             db,
             dir: dir.to_path_buf(),
@@ -524,13 +521,11 @@ impl StateMachine {
                 active_grants: Arc::new(AtomicI64::new(0)),
                 roles_version: Arc::new(AtomicU64::new(0)),
                 policy: Arc::new(RwLock::new(None)),
-                audit_size: Arc::new(tokio::sync::watch::channel(chain.size()).0),
+                audit_size: Arc::new(tokio::sync::watch::channel(applied.chain.size()).0),
             },
             snapshot_dir,
-            last_applied,
+            applied,
             membership,
-            chain,
-            last_time_ms,
             capture: Arc::new(Mutex::new(None)),
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
@@ -552,7 +547,11 @@ impl StateMachine {
             h.update(&v);
         }
         Ok((
-            self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            self.applied
+                .last_applied
+                .as_ref()
+                .map(|l| l.index())
+                .unwrap_or(0),
             hex::encode(h.finalize()),
         ))
     }
@@ -577,14 +576,14 @@ impl StateMachine {
         let log_id = entry.log_id();
         let ctx = ledger::ApplyCtx {
             log_index: log_id.index(),
-            chain: self.chain.clone(),
+            chain: self.applied.chain.clone(),
         };
         let membership_changed = matches!(entry.payload, EntryPayload::Membership(_));
         let applied = match entry.payload {
             EntryPayload::Blank => None,
             EntryPayload::Normal(cmd) => {
                 if let Some(t) = cmd.time_ms() {
-                    self.last_time_ms = t;
+                    self.applied.last_time_ms = t;
                 }
                 let state = SledState(&tree, self.reader.policy());
                 Some(ledger::apply(&cmd, ctx, &state).map_err(io_err)?)
@@ -596,7 +595,7 @@ impl StateMachine {
                 Some(ledger::apply_membership(
                     &voters.join(","),
                     &learners.join(","),
-                    self.last_time_ms,
+                    self.applied.last_time_ms,
                     ctx,
                 ))
             }
@@ -618,19 +617,18 @@ impl StateMachine {
                     }
                     ks::encode_write(w, &mut batch);
                 }
-                if a.chain.size() != self.chain.size() {
+                if a.chain.size() != self.applied.chain.size() {
                     batch.insert(ks::tree_root(a.chain.size()), &a.chain.root()[..]);
                 }
-                self.chain = a.chain;
+                self.applied.chain = a.chain;
                 a.result
             }
         };
         if membership_changed {
             batch.insert(ks::META_MEMBERSHIP, codec::encode(&self.membership));
         }
-        batch.insert(ks::META_CHAIN, codec::encode(&self.chain));
-        batch.insert(ks::META_LAST_TIME, codec::encode(&self.last_time_ms));
-        batch.insert(ks::META_LAST_APPLIED, codec::encode(&Some(log_id.clone())));
+        self.applied.last_applied = Some(log_id);
+        batch.insert(ks::META_APPLIED, codec::encode(&self.applied));
         let capture = self.capture.lock().expect("capture lock").clone();
         if let Some(c) = capture {
             c.record(&tree, batch.keys())?;
@@ -645,8 +643,9 @@ impl StateMachine {
         if policy_changed {
             self.reader.reload_policy()?;
         }
-        self.reader.audit_size.send_replace(self.chain.size());
-        self.last_applied = Some(log_id);
+        self.reader
+            .audit_size
+            .send_replace(self.applied.chain.size());
         Ok(result)
     }
 
@@ -701,11 +700,11 @@ impl StateMachine {
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         self.reader.recount_active();
         self.reader.reload_policy()?;
-        self.last_applied = read_meta::<Option<LogId>>(&fresh, ks::META_LAST_APPLIED)?.flatten();
+        self.applied = read_meta(&fresh, ks::META_APPLIED)?.unwrap_or_default();
         self.membership = read_meta(&fresh, ks::META_MEMBERSHIP)?.unwrap_or_default();
-        self.chain = read_meta(&fresh, ks::META_CHAIN)?.unwrap_or_default();
-        self.last_time_ms = read_meta(&fresh, ks::META_LAST_TIME)?.unwrap_or(0);
-        self.reader.audit_size.send_replace(self.chain.size());
+        self.reader
+            .audit_size
+            .send_replace(self.applied.chain.size());
         // The old generation: readers still holding its tree keep its files
         // open until they finish. Left behind, the next start removes it.
         if let Err(e) = generation::remove_others(&self.dir, &self.generation) {
@@ -776,7 +775,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.last_applied.clone(), self.membership.clone()))
+        Ok((self.applied.last_applied.clone(), self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -800,7 +799,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let capture = Arc::new(Capture::default());
         *self.capture.lock().expect("capture lock") = Some(capture.clone());
         let meta = SnapshotMeta {
-            last_log_id: self.last_applied.clone(),
+            last_log_id: self.applied.last_applied.clone(),
             last_membership: self.membership.clone(),
         };
         SnapshotBuilder {
@@ -819,12 +818,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let _no_build = self.build_lock.clone().lock_owned().await;
         self.load(snapshot.data())?;
-        if self.last_applied != meta.last_log_id {
+        if self.applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "snapshot data applied up to {:?}, meta says {:?}",
-                    self.last_applied, meta.last_log_id
+                    self.applied.last_applied, meta.last_log_id
                 ),
             ));
         }

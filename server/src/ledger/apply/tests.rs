@@ -140,7 +140,7 @@ impl Mem {
                 Write::ActiveCount { of, count } => {
                     self.active.insert(of, count);
                 }
-                Write::PutTask(t) => {
+                Write::PutTask(t) | Write::UpdateTask(t) => {
                     self.tasks.insert(t.task_id.clone(), t);
                 }
                 Write::Audit(c) => self.audit.push(c.entry),
