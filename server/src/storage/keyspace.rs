@@ -213,15 +213,12 @@ impl WriteSet {
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.0.iter().map(|(k, _)| k.as_slice())
     }
-    pub fn into_batch(self) -> sled::Batch {
-        let mut b = sled::Batch::default();
-        for (k, v) in self.0 {
-            match v {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
-        }
-        b
+    /// The writes in order: (key, Some(value)) puts, (key, None) removes.
+    pub fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.0.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+    pub fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.0
     }
 }
 

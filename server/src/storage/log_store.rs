@@ -226,7 +226,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // One insert per entry, in index order, not an apply_batch: sled
+        // writes out and starts writeback of its IO buffer twice for every
+        // batch (see `journal`), and the sync below writes it once anyway.
+        // Atomicity is not needed: sled recovers a prefix of its writes, so
+        // a crash before the sync leaves a prefix of these entries, a log
+        // with no hole, and none of them was reported durable.
         for e in entries {
             let bytes = codec::encode(&e);
             // Entries are bounded by construction (limits::LOG_ENTRY_BYTES_MAX).
@@ -235,9 +240,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 "log entry of {} bytes",
                 bytes.len()
             );
-            batch.insert(&e.index().to_be_bytes(), bytes);
+            self.log
+                .insert(e.index().to_be_bytes(), bytes)
+                .map_err(io_err)?;
         }
-        self.log.apply_batch(batch).map_err(io_err)?;
         self.flush_tx
             .send(callback)
             .map_err(|_| io_err("raft log sync thread is gone"))?;
