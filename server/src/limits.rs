@@ -27,6 +27,10 @@ pub const REVOKE_REASON_BYTES_MAX: usize = 512;
 /// A grant token (a signed JWT), presented or minted: a grant whose token
 /// would be longer (very many or very long scopes) is refused at Issue.
 pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
+/// Tokens whose signature a node remembers as verified (by SHA-256 of the
+/// token, with the grant each names: about 150 bytes each); beyond it the
+/// cache starts over.
+pub const VERIFIED_TOKENS_CACHED_MAX: usize = 65_536;
 /// Grants one task may hold; completing a task revokes them in one entry.
 pub const GRANTS_PER_TASK_MAX: usize = 10_000;
 /// Callers whose issue-rate buckets a node keeps before it drops those

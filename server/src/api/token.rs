@@ -20,7 +20,7 @@ use super::errors::ApiError;
 use super::validate;
 use crate::audit::keys::TokenKey;
 use crate::ledger::Scope;
-use crate::limits::TOKEN_BYTES_MAX;
+use crate::limits::{TOKEN_BYTES_MAX, VERIFIED_TOKENS_CACHED_MAX};
 use crate::storage::StateReader;
 
 /// The JOSE `typ` of an RFC 9068 access token.
@@ -119,11 +119,12 @@ pub enum Presented {
 
 /// Verifies tokens against the token keys in the replicated state. Keys
 /// are cached by key id (a key id is the thumbprint of its key, so a cached
-/// entry never goes stale).
+/// entry never goes stale), and so are tokens that verified.
 #[derive(Clone)]
 pub struct Verifier {
     state: StateReader,
     cache: Arc<RwLock<HashMap<String, Arc<DecodingKey>>>>,
+    verified: Arc<VerifiedTokens>,
 }
 
 /// Most cached verification keys; beyond it the cache starts over.
@@ -134,6 +135,7 @@ impl Verifier {
         Verifier {
             state,
             cache: Default::default(),
+            verified: Arc::new(VerifiedTokens::new(VERIFIED_TOKENS_CACHED_MAX)),
         }
     }
 
@@ -153,7 +155,54 @@ impl Verifier {
 
     /// Check a presented token against the cluster's keys ([`check`]).
     pub fn check(&self, token: &str) -> Result<Presented, ApiError> {
-        check(token, |kid| self.key(kid))
+        self.verified.check(token, |kid| self.key(kid))
+    }
+}
+
+/// Tokens whose signature verified, by SHA-256 of the token, with the grant
+/// each names. A tool server checks the same token many times, and the
+/// signature is the largest cost of a Check on the node (bench/README.md).
+/// Whether a token verifies depends on the token and its key alone, and a
+/// published key is never withdrawn, so a remembered result never goes
+/// stale; expiry, revocation and scope are still the ledger's, at every
+/// Check. Only verified tokens are kept: a token whose key id is unknown
+/// here may verify once its key is applied.
+struct VerifiedTokens {
+    map: RwLock<HashMap<[u8; 32], String>>,
+    max: usize,
+}
+
+impl VerifiedTokens {
+    fn new(max: usize) -> VerifiedTokens {
+        VerifiedTokens {
+            map: Default::default(),
+            max,
+        }
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        key_of: impl Fn(&str) -> Option<Arc<DecodingKey>>,
+    ) -> Result<Presented, ApiError> {
+        if token.len() > TOKEN_BYTES_MAX {
+            return check(token, key_of);
+        }
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(grant_id) = self.map.read().expect("token cache").get(&h) {
+            return Ok(Presented::Valid {
+                grant_id: grant_id.clone(),
+            });
+        }
+        let presented = check(token, key_of)?;
+        if let Presented::Valid { grant_id } = &presented {
+            let mut m = self.map.write().expect("token cache");
+            if m.len() >= self.max {
+                m.clear();
+            }
+            m.insert(h, grant_id.clone());
+        }
+        Ok(presented)
     }
 }
 
@@ -241,5 +290,46 @@ mod tests {
         assert_eq!(d.claims, claims());
         let wrong = DecodingKey::from_ed_components(&other.x).unwrap();
         assert!(jsonwebtoken::decode::<Claims>(&m.token, &wrong, &v).is_err());
+    }
+    /// A verified token is remembered; a tampered copy of it, a token whose
+    /// key is not known yet, and the bound are not fooled by that.
+    #[test]
+    fn verified_tokens_are_remembered_and_nothing_else() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let key = TokenKey::from_seed(&[7; 32]);
+        let dk = Arc::new(DecodingKey::from_ed_components(&key.x).unwrap());
+        let lookups = AtomicUsize::new(0);
+        let known = |kid: &str| {
+            lookups.fetch_add(1, Ordering::Relaxed);
+            (kid == key.kid).then(|| dk.clone())
+        };
+        let cache = VerifiedTokens::new(2);
+        let m = mint(&key, &claims()).unwrap();
+        let valid = Presented::Valid {
+            grant_id: "ab".repeat(16),
+        };
+        // Unknown key id: forged, and not remembered.
+        assert_eq!(cache.check(&m.token, |_| None).unwrap(), Presented::Forged);
+        assert_eq!(cache.check(&m.token, known).unwrap(), valid);
+        assert_eq!(lookups.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.check(&m.token, known).unwrap(), valid);
+        assert_eq!(lookups.load(Ordering::Relaxed), 1, "verified again");
+        // The same claims under a changed signature.
+        let mut tampered = m.token.clone().into_bytes();
+        let i = tampered.len() - 10; // inside the signature
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(cache.check(&tampered, known).unwrap(), Presented::Forged);
+        // Bounded: a third token starts the cache over.
+        for i in 0..3u8 {
+            let mut c = claims();
+            c.jti = format!("{i:02}").repeat(16);
+            let t = mint(&key, &c).unwrap().token;
+            assert!(matches!(
+                cache.check(&t, known).unwrap(),
+                Presented::Valid { .. }
+            ));
+            assert!(cache.map.read().unwrap().len() <= 2);
+        }
     }
 }
