@@ -525,8 +525,8 @@ pub use grant_proto::audit::{Decision, Entry as AuditEntry, Kind};
 pub use crate::audit::chain::{Chain, Chained};
 
 /// One change to the state. The storage layer turns these into keys and
-/// values (storage::keyspace) and writes all of one entry's writes in one
-/// atomic batch.
+/// values (storage::keyspace) and writes all of one entry's writes
+/// together, atomically across a crash (storage::journal).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     /// Insert a new grant with its task, subject and expiry index entries

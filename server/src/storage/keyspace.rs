@@ -1,7 +1,8 @@
 //! Every key of the state machine's sled tree, declared in one place.
 //!
-//! The state lives in one sled tree so that all writes of one applied entry
-//! go in one atomic `apply_batch`. Keys start with a one-byte prefix naming
+//! The state lives in one sled tree, so that a snapshot is one ordered copy
+//! of it; an applied entry's writes land together across a crash through
+//! the `journal`. Keys start with a one-byte prefix naming
 //! their space; integers are big-endian so keys sort in numeric order;
 //! variable-length parts inside a key are length-prefixed so no prefix of one
 //! key is mistaken for another's.

@@ -1,12 +1,13 @@
 //! The replicated state machine: applies committed entries through the pure
-//! ledger into sled, one atomic batch per entry; builds and installs
-//! snapshots.
+//! ledger into sled, each entry's writes atomic across a crash (`journal`);
+//! builds and installs snapshots.
 //!
-//! State lives in one sled tree (see `keyspace`) named by generation
-//! (`state.<n>`). Installing a snapshot fills a fresh tree and then switches
-//! the pointer in the `meta` tree, because sled cannot clear a tree
-//! atomically. Snapshots are files (`snapshot_file`), written and read as
-//! streams: they are never held whole in memory.
+//! State lives in one sled tree (see `keyspace`) in a database of its
+//! generation (`state.<n>/`). Installing a snapshot fills the next
+//! generation's database and then switches the pointer file
+//! (`generation`), because sled cannot clear a tree atomically. Snapshots
+//! are files (`snapshot_file`), written and read as streams: they are
+//! never held whole in memory.
 
 use std::io;
 use std::path::{Path, PathBuf};
