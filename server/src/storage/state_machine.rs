@@ -198,11 +198,13 @@ impl StateReader {
         read_meta(&self.tree(), ks::META_ROLES)
     }
 
+    /// Where the state stands: last applied log id, chain head, leader time.
+    fn applied(&self) -> io::Result<ks::Applied> {
+        Ok(read_meta(&self.tree(), ks::META_APPLIED)?.unwrap_or_default())
+    }
+
     pub fn last_applied_index(&self) -> io::Result<u64> {
-        Ok(read_meta::<ks::Applied>(&self.tree(), ks::META_APPLIED)?
-            .and_then(|a| a.last_applied)
-            .map(|l| l.index())
-            .unwrap_or(0))
+        Ok(self.applied()?.last_applied.map(|l| l.index()).unwrap_or(0))
     }
 
     pub fn grant(&self, id: &str) -> io::Result<Option<GrantRecord>> {
@@ -359,9 +361,7 @@ impl StateReader {
 
     /// The chain head as of the last applied entry.
     pub fn chain(&self) -> io::Result<Chain> {
-        Ok(read_meta::<ks::Applied>(&self.tree(), ks::META_APPLIED)?
-            .unwrap_or_default()
-            .chain)
+        Ok(self.applied()?.chain)
     }
 }
 
