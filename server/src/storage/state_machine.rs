@@ -937,11 +937,11 @@ mod tests {
     }
 
     /// A state machine in `dir` with tasks begun and grants issued up to
-    /// log index 20.
-    fn with_grants_through_20(dir: &Path) -> StateMachine {
+    /// log index `last`.
+    fn with_grants_through(dir: &Path, last: u64) -> StateMachine {
         let mut sm = StateMachine::open(dir).unwrap();
         begin_tasks(&mut sm);
-        for i in 4..=20 {
+        for i in 4..=last {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
         sm
@@ -961,7 +961,7 @@ mod tests {
     #[tokio::test]
     async fn snapshot_copied_beside_apply_is_the_state_when_it_began() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = with_grants_through_20(dir.path());
+        let mut sm = with_grants_through(dir.path(), 20);
         let before = sm.digest().unwrap();
         let mut builder = sm.get_snapshot_builder().await;
         // Overwrite (revoke), delete (revoke drops expiry keys; the sweep
@@ -1008,7 +1008,7 @@ mod tests {
     #[tokio::test]
     async fn an_installed_snapshot_is_a_database_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = with_grants_through_20(dir.path());
+        let mut sm = with_grants_through(dir.path(), 20);
         let before = sm.digest().unwrap();
         let snap = sm
             .get_snapshot_builder()
@@ -1149,17 +1149,13 @@ mod tests {
     #[tokio::test]
     async fn a_start_completes_an_entry_a_crash_cut_short() {
         let dir = tempfile::tempdir().unwrap();
-        let sm = with_grants_through_20(dir.path());
+        let sm = with_grants_through(dir.path(), 20);
         let whole = sm.digest().unwrap();
         // What a crash after the first keys of entry 20 leaves: its later
         // keys (the grant's expiry key, its audit line, META_APPLIED) are
         // missing or still hold their values from entry 19.
         let dir19 = tempfile::tempdir().unwrap();
-        let mut sm19 = StateMachine::open(dir19.path()).unwrap();
-        begin_tasks(&mut sm19);
-        for i in 4..=19 {
-            sm19.apply_one(entry(i, issue(i))).unwrap();
-        }
+        let sm19 = with_grants_through(dir19.path(), 19);
         let applied_19 = sm19.reader.tree().get(ks::META_APPLIED).unwrap().unwrap();
         let tree = sm.reader.tree();
         tree.insert(ks::META_APPLIED, applied_19).unwrap();
