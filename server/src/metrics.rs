@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tonic::codegen::http;
 use tracing::Instrument;
 
-use crate::api::batcher::CheckBatcher;
+use crate::api::batcher::Batchers;
 use crate::api::NodeContext;
 use crate::limits;
 
@@ -49,6 +49,7 @@ struct Sampled {
     snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     proposals_in_flight: Gauge,
     checks_queued: Gauge,
+    issues_queued: Gauge,
     grants_active: Gauge,
     audit_entries: Gauge,
     audit_checkpoint_size: Gauge,
@@ -95,7 +96,7 @@ impl Metrics {
             "Times this node saw the leader change (including to none)",
             leader_changes.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 11] = [
+        let gauges: [(&str, &str, &Gauge); 12] = [
             ("raft_term", "Current Raft term", &s.term),
             ("raft_is_leader", "1 if this node leads", &s.is_leader),
             (
@@ -132,6 +133,11 @@ impl Metrics {
                 "checks_queued",
                 "Checks waiting for the next group-commit batch",
                 &s.checks_queued,
+            ),
+            (
+                "issues_queued",
+                "Issues waiting for the next group-commit batch",
+                &s.issues_queued,
             ),
             (
                 "grants_active",
@@ -183,7 +189,7 @@ impl Metrics {
     }
 
     /// Sample the current figures and render the text exposition format.
-    fn render(&self, ctx: &NodeContext, checks: &CheckBatcher) -> String {
+    fn render(&self, ctx: &NodeContext, batchers: &Batchers) -> String {
         let m = ctx.raft.metrics().borrow_watched().clone();
         let s = &self.sampled;
         let idx = |l: Option<&openraft::alias::LogIdOf<crate::raft::TypeConfig>>| {
@@ -200,7 +206,8 @@ impl Metrics {
         let snapshot = idx(m.snapshot.as_ref());
         s.snapshot_index.set(snapshot);
         s.proposals_in_flight.set(ctx.proposals_in_flight() as i64);
-        s.checks_queued.set(checks.queued() as i64);
+        s.checks_queued.set(batchers.checks.queued() as i64);
+        s.issues_queued.set(batchers.issues.queued() as i64);
         s.grants_active.set(ctx.state.active_grants());
         let chain_size = ctx.state.chain().map(|c| c.size()).unwrap_or(0);
         s.audit_entries.set(chain_size as i64);
@@ -238,7 +245,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ctx: NodeContext,
-    checks: CheckBatcher,
+    batchers: Batchers,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use axum::routing::get;
@@ -246,14 +253,14 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let (metrics, ctx, checks) = (metrics.clone(), ctx.clone(), checks.clone());
+            let (metrics, ctx, batchers) = (metrics.clone(), ctx.clone(), batchers.clone());
             async move {
                 (
                     [(
                         http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    metrics.render(&ctx, &checks),
+                    metrics.render(&ctx, &batchers),
                 )
             }
         }),

@@ -13,7 +13,7 @@ use grant_proto::v1::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::watch;
 
 use crate::api::audit::AuditService;
-use crate::api::batcher::CheckBatcher;
+use crate::api::batcher::Batchers;
 use crate::api::cluster::ClusterService;
 use crate::api::grants::GrantsService;
 use crate::api::policy::PolicyService;
@@ -78,7 +78,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     bootstrap(&config, &raft).await?;
     let ctx = NodeContext::new(config.clone(), raft.clone(), state, access.clone());
-    let checks = CheckBatcher::start(ctx.clone());
+    let batchers = Batchers::start(ctx.clone());
     let metrics = Metrics::new();
     // Bound here: a taken port fails start-up at once.
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
@@ -88,7 +88,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         metrics_listener,
         metrics.clone(),
         ctx.clone(),
-        checks.clone(),
+        batchers.clone(),
         shutdown.clone(),
     ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -114,7 +114,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .add_service(
             GrantsServer::new(GrantsService::new(
                 ctx.clone(),
-                checks,
+                batchers,
                 node_key.clone(),
                 Watchers::new(shutdown.clone()),
             ))

@@ -217,6 +217,60 @@ async fn retry_with_same_request_id_gives_one_grant_even_after_revoke() {
     assert_eq!(err.grpc_code(), Some(tonic::Code::FailedPrecondition));
 }
 
+/// Issues that arrive together share a log entry; a request id sent twice
+/// at once, maybe into the same entry, still makes one grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issues_and_duplicates_each_get_their_own_answer() {
+    let c = Cluster::start(3).await;
+    let client = std::sync::Arc::new(c.client());
+    client.issue_in(issue_req("together", 300)).await.unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let mut req = issue_req("together", 300);
+        req.request_id = format!("together-{i:02}");
+        for _ in 0..2 {
+            let (client, req) = (std::sync::Arc::clone(&client), req.clone());
+            calls.spawn(async move { (req.request_id.clone(), client.issue(req).await.unwrap()) });
+        }
+    }
+    let mut by_request = std::collections::BTreeMap::<String, Vec<pb::IssueResponse>>::new();
+    while let Some(done) = calls.join_next().await {
+        let (id, answer) = done.unwrap();
+        by_request.entry(id).or_default().push(answer);
+    }
+    assert_eq!(by_request.len(), 20);
+    let mut grants = std::collections::BTreeSet::new();
+    for (id, answers) in &by_request {
+        let ids: Vec<_> = answers
+            .iter()
+            .map(|a| a.grant.as_ref().unwrap().grant_id.clone())
+            .collect();
+        assert_eq!(ids[0], ids[1], "{id}: two grants for one request id");
+        assert_eq!(
+            answers.iter().filter(|a| !a.replayed).count(),
+            1,
+            "{id}: exactly one answer is the original"
+        );
+        // Both tokens work: they name the one grant.
+        for a in answers {
+            assert_eq!(
+                reason(&client.check(check_req(&a.token)).await.unwrap()),
+                pb::Reason::Allowed
+            );
+        }
+        grants.insert(ids[0].clone());
+    }
+    assert_eq!(grants.len(), 20);
+    let listed = client.list(list_task_req("together", 0)).await.unwrap();
+    assert_eq!(
+        listed.grants.len(),
+        21,
+        "the first grant and one per request id"
+    );
+    let d = c.converged_digests().await;
+    assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ: {d:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_answers_with_leader_hint_and_client_follows() {
     let c = Cluster::start(3).await;

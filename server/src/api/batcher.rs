@@ -1,9 +1,13 @@
-//! Group commit for checks: every Check is a write (its decision is
-//! recorded), so concurrent checks share one log entry instead of paying a
-//! Raft round each. One task drains the queue into batches of at most
-//! `check_batch_max`; at most `CHECK_BATCHES_IN_FLIGHT_MAX` batches (one)
-//! are in Raft at once, and checks that arrive meanwhile wait for the next
-//! batch.
+//! Group commit: concurrent requests of one kind share one log entry
+//! instead of paying a Raft round and an entry's fixed costs each. One task
+//! drains a queue into batches; at most one batch of a kind is in Raft at
+//! once (`CHECK_BATCHES_IN_FLIGHT_MAX`, `ISSUE_BATCHES_IN_FLIGHT_MAX`), and
+//! requests that arrive meanwhile wait for the next batch.
+//!
+//! Checks: every Check is a write (its decision is recorded), batched into
+//! `Command::Checks` of at most `check_batch_max`. Issues: batched into
+//! `Command::Issues` of at most `ISSUES_PER_ENTRY_MAX`, each decided on the
+//! state the ones before it left (ledger::apply).
 
 use std::sync::Arc;
 
@@ -11,35 +15,133 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::errors::ApiError;
 use super::{now_ms, NodeContext};
-use crate::ledger::{CheckCmd, CheckOutcome, Command, CommandResult};
+use crate::ledger::{CheckCmd, CheckOutcome, Command, CommandResult, IssueCmd};
 use crate::limits;
 
-type Reply = oneshot::Sender<Result<(CheckOutcome, u64), ApiError>>;
+type Reply<O> = oneshot::Sender<Result<(O, u64), ApiError>>;
 
-#[derive(Clone)]
-pub struct CheckBatcher {
-    tx: mpsc::Sender<(CheckCmd, Reply)>,
+/// One kind of batched request: how a batch becomes a command, and how the
+/// command's result splits back into one outcome per request.
+pub trait Batched: Send + 'static {
+    type Outcome: Send + 'static;
+    /// Named in errors and limits ("checks", "issues").
+    const WHAT: &'static str;
+    /// The setting or limit that bounds the queue, named in its error.
+    const QUEUE_LIMIT: &'static str;
+    fn command(batch: Vec<Self>) -> Command
+    where
+        Self: Sized;
+    /// One outcome per request, in order; None if the result is not the
+    /// batch's kind.
+    fn split(r: CommandResult) -> Option<Vec<Self::Outcome>>;
 }
+
+impl Batched for CheckCmd {
+    type Outcome = CheckOutcome;
+    const WHAT: &'static str = "checks";
+    const QUEUE_LIMIT: &'static str = "pending_checks_max";
+    fn command(checks: Vec<CheckCmd>) -> Command {
+        Command::Checks {
+            now_ms: now_ms(),
+            checks,
+        }
+    }
+    fn split(r: CommandResult) -> Option<Vec<CheckOutcome>> {
+        match r {
+            CommandResult::Checked(outcomes) => Some(outcomes),
+            _ => None,
+        }
+    }
+}
+
+impl Batched for IssueCmd {
+    /// The issue's own result: `Issued`, or why it was refused.
+    type Outcome = CommandResult;
+    const WHAT: &'static str = "issues";
+    const QUEUE_LIMIT: &'static str = "pending_issues_max";
+    /// A batch of one is the plain `Issue` it always was.
+    fn command(mut issues: Vec<IssueCmd>) -> Command {
+        match issues.len() {
+            1 => Command::Issue(issues.remove(0)),
+            _ => Command::Issues(issues),
+        }
+    }
+    fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
+        match r {
+            CommandResult::Each(results) => Some(results),
+            // A batch of one: the issue's own result.
+            single => Some(vec![single]),
+        }
+    }
+}
+
+pub struct Batcher<T: Batched> {
+    tx: mpsc::Sender<(T, Reply<T::Outcome>)>,
+}
+
+impl<T: Batched> Clone for Batcher<T> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+pub type CheckBatcher = Batcher<CheckCmd>;
+pub type IssueBatcher = Batcher<IssueCmd>;
 
 impl CheckBatcher {
     pub fn start(ctx: NodeContext) -> Self {
-        let (tx, rx) = mpsc::channel(limits::PENDING_CHECKS_MAX);
-        tokio::spawn(run(ctx, rx));
-        CheckBatcher { tx }
-    }
-
-    /// Checks waiting for a batch (the queue depth).
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        let batch_max = ctx.config.check_batch_max;
+        Batcher::spawn(
+            ctx,
+            limits::PENDING_CHECKS_MAX,
+            batch_max,
+            limits::CHECK_BATCHES_IN_FLIGHT_MAX,
+        )
     }
 
     /// Queue one check and wait for its decision and log index.
     pub async fn check(&self, cmd: CheckCmd) -> Result<(CheckOutcome, u64), ApiError> {
+        self.submit(cmd, limits::PENDING_CHECKS_MAX).await
+    }
+}
+
+impl IssueBatcher {
+    pub fn start(ctx: NodeContext) -> Self {
+        Batcher::spawn(
+            ctx,
+            limits::PENDING_ISSUES_MAX,
+            limits::ISSUES_PER_ENTRY_MAX,
+            limits::ISSUE_BATCHES_IN_FLIGHT_MAX,
+        )
+    }
+
+    /// Queue one issue and wait for its result and log index.
+    pub async fn issue(&self, cmd: IssueCmd) -> Result<(CommandResult, u64), ApiError> {
+        self.submit(cmd, limits::PENDING_ISSUES_MAX).await
+    }
+}
+
+impl<T: Batched> Batcher<T> {
+    fn spawn(ctx: NodeContext, queue_max: usize, batch_max: usize, in_flight: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue_max);
+        tokio::spawn(run(ctx, rx, batch_max, in_flight));
+        Batcher { tx }
+    }
+
+    /// Requests waiting for a batch (the queue depth).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    async fn submit(&self, cmd: T, queue_max: usize) -> Result<(T::Outcome, u64), ApiError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send((cmd, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ApiError::ResourceExhausted(format!(
-                "more than {} checks waiting (pending_checks_max)",
-                limits::PENDING_CHECKS_MAX
+                "more than {queue_max} {} waiting ({})",
+                T::WHAT,
+                T::QUEUE_LIMIT
             )),
             mpsc::error::TrySendError::Closed(_) => {
                 ApiError::Unavailable("node is shutting down".into())
@@ -50,9 +152,13 @@ impl CheckBatcher {
     }
 }
 
-async fn run(ctx: NodeContext, mut rx: mpsc::Receiver<(CheckCmd, Reply)>) {
-    let in_flight = Arc::new(Semaphore::new(limits::CHECK_BATCHES_IN_FLIGHT_MAX));
-    let batch_max = ctx.config.check_batch_max;
+async fn run<T: Batched>(
+    ctx: NodeContext,
+    mut rx: mpsc::Receiver<(T, Reply<T::Outcome>)>,
+    batch_max: usize,
+    in_flight: usize,
+) {
+    let in_flight = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -66,29 +172,25 @@ async fn run(ctx: NodeContext, mut rx: mpsc::Receiver<(CheckCmd, Reply)>) {
         }
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let (checks, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let res = ctx
-                .propose(Command::Checks {
-                    now_ms: now_ms(),
-                    checks,
-                })
-                .await;
+            let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let res = ctx.propose(T::command(items)).await;
             drop(permit);
             match res {
-                Ok((CommandResult::Checked(outcomes), index))
-                    if outcomes.len() == replies.len() =>
-                {
-                    for (o, r) in outcomes.into_iter().zip(replies) {
-                        let _ = r.send(Ok((o, index)));
+                Ok((result, index)) => match T::split(result) {
+                    Some(outcomes) if outcomes.len() == replies.len() => {
+                        for (o, r) in outcomes.into_iter().zip(replies) {
+                            let _ = r.send(Ok((o, index)));
+                        }
                     }
-                }
-                Ok((other, _)) => {
-                    for r in replies {
-                        let _ = r.send(Err(ApiError::Internal(format!(
-                            "unexpected result for checks: {other:?}"
-                        ))));
+                    _ => {
+                        for r in replies {
+                            let _ = r.send(Err(ApiError::Internal(format!(
+                                "unexpected result for a batch of {}",
+                                T::WHAT
+                            ))));
+                        }
                     }
-                }
+                },
                 Err(e) => {
                     for r in replies {
                         let _ = r.send(Err(e.clone()));
@@ -96,5 +198,21 @@ async fn run(ctx: NodeContext, mut rx: mpsc::Receiver<(CheckCmd, Reply)>) {
                 }
             }
         });
+    }
+}
+
+/// The node's group-commit queues.
+#[derive(Clone)]
+pub struct Batchers {
+    pub checks: CheckBatcher,
+    pub issues: IssueBatcher,
+}
+
+impl Batchers {
+    pub fn start(ctx: NodeContext) -> Self {
+        Batchers {
+            checks: CheckBatcher::start(ctx.clone()),
+            issues: IssueBatcher::start(ctx),
+        }
     }
 }

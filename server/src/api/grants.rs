@@ -7,7 +7,7 @@ use grant_proto::v1 as pb;
 use grant_proto::v1::grants_server::Grants;
 use tonic::{Request, Response, Status};
 
-use super::batcher::CheckBatcher;
+use super::batcher::Batchers;
 use super::errors::ApiError;
 use super::{now_ms, tasks, token, validate, NodeContext};
 use crate::audit::keys::{NodeKey, SharedKey};
@@ -21,7 +21,7 @@ use crate::storage::keyspace;
 
 pub struct GrantsService {
     ctx: NodeContext,
-    checks: CheckBatcher,
+    batchers: Batchers,
     /// This node's keys: its token key signs the tokens it hands out.
     key: SharedKey,
     verifier: token::Verifier,
@@ -33,7 +33,7 @@ pub struct GrantsService {
 impl GrantsService {
     pub fn new(
         ctx: NodeContext,
-        checks: CheckBatcher,
+        batchers: Batchers,
         key: SharedKey,
         watchers: super::watch::Watchers,
     ) -> Self {
@@ -41,7 +41,7 @@ impl GrantsService {
             watchers,
             verifier: token::Verifier::new(ctx.state.clone()),
             ctx,
-            checks,
+            batchers,
             key,
             published: Default::default(),
         }
@@ -230,7 +230,7 @@ impl Grants for GrantsService {
             actor: caller.id().to_string(),
             attributes,
         };
-        let (o, index) = self.checks.check(cmd).await?;
+        let (o, index) = self.batchers.checks.check(cmd).await?;
         Ok(Response::new(pb::CheckResponse {
             decision: if o.allow {
                 pb::Decision::Allow

@@ -122,6 +122,24 @@ pub fn apply(
     let mut out = Out::new(ctx);
     let result = match cmd {
         Command::Issue(c) => issue(c, None, log_index, state, &mut out)?,
+        Command::Issues(cs) => {
+            // Each issue decides on the state as the ones before it left
+            // it: their writes, moved aside as each finishes, are read
+            // first (a retried request id, its task's grant count); the
+            // active counters are `out`'s own, as in any entry.
+            let mut earlier = Vec::new();
+            let mut results = Vec::with_capacity(cs.len());
+            for c in cs {
+                let view = Earlier {
+                    state,
+                    writes: &earlier,
+                };
+                results.push(issue(c, None, log_index, &view, &mut out)?);
+                earlier.append(&mut out.writes);
+            }
+            out.writes = earlier;
+            CommandResult::Each(results)
+        }
         Command::Delegate(d) => issue(&d.grant, Some(d), log_index, state, &mut out)?,
         Command::Checks { now_ms, checks } => {
             let mut outcomes = Vec::with_capacity(checks.len());
@@ -146,6 +164,110 @@ pub fn apply(
         writes,
         chain,
     })
+}
+
+/// The state as of some writes of this entry: what an issue in a batch
+/// reads (grants, dedupe records, tasks) comes from the newest of them,
+/// everything else from `state`. The writes are few (a batch's, bounded
+/// by `ISSUES_PER_ENTRY_MAX`), so they are searched newest first.
+struct Earlier<'a, S> {
+    state: &'a S,
+    writes: &'a [Write],
+}
+
+impl<S: LedgerState> LedgerState for Earlier<'_, S> {
+    fn grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StateError> {
+        let newest = self.writes.iter().rev().find_map(|w| match w {
+            Write::InsertGrant(g) | Write::Retire(g) | Write::Renew { grant: g, .. }
+                if g.grant_id == grant_id =>
+            {
+                Some(g.clone())
+            }
+            _ => None,
+        });
+        match newest {
+            Some(g) => Ok(Some(g)),
+            None => self.state.grant(grant_id),
+        }
+    }
+    fn dedupe(&self, request_id: &str) -> Result<Option<DedupeRecord>, StateError> {
+        for w in self.writes.iter().rev() {
+            match w {
+                Write::PutDedupe {
+                    request_id: r,
+                    record,
+                } if r == request_id => return Ok(Some(record.clone())),
+                Write::DeleteDedupe { request_id: r, .. } if r == request_id => return Ok(None),
+                _ => {}
+            }
+        }
+        self.state.dedupe(request_id)
+    }
+    fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StateError> {
+        let newest = self.writes.iter().rev().find_map(|w| match w {
+            Write::PutTask(t) | Write::UpdateTask(t) if t.task_id == task_id => Some(t.clone()),
+            _ => None,
+        });
+        match newest {
+            Some(t) => Ok(Some(t)),
+            None => self.state.task(task_id),
+        }
+    }
+    fn task_grant_ids(&self, task_id: &str, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut ids = self.state.task_grant_ids(task_id, limit)?;
+        for w in self.writes {
+            if let Write::InsertGrant(g) = w {
+                if g.task_id == task_id && ids.len() < limit {
+                    ids.push(g.grant_id.clone());
+                }
+            }
+        }
+        Ok(ids)
+    }
+    fn child_grant_ids(&self, grant_id: &str, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut ids = self.state.child_grant_ids(grant_id, limit)?;
+        for w in self.writes {
+            if let Write::InsertGrant(g) = w {
+                if g.parent_grant_id == grant_id && ids.len() < limit {
+                    ids.push(g.grant_id.clone());
+                }
+            }
+        }
+        Ok(ids)
+    }
+    // Counted by `Out` across the whole entry, so read from the state.
+    fn active_grants(&self, of: &Counted) -> Result<u64, StateError> {
+        self.state.active_grants(of)
+    }
+    // Issues write none of the rest.
+    fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.state.tasks_past_deadline(now_ms, limit)
+    }
+    fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.state.expired_grant_ids(now_ms, limit)
+    }
+    fn dedupe_older_than(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StateError> {
+        self.state.dedupe_older_than(before_ms, limit)
+    }
+    fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
+        self.state.roster_keys(name)
+    }
+    fn token_key_known(&self, kid: &str) -> Result<bool, StateError> {
+        self.state.token_key_known(kid)
+    }
+    fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError> {
+        self.state.tree_root(size)
+    }
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
+        self.state.latest_checkpoint_size()
+    }
+    fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError> {
+        self.state.policy()
+    }
 }
 
 /// Issue a grant, or delegate one (`delegation`): the same rules, and for

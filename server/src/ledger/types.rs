@@ -336,6 +336,10 @@ pub struct CheckpointCmd {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Issue(IssueCmd),
+    /// Many issues in one entry (group commit), decided in order: each
+    /// sees what the ones before it wrote, as if each were an entry of
+    /// its own. One result each (`CommandResult::Each`).
+    Issues(Vec<IssueCmd>),
     /// Many checks in one entry (group commit), decided at one leader time.
     Checks {
         now_ms: i64,
@@ -358,6 +362,7 @@ impl Command {
     pub fn time_ms(&self) -> Option<i64> {
         match self {
             Command::Issue(c) => Some(c.now_ms),
+            Command::Issues(cs) => cs.iter().map(|c| c.now_ms).max(),
             Command::Checks { now_ms, .. } => Some(*now_ms),
             Command::Revoke(c) => Some(c.now_ms),
             Command::Delegate(c) => Some(c.grant.now_ms),
@@ -377,6 +382,7 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Issue(c) => write!(f, "issue(req={}, grant={})", c.request_id, c.grant_id),
+            Command::Issues(cs) => write!(f, "issues(n={})", cs.len()),
             Command::Checks { checks, .. } => write!(f, "checks(n={})", checks.len()),
             Command::Revoke(c) => write!(f, "revoke(grant={})", c.grant_id),
             Command::Delegate(c) => write!(
@@ -456,6 +462,8 @@ pub enum CommandResult {
         audit: Option<AuditRef>,
     },
     Checked(Vec<CheckOutcome>),
+    /// The results of a batch command (`Issues`), in its order.
+    Each(Vec<CommandResult>),
     Revoked {
         grant: GrantRecord,
         already_inactive: bool,

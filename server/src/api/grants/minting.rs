@@ -221,16 +221,22 @@ impl GrantsService {
                 active_per_task_max: self.ctx.config.active_grants_per_task_max,
             },
         };
-        let cmd = match parent {
-            None => Command::Issue(issue),
-            Some((parent_grant_id, sub_task)) => Command::Delegate(ledger::DelegateCmd {
-                grant: issue,
-                parent_grant_id,
-                sub_task,
-                depth_max: self.ctx.config.delegation_depth_max,
-            }),
+        // An issue goes into the next batch of issues (one log entry for
+        // all that arrive together); a delegation is an entry of its own.
+        let proposed = match parent {
+            None => self.batchers.issues.issue(issue).await?,
+            Some((parent_grant_id, sub_task)) => {
+                self.ctx
+                    .propose(Command::Delegate(ledger::DelegateCmd {
+                        grant: issue,
+                        parent_grant_id,
+                        sub_task,
+                        depth_max: self.ctx.config.delegation_depth_max,
+                    }))
+                    .await?
+            }
         };
-        match self.ctx.propose(cmd).await? {
+        match proposed {
             (
                 CommandResult::Issued {
                     grant,

@@ -108,7 +108,12 @@ impl LedgerState for Mem {
 
 impl Mem {
     fn run(&mut self, cmd: Command) -> CommandResult {
-        if let Command::Issue(c) = &cmd {
+        let issues = match &cmd {
+            Command::Issue(c) => std::slice::from_ref(c),
+            Command::Issues(cs) => cs.as_slice(),
+            _ => &[],
+        };
+        for c in issues {
             if !self.explicit_tasks && !self.tasks.contains_key(&c.task_id) {
                 self.tasks
                     .insert(c.task_id.clone(), open_task(&c.task_id, i64::MAX / 2));
@@ -1288,4 +1293,111 @@ fn quotas_count_active_grants_and_refuse_changing_nothing() {
         0
     );
     assert_eq!(m.active[&subject], 1);
+}
+
+fn issue_of(cmd: Command) -> IssueCmd {
+    let Command::Issue(c) = cmd else {
+        unreachable!()
+    };
+    c
+}
+
+/// A batch of issues in one entry decides each as if it were an entry of
+/// its own: a retried request id within the batch gets the grant of the
+/// first, and quotas count the grants issued before it in the batch.
+#[test]
+fn a_batch_of_issues_decides_each_on_what_the_ones_before_it_wrote() {
+    let cmds = || {
+        vec![
+            issue_of(with_quota(issue_cmd("r1", "g1", "t1", 1000, 60_000), 0, 2)),
+            // r1 again (a client's retry), with the fresh grant id a node draws.
+            issue_of(with_quota(issue_cmd("r1", "g1b", "t1", 1001, 60_000), 0, 2)),
+            issue_of(with_quota(issue_cmd("r2", "g2", "t1", 1002, 60_000), 0, 2)),
+            // A third active grant of t1: over its quota of two.
+            issue_of(with_quota(issue_cmd("r3", "g3", "t1", 1003, 60_000), 0, 2)),
+            // r2 reused for another task: refused.
+            issue_of(with_quota(issue_cmd("r2", "g4", "t2", 1004, 60_000), 0, 2)),
+            issue_of(with_quota(issue_cmd("r5", "g5", "t2", 1005, 60_000), 0, 2)),
+        ]
+    };
+    let mut batched = Mem::default();
+    let CommandResult::Each(results) = batched.run(Command::Issues(cmds())) else {
+        panic!("a batch answers with one result per issue")
+    };
+    let mut one_by_one = Mem::default();
+    let separate: Vec<CommandResult> = cmds()
+        .into_iter()
+        .map(|c| one_by_one.run(Command::Issue(c)))
+        .collect();
+
+    assert_eq!(results.len(), 6);
+    let issued = |r: &CommandResult| match r {
+        CommandResult::Issued {
+            grant, replayed, ..
+        } => Some((grant.grant_id.clone(), *replayed)),
+        _ => None,
+    };
+    assert_eq!(issued(&results[0]), Some(("g1".into(), false)));
+    assert_eq!(
+        issued(&results[1]),
+        Some(("g1".into(), true)),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(issued(&results[2]), Some(("g2".into(), false)));
+    assert!(
+        matches!(&results[3], CommandResult::Rejected(Rejection::ResourceExhausted(m)) if m.contains("active_grants_per_task_max")),
+        "{:?}",
+        results[3]
+    );
+    assert!(
+        matches!(
+            &results[4],
+            CommandResult::Rejected(Rejection::FailedPrecondition(_))
+        ),
+        "{:?}",
+        results[4]
+    );
+    assert_eq!(issued(&results[5]), Some(("g5".into(), false)));
+
+    // The same results and the same state as six entries of one issue each
+    // (audit entries aside: theirs name six log indexes, the batch's one).
+    for (b, s) in results.iter().zip(&separate) {
+        assert_eq!(issued(b), issued(s));
+        assert_eq!(
+            std::mem::discriminant(b),
+            std::mem::discriminant(s),
+            "{b:?} / {s:?}"
+        );
+    }
+    // Grants name the entry that issued them, dedupe records its audit
+    // entry (whose hash covers the log index): the rest is the same.
+    let grants = |m: &Mem| {
+        m.grants
+            .values()
+            .map(|g| GrantRecord {
+                issued_index: 0,
+                ..g.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(grants(&batched), grants(&one_by_one));
+    let dedupe = |m: &Mem| {
+        m.dedupe
+            .iter()
+            .map(|(r, d)| (r.clone(), d.grant_id.clone(), d.fingerprint.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(dedupe(&batched), dedupe(&one_by_one));
+    assert_eq!(batched.tasks, one_by_one.tasks);
+    assert_eq!(batched.active, one_by_one.active);
+    assert_eq!(batched.tasks["t1"].grant_count, 2);
+    let kinds = |m: &Mem| {
+        m.audit
+            .iter()
+            .map(|e| (e.kind, e.grant_id.clone(), e.seq))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&batched), kinds(&one_by_one));
+    assert!(batched.audit.iter().all(|e| e.log_index == 1), "one entry");
 }
