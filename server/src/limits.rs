@@ -70,15 +70,16 @@ pub const PENDING_CHECKS_MAX: usize = 8192;
 /// CPU-bound node fewer, larger entries beat pipelining (8 in flight: 3.3-
 /// 3.6k checks/s at 64 clients; 1: 4.4-4.7k, bench/README.md).
 pub const CHECK_BATCHES_IN_FLIGHT_MAX: usize = 1;
-/// Issues waiting to be batched into a log entry; beyond it Issue answers
-/// ResourceExhausted.
-pub const PENDING_ISSUES_MAX: usize = 4096;
-/// Issues in one log entry (group commit). Each is decided on the state the
-/// ones before it in the entry left, found by a search of their writes, so
-/// a batch stays small; 64 clients fill one.
-pub const ISSUES_PER_ENTRY_MAX: usize = 64;
-/// Issue batches in flight through Raft at once (as for checks).
-pub const ISSUE_BATCHES_IN_FLIGHT_MAX: usize = 1;
+/// Issues, and revokes, waiting to be batched into a log entry (each kind
+/// its own queue); beyond it the request answers ResourceExhausted.
+pub const PENDING_WRITES_MAX: usize = 4096;
+/// Issues, or revokes, in one log entry (group commit). Each is decided on
+/// the state the ones before it in the entry left, found by a search of
+/// their writes, so a batch stays small; 64 clients fill one.
+pub const WRITES_PER_ENTRY_MAX: usize = 64;
+/// Batches of issues, and of revokes, in flight through Raft at once (as
+/// for checks).
+pub const WRITE_BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Writes (Revoke, CompleteTask, admin, and batches of checks or issues) in
 /// flight through Raft at once on one node; beyond it the request answers
 /// ResourceExhausted.
@@ -135,7 +136,9 @@ const _: () = assert!(
     // doubles a field ('"' and '\\' take two bytes).
     2 * CHECK_ENCODED_BYTES_MAX * crate::config::CHECK_BATCH_MAX_CEILING < LOG_ENTRY_BYTES_MAX
 );
-const _: () = assert!(2 * ISSUE_ENCODED_BYTES_MAX * ISSUES_PER_ENTRY_MAX < LOG_ENTRY_BYTES_MAX);
+const _: () = assert!(2 * ISSUE_ENCODED_BYTES_MAX * WRITES_PER_ENTRY_MAX < LOG_ENTRY_BYTES_MAX);
+// A revoke command is smaller than an issue's (id, reason, actor, time).
+const _: () = assert!(REVOKE_REASON_BYTES_MAX + SUBJECT_BYTES_MAX + 1024 < ISSUE_ENCODED_BYTES_MAX);
 const _: () = assert!(LOG_ENTRY_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
 

@@ -50,6 +50,7 @@ struct Sampled {
     proposals_in_flight: Gauge,
     checks_queued: Gauge,
     issues_queued: Gauge,
+    revokes_queued: Gauge,
     grants_active: Gauge,
     audit_entries: Gauge,
     audit_checkpoint_size: Gauge,
@@ -96,7 +97,7 @@ impl Metrics {
             "Times this node saw the leader change (including to none)",
             leader_changes.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 12] = [
+        let gauges: [(&str, &str, &Gauge); 13] = [
             ("raft_term", "Current Raft term", &s.term),
             ("raft_is_leader", "1 if this node leads", &s.is_leader),
             (
@@ -138,6 +139,11 @@ impl Metrics {
                 "issues_queued",
                 "Issues waiting for the next group-commit batch",
                 &s.issues_queued,
+            ),
+            (
+                "revokes_queued",
+                "Revokes waiting for the next group-commit batch",
+                &s.revokes_queued,
             ),
             (
                 "grants_active",
@@ -208,6 +214,7 @@ impl Metrics {
         s.proposals_in_flight.set(ctx.proposals_in_flight() as i64);
         s.checks_queued.set(batchers.checks.queued() as i64);
         s.issues_queued.set(batchers.issues.queued() as i64);
+        s.revokes_queued.set(batchers.revokes.queued() as i64);
         s.grants_active.set(ctx.state.active_grants());
         let chain_size = ctx.state.chain().map(|c| c.size()).unwrap_or(0);
         s.audit_entries.set(chain_size as i64);

@@ -1,13 +1,14 @@
 //! Group commit: concurrent requests of one kind share one log entry
 //! instead of paying a Raft round and an entry's fixed costs each. One task
 //! drains a queue into batches; at most one batch of a kind is in Raft at
-//! once (`CHECK_BATCHES_IN_FLIGHT_MAX`, `ISSUE_BATCHES_IN_FLIGHT_MAX`), and
+//! once (`CHECK_BATCHES_IN_FLIGHT_MAX`, `WRITE_BATCHES_IN_FLIGHT_MAX`), and
 //! requests that arrive meanwhile wait for the next batch.
 //!
 //! Checks: every Check is a write (its decision is recorded), batched into
-//! `Command::Checks` of at most `check_batch_max`. Issues: batched into
-//! `Command::Issues` of at most `ISSUES_PER_ENTRY_MAX`, each decided on the
-//! state the ones before it left (ledger::apply).
+//! `Command::Checks` of at most `check_batch_max`. Issues and revokes:
+//! batched into `Command::Issues` / `Command::Revokes` of at most
+//! `WRITES_PER_ENTRY_MAX`, each decided on the state the ones before it
+//! left (ledger::apply); a batch of one is the plain command.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::errors::ApiError;
 use super::{now_ms, NodeContext};
-use crate::ledger::{CheckCmd, CheckOutcome, Command, CommandResult, IssueCmd};
+use crate::ledger::{CheckCmd, CheckOutcome, Command, CommandResult, IssueCmd, RevokeCmd};
 use crate::limits;
 
 type Reply<O> = oneshot::Sender<Result<(O, u64), ApiError>>;
@@ -54,11 +55,19 @@ impl Batched for CheckCmd {
     }
 }
 
+/// The results of a batch of writes: one each, or a batch of one's own.
+fn each(r: CommandResult) -> Option<Vec<CommandResult>> {
+    match r {
+        CommandResult::Each(results) => Some(results),
+        single => Some(vec![single]),
+    }
+}
+
 impl Batched for IssueCmd {
     /// The issue's own result: `Issued`, or why it was refused.
     type Outcome = CommandResult;
     const WHAT: &'static str = "issues";
-    const QUEUE_LIMIT: &'static str = "pending_issues_max";
+    const QUEUE_LIMIT: &'static str = "pending_writes_max";
     /// A batch of one is the plain `Issue` it always was.
     fn command(mut issues: Vec<IssueCmd>) -> Command {
         match issues.len() {
@@ -67,11 +76,23 @@ impl Batched for IssueCmd {
         }
     }
     fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
-        match r {
-            CommandResult::Each(results) => Some(results),
-            // A batch of one: the issue's own result.
-            single => Some(vec![single]),
+        each(r)
+    }
+}
+
+impl Batched for RevokeCmd {
+    /// The revoke's own result: `Revoked`, or why it was refused.
+    type Outcome = CommandResult;
+    const WHAT: &'static str = "revokes";
+    const QUEUE_LIMIT: &'static str = "pending_writes_max";
+    fn command(mut revokes: Vec<RevokeCmd>) -> Command {
+        match revokes.len() {
+            1 => Command::Revoke(revokes.remove(0)),
+            _ => Command::Revokes(revokes),
         }
+    }
+    fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
+        each(r)
     }
 }
 
@@ -89,6 +110,7 @@ impl<T: Batched> Clone for Batcher<T> {
 
 pub type CheckBatcher = Batcher<CheckCmd>;
 pub type IssueBatcher = Batcher<IssueCmd>;
+pub type RevokeBatcher = Batcher<RevokeCmd>;
 
 impl CheckBatcher {
     pub fn start(ctx: NodeContext) -> Self {
@@ -107,19 +129,20 @@ impl CheckBatcher {
     }
 }
 
-impl IssueBatcher {
-    pub fn start(ctx: NodeContext) -> Self {
+impl<T: Batched<Outcome = CommandResult>> Batcher<T> {
+    /// A queue of issues or revokes.
+    pub fn start_writes(ctx: NodeContext) -> Self {
         Batcher::spawn(
             ctx,
-            limits::PENDING_ISSUES_MAX,
-            limits::ISSUES_PER_ENTRY_MAX,
-            limits::ISSUE_BATCHES_IN_FLIGHT_MAX,
+            limits::PENDING_WRITES_MAX,
+            limits::WRITES_PER_ENTRY_MAX,
+            limits::WRITE_BATCHES_IN_FLIGHT_MAX,
         )
     }
 
-    /// Queue one issue and wait for its result and log index.
-    pub async fn issue(&self, cmd: IssueCmd) -> Result<(CommandResult, u64), ApiError> {
-        self.submit(cmd, limits::PENDING_ISSUES_MAX).await
+    /// Queue one issue or revoke and wait for its result and log index.
+    pub async fn write(&self, cmd: T) -> Result<(CommandResult, u64), ApiError> {
+        self.submit(cmd, limits::PENDING_WRITES_MAX).await
     }
 }
 
@@ -206,13 +229,15 @@ async fn run<T: Batched>(
 pub struct Batchers {
     pub checks: CheckBatcher,
     pub issues: IssueBatcher,
+    pub revokes: RevokeBatcher,
 }
 
 impl Batchers {
     pub fn start(ctx: NodeContext) -> Self {
         Batchers {
             checks: CheckBatcher::start(ctx.clone()),
-            issues: IssueBatcher::start(ctx),
+            issues: Batcher::start_writes(ctx.clone()),
+            revokes: Batcher::start_writes(ctx),
         }
     }
 }

@@ -258,13 +258,15 @@ impl Grants for GrantsService {
         }
         validate::grant_id("grant_id", &r.grant_id)?;
         validate::text("reason", &r.reason, REVOKE_REASON_BYTES_MAX)?;
-        let cmd = Command::Revoke(ledger::RevokeCmd {
+        let cmd = ledger::RevokeCmd {
             grant_id: r.grant_id,
             reason: r.reason,
             actor: caller.id().to_string(),
             now_ms: now_ms(),
-        });
-        match self.ctx.propose(cmd).await? {
+        };
+        // Into the next batch of revokes (one log entry for all that
+        // arrive together).
+        match self.batchers.revokes.write(cmd).await? {
             (
                 CommandResult::Revoked {
                     grant,

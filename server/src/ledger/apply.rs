@@ -122,24 +122,10 @@ pub fn apply(
     let mut out = Out::new(ctx);
     let result = match cmd {
         Command::Issue(c) => issue(c, None, log_index, state, &mut out)?,
-        Command::Issues(cs) => {
-            // Each issue decides on the state as the ones before it left
-            // it: their writes, moved aside as each finishes, are read
-            // first (a retried request id, its task's grant count); the
-            // active counters are `out`'s own, as in any entry.
-            let mut earlier = Vec::new();
-            let mut results = Vec::with_capacity(cs.len());
-            for c in cs {
-                let view = Earlier {
-                    state,
-                    writes: &earlier,
-                };
-                results.push(issue(c, None, log_index, &view, &mut out)?);
-                earlier.append(&mut out.writes);
-            }
-            out.writes = earlier;
-            CommandResult::Each(results)
-        }
+        Command::Issues(cs) => each(cs, state, &mut out, |c, view, out| {
+            issue(c, None, log_index, view, out)
+        })?,
+        Command::Revokes(cs) => each(cs, state, &mut out, |c, view, out| revoke(c, view, out))?,
         Command::Delegate(d) => issue(&d.grant, Some(d), log_index, state, &mut out)?,
         Command::Checks { now_ms, checks } => {
             let mut outcomes = Vec::with_capacity(checks.len());
@@ -166,10 +152,36 @@ pub fn apply(
     })
 }
 
-/// The state as of some writes of this entry: what an issue in a batch
-/// reads (grants, dedupe records, tasks) comes from the newest of them,
-/// everything else from `state`. The writes are few (a batch's, bounded
-/// by `ISSUES_PER_ENTRY_MAX`), so they are searched newest first.
+/// Decide a batch of commands in one entry, in order, each on the state as
+/// the ones before it left it: their writes, moved aside as each finishes,
+/// are read first (a retried request id, a task's grant count, a grant
+/// revoked just before); the active counters are `out`'s own, as in any
+/// entry. The results and the state are those of one entry per command.
+fn each<S: LedgerState, C>(
+    cmds: &[C],
+    state: &S,
+    out: &mut Out,
+    mut one: impl FnMut(&C, &Earlier<'_, S>, &mut Out) -> Result<CommandResult, StateError>,
+) -> Result<CommandResult, StateError> {
+    let mut earlier = Vec::new();
+    let mut results = Vec::with_capacity(cmds.len());
+    for c in cmds {
+        let view = Earlier {
+            state,
+            writes: &earlier,
+        };
+        results.push(one(c, &view, out)?);
+        earlier.append(&mut out.writes);
+    }
+    out.writes = earlier;
+    Ok(CommandResult::Each(results))
+}
+
+/// The state as of some writes of this entry: what an issue or a revoke in
+/// a batch reads (grants, dedupe records, tasks, children) comes from the
+/// newest of them, everything else from `state`. The writes are few (a
+/// batch's, bounded by `WRITES_PER_ENTRY_MAX`), so they are searched
+/// newest first.
 struct Earlier<'a, S> {
     state: &'a S,
     writes: &'a [Write],
@@ -239,7 +251,7 @@ impl<S: LedgerState> LedgerState for Earlier<'_, S> {
     fn active_grants(&self, of: &Counted) -> Result<u64, StateError> {
         self.state.active_grants(of)
     }
-    // Issues write none of the rest.
+    // Issues and revokes write none of the rest.
     fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
         self.state.tasks_past_deadline(now_ms, limit)
     }

@@ -346,6 +346,8 @@ pub enum Command {
         checks: Vec<CheckCmd>,
     },
     Revoke(RevokeCmd),
+    /// Many revokes in one entry, decided in order as `Issues` are.
+    Revokes(Vec<RevokeCmd>),
     Delegate(DelegateCmd),
     Renew(RenewCmd),
     BeginTask(BeginTaskCmd),
@@ -365,6 +367,7 @@ impl Command {
             Command::Issues(cs) => cs.iter().map(|c| c.now_ms).max(),
             Command::Checks { now_ms, .. } => Some(*now_ms),
             Command::Revoke(c) => Some(c.now_ms),
+            Command::Revokes(cs) => cs.iter().map(|c| c.now_ms).max(),
             Command::Delegate(c) => Some(c.grant.now_ms),
             Command::Renew(c) => Some(c.now_ms),
             Command::BeginTask(c) => Some(c.now_ms),
@@ -385,6 +388,7 @@ impl std::fmt::Display for Command {
             Command::Issues(cs) => write!(f, "issues(n={})", cs.len()),
             Command::Checks { checks, .. } => write!(f, "checks(n={})", checks.len()),
             Command::Revoke(c) => write!(f, "revoke(grant={})", c.grant_id),
+            Command::Revokes(cs) => write!(f, "revokes(n={})", cs.len()),
             Command::Delegate(c) => write!(
                 f,
                 "delegate(req={}, grant={}, parent={})",
@@ -462,7 +466,7 @@ pub enum CommandResult {
         audit: Option<AuditRef>,
     },
     Checked(Vec<CheckOutcome>),
-    /// The results of a batch command (`Issues`), in its order.
+    /// The results of a batch command (`Issues`, `Revokes`), in its order.
     Each(Vec<CommandResult>),
     Revoked {
         grant: GrantRecord,

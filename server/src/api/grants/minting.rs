@@ -224,7 +224,7 @@ impl GrantsService {
         // An issue goes into the next batch of issues (one log entry for
         // all that arrive together); a delegation is an entry of its own.
         let proposed = match parent {
-            None => self.batchers.issues.issue(issue).await?,
+            None => self.batchers.issues.write(issue).await?,
             Some((parent_grant_id, sub_task)) => {
                 self.ctx
                     .propose(Command::Delegate(ledger::DelegateCmd {

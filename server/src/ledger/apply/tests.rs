@@ -1401,3 +1401,83 @@ fn a_batch_of_issues_decides_each_on_what_the_ones_before_it_wrote() {
     assert_eq!(kinds(&batched), kinds(&one_by_one));
     assert!(batched.audit.iter().all(|e| e.log_index == 1), "one entry");
 }
+
+/// A batch of revokes decides each on what the ones before it wrote: a
+/// grant revoked earlier in the entry (by itself or with its parent) is
+/// already inactive, as it would be in an entry of its own.
+#[test]
+fn a_batch_of_revokes_decides_each_on_what_the_ones_before_it_wrote() {
+    let read: &[(&str, &[&str])] = &[("github", &["read"])];
+    let setup = || {
+        let mut m = Mem::default();
+        m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+        m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
+        m.run(delegate_cmd("d1", "c1", "g2", AGENT, read, 2000, 10_000));
+        m
+    };
+    let revoke = |id: &str| RevokeCmd {
+        grant_id: id.into(),
+        reason: "done".into(),
+        actor: OWNER.into(),
+        now_ms: 3000,
+    };
+    let cmds = || {
+        vec![
+            revoke("g1"),
+            revoke("g1"),
+            revoke("g2"),
+            revoke("c1"),
+            revoke("nope"),
+        ]
+    };
+    let mut batched = setup();
+    let CommandResult::Each(results) = batched.run(Command::Revokes(cmds())) else {
+        panic!("a batch answers with one result per revoke")
+    };
+    let mut one_by_one = setup();
+    let separate: Vec<CommandResult> = cmds()
+        .into_iter()
+        .map(|c| one_by_one.run(Command::Revoke(c)))
+        .collect();
+
+    let revoked = |r: &CommandResult| match r {
+        CommandResult::Revoked {
+            grant,
+            already_inactive,
+            descendants_revoked,
+            ..
+        } => Some((
+            grant.grant_id.clone(),
+            *already_inactive,
+            descendants_revoked.clone(),
+        )),
+        _ => None,
+    };
+    assert_eq!(revoked(&results[0]), Some(("g1".into(), false, vec![])));
+    assert_eq!(revoked(&results[1]), Some(("g1".into(), true, vec![])));
+    assert_eq!(
+        revoked(&results[2]),
+        Some(("g2".into(), false, vec!["c1".to_string()]))
+    );
+    assert_eq!(revoked(&results[3]), Some(("c1".into(), true, vec![])));
+    assert!(matches!(
+        &results[4],
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+    for (b, s) in results.iter().zip(&separate) {
+        assert_eq!(revoked(b), revoked(s));
+    }
+    assert_eq!(batched.grants, one_by_one.grants);
+    assert_eq!(batched.active, one_by_one.active);
+    let entries = |m: &Mem| {
+        m.audit
+            .iter()
+            .map(|e| (e.kind, e.grant_id.clone(), e.seq))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        entries(&batched),
+        entries(&one_by_one),
+        "one entry per revocation"
+    );
+}
