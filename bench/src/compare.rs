@@ -57,7 +57,7 @@ struct Args {
 /// The most revokes per second a run prepares for (grants or leases are
 /// made before the clock starts; a run that exhausts them ends early and
 /// is timed to that point).
-const REVOKES_PER_SECOND_MAX: usize = 4000;
+const REVOKES_PER_SECOND_MAX: usize = 10_000;
 /// Items each client checks in turn.
 const CHECK_POOL: usize = 50;
 /// Bytes of the value an etcd issue puts (about a grant record's size).

@@ -43,7 +43,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The most revokes per second a run prepares grants for.
-const REVOKES_PER_SECOND_MAX: usize = 4000;
+const REVOKES_PER_SECOND_MAX: usize = 10_000;
 
 async fn run(c: &Cluster, op: &str, clients: usize, secs: u64) -> (usize, usize, Vec<Duration>) {
     // Revoke and check need grants to work on: issue them before the clock
