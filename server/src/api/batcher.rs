@@ -55,6 +55,18 @@ impl Batched for CheckCmd {
     }
 }
 
+/// A batch of one write is the plain command it always was.
+fn one_or_many<T>(
+    mut items: Vec<T>,
+    one: fn(T) -> Command,
+    many: fn(Vec<T>) -> Command,
+) -> Command {
+    match items.len() {
+        1 => one(items.remove(0)),
+        _ => many(items),
+    }
+}
+
 /// The results of a batch of writes: one each, or a batch of one's own.
 fn each(r: CommandResult) -> Option<Vec<CommandResult>> {
     match r {
@@ -68,12 +80,8 @@ impl Batched for IssueCmd {
     type Outcome = CommandResult;
     const WHAT: &'static str = "issues";
     const QUEUE_LIMIT: &'static str = "pending_writes_max";
-    /// A batch of one is the plain `Issue` it always was.
-    fn command(mut issues: Vec<IssueCmd>) -> Command {
-        match issues.len() {
-            1 => Command::Issue(issues.remove(0)),
-            _ => Command::Issues(issues),
-        }
+    fn command(issues: Vec<IssueCmd>) -> Command {
+        one_or_many(issues, Command::Issue, Command::Issues)
     }
     fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
         each(r)
@@ -85,11 +93,8 @@ impl Batched for RevokeCmd {
     type Outcome = CommandResult;
     const WHAT: &'static str = "revokes";
     const QUEUE_LIMIT: &'static str = "pending_writes_max";
-    fn command(mut revokes: Vec<RevokeCmd>) -> Command {
-        match revokes.len() {
-            1 => Command::Revoke(revokes.remove(0)),
-            _ => Command::Revokes(revokes),
-        }
+    fn command(revokes: Vec<RevokeCmd>) -> Command {
+        one_or_many(revokes, Command::Revoke, Command::Revokes)
     }
     fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
         each(r)

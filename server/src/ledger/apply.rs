@@ -187,6 +187,26 @@ struct Earlier<'a, S> {
     writes: &'a [Write],
 }
 
+impl<S> Earlier<'_, S> {
+    /// `ids` and the grants the earlier writes inserted that `of` picks,
+    /// at most `limit` in all.
+    fn plus_inserted(
+        &self,
+        mut ids: Vec<String>,
+        limit: usize,
+        of: impl Fn(&GrantRecord) -> bool,
+    ) -> Vec<String> {
+        for w in self.writes {
+            if let Write::InsertGrant(g) = w {
+                if of(g) && ids.len() < limit {
+                    ids.push(g.grant_id.clone());
+                }
+            }
+        }
+        ids
+    }
+}
+
 impl<S: LedgerState> LedgerState for Earlier<'_, S> {
     fn grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StateError> {
         let newest = self.writes.iter().rev().find_map(|w| match w {
@@ -226,26 +246,12 @@ impl<S: LedgerState> LedgerState for Earlier<'_, S> {
         }
     }
     fn task_grant_ids(&self, task_id: &str, limit: usize) -> Result<Vec<String>, StateError> {
-        let mut ids = self.state.task_grant_ids(task_id, limit)?;
-        for w in self.writes {
-            if let Write::InsertGrant(g) = w {
-                if g.task_id == task_id && ids.len() < limit {
-                    ids.push(g.grant_id.clone());
-                }
-            }
-        }
-        Ok(ids)
+        let ids = self.state.task_grant_ids(task_id, limit)?;
+        Ok(self.plus_inserted(ids, limit, |g| g.task_id == task_id))
     }
     fn child_grant_ids(&self, grant_id: &str, limit: usize) -> Result<Vec<String>, StateError> {
-        let mut ids = self.state.child_grant_ids(grant_id, limit)?;
-        for w in self.writes {
-            if let Write::InsertGrant(g) = w {
-                if g.parent_grant_id == grant_id && ids.len() < limit {
-                    ids.push(g.grant_id.clone());
-                }
-            }
-        }
-        Ok(ids)
+        let ids = self.state.child_grant_ids(grant_id, limit)?;
+        Ok(self.plus_inserted(ids, limit, |g| g.parent_grant_id == grant_id))
     }
     // Counted by `Out` across the whole entry, so read from the state.
     fn active_grants(&self, of: &Counted) -> Result<u64, StateError> {
