@@ -55,49 +55,43 @@ impl Batched for CheckCmd {
     }
 }
 
-/// A batch of one write is the plain command it always was.
-fn one_or_many<T>(
-    mut items: Vec<T>,
-    one: fn(T) -> Command,
-    many: fn(Vec<T>) -> Command,
-) -> Command {
-    match items.len() {
-        1 => one(items.remove(0)),
-        _ => many(items),
-    }
+/// A write batched with its kind (`Command::Issues`, `Command::Revokes`):
+/// a batch of one is the plain command it always was, and each request's
+/// outcome is its own result (its grant, or why it was refused).
+pub trait BatchedWrite: Send + Sized + 'static {
+    /// Named in errors ("issues", "revokes").
+    const WHAT: &'static str;
+    const ONE: fn(Self) -> Command;
+    const MANY: fn(Vec<Self>) -> Command;
 }
 
-/// The results of a batch of writes: one each, or a batch of one's own.
-fn each(r: CommandResult) -> Option<Vec<CommandResult>> {
-    match r {
-        CommandResult::Each(results) => Some(results),
-        single => Some(vec![single]),
-    }
-}
-
-impl Batched for IssueCmd {
-    /// The issue's own result: `Issued`, or why it was refused.
-    type Outcome = CommandResult;
+impl BatchedWrite for IssueCmd {
     const WHAT: &'static str = "issues";
-    const QUEUE_LIMIT: &'static str = "pending_writes_max";
-    fn command(issues: Vec<IssueCmd>) -> Command {
-        one_or_many(issues, Command::Issue, Command::Issues)
-    }
-    fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
-        each(r)
-    }
+    const ONE: fn(Self) -> Command = Command::Issue;
+    const MANY: fn(Vec<Self>) -> Command = Command::Issues;
 }
 
-impl Batched for RevokeCmd {
-    /// The revoke's own result: `Revoked`, or why it was refused.
-    type Outcome = CommandResult;
+impl BatchedWrite for RevokeCmd {
     const WHAT: &'static str = "revokes";
+    const ONE: fn(Self) -> Command = Command::Revoke;
+    const MANY: fn(Vec<Self>) -> Command = Command::Revokes;
+}
+
+impl<T: BatchedWrite> Batched for T {
+    type Outcome = CommandResult;
+    const WHAT: &'static str = <T as BatchedWrite>::WHAT;
     const QUEUE_LIMIT: &'static str = "pending_writes_max";
-    fn command(revokes: Vec<RevokeCmd>) -> Command {
-        one_or_many(revokes, Command::Revoke, Command::Revokes)
+    fn command(mut batch: Vec<T>) -> Command {
+        match batch.len() {
+            1 => T::ONE(batch.remove(0)),
+            _ => T::MANY(batch),
+        }
     }
     fn split(r: CommandResult) -> Option<Vec<CommandResult>> {
-        each(r)
+        match r {
+            CommandResult::Each(results) => Some(results),
+            single => Some(vec![single]),
+        }
     }
 }
 
@@ -134,7 +128,7 @@ impl CheckBatcher {
     }
 }
 
-impl<T: Batched<Outcome = CommandResult>> Batcher<T> {
+impl<T: BatchedWrite> Batcher<T> {
     /// A queue of issues or revokes.
     pub fn start_writes(ctx: NodeContext) -> Self {
         Batcher::spawn(
