@@ -257,6 +257,13 @@ async fn proofs_verify_against_signed_checkpoints() {
         settled_export(&c, None).await;
         client.latest_checkpoint().await.unwrap()
     };
+    // Checks arriving together share entries, so the tree spans several
+    // stored chunks of leaf hashes, some filled across an entry's boundary.
+    let token = issued.token.clone();
+    let checks = (0..150).map(|_| client.check(check_req(&token)));
+    for r in futures_util::future::join_all(checks).await {
+        r.unwrap();
+    }
     let revoked = client
         .revoke(revoke_req(&issued.grant.unwrap().grant_id, "done"))
         .await

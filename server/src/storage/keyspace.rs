@@ -10,6 +10,7 @@
 //! Values are JSON of the ledger's records.
 
 use grant_proto::audit::export::Line;
+use grant_proto::audit::Hash;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Chain, Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
@@ -33,7 +34,10 @@ use crate::raft::typ::LogId;
 ///    time) is one key, META_APPLIED, in place of three; an open task's
 ///    deadline key is written when the task opens or its deadline moves,
 ///    not again with every grant it gets.
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: leaf hashes are kept `LEAVES_PER_KEY` to a key (AUDIT_LEAVES) in
+///    place of one key each (0x0a): an entry's audit entries add one or two
+///    keys for their leaves, not one per entry.
+pub const FORMAT_VERSION: u32 = 6;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -44,7 +48,9 @@ pub const DEDUPE_BY_TIME: u8 = 0x06;
 // 0x07 held completed-task markers until format 4.
 pub const AUDIT: u8 = 0x08;
 pub const META: u8 = 0x09;
-pub const AUDIT_LEAF: u8 = 0x0a;
+/// Leaf hashes of the audit chain: chunk (u64 BE, seq / LEAVES_PER_KEY) ->
+/// the chunk's 32-byte leaf hashes in order, up to LEAVES_PER_KEY of them.
+pub const AUDIT_LEAVES: u8 = 0x0a;
 pub const TREE_ROOT: u8 = 0x0b;
 pub const CHECKPOINT: u8 = 0x0c;
 pub const ROSTER: u8 = 0x0d;
@@ -167,8 +173,44 @@ pub fn watched(kind: grant_proto::audit::Kind) -> bool {
             | Kind::Policy
     )
 }
-pub fn audit_leaf(seq: u64) -> Vec<u8> {
-    key(AUDIT_LEAF, &[&seq.to_be_bytes()])
+/// Leaf hashes per AUDIT_LEAVES key (2 KiB at most). sled's cost of a write
+/// is mostly per key, and a check batch of n made n leaf keys of 32 bytes
+/// each; now it appends to the last one or two chunks.
+pub const LEAVES_PER_KEY: u64 = 64;
+pub fn audit_leaves(chunk: u64) -> Vec<u8> {
+    key(AUDIT_LEAVES, &[&chunk.to_be_bytes()])
+}
+
+/// Append the leaf hashes of one entry's audit entries, whose sequence
+/// numbers run from `first`, to their chunks; `stored(chunk)` reads what a
+/// chunk holds before this entry.
+pub fn append_leaves(
+    first: u64,
+    leaves: &[Hash],
+    stored: impl Fn(u64) -> std::io::Result<Vec<u8>>,
+    batch: &mut WriteSet,
+) -> std::io::Result<()> {
+    let (mut seq, mut rest) = (first, leaves);
+    while !rest.is_empty() {
+        let chunk = seq / LEAVES_PER_KEY;
+        let at = (seq % LEAVES_PER_KEY) as usize;
+        let mut v = if at == 0 { Vec::new() } else { stored(chunk)? };
+        if v.len() != at * 32 {
+            return Err(std::io::Error::other(format!(
+                "audit leaf chunk {chunk} holds {} bytes where {} were expected",
+                v.len(),
+                at * 32
+            )));
+        }
+        let n = (LEAVES_PER_KEY as usize - at).min(rest.len());
+        for h in &rest[..n] {
+            v.extend_from_slice(h);
+        }
+        batch.insert(audit_leaves(chunk), v);
+        seq += n as u64;
+        rest = &rest[n..];
+    }
+    Ok(())
 }
 pub fn tree_root(size: u64) -> Vec<u8> {
     key(TREE_ROOT, &[&size.to_be_bytes()])
@@ -285,7 +327,7 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
                 hash: c.hash,
             };
             batch.insert(audit(c.entry.seq), line.to_json().into_bytes());
-            batch.insert(audit_leaf(c.entry.seq), &c.leaf_hash[..]);
+            // Its leaf hash: `append_leaves`, once for the whole entry.
             if watched(c.entry.kind) {
                 batch.insert(watch(c.entry.seq), &[][..]);
             }
@@ -337,6 +379,34 @@ pub fn decode_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_fill_their_chunks_in_order_across_entries() {
+        let mut stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+        let leaf = |i: u64| [i as u8; 32];
+        // Entries of 1, 70 and 60 audit entries: seqs 0, 1..=70, 71..=130.
+        let mut next = 0;
+        for n in [1u64, 70, 60] {
+            let leaves: Vec<Hash> = (next..next + n).map(leaf).collect();
+            let mut batch = WriteSet::default();
+            let read = |c| Ok(stored.get(&audit_leaves(c)).cloned().unwrap_or_default());
+            append_leaves(next, &leaves, read, &mut batch).unwrap();
+            for (k, v) in batch.into_ops() {
+                stored.insert(k, v.unwrap());
+            }
+            next += n;
+        }
+        let all: Vec<u8> = stored.values().flatten().copied().collect();
+        let expected: Vec<u8> = (0..131).flat_map(leaf).collect();
+        assert_eq!(all, expected);
+        assert_eq!(stored.len(), 3, "131 leaves in chunks of {LEAVES_PER_KEY}");
+        assert_eq!(stored[&audit_leaves(0)].len(), 64 * 32);
+        // A chunk shorter than the chain says is damage, reported, not patched.
+        let mut batch = WriteSet::default();
+        let short = |_| Ok(vec![0u8; 32]);
+        let e = append_leaves(131, &[leaf(131)], short, &mut batch).unwrap_err();
+        assert!(e.to_string().contains("chunk 2"), "{e}");
+    }
 
     #[test]
     fn length_prefix_keeps_tasks_apart() {

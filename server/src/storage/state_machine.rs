@@ -284,20 +284,27 @@ impl StateReader {
     /// Leaf hashes of the first `size` entries (for proofs).
     pub fn leaf_hashes(&self, size: u64) -> io::Result<Vec<Hash>> {
         let mut out = Vec::with_capacity(size as usize);
-        for kv in self.tree().range(ks::audit_leaf(0)..ks::audit_leaf(size)) {
+        let chunks = size.div_ceil(ks::LEAVES_PER_KEY);
+        for kv in self
+            .tree()
+            .range(ks::audit_leaves(0)..ks::audit_leaves(chunks))
+        {
             let v = kv.map_err(io_err)?.1;
-            out.push(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| io_err("leaf hash is not 32 bytes"))?,
+            if v.len() % 32 != 0 {
+                return Err(io_err("a chunk of leaf hashes is not whole hashes"));
+            }
+            out.extend(
+                v.chunks_exact(32)
+                    .map(|h| <Hash>::try_from(h).expect("32 bytes")),
             );
         }
-        if out.len() as u64 != size {
+        if (out.len() as u64) < size {
             return Err(io_err(format!(
                 "{} leaf hashes stored below size {size}",
                 out.len()
             )));
         }
+        out.truncate(size as usize);
         Ok(out)
     }
 
@@ -626,6 +633,19 @@ impl StateMachine {
                     }
                     ks::encode_write(w, &mut batch);
                 }
+                let leaves: Vec<Hash> = a
+                    .writes
+                    .iter()
+                    .filter_map(|w| match w {
+                        ledger::Write::Audit(c) => Some(c.leaf_hash),
+                        _ => None,
+                    })
+                    .collect();
+                let stored = |chunk| {
+                    let v = tree.get(ks::audit_leaves(chunk)).map_err(io_err)?;
+                    Ok(v.map(|v| v.to_vec()).unwrap_or_default())
+                };
+                ks::append_leaves(self.applied.chain.size(), &leaves, stored, &mut batch)?;
                 if a.chain.size() != self.applied.chain.size() {
                     batch.insert(ks::tree_root(a.chain.size()), &a.chain.root()[..]);
                 }
