@@ -1,8 +1,10 @@
 //! The export_verify fuzz corpus (`fuzz/corpus/export_verify/`) replayed on
 //! stable: the verifier answers every input without panicking, and the
-//! golden export in it verifies.
+//! golden export in it verifies; the reader of canonical bytes accepts only
+//! what encodes back to the same bytes, and reads the seed entry.
 
 use grant_proto::audit::export::{parse_trusted_keys, verify, Line};
+use grant_proto::audit::Entry;
 
 const KEYS: &str = include_str!("golden/golden-keys.txt");
 
@@ -14,6 +16,11 @@ fn export_verify_corpus_replays() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        match Entry::from_canonical_bytes(&bytes) {
+            Ok(e) => assert_eq!(e.canonical_bytes(), bytes, "{}", path.display()),
+            Err(e) => assert!(!path.ends_with("seed-canonical"), "{e}"),
+        }
         let Ok(text) = String::from_utf8(std::fs::read(&path).unwrap()) else {
             continue;
         };

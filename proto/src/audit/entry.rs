@@ -80,6 +80,73 @@ pub struct Entry {
     pub prev_hash: Hash,
 }
 
+/// Canonical bytes that are not an entry's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an audit entry's canonical bytes: {0}")]
+pub struct CanonicalError(String);
+
+impl Kind {
+    fn from_u8(b: u8) -> Result<Kind, CanonicalError> {
+        use Kind::*;
+        [
+            Issue,
+            Check,
+            Revoke,
+            CompleteTask,
+            Expire,
+            Membership,
+            KeyRoster,
+            Roles,
+            Policy,
+            BeginTask,
+            AbortTask,
+            ExpireTask,
+            Renew,
+            Delegate,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == b)
+        .ok_or_else(|| CanonicalError(format!("kind {b}")))
+    }
+}
+
+impl Decision {
+    fn from_u8(b: u8) -> Result<Decision, CanonicalError> {
+        [Decision::None, Decision::Allow, Decision::Deny]
+            .into_iter()
+            .find(|d| *d as u8 == b)
+            .ok_or_else(|| CanonicalError(format!("decision {b}")))
+    }
+}
+
+/// Reads canonical bytes front to back.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], CanonicalError> {
+        if self.0.len() < n {
+            return Err(CanonicalError(format!(
+                "{n} bytes wanted, {} left",
+                self.0.len()
+            )));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, CanonicalError> {
+        Ok(self.take(1)?[0])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CanonicalError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+    fn string(&mut self) -> Result<String, CanonicalError> {
+        let n = u32::from_be_bytes(self.array()?) as usize;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| CanonicalError("a string is not UTF-8".into()))
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -137,6 +204,55 @@ impl Entry {
         out
     }
 
+    /// The entry whose canonical bytes `b` are: the inverse of
+    /// [`Entry::canonical_bytes`]. Every byte must be accounted for.
+    pub fn from_canonical_bytes(b: &[u8]) -> Result<Entry, CanonicalError> {
+        let mut r = Reader(b);
+        let version = r.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(CanonicalError(format!("format version {version}")));
+        }
+        let seq = u64::from_be_bytes(r.array()?);
+        let log_index = u64::from_be_bytes(r.array()?);
+        let time_ms = i64::from_be_bytes(r.array()?);
+        let kind = Kind::from_u8(r.u8()?)?;
+        let mut e = Entry::new(kind, time_ms);
+        e.seq = seq;
+        e.log_index = log_index;
+        for s in [
+            &mut e.actor,
+            &mut e.subject,
+            &mut e.task_id,
+            &mut e.grant_id,
+            &mut e.resource,
+            &mut e.action,
+            &mut e.intent,
+        ] {
+            *s = r.string()?;
+        }
+        e.decision = Decision::from_u8(r.u8()?)?;
+        e.reason = r.string()?;
+        e.detail = r.string()?;
+        let n = u32::from_be_bytes(r.array()?);
+        // Each id takes at least its 4-byte length: a count beyond what is
+        // left is damage, not a reason to allocate.
+        if n as usize > r.0.len() / 4 {
+            return Err(CanonicalError(format!(
+                "{n} policy ids in {} bytes",
+                r.0.len()
+            )));
+        }
+        e.policy_ids = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
+        e.prev_hash = r.array()?;
+        if !r.0.is_empty() {
+            return Err(CanonicalError(format!(
+                "{} bytes after the entry",
+                r.0.len()
+            )));
+        }
+        Ok(e)
+    }
+
     /// SHA-256 over the canonical bytes: what the next entry's prev_hash holds.
     pub fn hash(&self) -> Hash {
         Sha256::digest(self.canonical_bytes()).into()
@@ -151,6 +267,40 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_bytes_read_back_to_the_entry_and_nothing_else() {
+        let mut e = Entry::new(Kind::Delegate, -5);
+        e.seq = u64::MAX;
+        e.log_index = 7;
+        e.actor = "spiffe://example.org/a".into();
+        e.intent = "triage ✓".into();
+        e.decision = Decision::Deny;
+        e.policy_ids = vec!["p1".into(), String::new()];
+        e.prev_hash = [9; 32];
+        let b = e.canonical_bytes();
+        assert_eq!(Entry::from_canonical_bytes(&b).unwrap(), e);
+        for k in 1..=14u8 {
+            assert_eq!(Kind::from_u8(k).unwrap() as u8, k);
+        }
+        // Every truncation, a trailing byte, an unknown kind or decision and
+        // a huge policy count are errors.
+        for n in 0..b.len() {
+            assert!(Entry::from_canonical_bytes(&b[..n]).is_err(), "{n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(Entry::from_canonical_bytes(&long).is_err());
+        let mut bad = b.clone();
+        bad[25] = 99; // kind
+        assert!(Entry::from_canonical_bytes(&bad).is_err());
+        let mut e2 = Entry::new(Kind::Check, 0);
+        e2.policy_ids = vec![];
+        let mut b2 = e2.canonical_bytes();
+        let at = b2.len() - 32 - 4;
+        b2[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Entry::from_canonical_bytes(&b2).is_err());
+    }
 
     #[test]
     fn every_field_changes_the_hash() {

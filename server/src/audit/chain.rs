@@ -19,6 +19,9 @@ pub struct Chained {
     pub entry: Entry,
     pub hash: Hash,
     pub leaf_hash: Hash,
+    /// The entry's canonical bytes, which the hashes are over: what the
+    /// state stores for it.
+    pub bytes: Vec<u8>,
 }
 
 impl Chain {
@@ -46,6 +49,7 @@ impl Chain {
             entry,
             hash,
             leaf_hash,
+            bytes,
         }
     }
 }

@@ -12,6 +12,7 @@
 use grant_proto::audit::export::Line;
 use grant_proto::audit::Hash;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::ledger::{Chain, Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
 use crate::raft::codec;
@@ -36,7 +37,8 @@ use crate::raft::typ::LogId;
 ///    not again with every grant it gets.
 /// 6: leaf hashes are kept `LEAVES_PER_KEY` to a key (AUDIT_LEAVES) in
 ///    place of one key each (0x0a): an entry's audit entries add one or two
-///    keys for their leaves, not one per entry.
+///    keys for their leaves, not one per entry; an audit entry is stored as
+///    its canonical bytes, not as its JSON export line.
 pub const FORMAT_VERSION: u32 = 6;
 
 pub const GRANT: u8 = 0x01;
@@ -46,6 +48,8 @@ pub const EXPIRY: u8 = 0x04;
 pub const DEDUPE: u8 = 0x05;
 pub const DEDUPE_BY_TIME: u8 = 0x06;
 // 0x07 held completed-task markers until format 4.
+/// The audit chain: seq (u64 BE) -> the entry's canonical bytes (its
+/// hash is over them; the export line is made from them when read).
 pub const AUDIT: u8 = 0x08;
 pub const META: u8 = 0x09;
 /// Leaf hashes of the audit chain: chunk (u64 BE, seq / LEAVES_PER_KEY) ->
@@ -322,11 +326,7 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             batch.insert(task(&t.task_id), codec::encode(t));
         }
         Write::Audit(c) => {
-            let line = Line::Entry {
-                entry: c.entry.clone(),
-                hash: c.hash,
-            };
-            batch.insert(audit(c.entry.seq), line.to_json().into_bytes());
+            batch.insert(audit(c.entry.seq), &c.bytes);
             // Its leaf hash: `append_leaves`, once for the whole entry.
             if watched(c.entry.kind) {
                 batch.insert(watch(c.entry.seq), &[][..]);
@@ -362,18 +362,17 @@ pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {
     codec::decode(v)
 }
 /// A stored audit entry: its export line (entry and hash).
-pub fn decode_audit(
-    v: &[u8],
-) -> std::io::Result<(grant_proto::audit::Entry, grant_proto::audit::Hash)> {
-    let text = std::str::from_utf8(v)
+/// A stored audit entry (its canonical bytes) and its hash.
+pub fn decode_audit(v: &[u8]) -> std::io::Result<(grant_proto::audit::Entry, Hash)> {
+    let entry = grant_proto::audit::Entry::from_canonical_bytes(v)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    match Line::parse(text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))? {
-        Line::Entry { entry, hash } => Ok((entry, hash)),
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "audit key holds no entry",
-        )),
-    }
+    Ok((entry, sha2::Sha256::digest(v).into()))
+}
+
+/// A stored audit entry as its export line.
+pub fn audit_line(v: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (entry, hash) = decode_audit(v)?;
+    Ok(Line::Entry { entry, hash }.to_json().into_bytes())
 }
 
 #[cfg(test)]

@@ -277,7 +277,7 @@ impl StateReader {
         self.tree()
             .range(ks::audit(from)..vec![ks::AUDIT + 1])
             .take(limit)
-            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(io_err))
+            .map(|kv| ks::audit_line(&kv.map_err(io_err)?.1))
             .collect()
     }
 
