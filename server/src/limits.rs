@@ -31,6 +31,9 @@ pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// token, with the grant each names: about 150 bytes each); beyond it the
 /// cache starts over.
 pub const VERIFIED_TOKENS_CACHED_MAX: usize = 65_536;
+/// Decoded grant records apply keeps for the checks that read them (about
+/// 1 KiB each); beyond it the cache starts over.
+pub const GRANTS_CACHED_MAX: usize = 16_384;
 /// Grants one task may hold; completing a task revokes them in one entry.
 pub const GRANTS_PER_TASK_MAX: usize = 10_000;
 /// Callers whose issue-rate buckets a node keeps before it drops those

@@ -269,6 +269,16 @@ impl WriteSet {
     }
 }
 
+/// The grant whose GRANT key `w` writes, if any.
+pub fn grant_written(w: &Write) -> Option<&str> {
+    match w {
+        Write::InsertGrant(g) | Write::Retire(g) | Write::Renew { grant: g, .. } => {
+            Some(&g.grant_id)
+        }
+        _ => None,
+    }
+}
+
 /// Turn one ledger write into sled operations.
 pub fn encode_write(w: &Write, batch: &mut WriteSet) {
     match w {

@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod generation;
+pub mod grant_cache;
 pub mod journal;
 pub mod keyspace;
 pub mod log_store;

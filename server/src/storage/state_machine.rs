@@ -21,6 +21,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use super::capture::Capture;
 use super::generation;
+use super::grant_cache::GrantCache;
 use super::io_err;
 use super::journal::Journal;
 use super::keyspace as ks;
@@ -66,6 +67,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     /// Last applied log id, chain head and leader time (META_APPLIED).
     applied: ks::Applied,
+    /// Grant records apply read, decoded (see `grant_cache`).
+    grants: GrantCache,
     membership: StoredMembership,
     /// The snapshot being copied beside apply, if any (shared by clones).
     capture: Arc<Mutex<Option<Arc<Capture>>>>,
@@ -309,7 +312,7 @@ impl StateReader {
     }
 
     pub fn tree_root(&self, size: u64) -> io::Result<Option<Hash>> {
-        SledState(&self.tree(), None)
+        SledState(&self.tree(), None, None)
             .tree_root(size)
             .map_err(io_err)
     }
@@ -379,8 +382,13 @@ fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> io:
     }
 }
 
-/// The ledger's view of a sled tree, with the policy set compiled from it.
-struct SledState<'a>(&'a sled::Tree, Option<Arc<grant_policy::Compiled>>);
+/// The ledger's view of a sled tree, with the policy set compiled from it
+/// and, for apply, the grant records it has read.
+struct SledState<'a>(
+    &'a sled::Tree,
+    Option<Arc<grant_policy::Compiled>>,
+    Option<&'a GrantCache>,
+);
 
 fn se(e: impl std::fmt::Display) -> StateError {
     StateError(e.to_string())
@@ -388,10 +396,17 @@ fn se(e: impl std::fmt::Display) -> StateError {
 
 impl LedgerState for SledState<'_> {
     fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
-        match self.0.get(ks::grant(id)).map_err(se)? {
-            Some(v) => Ok(Some(ks::decode_grant(&v).map_err(se)?)),
-            None => Ok(None),
+        if let Some(g) = self.2.and_then(|c| c.get(id)) {
+            return Ok(Some(g));
         }
+        let Some(v) = self.0.get(ks::grant(id)).map_err(se)? else {
+            return Ok(None);
+        };
+        let g = ks::decode_grant(&v).map_err(se)?;
+        if let Some(c) = self.2 {
+            c.put(&g);
+        }
+        Ok(Some(g))
     }
     fn dedupe(&self, request_id: &str) -> Result<Option<DedupeRecord>, StateError> {
         match self.0.get(ks::dedupe(request_id)).map_err(se)? {
@@ -541,6 +556,7 @@ impl StateMachine {
             },
             snapshot_dir,
             applied,
+            grants: GrantCache::default(),
             membership,
             capture: Arc::new(Mutex::new(None)),
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -601,7 +617,7 @@ impl StateMachine {
                 if let Some(t) = cmd.time_ms() {
                     self.applied.last_time_ms = t;
                 }
-                let state = SledState(&tree, self.reader.policy());
+                let state = SledState(&tree, self.reader.policy(), Some(&self.grants));
                 Some(ledger::apply(&cmd, ctx, &state).map_err(io_err)?)
             }
             EntryPayload::Membership(m) => {
@@ -630,6 +646,9 @@ impl StateMachine {
                         ledger::Write::PutRoles { index, .. } => roles_version = Some(*index),
                         ledger::Write::PutPolicy { .. } => policy_changed = true,
                         _ => {}
+                    }
+                    if let Some(id) = ks::grant_written(w) {
+                        self.grants.forget(id);
                     }
                     ks::encode_write(w, &mut batch);
                 }
@@ -730,6 +749,7 @@ impl StateMachine {
         self.journal = Journal::open(&db)?;
         self.db = db;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
+        self.grants.clear();
         self.reader.recount_active();
         self.reader.reload_policy()?;
         self.applied = read_meta(&fresh, ks::META_APPLIED)?.unwrap_or_default();
@@ -1105,7 +1125,7 @@ mod tests {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
         let tree = sm.reader.tree();
-        let state = SledState(&tree, None);
+        let state = SledState(&tree, None, None);
         for t in ["t0", "t1", "t2"] {
             let indexed = state.task_grant_ids(t, 1000).unwrap().len();
             assert_eq!(indexed, 10);
@@ -1129,7 +1149,7 @@ mod tests {
         });
         sm.apply_one(entry(34, close)).unwrap();
         let tree = sm.reader.tree();
-        let state = SledState(&tree, None);
+        let state = SledState(&tree, None, None);
         assert_eq!(
             state.tasks_past_deadline(9000, 10).unwrap(),
             vec!["t1", "t2"]
@@ -1140,6 +1160,80 @@ mod tests {
         );
         assert!(sm.reader.has_task_past_deadline(6000).unwrap());
         assert!(!sm.reader.has_task_past_deadline(5999).unwrap());
+    }
+
+    fn check(grant: u64, now_ms: i64) -> Command {
+        Command::Checks {
+            now_ms,
+            checks: vec![crate::ledger::CheckCmd {
+                grant_id: format!("{grant:032x}"),
+                forged: false,
+                identity: "spiffe://example.org/a".into(),
+                resource: "github".into(),
+                action: "read".into(),
+                actor: String::new(),
+                attributes: Default::default(),
+            }],
+        }
+    }
+
+    fn allowed(r: CommandResult) -> bool {
+        match r {
+            CommandResult::Checked(v) => v[0].allow,
+            other => panic!("not a check result: {other:?}"),
+        }
+    }
+
+    /// Apply keeps the grant records checks read (`grant_cache`): after a
+    /// renewal, a revocation and a snapshot install, the next check decides
+    /// on the grant as it now stands.
+    #[tokio::test]
+    async fn checks_decide_on_the_grant_as_last_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        begin_tasks(&mut sm);
+        sm.apply_one(entry(4, issue(4))).unwrap(); // expires at 1040
+        assert!(allowed(sm.apply_one(entry(5, check(4, 1020))).unwrap()));
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let renew = Command::Renew(RenewCmd {
+            grant_id: format!("{:032x}", 4),
+            expires_at_ms: 3000,
+            actor: String::new(),
+            now_ms: 1030,
+        });
+        sm.apply_one(entry(6, renew)).unwrap();
+        assert!(
+            allowed(sm.apply_one(entry(7, check(4, 2000))).unwrap()),
+            "renewed"
+        );
+        let revoke = Command::Revoke(RevokeCmd {
+            grant_id: format!("{:032x}", 4),
+            reason: String::new(),
+            actor: String::new(),
+            now_ms: 2100,
+        });
+        sm.apply_one(entry(8, revoke)).unwrap();
+        assert!(
+            !allowed(sm.apply_one(entry(9, check(4, 2200))).unwrap()),
+            "revoked"
+        );
+        // The snapshot of index 5 again: the grant active until 1040.
+        sm.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert!(
+            allowed(sm.apply_one(entry(6, check(4, 1035))).unwrap()),
+            "installed"
+        );
+        assert!(
+            !allowed(sm.apply_one(entry(7, check(4, 2000))).unwrap()),
+            "expired"
+        );
     }
 
     /// A renewal moves the grant in the expiry index: the sweep no longer
