@@ -7,7 +7,8 @@
 //! variable-length parts inside a key are length-prefixed so no prefix of one
 //! key is mistaken for another's.
 //!
-//! Values are JSON of the ledger's records.
+//! Values are JSON of the ledger's records; audit entries are their
+//! canonical bytes (`grant_proto::audit::entry`).
 
 use grant_proto::audit::export::Line;
 use grant_proto::audit::Hash;
@@ -371,7 +372,6 @@ pub fn decode_task(v: &[u8]) -> std::io::Result<TaskRecord> {
 pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {
     codec::decode(v)
 }
-/// A stored audit entry: its export line (entry and hash).
 /// A stored audit entry (its canonical bytes) and its hash.
 pub fn decode_audit(v: &[u8]) -> std::io::Result<(grant_proto::audit::Entry, Hash)> {
     let entry = grant_proto::audit::Entry::from_canonical_bytes(v)

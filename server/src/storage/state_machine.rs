@@ -652,19 +652,25 @@ impl StateMachine {
                     }
                     ks::encode_write(w, &mut batch);
                 }
+                let first = self.applied.chain.size();
                 let leaves: Vec<Hash> = a
                     .writes
                     .iter()
                     .filter_map(|w| match w {
-                        ledger::Write::Audit(c) => Some(c.leaf_hash),
+                        ledger::Write::Audit(c) => Some(c),
                         _ => None,
+                    })
+                    .enumerate()
+                    .map(|(i, c)| {
+                        debug_assert_eq!(c.entry.seq, first + i as u64, "audit seqs run on");
+                        c.leaf_hash
                     })
                     .collect();
                 let stored = |chunk| {
                     let v = tree.get(ks::audit_leaves(chunk)).map_err(io_err)?;
                     Ok(v.map(|v| v.to_vec()).unwrap_or_default())
                 };
-                ks::append_leaves(self.applied.chain.size(), &leaves, stored, &mut batch)?;
+                ks::append_leaves(first, &leaves, stored, &mut batch)?;
                 if a.chain.size() != self.applied.chain.size() {
                     batch.insert(ks::tree_root(a.chain.size()), &a.chain.root()[..]);
                 }
