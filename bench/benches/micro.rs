@@ -1,5 +1,6 @@
 //! Micro benchmarks (criterion): the audit hash (canonical bytes and
-//! SHA-256 of one entry, and chaining it into the Merkle frontier) and the
+//! SHA-256 of one entry, and chaining it into the Merkle frontier), an
+//! export line made from a stored entry (what Export does per entry), and the
 //! apply path (the pure ledger rules deciding an Issue and a batch of
 //! Checks, plus encoding their writes into sled operations, without and
 //! with a policy set of 200).
@@ -14,7 +15,7 @@ use grantd::ledger::{
     apply, ApplyCtx, Chain, CheckCmd, Command, Counted, DedupeRecord, GrantRecord, IssueCmd,
     LedgerState, Scope, StateError, TaskRecord, TaskState, Write,
 };
-use grantd::storage::keyspace::{encode_write, WriteSet};
+use grantd::storage::keyspace::{audit_line, encode_write, WriteSet};
 
 /// A map-backed state holding some grants.
 #[derive(Default)]
@@ -133,6 +134,11 @@ fn audit_hash(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    let stored = check_entry().canonical_bytes();
+    c.bench_function(
+        "export line from a stored entry (read canonical bytes, SHA-256, JSON)",
+        |b| b.iter(|| audit_line(std::hint::black_box(&stored)).unwrap()),
+    );
 }
 
 /// What a replica does with an entry before sled: decide, then encode.
