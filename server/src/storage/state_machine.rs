@@ -978,6 +978,24 @@ mod tests {
         })
     }
 
+    fn revoke(grant: u64, now_ms: i64) -> Command {
+        Command::Revoke(RevokeCmd {
+            grant_id: format!("{grant:032x}"),
+            reason: String::new(),
+            actor: String::new(),
+            now_ms,
+        })
+    }
+
+    fn renew(grant: u64, expires_at_ms: i64, now_ms: i64) -> Command {
+        Command::Renew(RenewCmd {
+            grant_id: format!("{grant:032x}"),
+            expires_at_ms,
+            actor: String::new(),
+            now_ms,
+        })
+    }
+
     fn entry(index: u64, cmd: Command) -> Entry {
         Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), cmd)
     }
@@ -1013,13 +1031,7 @@ mod tests {
         // Overwrite (revoke), delete (revoke drops expiry keys; the sweep
         // retires more) and insert (new grants, audit entries).
         for i in 1..=5 {
-            let c = Command::Revoke(RevokeCmd {
-                grant_id: format!("{:032x}", i + 3),
-                reason: String::new(),
-                actor: String::new(),
-                now_ms: 1050,
-            });
-            sm.apply_one(entry(20 + i, c)).unwrap();
+            sm.apply_one(entry(20 + i, revoke(i + 3, 1050))).unwrap();
         }
         sm.apply_one(entry(26, Command::Sweep(SweepCmd { now_ms: 1150 })))
             .unwrap();
@@ -1206,24 +1218,12 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        let renew = Command::Renew(RenewCmd {
-            grant_id: format!("{:032x}", 4),
-            expires_at_ms: 3000,
-            actor: String::new(),
-            now_ms: 1030,
-        });
-        sm.apply_one(entry(6, renew)).unwrap();
+        sm.apply_one(entry(6, renew(4, 3000, 1030))).unwrap();
         assert!(
             allowed(sm.apply_one(entry(7, check(4, 2000))).unwrap()),
             "renewed"
         );
-        let revoke = Command::Revoke(RevokeCmd {
-            grant_id: format!("{:032x}", 4),
-            reason: String::new(),
-            actor: String::new(),
-            now_ms: 2100,
-        });
-        sm.apply_one(entry(8, revoke)).unwrap();
+        sm.apply_one(entry(8, revoke(4, 2100))).unwrap();
         assert!(
             !allowed(sm.apply_one(entry(9, check(4, 2200))).unwrap()),
             "revoked"
@@ -1251,13 +1251,7 @@ mod tests {
         begin_tasks(&mut sm);
         sm.apply_one(entry(4, issue(4))).unwrap(); // expires at 1040, task t1
         assert!(sm.reader.has_expired(1040).unwrap());
-        let renew = Command::Renew(RenewCmd {
-            grant_id: format!("{:032x}", 4),
-            expires_at_ms: 3000,
-            actor: String::new(),
-            now_ms: 1010,
-        });
-        sm.apply_one(entry(5, renew)).unwrap();
+        sm.apply_one(entry(5, renew(4, 3000, 1010))).unwrap();
         assert!(!sm.reader.has_expired(2999).unwrap());
         assert!(sm.reader.has_expired(3000).unwrap());
         let g = sm.reader.grant(&format!("{:032x}", 4)).unwrap().unwrap();
