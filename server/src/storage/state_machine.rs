@@ -1011,6 +1011,15 @@ mod tests {
         sm
     }
 
+    /// A snapshot of `sm` as it stands.
+    async fn snapshot_of(sm: &mut StateMachine) -> Snapshot {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     /// A new state machine in `dir` with `snap` installed.
     async fn installed_in(dir: &Path, snap: Snapshot) -> StateMachine {
         let mut sm = StateMachine::open(dir).unwrap();
@@ -1068,22 +1077,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = with_grants_through(dir.path(), 20);
         let before = sm.digest().unwrap();
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&mut sm).await;
 
         let other = tempfile::tempdir().unwrap();
         let mut fresh = installed_in(other.path(), snap).await;
         assert_eq!(generations(other.path()), ["state.1", "state.current"]);
-        let again = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let again = snapshot_of(&mut sm).await;
         fresh
             .install_snapshot(&again.meta, again.snapshot)
             .await
@@ -1092,12 +1091,7 @@ mod tests {
         assert_eq!(fresh.digest().unwrap(), before);
 
         // Data of another format version is refused after loading it all.
-        let good = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let good = snapshot_of(&mut sm).await;
         let mut out = fresh.snapshot_writer(&good.meta).unwrap();
         snapshot_data::copy_replacing(
             good.snapshot.data(),
@@ -1212,12 +1206,7 @@ mod tests {
         begin_tasks(&mut sm);
         sm.apply_one(entry(4, issue(4))).unwrap(); // expires at 1040
         assert!(allowed(sm.apply_one(entry(5, check(4, 1020))).unwrap()));
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&mut sm).await;
         sm.apply_one(entry(6, renew(4, 3000, 1030))).unwrap();
         assert!(
             allowed(sm.apply_one(entry(7, check(4, 2000))).unwrap()),
