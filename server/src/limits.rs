@@ -207,6 +207,14 @@ pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// memory (8 MiB batches: 690 MB resident for 76 MB of small pairs); from
 /// 256 KiB down the load stays near twice the data (143 MB) and no slower.
 pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
+/// Bytes of audit entries one state key holds (each entry's canonical
+/// bytes behind a 4-byte length): an applied entry's audit entries share
+/// keys up to this, so a batch of checks writes a few keys, not one per
+/// check (sled's cost of a write is mostly per key). sled splits a leaf past
+/// 16 keys and keeps a node above about 128 KiB in a blob file of its own,
+/// outside its log; 16 keys of 4 KiB stay well below that. An entry larger
+/// than this (a policy change) has a key of its own.
+pub const AUDIT_KEY_BYTES: usize = 4 * 1024;
 /// How long reopening a freshly loaded state database waits for sled to let
 /// go of its file lock (its I/O threads finish with the closed database
 /// first); beyond it the install fails.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::ledger::{Chain, Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
+use crate::limits::AUDIT_KEY_BYTES;
 use crate::raft::codec;
 use crate::raft::typ::LogId;
 
@@ -40,7 +41,10 @@ use crate::raft::typ::LogId;
 ///    place of one key each (0x0a): an entry's audit entries add one or two
 ///    keys for their leaves, not one per entry; an audit entry is stored as
 ///    its canonical bytes, not as its JSON export line.
-pub const FORMAT_VERSION: u32 = 6;
+/// 7: an applied entry's audit entries share AUDIT keys, up to
+///    `limits::AUDIT_KEY_BYTES` each, in place of one key each: a batch of
+///    n checks writes a few keys for its audit entries, not n.
+pub const FORMAT_VERSION: u32 = 7;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -49,8 +53,11 @@ pub const EXPIRY: u8 = 0x04;
 pub const DEDUPE: u8 = 0x05;
 pub const DEDUPE_BY_TIME: u8 = 0x06;
 // 0x07 held completed-task markers until format 4.
-/// The audit chain: seq (u64 BE) -> the entry's canonical bytes (its
-/// hash is over them; the export line is made from them when read).
+/// The audit chain: seq of the key's first entry (u64 BE) -> that entry's
+/// and the following entries' canonical bytes, each behind its length (u32
+/// BE), up to `limits::AUDIT_KEY_BYTES` (see `append_audit`). An entry's
+/// hash is over its canonical bytes; its export line is made from them
+/// when read.
 pub const AUDIT: u8 = 0x08;
 pub const META: u8 = 0x09;
 /// Leaf hashes of the audit chain: chunk (u64 BE, seq / LEAVES_PER_KEY) ->
@@ -217,6 +224,63 @@ pub fn append_leaves(
     }
     Ok(())
 }
+/// Store one applied entry's audit entries, whose seqs run from `first`,
+/// several to an AUDIT key: a key takes entries while its value stays
+/// within `AUDIT_KEY_BYTES` (an entry larger than that, a policy change say,
+/// has a key of its own). sled's cost of a write is mostly per key, and a
+/// check batch of n made n audit keys. Keys are never appended to across
+/// entries, so no stored value is read back.
+pub fn append_audit<'a>(
+    first: u64,
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    batch: &mut WriteSet,
+) {
+    let mut start = first;
+    let mut v: Vec<u8> = Vec::new();
+    for (seq, e) in (first..).zip(entries) {
+        if !v.is_empty() && v.len() + 4 + e.len() > AUDIT_KEY_BYTES {
+            batch.insert(audit(start), std::mem::take(&mut v));
+            start = seq;
+        }
+        let len = u32::try_from(e.len()).expect("an audit entry is far below 4 GiB");
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(e);
+    }
+    if !v.is_empty() {
+        batch.insert(audit(start), v);
+    }
+}
+
+/// The entries an AUDIT key holds, as (seq, canonical bytes), in order.
+pub fn audit_group<'a>(k: &[u8], v: &'a [u8]) -> std::io::Result<Vec<(u64, &'a [u8])>> {
+    let damaged = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let first = k
+        .get(1..9)
+        .filter(|_| k.len() == 9 && k[0] == AUDIT)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| damaged(format!("audit key {k:02x?} is not 9 bytes under 0x08")))?;
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let seq = first + out.len() as u64;
+        let entry = rest
+            .get(..4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .and_then(|len| rest.get(4..4 + len));
+        let Some(entry) = entry else {
+            return Err(damaged(format!(
+                "audit key {first} is cut short inside entry {seq}"
+            )));
+        };
+        out.push((seq, entry));
+        rest = &rest[4 + entry.len()..];
+    }
+    if out.is_empty() {
+        return Err(damaged(format!("audit key {first} holds no entry")));
+    }
+    Ok(out)
+}
+
 pub fn tree_root(size: u64) -> Vec<u8> {
     key(TREE_ROOT, &[&size.to_be_bytes()])
 }
@@ -337,8 +401,8 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             batch.insert(task(&t.task_id), codec::encode(t));
         }
         Write::Audit(c) => {
-            batch.insert(audit(c.entry.seq), &c.bytes);
-            // Its leaf hash: `append_leaves`, once for the whole entry.
+            // Its bytes and its leaf hash: `append_audit` and
+            // `append_leaves`, once for the whole entry.
             if watched(c.entry.kind) {
                 batch.insert(watch(c.entry.seq), &[][..]);
             }
@@ -415,6 +479,50 @@ mod tests {
         let short = |_| Ok(vec![0u8; 32]);
         let e = append_leaves(131, &[leaf(131)], short, &mut batch).unwrap_err();
         assert!(e.to_string().contains("chunk 2"), "{e}");
+    }
+
+    #[test]
+    fn audit_entries_share_keys_up_to_the_byte_limit() {
+        // Entries of 1000 bytes: four fit a key (4 * 1004 <= 4096), the
+        // fifth starts the next; one over the limit has a key of its own.
+        let small: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 1000]).collect();
+        let big = vec![0xbb; AUDIT_KEY_BYTES + 1];
+        let entries: Vec<&[u8]> = small[..5]
+            .iter()
+            .map(|e| &e[..])
+            .chain([&big[..]])
+            .chain(small[5..].iter().map(|e| &e[..]))
+            .collect();
+        let mut batch = WriteSet::default();
+        append_audit(100, entries.iter().copied(), &mut batch);
+        let ops = batch.into_ops();
+        let firsts: Vec<Vec<u8>> = ops.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(firsts, [100, 104, 105, 106].map(audit));
+        let mut read = Vec::new();
+        for (k, v) in &ops {
+            let v = v.as_ref().unwrap();
+            assert!(v.len() <= AUDIT_KEY_BYTES || v.len() == big.len() + 4);
+            read.extend(audit_group(k, v).unwrap());
+        }
+        let want: Vec<(u64, &[u8])> = (100..).zip(entries.iter().copied()).collect();
+        assert_eq!(read, want);
+        // No entries, no key.
+        let mut none = WriteSet::default();
+        append_audit(7, [], &mut none);
+        assert_eq!(none.keys().count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_audit_value_is_an_error_not_a_short_read() {
+        let mut batch = WriteSet::default();
+        append_audit(5, [&b"abc"[..], b"defg"], &mut batch);
+        let (k, v) = batch.into_ops().pop().unwrap();
+        let v = v.unwrap();
+        assert_eq!(audit_group(&k, &v).unwrap().len(), 2);
+        let e = audit_group(&k, &v[..v.len() - 1]).unwrap_err();
+        assert!(e.to_string().contains("cut short inside entry 6"), "{e}");
+        assert!(audit_group(&k, &[]).is_err(), "a key holds an entry");
+        assert!(audit_group(&k[..8], &v).is_err(), "a key is 9 bytes");
     }
 
     #[test]

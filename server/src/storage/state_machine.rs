@@ -141,13 +141,13 @@ impl StateReader {
         for k in tree.range(from..vec![ks::WATCH + 1]).keys().take(limit) {
             let k = k.map_err(io_err)?;
             let seq = u64::from_be_bytes(k[1..9].try_into().expect("watch keys are 9 bytes"));
-            let v = tree.get(ks::audit(seq)).map_err(io_err)?.ok_or_else(|| {
+            let e = self.audit_range(seq, 1, ks::decode_audit)?.pop();
+            out.push(e.ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("watch index names missing audit entry {seq}"),
                 )
-            })?;
-            out.push(ks::decode_audit(&v)?);
+            })?);
         }
         Ok(out)
     }
@@ -264,24 +264,58 @@ impl StateReader {
 
     /// Audit entries from `from`, at most `limit`, with their hashes.
     pub fn audit_entries(&self, from: u64, limit: usize) -> io::Result<Vec<(AuditEntry, Hash)>> {
-        let mut out = Vec::new();
-        for kv in self
-            .tree()
-            .range(ks::audit(from)..vec![ks::AUDIT + 1])
-            .take(limit)
-        {
-            out.push(ks::decode_audit(&kv.map_err(io_err)?.1)?);
-        }
-        Ok(out)
+        self.audit_range(from, limit, ks::decode_audit)
     }
 
     /// Stored audit entries as export lines, from `from`, at most `limit`.
     pub fn audit_lines(&self, from: u64, limit: usize) -> io::Result<Vec<Vec<u8>>> {
-        self.tree()
-            .range(ks::audit(from)..vec![ks::AUDIT + 1])
-            .take(limit)
-            .map(|kv| ks::audit_line(&kv.map_err(io_err)?.1))
-            .collect()
+        self.audit_range(from, limit, ks::audit_line)
+    }
+
+    /// `each` of the stored audit entries from seq `from` on, at most
+    /// `limit`, in order (none where `from` is past the stored chain). An
+    /// AUDIT key holds several entries under the seq of its first, so the
+    /// key holding `from` is the last one at or before it; a gap in the
+    /// seqs is damage, reported.
+    fn audit_range<T>(
+        &self,
+        from: u64,
+        limit: usize,
+        each: impl Fn(&[u8]) -> io::Result<T>,
+    ) -> io::Result<Vec<T>> {
+        let tree = self.tree();
+        let start = tree
+            .range(ks::audit(0)..=ks::audit(from))
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(io_err)?
+            .map_or_else(|| ks::audit(from), |k| k.to_vec());
+        let mut out = Vec::new();
+        let mut next = from;
+        for kv in tree.range(start..vec![ks::AUDIT + 1]) {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = kv.map_err(io_err)?;
+            for (seq, bytes) in ks::audit_group(&k, &v)? {
+                if seq < next {
+                    continue;
+                }
+                if seq > next {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("audit entry {next} is missing from the stored chain"),
+                    ));
+                }
+                if out.len() == limit {
+                    break;
+                }
+                out.push(each(bytes)?);
+                next += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Leaf hashes of the first `size` entries (for proofs).
@@ -653,19 +687,19 @@ impl StateMachine {
                     ks::encode_write(w, &mut batch);
                 }
                 let first = self.applied.chain.size();
-                let leaves: Vec<Hash> = a
+                let audits: Vec<_> = a
                     .writes
                     .iter()
                     .filter_map(|w| match w {
                         ledger::Write::Audit(c) => Some(c),
                         _ => None,
                     })
-                    .enumerate()
-                    .map(|(i, c)| {
-                        debug_assert_eq!(c.entry.seq, first + i as u64, "audit seqs run on");
-                        c.leaf_hash
-                    })
                     .collect();
+                for (i, c) in audits.iter().enumerate() {
+                    debug_assert_eq!(c.entry.seq, first + i as u64, "audit seqs run on");
+                }
+                ks::append_audit(first, audits.iter().map(|c| &c.bytes[..]), &mut batch);
+                let leaves: Vec<Hash> = audits.iter().map(|c| c.leaf_hash).collect();
                 let stored = |chunk| {
                     let v = tree.get(ks::audit_leaves(chunk)).map_err(io_err)?;
                     Ok(v.map(|v| v.to_vec()).unwrap_or_default())
@@ -1229,6 +1263,66 @@ mod tests {
             !allowed(sm.apply_one(entry(7, check(4, 2000))).unwrap()),
             "expired"
         );
+    }
+
+    /// A batch's audit entries share AUDIT keys: every entry reads back
+    /// from any seq, in order, the same as the chain made them; a Watch
+    /// finds a revocation among them; a key gone is reported, not skipped.
+    #[tokio::test]
+    async fn audit_entries_read_back_from_any_seq_of_a_shared_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = with_grants_through(dir.path(), 4);
+        let Command::Checks { checks, .. } = check(4, 1020) else {
+            unreachable!()
+        };
+        let batch = Command::Checks {
+            now_ms: 1020,
+            checks: checks.iter().cycle().take(60).cloned().collect(),
+        };
+        sm.apply_one(entry(5, batch)).unwrap();
+        sm.apply_one(entry(6, revoke(4, 1030))).unwrap();
+        let size = sm.applied.chain.size();
+        assert_eq!(size, 4 + 60 + 1, "3 tasks, 1 grant, 60 checks, 1 revoke");
+
+        let tree = sm.reader.tree();
+        let keys = |t: &sled::Tree| t.scan_prefix([ks::AUDIT]).count();
+        let stored = keys(&tree);
+        assert!(
+            (3..=20).contains(&stored),
+            "{size} entries in {stored} keys: the checks share keys of up to {} bytes",
+            crate::limits::AUDIT_KEY_BYTES
+        );
+        let all = sm.reader.audit_entries(0, 1000).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|(e, _)| e.seq).collect();
+        assert_eq!(seqs, (0..size).collect::<Vec<_>>());
+        for from in 0..=size {
+            let page = sm.reader.audit_entries(from, 7).unwrap();
+            let want = &all[from as usize..(from as usize + 7).min(size as usize)];
+            assert_eq!(page, want, "a page from {from}");
+            let lines = sm.reader.audit_lines(from, 7).unwrap();
+            assert_eq!(lines.len(), want.len(), "export lines from {from}");
+        }
+        let watched = sm.reader.watch_events(None, 10).unwrap();
+        assert_eq!(watched.len(), 1);
+        assert_eq!(watched[0].0.seq, size - 1);
+
+        // Take out a key from the middle of the checks: reading across the
+        // hole is an error naming the first missing entry.
+        let k = tree
+            .range(ks::audit(1)..ks::audit(size))
+            .keys()
+            .nth(2)
+            .unwrap()
+            .unwrap();
+        let lost = u64::from_be_bytes(k[1..9].try_into().unwrap());
+        tree.remove(&k).unwrap();
+        let e = sm.reader.audit_entries(0, 1000).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("audit entry {lost} is missing")),
+            "{e}"
+        );
+        assert_eq!(keys(&tree), stored - 1);
     }
 
     /// A renewal moves the grant in the expiry index: the sweep no longer
