@@ -299,14 +299,22 @@ async fn run(
         "revoke" => (REVOKES_PER_SECOND_MAX * secs as usize).div_ceil(clients),
         _ => CHECK_POOL,
     };
-    let mut pools = Vec::new();
+    // Every client fills its own pool at once (one after the other took
+    // minutes for a revoke run).
+    let mut filling = Vec::new();
     for w in 0..clients {
         let mut s = sys[w % sys.len()].clone();
-        let mut pool = Vec::new();
-        for i in 0..per_client {
-            pool.push(s.issue(w, i).await.expect("preparing the run"));
-        }
-        pools.push((s, pool));
+        filling.push(tokio::spawn(async move {
+            let mut pool = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                pool.push(s.issue(w, i).await.expect("preparing the run"));
+            }
+            (s, pool)
+        }));
+    }
+    let mut pools = Vec::new();
+    for f in filling {
+        pools.push(f.await.expect("a client preparing the run"));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = cpu_seconds(pids, ticks);
