@@ -224,6 +224,7 @@ pub fn append_leaves(
     }
     Ok(())
 }
+
 /// Store one applied entry's audit entries, whose seqs run from `first`,
 /// several to an AUDIT key: a key takes entries while its value stays
 /// within `AUDIT_KEY_BYTES` (an entry larger than that, a policy change say,
