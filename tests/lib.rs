@@ -332,14 +332,19 @@ impl Cluster {
             .arg(&n.data_dir)
             .args(["--api-addr", &n.api_addr, "--raft-addr", &n.raft_addr])
             .args(["--metrics-addr", &n.metrics_addr])
-            .args([
-                "--heartbeat-interval-ms",
-                "50",
-                "--election-timeout-min-ms",
-                "300",
-                "--election-timeout-max-ms",
-                "600",
-            ])
+            // Fast elections, unless the test sets its own timing.
+            .args(if extra.iter().any(|a| a == "--election-timeout-min-ms") {
+                &[][..]
+            } else {
+                &[
+                    "--heartbeat-interval-ms",
+                    "50",
+                    "--election-timeout-min-ms",
+                    "300",
+                    "--election-timeout-max-ms",
+                    "600",
+                ][..]
+            })
             .args(if extra.iter().any(|a| a == "--peer-rpc-timeout-ms") {
                 &[][..]
             } else {
@@ -554,6 +559,48 @@ impl Cluster {
             assert!(Instant::now() < deadline, "nodes did not converge: {out:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Cluster {
+    /// Export every running node's audit chain, check that they agree on
+    /// every entry they all hold and that the chain verifies offline with
+    /// the roster's keys; returns how many entries they all hold. `ctx` goes
+    /// into every failure message.
+    pub async fn chains_agree(&self, ctx: &str) -> usize {
+        use grant_proto::audit::export;
+        let client = self.client();
+        let mut chains = Vec::new();
+        for n in self.answering() {
+            let text = client
+                .audit_export(Some(&n.api_addr))
+                .await
+                .unwrap_or_else(|e| panic!("export of node {}: {e} ({ctx})", n.id));
+            chains.push((n.id, String::from_utf8(text).expect("utf-8 export")));
+        }
+        let entries = |e: &str| -> Vec<String> {
+            e.lines()
+                .filter(|l| l.starts_with("{\"type\":\"entry\""))
+                .map(str::to_string)
+                .collect()
+        };
+        let all: Vec<(u64, Vec<String>)> = chains.iter().map(|(id, t)| (*id, entries(t))).collect();
+        let common = all.iter().map(|(_, e)| e.len()).min().unwrap_or(0);
+        for (id, e) in &all[1..] {
+            if let Some(i) = (0..common).find(|&i| e[i] != all[0].1[i]) {
+                panic!(
+                    "chains fork at entry {i}: node {} holds\n{}\nnode {id} holds\n{}\n({ctx})",
+                    all[0].0, all[0].1[i], e[i]
+                );
+            }
+        }
+        let keys = export::parse_trusted_keys(&client.roster().await.unwrap().keys.join("\n"))
+            .expect("roster keys");
+        for (id, text) in &chains {
+            export::verify(text, &keys)
+                .unwrap_or_else(|e| panic!("node {id}'s export does not verify: {e} ({ctx})"));
+        }
+        common
     }
 }
 

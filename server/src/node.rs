@@ -53,9 +53,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         // Without it, openraft stops a leader that sees a follower's log go
         // back (a wiped disk). docs/operations.md has the trade-off.
         allow_log_reversion: Some(config.allow_log_reversion),
-        // Replicate an entry while the leader's own fsync is still running,
-        // instead of after it: one fsync less on every write's latency.
+        // Tell the replication tasks of a submitted entry at once. openraft
+        // sends submitted, not yet flushed, entries either way (Raft's
+        // parallel write); this only sends them sooner. Safe because of the
+        // next option (docs/consistency.md).
         broadcast_submitted_on_append: Some(true),
+        // A restarted leader is elected again, in a higher term, never
+        // restored in its old one: it may have lost entries it had sent,
+        // and would reuse their log ids (issue #23, docs/consistency.md).
+        enable_leader_restore: Some(false),
+        // A node that cannot win (back from a partition, restarted) asks
+        // before it raises its term, so it does not depose a healthy leader.
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()?;

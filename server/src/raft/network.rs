@@ -130,6 +130,23 @@ impl PeerConnection {
     }
 }
 
+impl PeerConnection {
+    /// One encoded openraft message out, one back, through `call`.
+    async fn unary<Req, Resp, F, Fut>(&self, rpc: &Req, call: F) -> Result<Resp, RPCError>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let payload = RaftPayload {
+            data: codec::encode(rpc),
+        };
+        let resp = call(self.client()?, payload).await.map_err(status_err)?;
+        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = crate::storage::snapshot_file::SnapshotFile;
 
@@ -138,13 +155,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse, RPCError> {
-        let data = codec::encode(&rpc);
-        let resp = self
-            .client()?
-            .append_entries(RaftPayload { data })
+        self.unary(&rpc, |mut c, p| async move { c.append_entries(p).await })
             .await
-            .map_err(status_err)?;
-        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
     }
 
     async fn vote(
@@ -152,13 +164,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest,
         _option: RPCOption,
     ) -> Result<VoteResponse, RPCError> {
-        let data = codec::encode(&rpc);
-        let resp = self
-            .client()?
-            .vote(RaftPayload { data })
+        self.unary(&rpc, |mut c, p| async move { c.vote(p).await })
             .await
-            .map_err(status_err)?;
-        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest,
+        _option: RPCOption,
+    ) -> Result<VoteResponse, RPCError> {
+        self.unary(&rpc, |mut c, p| async move { c.pre_vote(p).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -213,13 +229,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: TransferLeaderRequest,
         _option: RPCOption,
     ) -> Result<TransferLeaderResponse, RPCError> {
-        let data = codec::encode(&req);
-        let resp = self
-            .client()?
-            .transfer_leader(RaftPayload { data })
+        self.unary(&req, |mut c, p| async move { c.transfer_leader(p).await })
             .await
-            .map_err(status_err)?;
-        codec::decode(&resp.into_inner().data).map_err(|e| RPCError::Network(network_err(e)))
     }
 
     fn backoff(&self) -> Option<Backoff> {

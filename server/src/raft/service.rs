@@ -34,6 +34,27 @@ fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("undecodable raft message: {e}"))
 }
 
+/// Decode one openraft message, hand it to `raft`, encode its answer.
+async fn unary<Req, Resp, E, F, Fut>(
+    req: Request<RaftPayload>,
+    raft: F,
+) -> Result<Response<RaftPayload>, Status>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    E: std::fmt::Display,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, E>>,
+{
+    let rpc: Req = codec::decode(&req.into_inner().data).map_err(bad)?;
+    let resp = raft(rpc)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(Response::new(RaftPayload {
+        data: codec::encode(&resp),
+    }))
+}
+
 /// Write a snapshot streamed by the leader to a file in `dir` as it
 /// arrives: the first chunk names the vote, the metadata and the data's
 /// length; a stream that ends short of it or runs past it is refused (and
@@ -91,42 +112,36 @@ impl RaftPeer for RaftPeerService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest = codec::decode(&req.into_inner().data).map_err(bad)?;
-        let resp = self
-            .raft
-            .append_entries(rpc)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(RaftPayload {
-            data: codec::encode(&resp),
-        }))
+        let raft = self.raft.clone();
+        unary(req, |rpc: AppendEntriesRequest| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad)?;
-        let resp = self
-            .raft
-            .vote(rpc)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(RaftPayload {
-            data: codec::encode(&resp),
-        }))
+        let raft = self.raft.clone();
+        unary(req, |rpc: VoteRequest| async move { raft.vote(rpc).await }).await
+    }
+
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let raft = self.raft.clone();
+        unary(
+            req,
+            |rpc: VoteRequest| async move { raft.pre_vote(rpc).await },
+        )
+        .await
     }
 
     async fn transfer_leader(
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: TransferLeaderRequest = codec::decode(&req.into_inner().data).map_err(bad)?;
-        let resp = self
-            .raft
-            .handle_transfer_leader(rpc)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(RaftPayload {
-            data: codec::encode(&resp),
-        }))
+        let raft = self.raft.clone();
+        unary(req, |rpc: TransferLeaderRequest| async move {
+            raft.handle_transfer_leader(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
