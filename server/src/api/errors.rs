@@ -43,7 +43,7 @@ pub enum ApiError {
         leader_addr: Option<String>,
     },
     /// The entry may or may not have committed: retry with the same request id.
-    #[error("outcome unknown after a leader change; retry with the same request id")]
+    #[error("outcome unknown: the leader changed or lost its quorum while the write waited; retry with the same request id")]
     OutcomeUnknown {
         leader_id: Option<u64>,
         leader_addr: Option<String>,

@@ -16,7 +16,11 @@ pub mod validate;
 pub mod watch;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::Instant as _;
+use openraft::ServerState;
 
 use tokio::sync::Semaphore;
 
@@ -64,6 +68,7 @@ impl NodeContext {
     /// caller accepts a possibly stale answer from this node.
     pub async fn read_barrier(&self, allow_stale: bool) -> Result<(), ApiError> {
         if !allow_stale {
+            self.refuse_without_quorum()?;
             self.raft
                 .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
                 .await?;
@@ -94,8 +99,51 @@ impl NodeContext {
                 crate::limits::PROPOSALS_IN_FLIGHT_MAX
             ))
         })?;
-        let resp = self.raft.client_write(cmd).await?;
-        Ok((resp.data, resp.log_id.index))
+        self.refuse_without_quorum()?;
+        let write = self.raft.client_write(cmd);
+        tokio::pin!(write);
+        // A write accepted just before the lease ran out waits for a quorum
+        // that may not come back: answer it as unknown rather than let the
+        // caller wait out its deadline. It may still commit once the
+        // partition heals, so the caller retries with the same request id.
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
+        loop {
+            tokio::select! {
+                r = &mut write => {
+                    let resp = r?;
+                    return Ok((resp.data, resp.log_id.index));
+                }
+                _ = tick.tick() => if self.lease_lost() {
+                    return Err(ApiError::OutcomeUnknown { leader_id: None, leader_addr: None });
+                }
+            }
+        }
+    }
+
+    /// CheckQuorum: a leader that no quorum has acknowledged for the leader
+    /// lease (`election_timeout_max_ms`) can commit nothing; it refuses at
+    /// once, with no leader hint, so the caller tries another node.
+    fn refuse_without_quorum(&self) -> Result<(), ApiError> {
+        if self.lease_lost() {
+            return Err(ApiError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// This node leads, and its last acknowledgement by a quorum is older
+    /// than the leader lease. (Before its first one, openraft's own lease
+    /// check on proposals decides.)
+    pub fn lease_lost(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.state == ServerState::Leader
+            && m.last_quorum_acked.as_ref().is_some_and(|t| {
+                t.elapsed() >= Duration::from_millis(self.config.election_timeout_max_ms)
+            })
     }
 }
 
