@@ -38,8 +38,9 @@ pub enum Update {
 pub struct Watcher {
     client: Arc<Client>,
     start: Start,
-    /// The last event yielded, or the last progress mark: where to resume.
-    cursor: Option<(u64, Option<Vec<u8>>)>,
+    /// The seq and hash of the last event yielded, or of the entry before
+    /// the last progress mark: where to resume.
+    cursor: Option<(u64, Vec<u8>)>,
     stream: Option<Streaming<pb::WatchResponse>>,
     /// Index into the client's endpoints of the node watched.
     node: usize,
@@ -65,7 +66,7 @@ impl Watcher {
         match (&self.cursor, &self.start) {
             (Some((seq, hash)), _) => pb::WatchRequest {
                 start: Some(S::AfterSeq(*seq)),
-                after_hash: hash.clone().unwrap_or_default(),
+                after_hash: hash.clone(),
             },
             (None, Start::Now) => pb::WatchRequest::default(),
             (None, Start::LogIndex(i)) => pb::WatchRequest {
@@ -111,12 +112,12 @@ impl Watcher {
             match tokio::time::timeout(self.idle_timeout, stream.message()).await {
                 Ok(Ok(Some(m))) => {
                     if let Some(last) = m.events.last() {
-                        self.cursor = Some((last.seq, Some(last.entry_hash.clone())));
+                        self.cursor = Some((last.seq, last.entry_hash.clone()));
                         return Ok(Update::Events(m.events));
                     }
                     if let Some(seq) = m.progress_size.checked_sub(1) {
                         if self.cursor.as_ref().is_none_or(|(c, _)| *c < seq) {
-                            self.cursor = Some((seq, None));
+                            self.cursor = Some((seq, m.progress_hash));
                         }
                     }
                     return Ok(Update::Progress {

@@ -1,7 +1,8 @@
 //! The revocation watch on real grantd processes: a watcher sees every
 //! revocation, expiry and task completion exactly once, in order, across a
 //! leader change and a reconnect; it resumes after the last event it got;
-//! it is told to resync when the point it resumes from is another history;
+//! it is told to resync when the point it resumes from is another history
+//! or past the end of the cluster's chain;
 //! and a caching checker stops allowing a revoked grant within one event.
 
 use std::collections::{BTreeMap, HashSet};
@@ -180,6 +181,34 @@ async fn every_revocation_once_across_a_leader_change_and_a_reconnect() {
     );
     let err = forged.next().await.unwrap_err();
     assert_eq!(err.code(), Some("watch_resync"), "{err}");
+
+    // A resume point past the end of the cluster's chain (a restored,
+    // shorter history, or a made-up point) is told to resync once the
+    // node has checked with the leader that it is not merely behind:
+    // never a confirmed mark past what was sent.
+    let size = c.client().audit_entries(0, 1).await.unwrap().tree_size;
+    for seq in [size + 40, 1_000_000_000_000_000] {
+        let mut ahead = Watcher::new(
+            client_from(&c, leader, TOOL),
+            Start::After {
+                seq,
+                hash: vec![9; 32],
+            },
+        );
+        let err = ahead.next().await.unwrap_err();
+        assert_eq!(err.code(), Some("watch_resync"), "after_seq {seq}: {err}");
+    }
+    // A resume point with no hash cannot be checked: refused.
+    let mut unchecked = Watcher::new(
+        client_from(&c, leader, TOOL),
+        Start::After {
+            seq: mid.seq,
+            hash: Vec::new(),
+        },
+    );
+    let err = unchecked.next().await.unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("after_hash"), "{err}");
 
     // Workloads do not watch others' revocations.
     let mut agent = Watcher::new(client_from(&c, leader, "agent/planner"), Start::Now);

@@ -52,12 +52,14 @@ impl Watchers {
         let size = *ctx.state.audit_size().borrow();
         let (after, verify) = match req.start {
             Some(pb::watch_request::Start::AfterSeq(s)) => {
-                let hash = match req.after_hash.len() {
-                    0 => None,
-                    32 => Some(req.after_hash.clone()),
-                    _ => return Err(ApiError::invalid("after_hash", "32 bytes, or empty")),
-                };
-                (Some(s), hash.map(|h| (s, h)))
+                if req.after_hash.len() != 32 {
+                    return Err(ApiError::invalid(
+                        "after_hash",
+                        "32 bytes, required with after_seq: the entry_hash of the event, or \
+                         the progress_hash of the mark, resumed after",
+                    ));
+                }
+                (Some(s), Some((s, req.after_hash.clone())))
             }
             Some(pb::watch_request::Start::FromLogIndex(i)) => (first_seq_at(ctx, i, size)?, None),
             None => (size.checked_sub(1), None),
@@ -156,15 +158,18 @@ impl Stream {
                     .is_ok();
             }
             let size = *sizes.borrow_and_update();
-            self.check_resume_point(size)?;
+            self.check_resume_point(size, confirmed)?;
             self.drain(size).await?;
             // An events message carries its own progress; a confirmed mark
-            // goes out on its own.
-            if confirm {
+            // goes out on its own. Until the resume point is reached no
+            // mark goes out: nothing after it has been sent yet.
+            if confirm && self.verify.is_none() {
+                let progress_size = self.progress(size);
                 let mark = pb::WatchResponse {
                     events: Vec::new(),
-                    progress_size: self.progress(size),
+                    progress_size,
                     confirmed,
+                    progress_hash: self.hash_before(progress_size)?,
                 };
                 if self.tx.send(Ok(mark)).await.is_err() {
                     return Ok(());
@@ -181,17 +186,46 @@ impl Stream {
         }
     }
 
-    /// Every event the chain of `size` holds is sent once `after` is past it.
+    /// Every event the chain of `size` holds is sent once `after` is past
+    /// it (`after` may be past `size`: storage applied more since).
     fn progress(&self, size: u64) -> u64 {
         size.max(self.after.map_or(0, |a| a + 1))
     }
 
-    fn check_resume_point(&mut self, size: u64) -> Result<(), Status> {
+    /// The hash of the entry at `size - 1`, where a watcher resumes after a
+    /// message that reports progress up to `size`.
+    fn hash_before(&self, size: u64) -> Result<Vec<u8>, Status> {
+        let Some(last) = size.checked_sub(1) else {
+            return Ok(Vec::new());
+        };
+        let at = self
+            .ctx
+            .state
+            .audit_entries(last, 1)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(at.first().map(|(_, h)| h.to_vec()).unwrap_or_default())
+    }
+
+    /// Compare the resume point with this node's entry once it has one.
+    /// A point past the end of the chain is waited for while this node may
+    /// merely be behind; once a read index through the leader (`confirmed`)
+    /// shows that the cluster's chain does not reach it either, it is
+    /// another history (a restored, shorter one, or a forged point), and
+    /// the watcher must start over. Never a confirmed mark past it.
+    fn check_resume_point(&mut self, size: u64, confirmed: bool) -> Result<(), Status> {
         let Some((seq, hash)) = &self.verify else {
             return Ok(());
         };
         if *seq >= size {
-            // This node is behind the point; wait for it.
+            if confirmed {
+                return Err(ApiError::WatchResync(format!(
+                    "the watch resumes after audit entry {seq}, but the cluster's chain \
+                     holds {size} entries: another history (a restored backup?); drop \
+                     cached decisions and watch from now"
+                ))
+                .into());
+            }
+            // This node may be behind the point; wait for it.
             return Ok(());
         }
         let ours = self
@@ -224,19 +258,22 @@ impl Stream {
                 .state
                 .watch_events(self.after, WATCH_EVENTS_PER_MESSAGE_MAX)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let Some((last, _)) = batch.last() else {
+            let Some((last, last_hash)) = batch.last() else {
                 return Ok(());
             };
             self.after = Some(last.seq);
             let full = batch.len() == WATCH_EVENTS_PER_MESSAGE_MAX;
+            // The storage may have applied past `size` since it was read.
+            let (progress_size, progress_hash) = if full || last.seq + 1 >= size {
+                (last.seq + 1, last_hash.to_vec())
+            } else {
+                (size, self.hash_before(size)?)
+            };
             let msg = pb::WatchResponse {
                 events: batch.iter().map(|(e, h)| event(e, h)).collect(),
-                progress_size: if full {
-                    last.seq + 1
-                } else {
-                    self.progress(size)
-                },
+                progress_size,
                 confirmed: false,
+                progress_hash,
             };
             if self.tx.send(Ok(msg)).await.is_err() || !full {
                 return Ok(());
