@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The integration tests run the grantd binary: build it first.
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads 2
+cargo test --workspace --no-fail-fast -- --test-threads 2

@@ -215,7 +215,8 @@ pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
 /// outside its log; 16 keys of 4 KiB stay well below that. An entry larger
 /// than this (a policy change) has a key of its own.
 pub const AUDIT_KEY_BYTES: usize = 4 * 1024;
-/// How long reopening a freshly loaded state database waits for sled to let
-/// go of its file lock (its I/O threads finish with the closed database
-/// first); beyond it the install fails.
-pub const DB_REOPEN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long opening a sled database waits for its file lock: sled lets go
+/// of a closed database's lock only when its I/O threads finish with it
+/// (a snapshot install reopens the database it just loaded; tests reopen
+/// what they closed). Beyond it, the open fails naming the path.
+pub const DB_LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);

@@ -73,36 +73,7 @@ fn number(name: &str) -> Option<u64> {
 /// Open a generation's database and the tree holding its state (created
 /// empty if the database is new).
 pub fn open(dir: &Path, name: &str) -> io::Result<(sled::Db, sled::Tree)> {
-    let db = sled::Config::new()
-        .path(dir.join(name))
-        .open()
-        .map_err(io_err)?;
-    with_state_tree(db)
-}
-
-/// Open a generation's database again right after closing it. sled lets go
-/// of its file lock only when its I/O threads have finished with the
-/// closed database, which on a busy machine can be a little after the last
-/// handle is dropped: wait for it, up to `DB_REOPEN_WAIT_MAX`.
-pub fn reopen(dir: &Path, name: &str) -> io::Result<(sled::Db, sled::Tree)> {
-    let deadline = std::time::Instant::now() + crate::limits::DB_REOPEN_WAIT_MAX;
-    loop {
-        match sled::Config::new().path(dir.join(name)).open() {
-            // sled reports it as ErrorKind::Other, by message.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => {
-                return Err(io::Error::other(format!(
-                    "reopening {name} after loading a snapshot into it: {e}"
-                )))
-            }
-            Ok(db) => return with_state_tree(db),
-        }
-    }
+    with_state_tree(super::open_db(&dir.join(name))?)
 }
 
 fn with_state_tree(db: sled::Db) -> io::Result<(sled::Db, sled::Tree)> {

@@ -80,7 +80,7 @@ impl Syncer {
 impl LogStore {
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         let fresh = !dir.exists();
-        let db = sled::Config::new().path(dir).open().map_err(io_err)?;
+        let db = super::open_db(dir)?;
         if fresh {
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;
