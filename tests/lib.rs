@@ -717,6 +717,33 @@ impl IssueInTask for Client {
     }
 }
 
+/// Close `task`: abort it with `abort`'s reason, or complete it; the state
+/// it was closed in. Request ids are left to the client library.
+pub async fn close_task(
+    client: &Client,
+    task: &str,
+    abort: Option<&str>,
+) -> Result<pb::TaskState, ClientError> {
+    match abort {
+        Some(reason) => client
+            .abort_task(pb::AbortTaskRequest {
+                request_id: String::new(),
+                task_id: task.into(),
+                reason: reason.into(),
+            })
+            .await
+            .map(|_| pb::TaskState::Aborted),
+        None => client
+            .complete_task(pb::CompleteTaskRequest {
+                request_id: String::new(),
+                task_id: task.into(),
+                reason: String::new(),
+            })
+            .await
+            .map(|_| pb::TaskState::Completed),
+    }
+}
+
 /// The gRPC code and `x-grant-error` of a call expected to be refused.
 pub fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, String) {
     match r {

@@ -68,25 +68,8 @@ async fn writer(
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let closed = if i % 2 == 0 {
-            client
-                .complete_task(pb::CompleteTaskRequest {
-                    request_id: String::new(),
-                    task_id: task.clone(),
-                    reason: String::new(),
-                })
-                .await
-                .map(|_| pb::TaskState::Completed)
-        } else {
-            client
-                .abort_task(pb::AbortTaskRequest {
-                    request_id: String::new(),
-                    task_id: task.clone(),
-                    reason: "crash test".into(),
-                })
-                .await
-                .map(|_| pb::TaskState::Aborted)
-        };
+        let abort = (i % 2 == 1).then_some("crash test");
+        let closed = close_task(&client, &task, abort).await;
         if let Ok(state) = closed {
             acked.lock().unwrap().tasks.insert(task, Some(state));
             count.fetch_add(1, Ordering::Relaxed);
