@@ -66,7 +66,11 @@ async fn main() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    if client.begin_task(begin_req(&format!("heal-{w}-{i}"))).await.is_ok() {
+                    if client
+                        .begin_task(begin_req(&format!("heal-{w}-{i}")))
+                        .await
+                        .is_ok()
+                    {
                         acks.lock().unwrap().push(Instant::now());
                     }
                 }
