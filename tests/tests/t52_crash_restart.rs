@@ -91,17 +91,17 @@ async fn a_leader_killed_and_restarted_at_once_never_forks_the_replicas() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    // An election timeout long enough that a killed node is back (a few
-    // hundred ms for a debug build) before any follower stands.
+    // An election timeout long enough that a killed node is back (about
+    // 150 ms from spawn to serving, debug build) before any follower stands.
     let mut c = Cluster::start_with(
         3,
         &[
             "--heartbeat-interval-ms",
             "100",
             "--election-timeout-min-ms",
-            "2000",
+            "1000",
             "--election-timeout-max-ms",
-            "3000",
+            "1500",
         ],
     )
     .await;
