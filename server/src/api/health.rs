@@ -3,8 +3,11 @@
 //! and probes take a node out when it has lost its quorum.
 //!
 //! A leader serves while a quorum acknowledged it within the election
-//! timeout; a follower or learner while it knows a leader. A candidate, a
-//! node with no leader, or a node shutting down does not.
+//! timeout; a follower or learner while it heard from its leader within
+//! the election timeout. With pre-vote a follower cut off from its peers
+//! stays a follower that still names its old leader, so knowing a leader is
+//! not enough. A candidate, a node with no leader, or a node shutting down
+//! does not serve.
 
 use std::time::Duration;
 
@@ -24,15 +27,33 @@ use crate::raft::Raft;
 /// How often the status is re-evaluated.
 const HEALTH_POLL_MS: u64 = 200;
 
-pub fn serving(m: &RaftMetrics, election_timeout_max_ms: u64) -> bool {
+/// `leader_heard` is how long ago a follower or learner last heard from its
+/// leader (the last time its vote was renewed).
+pub fn serving(
+    m: &RaftMetrics,
+    leader_heard: Option<Duration>,
+    election_timeout_max_ms: u64,
+) -> bool {
+    let timeout = Duration::from_millis(election_timeout_max_ms);
     match m.state {
         ServerState::Leader => m
             .last_quorum_acked
             .as_ref()
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(election_timeout_max_ms)),
-        ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
+            .is_some_and(|t| t.elapsed() < timeout),
+        ServerState::Follower | ServerState::Learner => {
+            m.current_leader.is_some() && leader_heard.is_some_and(|d| d < timeout)
+        }
         ServerState::Candidate | ServerState::Shutdown => false,
     }
+}
+
+/// How long ago this node's vote was last renewed: on a follower, the last
+/// message from its leader.
+async fn leader_heard(raft: &Raft) -> Option<Duration> {
+    raft.with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
+        .await
+        .ok()
+        .flatten()
 }
 
 pub async fn run(
@@ -45,8 +66,12 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(HEALTH_POLL_MS));
     loop {
         tick.tick().await;
-        let ok = !*shutdown.borrow()
-            && serving(&raft.metrics().borrow_watched(), election_timeout_max_ms);
+        let metrics = raft.metrics().borrow_watched().clone();
+        let heard = match metrics.state {
+            ServerState::Follower | ServerState::Learner => leader_heard(&raft).await,
+            _ => None,
+        };
+        let ok = !*shutdown.borrow() && serving(&metrics, heard, election_timeout_max_ms);
         if last != Some(ok) {
             let status = if ok {
                 ServingStatus::Serving
