@@ -1,5 +1,6 @@
 //! Standard gRPC health and reflection: a node that has lost its quorum
-//! reports NOT_SERVING, and grpcurl-style clients can list the services.
+//! reports NOT_SERVING (a single voter never does), and grpcurl-style
+//! clients can list the services.
 
 use futures_util::StreamExt;
 use grant_tests::*;
@@ -61,6 +62,38 @@ async fn health_follows_quorum() {
         async move { health(c, &addr, "").await == Some(ServingStatus::Serving) }
     })
     .await;
+}
+
+/// A single voter is its own quorum: no peer acknowledges it, and it keeps
+/// serving reads, writes and health past the leader lease (600 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_is_its_own_quorum_past_the_lease() {
+    let c = Cluster::start(1).await;
+    let client = c.client();
+    let addr = c.nodes[0].api_addr.clone();
+    wait_for("the single voter serving", || {
+        let (addr, c) = (addr.clone(), &c);
+        async move { health(c, &addr, "").await == Some(ServingStatus::Serving) }
+    })
+    .await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut i = 0;
+    while std::time::Instant::now() < until || i < 3 {
+        i += 1;
+        client
+            .begin_task(begin_req(&format!("alone-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        client
+            .get_task(grant_client::v1::GetTaskRequest {
+                task_id: format!("alone-{i}"),
+                allow_stale: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("read {i}: {e}"));
+        assert_eq!(health(&c, &addr, "").await, Some(ServingStatus::Serving));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

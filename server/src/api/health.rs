@@ -3,7 +3,7 @@
 //! and probes take a node out when it has lost its quorum.
 //!
 //! A leader serves while a quorum acknowledged it within the election
-//! timeout; a follower or learner while it heard from its leader within
+//! timeout (a sole voter is its own quorum); a follower or learner while it heard from its leader within
 //! the election timeout. With pre-vote a follower cut off from its peers
 //! stays a follower that still names its old leader, so knowing a leader is
 //! not enough. A candidate, a node with no leader, or a node shutting down
@@ -36,15 +36,26 @@ pub fn serving(
 ) -> bool {
     let timeout = Duration::from_millis(election_timeout_max_ms);
     match m.state {
-        ServerState::Leader => m
-            .last_quorum_acked
-            .as_ref()
-            .is_some_and(|t| t.elapsed() < timeout),
+        ServerState::Leader => {
+            sole_voter(m)
+                || m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|t| t.elapsed() < timeout)
+        }
         ServerState::Follower | ServerState::Learner => {
             m.current_leader.is_some() && leader_heard.is_some_and(|d| d < timeout)
         }
         ServerState::Candidate | ServerState::Shutdown => false,
     }
+}
+
+/// This node is its cluster's only voter: its own quorum, which no peer
+/// acknowledges (openraft does not renew `last_quorum_acked` for it).
+pub fn sole_voter(m: &RaftMetrics) -> bool {
+    m.membership_config
+        .membership()
+        .voter_ids()
+        .all(|id| id == m.id)
 }
 
 /// How long ago this node's vote was last renewed: on a follower, the last

@@ -134,13 +134,16 @@ impl NodeContext {
         Ok(())
     }
 
-    /// This node leads, and its last acknowledgement by a quorum is older
-    /// than the leader lease. (Before its first one, openraft's own lease
-    /// check on proposals decides.)
+    /// This node leads, others must acknowledge it, and their last
+    /// acknowledgement as a quorum is older than the leader lease. (Before
+    /// the first one, openraft's own lease check on proposals decides.) A
+    /// node that is its cluster's only voter is its own quorum: nothing
+    /// acknowledges it, and its lease never runs out.
     pub fn lease_lost(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         m.state == ServerState::Leader
+            && !health::sole_voter(&m)
             && m.last_quorum_acked.as_ref().is_some_and(|t| {
                 t.elapsed() >= Duration::from_millis(self.config.election_timeout_max_ms)
             })
