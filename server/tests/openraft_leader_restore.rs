@@ -83,7 +83,7 @@ impl RaftLogStorage<TypeConfig> for SlowDisk {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.inner.save_vote(vote).await?;
-        self.disk.lock().unwrap().vote = Some(vote.clone());
+        self.disk.lock().unwrap().vote = Some(*vote);
         Ok(())
     }
 
@@ -229,10 +229,7 @@ async fn start(id: NodeId, node: &Node, router: &Router, leader_restore: bool) -
     let mut log = LogStore::open(&gen.join("raft-log")).unwrap();
     let (vote, durable) = {
         let d = node.disk.lock().unwrap();
-        (
-            d.vote.clone(),
-            d.durable.values().cloned().collect::<Vec<_>>(),
-        )
+        (d.vote, d.durable.values().cloned().collect::<Vec<_>>())
     };
     if let Some(v) = vote {
         log.save_vote(&v).await.unwrap();
@@ -413,7 +410,7 @@ async fn crash_a_leader_that_had_not_flushed(
             }
         }
         if seen.len() > 1 {
-            forks.push((*index, log_id.clone(), seen));
+            forks.push((*index, *log_id, seen));
         }
     }
     for raft in running {

@@ -242,6 +242,20 @@ async fn worker(w: usize, seed: u64, clients: Callers, stop: Instant, h: Arc<His
     }
 }
 
+/// kill -9 node `id` (the `role` it had) and start it again `after` later.
+async fn kill_and_restart(
+    c: &mut Cluster,
+    role: &str,
+    id: u64,
+    after: Duration,
+    log: &mut Vec<String>,
+) {
+    log.push(format!("kill -9 {role} {id}, back after {after:?}"));
+    c.kill(id);
+    tokio::time::sleep(after).await;
+    c.spawn(id);
+}
+
 /// One fault at a time, on a seeded schedule; every node runs again at the end.
 async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec<String>) {
     while Instant::now() + Duration::from_secs(3) < stop {
@@ -259,30 +273,10 @@ async fn nemesis(c: &mut Cluster, rng: &mut StdRng, stop: Instant, log: &mut Vec
         let quick = Duration::from_millis(rng.gen_range(200..1000));
         let kinds = if c.net.is_some() { 12 } else { 6 };
         match rng.gen_range(0..kinds) {
-            0 => {
-                log.push(format!("kill -9 leader {leader}, back after {quick:?}"));
-                c.kill(leader);
-                tokio::time::sleep(quick).await;
-                c.spawn(leader);
-            }
-            1 => {
-                log.push(format!("kill -9 node {any}, back after {quick:?}"));
-                c.kill(any);
-                tokio::time::sleep(quick).await;
-                c.spawn(any);
-            }
-            2 => {
-                log.push(format!("kill -9 node {any}"));
-                c.kill(any);
-                tokio::time::sleep(hold).await;
-                c.spawn(any);
-            }
-            3 => {
-                log.push(format!("kill -9 leader {leader}"));
-                c.kill(leader);
-                tokio::time::sleep(hold).await;
-                c.spawn(leader);
-            }
+            0 => kill_and_restart(c, "leader", leader, quick, log).await,
+            1 => kill_and_restart(c, "node", any, quick, log).await,
+            2 => kill_and_restart(c, "node", any, hold, log).await,
+            3 => kill_and_restart(c, "leader", leader, hold, log).await,
             4 => {
                 log.push(format!("SIGSTOP leader {leader} for {hold:?}"));
                 c.pause(leader);

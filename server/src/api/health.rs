@@ -3,11 +3,11 @@
 //! and probes take a node out when it has lost its quorum.
 //!
 //! A leader serves while a quorum acknowledged it within the election
-//! timeout (a sole voter is its own quorum); a follower or learner while it heard from its leader within
-//! the election timeout. With pre-vote a follower cut off from its peers
-//! stays a follower that still names its old leader, so knowing a leader is
-//! not enough. A candidate, a node with no leader, or a node shutting down
-//! does not serve.
+//! timeout (a sole voter is its own quorum); a follower or learner while it
+//! heard from its leader within the election timeout. With pre-vote a
+//! follower cut off from its peers stays a follower that still names its
+//! old leader, so knowing a leader is not enough. A candidate, a node with
+//! no leader, or a node shutting down does not serve.
 
 use std::time::Duration;
 
@@ -36,12 +36,7 @@ pub fn serving(
 ) -> bool {
     let timeout = Duration::from_millis(election_timeout_max_ms);
     match m.state {
-        ServerState::Leader => {
-            sole_voter(m)
-                || m.last_quorum_acked
-                    .as_ref()
-                    .is_some_and(|t| t.elapsed() < timeout)
-        }
+        ServerState::Leader => lease_expired(m, timeout) == Some(false),
         ServerState::Follower | ServerState::Learner => {
             m.current_leader.is_some() && leader_heard.is_some_and(|d| d < timeout)
         }
@@ -49,13 +44,21 @@ pub fn serving(
     }
 }
 
-/// This node is its cluster's only voter: its own quorum, which no peer
-/// acknowledges (openraft does not renew `last_quorum_acked` for it).
-pub fn sole_voter(m: &RaftMetrics) -> bool {
-    m.membership_config
+/// Whether a leader's lease has run out: `Some(true)` when no quorum has
+/// acknowledged it for `lease`, `Some(false)` while one has, and always for
+/// the cluster's only voter (its own quorum, which no peer acknowledges and
+/// for which openraft never renews `last_quorum_acked`); `None` before the
+/// first acknowledgement.
+pub fn lease_expired(m: &RaftMetrics, lease: Duration) -> Option<bool> {
+    let sole_voter = m
+        .membership_config
         .membership()
         .voter_ids()
-        .all(|id| id == m.id)
+        .all(|id| id == m.id);
+    if sole_voter {
+        return Some(false);
+    }
+    m.last_quorum_acked.as_ref().map(|t| t.elapsed() >= lease)
 }
 
 /// How long ago this node's vote was last renewed: on a follower, the last

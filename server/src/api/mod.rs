@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::Instant as _;
 use openraft::ServerState;
 
 use tokio::sync::Semaphore;
@@ -134,19 +133,14 @@ impl NodeContext {
         Ok(())
     }
 
-    /// This node leads, others must acknowledge it, and their last
-    /// acknowledgement as a quorum is older than the leader lease. (Before
-    /// the first one, openraft's own lease check on proposals decides.) A
-    /// node that is its cluster's only voter is its own quorum: nothing
-    /// acknowledges it, and its lease never runs out.
+    /// This node leads and its lease (`election_timeout_max_ms`) has run
+    /// out (`health::lease_expired`). Before the first acknowledgement,
+    /// openraft's own lease check on proposals decides.
     pub fn lease_lost(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        m.state == ServerState::Leader
-            && !health::sole_voter(&m)
-            && m.last_quorum_acked.as_ref().is_some_and(|t| {
-                t.elapsed() >= Duration::from_millis(self.config.election_timeout_max_ms)
-            })
+        let lease = Duration::from_millis(self.config.election_timeout_max_ms);
+        m.state == ServerState::Leader && health::lease_expired(&m, lease) == Some(true)
     }
 }
 
