@@ -15,11 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["protos"])?;
-    // tonic-reflection serves this; compile_fds does not write it.
+    // tonic-reflection serves this; compile_fds does not write it. Only the
+    // public API's files: the peer service is not served on the API port.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut api = fds.clone();
+    api.file.retain(|f| f.name() != "grantledger/v1/raft.proto");
     std::fs::write(
         out.join("grantledger_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&api),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())

@@ -69,8 +69,29 @@ impl Pki {
         files
     }
 
+    /// Node `id`'s files: its SPIFFE ID and, like `grantctl dev certs`
+    /// writes them, `localhost` and the loopback addresses for standard
+    /// clients.
     pub fn node(&self, id: u64) -> TlsFiles {
-        self.identity(&format!("grantd/node-{id}"))
+        let stem = format!("grantd_node-{id}");
+        let files = TlsFiles {
+            ca: self.dir.join("ca.pem"),
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}.key")),
+        };
+        if !files.cert.exists() {
+            let hosts = grant_client::devcerts::node_hosts(&[]).unwrap();
+            let issued = self
+                .ca
+                .issue_node(
+                    &format!("spiffe://{TRUST_DOMAIN}/grantd/node-{id}"),
+                    &hosts,
+                    30,
+                )
+                .unwrap();
+            self.save(&stem, &issued);
+        }
+        files
     }
 
     /// Client options presenting `files`.

@@ -11,6 +11,7 @@ use grant_proto::audit::{merkle, note};
 pub enum AuditCmd {
     /// Write the audit log as an export file (docs/audit-format.md).
     Export {
+        /// Where to write the export (JSON lines, docs/audit-format.md).
         #[arg(long)]
         out: std::path::PathBuf,
         /// Export this node's copy (host:port) instead of any node's.
@@ -19,6 +20,7 @@ pub enum AuditCmd {
     },
     /// Verify an export offline against trusted keys; exit 1 on the first problem.
     Verify {
+        /// The export to verify.
         file: std::path::PathBuf,
         /// File of trusted verifier keys, one per line (see `grantctl audit roster`).
         #[arg(long)]
@@ -26,10 +28,12 @@ pub enum AuditCmd {
     },
     /// Fetch and verify a proof that entry SEQ is in a signed checkpoint.
     Prove {
+        /// The audit entry's sequence number.
         seq: u64,
         /// Prove against the checkpoint of this size (default: the newest).
         #[arg(long, default_value_t = 0)]
         tree_size: u64,
+        /// File of trusted verifier keys, one per line (see `grantctl audit roster`).
         #[arg(long)]
         trusted_keys: std::path::PathBuf,
     },

@@ -1,8 +1,11 @@
 //! Certificates for local use (`grantctl dev certs`): a CA, one certificate
 //! per node and one per example workload, each naming its SPIFFE ID in its
 //! only URI SAN (the X.509-SVID form), plus the role mapping that goes with
-//! them. For production use certificates from SPIRE or your own CA
-//! (docs/security.md).
+//! them. Node certificates also carry DNS and IP SANs (`localhost` and the
+//! loopback addresses by default), so that a standard TLS client, which
+//! verifies the host name it dialled, accepts them; grant-ledger itself
+//! still verifies nodes by SPIFFE ID. For production use certificates from
+//! SPIRE or your own CA (docs/security.md).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +17,14 @@ use rcgen::{
 
 /// Most node certificates one `grantctl dev certs` writes.
 pub const NODES_MAX: u64 = 64;
+
+/// Most extra host names and addresses (`--node-san`) a node certificate
+/// carries.
+pub const NODE_SANS_MAX: usize = 32;
+
+/// The host names and addresses every development node certificate names,
+/// so that a standard client dialling a local cluster verifies it.
+pub const DEFAULT_NODE_SANS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// How long development certificates stay valid.
 pub const DEV_CERT_DAYS: u64 = 365;
@@ -74,6 +85,18 @@ impl DevCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<Issued, rcgen::Error> {
+        self.issue_for_hosts(uris, &[], not_before, not_after)
+    }
+
+    /// As [`DevCa::issue_with`], also naming `hosts` (DNS names and IP
+    /// addresses, each as [`host_san`] reads it) for standard clients.
+    pub fn issue_for_hosts(
+        &self,
+        uris: &[&str],
+        hosts: &[SanType],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Issued, rcgen::Error> {
         let mut p = CertificateParams::default();
         for u in uris {
             p.subject_alt_names
@@ -83,6 +106,7 @@ impl DevCa {
                     ))
                 })?));
         }
+        p.subject_alt_names.extend(hosts.iter().cloned());
         p.distinguished_name
             .push(DnType::CommonName, uris.first().copied().unwrap_or("none"));
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -101,6 +125,23 @@ impl DevCa {
         })
     }
 
+    /// A node certificate: its SPIFFE ID and `hosts` (see [`node_hosts`]),
+    /// valid from an hour ago for `days`.
+    pub fn issue_node(
+        &self,
+        spiffe_id: &str,
+        hosts: &[SanType],
+        days: u64,
+    ) -> Result<Issued, rcgen::Error> {
+        let now = SystemTime::now();
+        self.issue_for_hosts(
+            &[spiffe_id],
+            hosts,
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(days * 86_400),
+        )
+    }
+
     /// A certificate for one SPIFFE ID, valid from an hour ago for `days`.
     pub fn issue(&self, spiffe_id: &str, days: u64) -> Result<Issued, rcgen::Error> {
         let now = SystemTime::now();
@@ -110,6 +151,55 @@ impl DevCa {
             now + Duration::from_secs(days * 86_400),
         )
     }
+}
+
+/// One `--node-san` value as a SAN: an IP address when it parses as one,
+/// else a DNS name (letters, digits, '-', '.', and a leading "*." for a
+/// wildcard), which is what a client's host-name check compares with.
+pub fn host_san(value: &str) -> Result<SanType, String> {
+    if let Ok(ip) = value.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let name = value.strip_prefix("*.").unwrap_or(value);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if value.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "--node-san {value:?}: give a DNS name (letters, digits, '-', dots; \"*.\" may lead) \
+             or an IP address"
+        ));
+    }
+    Ok(SanType::DnsName(
+        value
+            .to_ascii_lowercase()
+            .try_into()
+            .map_err(|_| format!("--node-san {value:?}: not a DNS name"))?,
+    ))
+}
+
+/// The host SANs of a node certificate: [`DEFAULT_NODE_SANS`], then
+/// `extra` (at most [`NODE_SANS_MAX`]), without repeats.
+pub fn node_hosts(extra: &[String]) -> Result<Vec<SanType>, String> {
+    if extra.len() > NODE_SANS_MAX {
+        return Err(format!("at most {NODE_SANS_MAX} --node-san values"));
+    }
+    let mut hosts = Vec::new();
+    for v in DEFAULT_NODE_SANS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
+        let san = host_san(v)?;
+        if !hosts.contains(&san) {
+            hosts.push(san);
+        }
+    }
+    Ok(hosts)
 }
 
 impl Issued {
@@ -152,10 +242,17 @@ subjects = ["spiffe://{td}/agent/*"]
     )
 }
 
-/// Write a CA, `nodes` node certificates (`node-<i>`), the example
-/// workloads' certificates and `grantd-tls.toml` (the CA path and the role
-/// mapping) into `dir`. Returns the files written.
-pub fn generate(dir: &Path, td: &str, nodes: u64) -> anyhow::Result<Vec<PathBuf>> {
+/// Write a CA, `nodes` node certificates (`node-<i>`, naming the
+/// [`DEFAULT_NODE_SANS`] and `node_sans`), the example workloads'
+/// certificates and `grantd-tls.toml` (the CA path and the role mapping)
+/// into `dir`. Returns the files written.
+pub fn generate(
+    dir: &Path,
+    td: &str,
+    nodes: u64,
+    node_sans: &[String],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let hosts = node_hosts(node_sans).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     let ca = DevCa::new(&format!("grant-ledger development CA ({td})"))?;
@@ -165,7 +262,11 @@ pub fn generate(dir: &Path, td: &str, nodes: u64) -> anyhow::Result<Vec<PathBuf>
     written.push(ca_path);
     for i in 1..=nodes {
         let (c, k) = ca
-            .issue(&format!("spiffe://{td}/grantd/node-{i}"), DEV_CERT_DAYS)?
+            .issue_node(
+                &format!("spiffe://{td}/grantd/node-{i}"),
+                &hosts,
+                DEV_CERT_DAYS,
+            )?
             .write(&dir, &format!("node-{i}"))?;
         written.extend([c, k]);
     }

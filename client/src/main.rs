@@ -107,11 +107,14 @@ enum Cmd {
         /// Workload identity the grant is bound to (spiffe://trust-domain/path).
         #[arg(long)]
         subject: String,
+        /// The open task the grant is issued under (grantctl task begin).
         #[arg(long)]
         task: String,
         /// RESOURCE=ACTION[,ACTION...]; repeat for several resources.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Why the grant is wanted: recorded with it and in the audit log.
+        /// Required unless the cluster runs with intent_required = false.
         #[arg(long, default_value = "")]
         intent: String,
         /// Seconds until expiry; 0 takes the server's default.
@@ -123,13 +126,16 @@ enum Cmd {
     },
     /// Check a token; exit status 0 on allow, 1 on deny.
     Check {
+        /// The grant token the workload presented.
         #[arg(long)]
         token: String,
         /// Identity presenting the token.
         #[arg(long)]
         identity: String,
+        /// The resource (tool) the workload wants to use.
         #[arg(long)]
         resource: String,
+        /// The action it wants to take on the resource.
         #[arg(long)]
         action: String,
         /// NAME=VALUE the tool server knows about the request, for the
@@ -139,7 +145,9 @@ enum Cmd {
     },
     /// Revoke one grant.
     Revoke {
+        /// The grant to revoke (32 hex characters).
         grant_id: String,
+        /// Why: recorded in the audit entry.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -160,11 +168,13 @@ enum Cmd {
         /// RESOURCE=ACTION[,ACTION...], within the parent's scopes; repeat.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Why the sub-grant is wanted; empty takes the parent's intent.
         #[arg(long, default_value = "")]
         intent: String,
         /// Seconds until expiry (capped at the parent's); 0 takes the default.
         #[arg(long, default_value_t = 0)]
         ttl: u64,
+        /// Reuse to retry safely; generated when absent.
         #[arg(long, default_value = "")]
         request_id: String,
     },
@@ -172,6 +182,7 @@ enum Cmd {
     /// grant's maximum lifetime and its task's deadline. Prints the grant
     /// and a fresh token.
     Renew {
+        /// The grant to extend.
         grant_id: String,
         /// Seconds from now; 0 takes the server's default TTL.
         #[arg(long, default_value_t = 0)]
@@ -183,6 +194,7 @@ enum Cmd {
     Task(task_cmd::TaskCmd),
     /// Show one grant.
     Get {
+        /// The grant to show.
         grant_id: String,
         /// Read this node's state without confirming leadership (may be stale).
         #[arg(long)]
@@ -190,10 +202,14 @@ enum Cmd {
     },
     /// List the grants of a task or of a subject (all pages).
     List {
+        /// List the grants of this task.
         #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
         task: Option<String>,
+        /// List the grants bound to this workload identity.
         #[arg(long)]
         subject: Option<String>,
+        /// Read the answering node's state without confirming leadership
+        /// (may be stale).
         #[arg(long)]
         stale: bool,
     },
@@ -245,7 +261,10 @@ enum RolesCmd {
     /// table (checker = [...], [[issuer]] ...), without peer, which each
     /// node keeps from its config file. Committed and audited; the mapping
     /// must keep the admin role for you.
-    Set { file: std::path::PathBuf },
+    Set {
+        /// The TOML file holding the mapping.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,13 +273,24 @@ enum DevCmd {
     /// spiffe://TD/grantd/node-N), example workload certificates (admin,
     /// orchestrator, tool, auditor, agent) and grantd-tls.toml (the CA path
     /// and a matching role mapping) into DIR. For local use only.
+    ///
+    /// Node certificates also name localhost, 127.0.0.1 and ::1 (and each
+    /// --node-san) as DNS and IP SANs, so that standard gRPC clients, which
+    /// check the host name they dialled, accept them.
     Certs {
+        /// Directory to write into (created if absent).
         #[arg(long, default_value = "certs")]
         out: std::path::PathBuf,
+        /// Trust domain of every SPIFFE ID written.
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
+        /// How many node certificates (node-1 .. node-N).
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// A further DNS name or IP address every node certificate names
+        /// (repeat for several), such as the host name clients dial.
+        #[arg(long = "node-san", value_name = "NAME|IP")]
+        node_sans: Vec<String>,
     },
 }
 
@@ -269,6 +299,7 @@ enum SnapshotCmd {
     /// Save a backup (state and audit chain) to FILE; written whole, checked,
     /// then renamed into place.
     Save {
+        /// Where to write the backup.
         file: std::path::PathBuf,
         /// Save this node's own state (host:port) without asking the leader:
         /// for recovery after a majority is lost for good. It may lack
@@ -277,7 +308,10 @@ enum SnapshotCmd {
         stale_from: Option<String>,
     },
     /// Check a backup file's integrity and print what it holds.
-    Status { file: std::path::PathBuf },
+    Status {
+        /// The backup file.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -290,21 +324,34 @@ enum ClusterCmd {
     },
     /// Add a node as a learner (returns when it has caught up).
     AddLearner {
+        /// The new node's id (its --node-id).
         #[arg(long)]
         id: u64,
+        /// Its peer address, host:port.
         #[arg(long)]
         raft_addr: String,
+        /// Its public API address, host:port.
         #[arg(long)]
         api_addr: String,
     },
     /// Make a learner a voter.
-    Promote { id: u64 },
+    Promote {
+        /// The learner's node id.
+        id: u64,
+    },
     /// Remove a member (voter or learner) for good.
-    Remove { id: u64 },
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
     /// Hand leadership to another voter.
-    TransferLeader { id: u64 },
+    TransferLeader {
+        /// The voter to lead.
+        id: u64,
+    },
     /// Set the voters (each must already be a member).
     ChangeMembership {
+        /// The node ids of every voter after the change.
         voters: Vec<u64>,
         /// Keep removed voters as learners.
         #[arg(long)]
@@ -612,6 +659,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             out,
             trust_domain,
             nodes,
+            node_sans,
         }) => {
             if !(1..=grant_client::devcerts::NODES_MAX).contains(&nodes) {
                 return Err(format!(
@@ -628,7 +676,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     "--trust-domain {trust_domain:?}: use a-z, 0-9, '.', '-', '_'"
                 ));
             }
-            let files = grant_client::devcerts::generate(&out, &trust_domain, nodes)
+            let files = grant_client::devcerts::generate(&out, &trust_domain, nodes, &node_sans)
                 .map_err(|err| format!("cannot write certificates to {}: {err}", out.display()))?;
             for f in files {
                 println!("{}", f.display());
@@ -810,5 +858,37 @@ async fn main() -> ExitCode {
             eprintln!("grantctl: {msg}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument and flag of every command says what it is.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
     }
 }

@@ -15,6 +15,7 @@ pub enum PolicyCmd {
     /// Committed and audited; refused with Cedar's diagnostics if it does
     /// not parse or fails validation against the schema.
     Apply {
+        /// The file of Cedar policies to put in force.
         file: PathBuf,
         /// The Cedar schema to validate against (default: the built-in one,
         /// `grantctl policy schema`).
@@ -26,6 +27,7 @@ pub enum PolicyCmd {
     },
     /// Print the policy set in force (with --schema: its schema).
     Get {
+        /// Print the schema in force instead of the policies.
         #[arg(long)]
         schema: bool,
         /// Read this node's state without confirming leadership (may be stale).
@@ -35,7 +37,9 @@ pub enum PolicyCmd {
     /// Validate a file of Cedar policies offline, against the built-in
     /// schema or --schema; exit 1 with Cedar's diagnostics if it fails.
     Validate {
+        /// The file of Cedar policies to validate.
         file: PathBuf,
+        /// The Cedar schema to validate against (default: the built-in one).
         #[arg(long)]
         schema: Option<PathBuf>,
     },

@@ -13,11 +13,14 @@ pub enum TaskCmd {
     /// is completed, aborted, or its deadline passes. Safe to repeat with
     /// the same parameters.
     Begin {
+        /// The task id you choose (1-256 characters): the idempotency key.
         task: String,
         /// A tool (scope resource) the task will use; repeat for several.
         /// Policies see them as context.declared_tools.
         #[arg(long = "tool", required = true)]
         tools: Vec<String>,
+        /// What the task is for: recorded with it and in the audit log.
+        /// Required unless the cluster runs with intent_required = false.
         #[arg(long, default_value = "")]
         intent: String,
         /// Seconds until the deadline; 0 takes the server's default.
@@ -26,18 +29,23 @@ pub enum TaskCmd {
     },
     /// Complete a task: revoke all its grants in one step, refuse new ones.
     Complete {
+        /// The task to complete.
         task: String,
+        /// Recorded in the audit entry.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Abort a task: as complete, recorded as an abort with its reason.
     Abort {
+        /// The task to abort.
         task: String,
+        /// Why it was stopped (required; recorded in the audit entry).
         #[arg(long)]
         reason: String,
     },
     /// Show one task.
     Get {
+        /// The task to show.
         task: String,
         /// Read this node's state without confirming leadership (may be stale).
         #[arg(long)]

@@ -10,7 +10,8 @@ pub mod convert;
 #[cfg(feature = "grpc")]
 pub mod tls;
 
-/// The encoded descriptors of every service, for gRPC server reflection.
+/// The encoded descriptors of the public API's services (not the peer
+/// service), for gRPC server reflection.
 #[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/grantledger_descriptor.bin"));
@@ -44,3 +45,7 @@ pub const ERROR_CODE_KEY: &str = "x-grant-error";
 pub const LEADER_ID_KEY: &str = "x-grant-leader-id";
 /// Metadata key carrying the public API address of the current leader.
 pub const LEADER_ADDR_KEY: &str = "x-grant-leader-addr";
+/// Metadata key by which a follower forwarding a request to its leader
+/// names the caller it authenticated; believed only from a node's
+/// certificate (docs/security.md).
+pub const FORWARDED_FOR_KEY: &str = "x-grant-forwarded-for";

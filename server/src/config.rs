@@ -119,6 +119,11 @@ pub struct Args {
     /// a sweep that retires a full batch is followed shortly by the next.
     #[arg(long, env = "GRANTD_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
+    /// Refuse an Issue or BeginTask that says no intent [default: true].
+    /// Off (for development), the intent recorded is INTENT_NOT_GIVEN, so
+    /// that the audit entry says why none is there.
+    #[arg(long, env = "GRANTD_INTENT_REQUIRED")]
+    pub intent_required: Option<bool>,
     /// Let a follower whose disk was wiped rejoin (its log reverts to empty
     /// and it is sent a snapshot) instead of stopping the leader [default: true].
     #[arg(long, env = "GRANTD_ALLOW_LOG_REVERSION")]
@@ -226,6 +231,7 @@ struct FileConfig {
     task_deadline_seconds_max: Option<u64>,
     check_batch_max: Option<usize>,
     sweep_interval_ms: Option<u64>,
+    intent_required: Option<bool>,
     allow_log_reversion: Option<bool>,
     checkpoint_interval_ms: Option<u64>,
     audit_origin: Option<String>,
@@ -266,6 +272,7 @@ pub struct Config {
     pub task_deadline_seconds_max: u64,
     pub check_batch_max: usize,
     pub sweep_interval_ms: u64,
+    pub intent_required: bool,
     pub allow_log_reversion: bool,
     pub checkpoint_interval_ms: u64,
     pub audit_origin: String,
@@ -391,6 +398,7 @@ impl Config {
             task_deadline_seconds_max: pick!(task_deadline_seconds_max, 604_800),
             check_batch_max: pick!(check_batch_max, 256),
             sweep_interval_ms: pick!(sweep_interval_ms, 1000),
+            intent_required: pick!(intent_required, true),
             allow_log_reversion: pick!(allow_log_reversion, true),
             checkpoint_interval_ms: pick!(checkpoint_interval_ms, 1000),
             audit_origin: pick!(audit_origin, "grant-ledger".to_string()),

@@ -59,6 +59,11 @@ pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Longest RPC name kept as a metrics label; longer or unknown ones
 /// (Unimplemented) are counted as "other", so labels stay bounded.
 pub const RPC_NAME_BYTES_MAX: usize = 128;
+/// How long a follower waits to connect to its leader's API port when it
+/// forwards a request (docs/api.md, "On a follower").
+pub const FORWARD_CONNECT_TIMEOUT_MS: u64 = 500;
+/// Leaders' API addresses a node keeps a forwarding channel to.
+pub const FORWARD_CHANNELS_MAX: usize = 64;
 /// Bytes in one gRPC message between peers (append entries, snapshot chunks).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// How long a Backup call waits for a snapshot that covers its read point.

@@ -11,12 +11,15 @@ use grant_proto::v1::grants_server::GrantsServer;
 use grant_proto::v1::policy_server::PolicyServer;
 use grant_proto::v1::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::watch;
+use tonic::server::NamedService;
 
 use crate::api::audit::AuditService;
 use crate::api::batcher::Batchers;
 use crate::api::cluster::ClusterService;
+use crate::api::forward::{ForwardLayer, Forwarder};
 use crate::api::grants::GrantsService;
 use crate::api::policy::PolicyService;
+use crate::api::transport_status::TransportStatusLayer;
 use crate::api::watch::Watchers;
 use crate::api::{now_ms, NodeContext};
 use crate::auth::bearer::BearerAuth;
@@ -30,6 +33,24 @@ use crate::raft::network::Network;
 use crate::raft::service::RaftPeerService;
 use crate::raft::Raft;
 use crate::storage::{LogStore, StateMachine, StateReader};
+
+/// The services of the API port that depend on the cluster: health
+/// reports each of them (and "") as serving only while this node is part
+/// of a cluster that can make progress.
+pub const API_SERVICES: &[&str] = &[
+    <GrantsServer<GrantsService> as NamedService>::NAME,
+    <ClusterServer<ClusterService> as NamedService>::NAME,
+    <PolicyServer<PolicyService> as NamedService>::NAME,
+    <AuditServer<AuditService> as NamedService>::NAME,
+];
+
+/// The API port's tooling services, serving whatever the cluster's state:
+/// health itself and reflection (v1 and v1alpha).
+pub const TOOL_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -75,7 +96,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             Arc::new(move |id: &str| access.has(&Caller::Spiffe(id.to_string()), Role::Peer));
         (t, accept)
     });
-    let network = Network::new(Duration::from_millis(config.peer_rpc_timeout_ms), peer_tls);
+    let network = Network::new(
+        Duration::from_millis(config.peer_rpc_timeout_ms),
+        peer_tls.clone(),
+    );
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
@@ -86,6 +110,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     .await?;
 
     bootstrap(&config, &raft).await?;
+    // A follower sends the leader what it cannot serve, as a node (its
+    // certificate, the leader's verified as a peer's).
+    let forwarder = Forwarder::new(raft.clone(), peer_tls);
     let ctx = NodeContext::new(config.clone(), raft.clone(), state, access.clone());
     let batchers = Batchers::start(ctx.clone());
     let metrics = Metrics::new();
@@ -101,10 +128,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         shutdown.clone(),
     ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grant_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grant_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in API_SERVICES.iter().chain(TOOL_SERVICES) {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let mut api = tonic::transport::Server::builder().tcp_nodelay(true);
     let mut peer = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(t) = &tls {
@@ -115,11 +149,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         peer = peer.tls_config(t.server_config())?;
     }
     // Metrics outermost: refused calls are counted and logged in their span.
+    // Then tonic's own statuses in the API's terms, inside metrics so that
+    // they are counted as the caller sees them.
     let api = api
         .layer(RpcLayer { metrics })
+        .layer(TransportStatusLayer)
         .layer(AuthLayer {
             access: access.clone(),
         })
+        .layer(ForwardLayer { forwarder })
         .add_service(
             GrantsServer::new(GrantsService::new(
                 ctx.clone(),
@@ -130,16 +168,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
-        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(
+            ClusterServer::new(ClusterService::new(ctx.clone()))
+                .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
+        )
         .add_service(
             PolicyServer::new(PolicyService::new(ctx.clone()))
                 .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             AuditServer::new(AuditService::new(ctx.clone(), node_key.clone()))
+                .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::MESSAGE_BYTES_MAX),
         )
         .serve_with_shutdown(config.api_addr, wait(shutdown.clone()));
@@ -163,6 +207,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         health_reporter,
         raft.clone(),
         config.election_timeout_max_ms,
+        API_SERVICES,
+        TOOL_SERVICES,
         shutdown.clone(),
     ));
     let publisher = tokio::spawn(crate::audit::publisher::run(

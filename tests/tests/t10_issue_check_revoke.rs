@@ -272,26 +272,14 @@ async fn concurrent_issues_and_duplicates_each_get_their_own_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follower_answers_with_leader_hint_and_client_follows() {
-    let c = Cluster::start(3).await;
+async fn a_follower_forwards_writes_and_serves_stale_reads_itself() {
+    let mut c = Cluster::start(3).await;
     let (leader, follower) = c.leader_and_follower().await;
+    // Straight to the follower, trying once: it forwards to its leader.
     let direct = c.node_client(follower);
-    let err = direct.issue_in(issue_req("hint", 60)).await.unwrap_err();
-    assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable));
-    assert_eq!(err.code(), Some("not_leader"));
-    match &err {
-        grant_client::ClientError::Status(s) => {
-            let addr = s
-                .metadata()
-                .get(grant_tests::grant_proto::LEADER_ADDR_KEY)
-                .unwrap()
-                .to_str()
-                .unwrap();
-            assert_eq!(addr, c.node(leader).api_addr);
-        }
-        other => panic!("{other:?}"),
-    }
-    // A client that starts at the follower follows the hint.
+    let forwarded = direct.issue_in(issue_req("hint", 60)).await.unwrap();
+    assert!(!forwarded.token.is_empty());
+    // A client that starts at the follower is served there.
     let follower_first = grant_client::Client::new(
         vec![
             c.node(follower).api_addr.clone(),
@@ -325,4 +313,18 @@ async fn follower_answers_with_leader_hint_and_client_follows() {
         .await
         .unwrap();
     assert!(stale.stale_allowed);
+
+    // With no leader to forward to, the follower says so: not_leader,
+    // with a hint only while it still names one.
+    let third = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader && id != follower)
+        .unwrap();
+    c.kill(leader);
+    c.kill(third);
+    let err = direct.issue_in(issue_req("hint", 60)).await.unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable), "{err}");
+    assert_eq!(err.code(), Some("not_leader"), "{err}");
 }

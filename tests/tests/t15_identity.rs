@@ -807,6 +807,8 @@ async fn a_caller_may_authenticate_with_a_jwt_instead_of_a_certificate() {
             "cli",
             "--scope",
             "github=read",
+            "--intent",
+            "triage issue 42",
         ])
         .output()
         .unwrap();

@@ -44,6 +44,20 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let mut r = issue_req("bad-input", 300);
     r.request_id = "has space".into();
     cases.push(("bad request id", r));
+    let mut r = issue_req("bad-input", 300);
+    r.intent = String::new();
+    cases.push(("no intent", r));
+    let mut r = issue_req("bad-input", 300);
+    r.intent = "   ".into();
+    cases.push(("a blank intent", r));
+    for c in ['\u{202E}', '\u{200B}', '\u{2066}', '\u{FEFF}'] {
+        let mut r = issue_req("bad-input", 300);
+        r.intent = format!("triage {c}24 eussi");
+        cases.push(("an intent with an invisible character", r));
+    }
+    let mut r = issue_req("bad-input", 300);
+    r.task_id = "bad\u{202E}input".into();
+    cases.push(("a task id with a bidi override", r));
     for (what, req) in cases {
         let err = client.issue(req).await.expect_err(what);
         assert_eq!(
@@ -110,6 +124,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.grpc_code(), Some(Code::InvalidArgument));
 
+    for intent in ["", "why\u{200B}not"] {
+        let mut b = begin_req("bad-begin");
+        b.intent = intent.into();
+        let err = client
+            .begin_task(b)
+            .await
+            .expect_err("begin without a visible intent");
+        assert_eq!(err.code(), Some("invalid_argument"), "{intent:?}: {err}");
+    }
+
     // Nothing changed: a refused request never reaches the log. (The
     // revoke of an unknown grant is a committed no-op, which moves the
     // applied index but not the grants.)
@@ -122,6 +146,29 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let after = c.converged_digests().await;
     assert!(after.iter().all(|x| x.1 == after[0].1));
     assert!(before.iter().all(|x| x.1 == before[0].1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_intent_required_the_record_says_none_was_given() {
+    let c = Cluster::start_with(1, &["--intent-required", "false"]).await;
+    let client = c.client();
+    let mut b = begin_req("no-intent");
+    b.intent = String::new();
+    let t = client.begin_task(b).await.unwrap();
+    const NONE: &str = "(none given: intent_required is off)";
+    assert_eq!(t.task.unwrap().intent, NONE);
+    let mut r = issue_req("no-intent", 60);
+    r.intent = String::new();
+    let issued = client.issue(r).await.unwrap();
+    assert_eq!(issued.grant.unwrap().intent, NONE);
+    let seq = issued.receipt.unwrap().audit_seq;
+    let e = client.audit_entries(seq, 1).await.unwrap();
+    assert_eq!(e.entries[0].intent, NONE, "the audit entry says so");
+    // Invisible characters stay refused.
+    let mut r = issue_req("no-intent", 60);
+    r.intent = "\u{202E}".into();
+    let err = client.issue(r).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_argument"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Standard gRPC health and reflection: a node that has lost its quorum
-//! reports NOT_SERVING (a single voter never does), and grpcurl-style
-//! clients can list the services.
+//! reports NOT_SERVING for "" and every API service (a single voter never
+//! does), and grpcurl-style clients can list the services, by reflection
+//! v1 or v1alpha.
 
 use futures_util::StreamExt;
 use grant_tests::*;
@@ -11,6 +12,20 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// What the API port serves that depends on the cluster.
+const API_SERVICES: &[&str] = &[
+    "grantledger.v1.Grants",
+    "grantledger.v1.Cluster",
+    "grantledger.v1.Policy",
+    "grantledger.v1.Audit",
+];
+/// Tooling that serves whatever the cluster's state.
+const TOOL_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 async fn health(c: &Cluster, addr: &str, service: &str) -> Option<ServingStatus> {
     let mut c = HealthClient::new(c.channel(addr)?);
@@ -33,9 +48,17 @@ async fn health_follows_quorum() {
             async move { health(c, &addr, "").await == Some(ServingStatus::Serving) }
         })
         .await;
+        for s in API_SERVICES.iter().chain(TOOL_SERVICES) {
+            assert_eq!(
+                health(&c, &n.api_addr, s).await,
+                Some(ServingStatus::Serving),
+                "{s}"
+            );
+        }
+        // A name not served is NOT_FOUND, not a status.
         assert_eq!(
-            health(&c, &n.api_addr, "grantledger.v1.Grants").await,
-            Some(ServingStatus::Serving)
+            health(&c, &n.api_addr, "grantledger.v1.raft.RaftPeer").await,
+            None
         );
     }
     // Two of three gone: the survivor has no quorum and says so.
@@ -55,6 +78,20 @@ async fn health_follows_quorum() {
         async move { health(c, &addr, "").await == Some(ServingStatus::NotServing) }
     })
     .await;
+    for s in API_SERVICES {
+        assert_eq!(
+            health(&c, &addr, s).await,
+            Some(ServingStatus::NotServing),
+            "{s}"
+        );
+    }
+    for s in TOOL_SERVICES {
+        assert_eq!(
+            health(&c, &addr, s).await,
+            Some(ServingStatus::Serving),
+            "{s}"
+        );
+    }
     // Quorum back: serving again.
     c.spawn(others[0]);
     wait_for("the survivor to serve again", || {
@@ -97,14 +134,15 @@ async fn a_single_voter_is_its_own_quorum_past_the_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_public_services() {
+async fn reflection_lists_the_public_services_in_v1_and_v1alpha() {
     let c = Cluster::start(1).await;
-    let mut client = ServerReflectionClient::new(c.channel(&c.nodes[0].api_addr).unwrap());
+    let channel = c.channel(&c.nodes[0].api_addr).unwrap();
+    let mut v1 = ServerReflectionClient::new(channel.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut resp = client
+    let mut resp = v1
         .server_reflection_info(futures_util::stream::iter(vec![req]))
         .await
         .unwrap()
@@ -113,16 +151,37 @@ async fn reflection_lists_the_public_services() {
     let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
         panic!("{msg:?}")
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "grantledger.v1.Grants",
-        "grantledger.v1.Cluster",
-        "grantledger.v1.Audit",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
-    }
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    let mut want: Vec<String> = API_SERVICES
+        .iter()
+        .chain(TOOL_SERVICES)
+        .map(|s| s.to_string())
+        .collect();
+    want.sort();
+    // Exactly what the port serves: not the peer service, which is not.
+    assert_eq!(names, want);
+
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut old = alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "grantledger.v1.Grants".into(),
+            ),
+        ),
+    };
+    let mut resp = old
+        .server_reflection_info(futures_util::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        msg.message_response
+    else {
+        panic!("{msg:?}")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
 }

@@ -27,6 +27,13 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller presented no identity this cluster accepts (no or a bad
+    /// certificate or token, another trust domain).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// No such method is served here.
+    #[error("{0}")]
+    Unimplemented(String),
     /// The caller is known but may not do this (its role or its identity).
     #[error("{0}")]
     PermissionDenied(String),
@@ -70,6 +77,8 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::ResourceExhausted(_) => "resource_exhausted",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Unimplemented(_) => "unimplemented",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::WatchResync(_) => "watch_resync",
@@ -87,6 +96,8 @@ impl ApiError {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) | ApiError::WatchResync(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::PermissionDenied(_) | ApiError::PolicyDenied(_) => Code::PermissionDenied,
             ApiError::NotLeader { .. }
             | ApiError::OutcomeUnknown { .. }

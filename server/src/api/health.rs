@@ -11,16 +11,13 @@
 
 use std::time::Duration;
 
-use grant_proto::v1::grants_server::GrantsServer;
 use openraft::async_runtime::WatchReceiver;
 use openraft::Instant as _;
 use openraft::ServerState;
 use tokio::sync::watch;
-use tonic::server::NamedService;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use super::grants::GrantsService;
 use crate::raft::typ::RaftMetrics;
 use crate::raft::Raft;
 
@@ -70,12 +67,21 @@ async fn leader_heard(raft: &Raft) -> Option<Duration> {
         .flatten()
 }
 
+/// Report `services` (and "") as serving or not, and `tools` as serving,
+/// until shutdown.
 pub async fn run(
     reporter: HealthReporter,
     raft: Raft,
     election_timeout_max_ms: u64,
+    services: &'static [&'static str],
+    tools: &'static [&'static str],
     shutdown: watch::Receiver<bool>,
 ) {
+    for name in tools {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_millis(HEALTH_POLL_MS));
     loop {
@@ -92,10 +98,9 @@ pub async fn run(
             } else {
                 ServingStatus::NotServing
             };
-            reporter.set_service_status("", status).await;
-            reporter
-                .set_service_status(<GrantsServer<GrantsService> as NamedService>::NAME, status)
-                .await;
+            for name in std::iter::once(&"").chain(services) {
+                reporter.set_service_status(*name, status).await;
+            }
             tracing::info!(serving = ok, "health");
             last = Some(ok);
         }

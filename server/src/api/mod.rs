@@ -5,6 +5,7 @@ pub mod audit;
 pub mod batcher;
 pub mod cluster;
 pub mod errors;
+pub mod forward;
 pub mod grants;
 pub mod health;
 pub mod policy;
@@ -12,6 +13,7 @@ pub mod rate;
 pub mod roles;
 pub mod tasks;
 pub mod token;
+pub mod transport_status;
 pub mod validate;
 pub mod watch;
 

@@ -88,10 +88,10 @@ fn declared_tools(tools: &[String]) -> Result<(), ApiError> {
 pub(crate) async fn begin(
     ctx: &NodeContext,
     caller: &Caller,
-    r: pb::BeginTaskRequest,
+    mut r: pb::BeginTaskRequest,
 ) -> Result<pb::BeginTaskResponse, ApiError> {
     validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
-    validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
+    r.intent = validate::intent(std::mem::take(&mut r.intent), ctx.config.intent_required)?;
     declared_tools(&r.declared_tools)?;
     let deadline_seconds = validate::seconds(
         "deadline_seconds",

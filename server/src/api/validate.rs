@@ -80,7 +80,38 @@ pub fn request_id(s: &str) -> R {
     Ok(())
 }
 
-/// A name: non-empty, at most `max` bytes, no control characters.
+/// The first character of `s` that would make an audit line read
+/// otherwise than it says, when printed: an invisible format character
+/// (Unicode category Cf: bidi overrides and isolates such as U+202E,
+/// zero-width characters such as U+200B, U+FEFF) or a line or paragraph
+/// separator (Zl, Zp). Control characters (Cc) are the callers' concern.
+fn invisible(s: &str) -> Option<char> {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    s.chars().find(|c| {
+        matches!(
+            c.general_category(),
+            G::Format | G::LineSeparator | G::ParagraphSeparator
+        )
+    })
+}
+
+fn no_invisible(field: &'static str, s: &str) -> R {
+    match invisible(s) {
+        None => Ok(()),
+        Some(c) => Err(ApiError::invalid(
+            field,
+            format!(
+                "must not contain U+{:04X}: invisible format characters (bidi controls, \
+                 zero-width characters) and line separators could make the audit log \
+                 read otherwise than it says",
+                c as u32
+            ),
+        )),
+    }
+}
+
+/// A name: non-empty, at most `max` bytes, no control or invisible
+/// characters.
 pub fn name(field: &'static str, s: &str, max: usize) -> R {
     if s.is_empty() || s.len() > max {
         return Err(ApiError::invalid(field, format!("must be 1-{max} bytes")));
@@ -91,9 +122,11 @@ pub fn name(field: &'static str, s: &str, max: usize) -> R {
             "must not contain control characters",
         ));
     }
-    Ok(())
+    no_invisible(field, s)
 }
 
+/// Free text: at most `max` bytes, no control characters but newline and
+/// tab, no invisible characters.
 pub fn text(field: &'static str, s: &str, max: usize) -> R {
     if s.len() > max {
         return Err(ApiError::invalid(field, format!("longer than {max} bytes")));
@@ -104,7 +137,27 @@ pub fn text(field: &'static str, s: &str, max: usize) -> R {
             "must not contain control characters other than newline and tab",
         ));
     }
-    Ok(())
+    no_invisible(field, s)
+}
+
+/// What an Issue or BeginTask records as its intent when it gives none and
+/// `intent_required` is off: the audit entry says so.
+pub const INTENT_NOT_GIVEN: &str = "(none given: intent_required is off)";
+
+/// The intent of an Issue or BeginTask: free text, required unless
+/// `required` is off, when an empty one becomes [`INTENT_NOT_GIVEN`].
+pub fn intent(s: String, required: bool) -> R<String> {
+    text("intent", &s, INTENT_BYTES_MAX)?;
+    if !s.trim().is_empty() {
+        return Ok(s);
+    }
+    if required {
+        return Err(ApiError::invalid(
+            "intent",
+            "say why: every grant and task carries its intent (the audit log records it)",
+        ));
+    }
+    Ok(INTENT_NOT_GIVEN.to_string())
 }
 
 pub fn scopes(scopes: &[Scope]) -> R {
@@ -150,6 +203,18 @@ pub fn grant_id(field: &'static str, s: &str) -> R {
     }
 }
 
+/// A duration in seconds: 0 takes `default`, above `max` is refused.
+pub fn seconds(field: &'static str, asked: u64, default: u64, max: u64) -> R<u64> {
+    match asked {
+        0 => Ok(default),
+        s if s > max => Err(ApiError::invalid(
+            field,
+            format!("{s} exceeds the maximum of {max}"),
+        )),
+        s => Ok(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,16 +250,26 @@ mod tests {
         assert!(text("i", "line\nline", 100).is_ok());
         assert!(text("i", &"x".repeat(INTENT_BYTES_MAX + 1), INTENT_BYTES_MAX).is_err());
     }
-}
 
-/// A duration in seconds: 0 takes `default`, above `max` is refused.
-pub fn seconds(field: &'static str, asked: u64, default: u64, max: u64) -> R<u64> {
-    match asked {
-        0 => Ok(default),
-        s if s > max => Err(ApiError::invalid(
-            field,
-            format!("{s} exceeds the maximum of {max}"),
-        )),
-        s => Ok(s),
+    #[test]
+    fn invisible_characters_are_refused_in_free_text() {
+        for bad in [
+            "\u{202E}", "\u{200B}", "\u{200D}", "\u{2066}", "\u{FEFF}", "\u{00AD}", "\u{2028}",
+        ] {
+            let s = format!("triage{bad}issue");
+            let e = text("intent", &s, 100).unwrap_err().to_string();
+            assert!(e.contains("U+"), "{bad:?}: {e}");
+            assert!(name("task_id", &s, 100).is_err(), "{bad:?}");
+        }
+        assert!(text("intent", "réparer l'issue 42 — 修复 ✅", 100).is_ok());
+    }
+
+    #[test]
+    fn intent_is_required_unless_relaxed() {
+        assert!(intent(String::new(), true).is_err());
+        assert!(intent("  ".into(), true).is_err());
+        assert_eq!(intent("why".into(), true).unwrap(), "why");
+        assert_eq!(intent(String::new(), false).unwrap(), INTENT_NOT_GIVEN);
+        assert!(intent("\u{202E}x".into(), false).is_err());
     }
 }

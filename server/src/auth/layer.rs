@@ -16,12 +16,14 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
+use grant_proto::FORWARDED_FOR_KEY;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 use super::bearer::BearerAuth;
 use super::roles::{check_replicated, Need, Role, RoleMap, RolesConfig};
+use crate::api::errors::ApiError;
 use crate::api::validate;
 use crate::storage::StateReader;
 
@@ -56,6 +58,11 @@ pub enum RolesSource {
     /// The replicated mapping committed at this log index.
     Replicated(u64),
 }
+
+/// In a request's extensions: a node forwarded it from a follower
+/// (`api::forward`), so it is served here or refused, never sent on.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded;
 
 /// The authenticated caller of one request, in its extensions.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,7 +111,8 @@ impl Mtls {
     /// The SPIFFE ID of the caller: its client certificate's, or with no
     /// certificate, its bearer token's subject (when JWT authentication is
     /// configured).
-    fn identify<B>(&self, req: &http::Request<B>) -> Result<String, Status> {
+    /// The second value says whether a certificate named it (not a token).
+    fn identify<B>(&self, req: &http::Request<B>) -> Result<(String, bool), ApiError> {
         let leaf = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -112,19 +120,38 @@ impl Mtls {
             .and_then(|certs| certs.first().cloned());
         if let Some(leaf) = leaf {
             return grant_proto::tls::spiffe_id_of(&leaf)
-                .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")));
+                .map(|id| (id, true))
+                .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")));
         }
         let Some(bearer) = &self.bearer else {
-            return Err(Status::unauthenticated("no client certificate"));
+            return Err(ApiError::Unauthenticated("no client certificate".into()));
         };
         let header = req
             .headers()
             .get(http::header::AUTHORIZATION)
-            .ok_or_else(|| Status::unauthenticated("no client certificate and no bearer token"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-        bearer.identify(value).map_err(Status::unauthenticated)
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("no client certificate and no bearer token".into())
+            })?;
+        let value = header.to_str().map_err(|_| {
+            ApiError::Unauthenticated("the authorization header is not text".into())
+        })?;
+        bearer
+            .identify(value)
+            .map(|id| (id, false))
+            .map_err(ApiError::Unauthenticated)
+    }
+
+    /// `id` is a valid SPIFFE ID of this cluster's trust domain.
+    fn trusted(&self, what: &'static str, id: &str) -> Result<(), ApiError> {
+        validate::spiffe_id(what, id).map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        let td = grant_proto::tls::trust_domain_of(id).unwrap_or_default();
+        if td != self.trust_domain {
+            return Err(ApiError::Unauthenticated(format!(
+                "{id} is from trust domain {td:?}; this cluster trusts {:?}",
+                self.trust_domain
+            )));
+        }
+        Ok(())
     }
 
     /// The mapping in force: the replicated one once committed (with this
@@ -189,37 +216,57 @@ impl Access {
     }
 
     /// Identify the caller of `req` and decide whether it may call `path`.
-    fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
+    /// The second value says whether a node forwarded the request
+    /// (`api::forward`): then the caller is the one the node names in
+    /// `x-grant-forwarded-for`, which only a node's certificate (the peer
+    /// role) may do.
+    fn admit<B>(&self, req: &http::Request<B>) -> Result<(Caller, bool), ApiError> {
+        let asserted = req.headers().get(FORWARDED_FOR_KEY);
         let Access::Mtls(m) = self else {
-            return Ok(Caller::Anonymous);
+            return Ok((Caller::Anonymous, asserted.is_some()));
         };
-        let trust_domain = &m.trust_domain;
-        let id = m.identify(req)?;
-        validate::spiffe_id("caller identity", &id)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        let td = grant_proto::tls::trust_domain_of(&id).unwrap_or_default();
-        if td != trust_domain {
-            return Err(Status::unauthenticated(format!(
-                "{id} is from trust domain {td:?}; this cluster trusts {trust_domain:?}"
-            )));
-        }
+        let (id, by_certificate) = m.identify(req)?;
+        m.trusted("caller identity", &id)?;
+        let id = match asserted {
+            None => id,
+            Some(named) => {
+                if !by_certificate || !m.roles().1.has(&id, Role::Peer) {
+                    return Err(ApiError::Unauthenticated(format!(
+                        "{id} may not name a caller in {FORWARDED_FOR_KEY}: only a grant-ledger \
+                         node, by its certificate (the peer role), may"
+                    )));
+                }
+                let named = named.to_str().map_err(|_| {
+                    ApiError::Unauthenticated(format!("{FORWARDED_FOR_KEY} is not text"))
+                })?;
+                m.trusted("forwarded caller", named)?;
+                named.to_string()
+            }
+        };
         let path = req.uri().path();
+        let Some(need) = super::roles::need(path) else {
+            return Err(ApiError::Unimplemented(format!(
+                "{path} is not a method this server serves"
+            )));
+        };
         if !m.roles().1.allows(&id, path) {
-            let what = match super::roles::need(path) {
-                Some(Need::Role(r)) => format!("the {} role", r.name()),
-                Some(Need::Reader) => "the issuer, revoker or auditor role".into(),
-                Some(Need::AdminOrAuditor) => "the admin or auditor role".into(),
-                Some(Need::Watcher) => "the checker, issuer, revoker or auditor role".into(),
-                Some(Need::TaskCloser) => {
+            let what = match need {
+                Need::Role(r) => format!("the {} role", r.name()),
+                Need::Reader => "the issuer, revoker or auditor role".into(),
+                Need::AdminOrAuditor => "the admin or auditor role".into(),
+                Need::Watcher => "the checker, issuer, revoker or auditor role".into(),
+                Need::TaskCloser => {
                     "the revoker role, or the issuer role as the task's owner".into()
                 }
-                _ => "a method this server serves".into(),
+                Need::Anyone | Need::CheckerOrSubject | Need::IssuerOrSubject => {
+                    "a role this method needs".into()
+                }
             };
-            return Err(Status::permission_denied(format!(
+            return Err(ApiError::PermissionDenied(format!(
                 "{id} may not call {path}: it needs {what}"
             )));
         }
-        Ok(Caller::Spiffe(id))
+        Ok((Caller::Spiffe(id), asserted.is_some()))
     }
 }
 
@@ -263,19 +310,22 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.access.admit(&req) {
-            Ok(caller) => {
+            Ok((caller, forwarded)) => {
                 tracing::Span::current().record("caller", caller.id());
                 req.extensions_mut().insert(caller);
+                if forwarded {
+                    req.extensions_mut().insert(Forwarded);
+                }
                 Box::pin(self.inner.call(req))
             }
-            Err(status) => {
+            Err(e) => {
                 tracing::warn!(
                     path = req.uri().path(),
-                    code = ?status.code(),
-                    reason = status.message(),
+                    code = e.code(),
+                    reason = %e,
                     "call refused"
                 );
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                Box::pin(std::future::ready(Ok(Status::from(e).into_http())))
             }
         }
     }

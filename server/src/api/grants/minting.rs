@@ -88,7 +88,7 @@ impl GrantsService {
             )));
         }
         validate::name("task_id", &r.task_id, TASK_ID_BYTES_MAX)?;
-        validate::text("intent", &r.intent, INTENT_BYTES_MAX)?;
+        let intent = validate::intent(r.intent, self.ctx.config.intent_required)?;
         let scopes = scopes_of(&r.scopes)?;
         let ttl_seconds = ttl(&self.ctx, r.ttl_seconds)?;
         // The task must exist; a closed one is left to the ledger, which
@@ -97,7 +97,7 @@ impl GrantsService {
         let now = now_ms();
         let g = NewGrant {
             fingerprint: fingerprint(
-                &[caller.id(), &r.subject, &r.task_id, &r.intent],
+                &[caller.id(), &r.subject, &r.task_id, &intent],
                 &scopes,
                 ttl_seconds,
             ),
@@ -105,7 +105,7 @@ impl GrantsService {
             subject: r.subject,
             task_id: r.task_id,
             scopes,
-            intent: r.intent,
+            intent,
             expires_at_ms: tasks::grant_expiry(&task, now, ttl_seconds),
             now,
         };

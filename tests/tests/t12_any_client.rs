@@ -1,0 +1,324 @@
+//! Any gRPC client, on any node (issue #25): a follower serves every call
+//! by forwarding it to its leader, as the caller; only a node can speak for
+//! a caller; statuses tonic makes itself read like the API's own; and a
+//! Python grpcio client, with standard mTLS and no leader-following of its
+//! own, runs the whole flow against a follower.
+
+use std::process::Command;
+
+use grant_tests::grant_client::v1 as pb;
+use grant_tests::grant_client::Client;
+use grant_tests::grant_proto::v1::grants_client::GrantsClient;
+use grant_tests::grant_proto::FORWARDED_FOR_KEY;
+use grant_tests::*;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Code;
+
+const ORCHESTRATOR: &str = "spiffe://example.org/orchestrator";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_every_call_as_its_caller() {
+    let c = Cluster::start(3).await;
+    let (leader, follower) = c.leader_and_follower().await;
+    // Bound to the follower, trying once: no client-side leader following.
+    let orch = c.node_client_as(follower, "orchestrator");
+    let tool = c.node_client_as(follower, "tool/github");
+
+    let begun = orch.begin_task(begin_req("fwd")).await.unwrap();
+    assert_eq!(
+        begun.task.unwrap().owner,
+        ORCHESTRATOR,
+        "the caller, not the node"
+    );
+    let issued = orch.issue(issue_req("fwd", 300)).await.unwrap();
+    let g = issued.grant.unwrap();
+    assert_eq!(g.issuer, ORCHESTRATOR);
+    let got = orch
+        .get(pb::GetRequest {
+            grant_id: g.grant_id.clone(),
+            allow_stale: false,
+        })
+        .await
+        .unwrap();
+    assert!(!got.stale_allowed);
+    let task = orch
+        .get_task(pb::GetTaskRequest {
+            task_id: "fwd".into(),
+            allow_stale: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(task.task.unwrap().task_id, "fwd");
+    let listed = orch.list(list_task_req("fwd", 0)).await.unwrap();
+    assert_eq!(listed.grants.len(), 1);
+    let allowed = tool.check(check_req(&issued.token)).await.unwrap();
+    assert_eq!(reason(&allowed), pb::Reason::Allowed);
+    let r = orch.revoke(revoke_req(&g.grant_id, "done")).await.unwrap();
+    assert!(!r.already_inactive);
+    let denied = tool.check(check_req(&issued.token)).await.unwrap();
+    assert_eq!(reason(&denied), pb::Reason::Revoked);
+    assert_eq!(
+        close_task(&orch, "fwd", None).await.unwrap(),
+        pb::TaskState::Completed
+    );
+
+    // A stale read is the follower's own, and says so.
+    let stale = orch
+        .get(pb::GetRequest {
+            grant_id: g.grant_id.clone(),
+            allow_stale: true,
+        })
+        .await;
+    if let Ok(s) = stale {
+        assert!(s.stale_allowed);
+    }
+    // The role check applied is the caller's: a tool server may not issue,
+    // through a follower any more than at the leader.
+    let (code, err) = refused(tool.issue(issue_req("fwd-2", 60)).await);
+    assert_eq!(
+        (code, err.as_str()),
+        (Code::PermissionDenied, "permission_denied")
+    );
+    let _ = leader;
+    let d = c.converged_digests().await;
+    assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ: {d:?}");
+    c.chains_agree("after forwarded calls").await;
+}
+
+/// A raw channel presenting `spiffe://example.org/<path>`.
+fn channel_as(c: &Cluster, id: u64, path: &str) -> tonic::transport::Channel {
+    let addr = c.node(id).api_addr.clone();
+    Client::new(vec![addr.clone()], c.options_as(path))
+        .unwrap()
+        .channel_to(&addr)
+        .unwrap()
+}
+
+/// An Issue that claims to be forwarded for `as_caller`.
+fn claimed(as_caller: &str, task: &str) -> tonic::Request<pb::IssueRequest> {
+    let mut r = issue_req(task, 60);
+    r.request_id = format!("claimed-{task}");
+    let mut req = tonic::Request::new(r);
+    req.metadata_mut()
+        .insert(FORWARDED_FOR_KEY, as_caller.parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_node_may_speak_for_a_caller() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader().await;
+    c.client().begin_task(begin_req("claim")).await.unwrap();
+    let before = c.converged_digests().await;
+    // An agent's certificate naming the orchestrator: refused, whatever the
+    // method, before any handler runs.
+    for path in ["agent/planner", "tool/github", "ops/admin"] {
+        let mut g = GrantsClient::new(channel_as(&c, leader, path));
+        let s = g.issue(claimed(ORCHESTRATOR, "claim")).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unauthenticated, "{path}: {s:?}");
+        assert_eq!(
+            grant_client::error_code(&s),
+            Some("unauthenticated"),
+            "{path}"
+        );
+        assert!(s.message().contains(FORWARDED_FOR_KEY), "{}", s.message());
+    }
+    assert_eq!(
+        c.converged_digests().await,
+        before,
+        "a refused claim changed nothing"
+    );
+    // A node's certificate may: the grant is the orchestrator's.
+    let mut g = GrantsClient::new(channel_as(&c, leader, "grantd/node-3"));
+    let r = g.issue(claimed(ORCHESTRATOR, "claim")).await.unwrap();
+    assert_eq!(r.into_inner().grant.unwrap().issuer, ORCHESTRATOR);
+    // And what the named caller may not do, a node may not do for it.
+    let mut g = GrantsClient::new(channel_as(&c, leader, "grantd/node-3"));
+    let s = g
+        .issue(claimed("spiffe://example.org/agent/planner", "claim"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    // Nor for a caller of another trust domain.
+    let s = g
+        .issue(claimed("spiffe://other.org/orchestrator", "claim"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+}
+
+/// A codec that sends and receives bytes as they are.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let v = buf.chunk().to_vec();
+        buf.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+async fn raw(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> tonic::Status {
+    let mut g = tonic::client::Grpc::new(channel);
+    g.ready().await.unwrap();
+    g.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_read_like_the_apis_own_on_leader_and_follower() {
+    let c = Cluster::start(3).await;
+    let (leader, follower) = c.leader_and_follower().await;
+    let before = c.converged_digests().await;
+    for node in [leader, follower] {
+        let ch = channel_as(&c, node, "ops/admin");
+        // Field 5 of IssueRequest (intent) as bytes that are not UTF-8.
+        let s = raw(
+            ch.clone(),
+            "/grantledger.v1.Grants/Issue",
+            vec![0x2a, 2, 0xff, 0xfe],
+        )
+        .await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert_eq!(grant_client::error_code(&s), Some("invalid_argument"));
+        assert!(s.message().contains("intent"), "{}", s.message());
+        // Bytes that are no protobuf at all.
+        let s = raw(ch.clone(), "/grantledger.v1.Grants/Check", vec![0xff; 12]).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert_eq!(grant_client::error_code(&s), Some("invalid_argument"));
+        // Over the message limit (1 MiB).
+        let s = raw(
+            ch.clone(),
+            "/grantledger.v1.Grants/Issue",
+            vec![0x2a; 2 << 20],
+        )
+        .await;
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(grant_client::error_code(&s), Some("resource_exhausted"));
+        // A method nobody serves.
+        let s = raw(ch.clone(), "/grantledger.v1.Grants/Nope", vec![]).await;
+        assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
+        assert_eq!(grant_client::error_code(&s), Some("unimplemented"));
+        // The authentication layer's refusals carry their code too.
+        let s = raw(
+            channel_as(&c, node, "agent/planner"),
+            "/grantledger.v1.Grants/Issue",
+            vec![],
+        )
+        .await;
+        assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+        assert_eq!(grant_client::error_code(&s), Some("permission_denied"));
+    }
+    // A certificate of another trust domain from the same CA.
+    let foreign = c
+        .pki
+        .ca
+        .issue("spiffe://other.org/orchestrator", 1)
+        .unwrap();
+    let files = c.pki.save("foreign", &foreign);
+    let addr = c.node(leader).api_addr.clone();
+    // It trusts the cluster's nodes, though they are not of its domain.
+    let ch = grant_client::Tls::load(&files)
+        .unwrap()
+        .client_endpoint(
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap(),
+            std::sync::Arc::new(|_: &str| true),
+        )
+        .unwrap()
+        .connect_lazy();
+    let s = raw(ch, "/grantledger.v1.Grants/Issue", vec![]).await;
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    assert_eq!(grant_client::error_code(&s), Some("unauthenticated"));
+    assert_eq!(
+        c.converged_digests().await,
+        before,
+        "bad input changed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_runs_the_flow_on_a_follower() {
+    let c = Cluster::start(3).await;
+    let (_, follower) = c.leader_and_follower().await;
+    // Written as <path with '_' for '/'>.pem and .key beside ca.pem.
+    c.pki.identity("orchestrator");
+    c.pki.identity("tool/github");
+    // By host name, as a standard client dials: its check needs the DNS SAN.
+    let port = c
+        .node(follower)
+        .api_addr
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(root.join("examples/python/run.sh"))
+        .args(["--endpoint", &format!("localhost:{port}")])
+        .arg("--certs")
+        .arg(&c.pki.dir)
+        .args(["--orchestrator", "orchestrator", "--tool", "tool_github"])
+        .output()
+        .expect("run examples/python/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "begin",
+            "issue",
+            "check",
+            "revoke",
+            "check-after-revoke",
+            "complete"
+        ]
+    );
+    assert!(steps.iter().all(|s| s["ok"] == true), "{stdout}");
+    assert_eq!(steps[2]["reason"], "REASON_ALLOWED");
+    assert_eq!(steps[4]["reason"], "REASON_REVOKED");
+}
