@@ -24,6 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("grantledger_descriptor.bin"),
         prost::Message::encode_to_vec(&api),
     )?;
+    // serde for every message, in the proto3 JSON mapping (field names as
+    // in the protos, every field present): `grantctl -o json` prints it.
+    pbjson_build::Builder::new()
+        .register_descriptors(&prost::Message::encode_to_vec(&fds))?
+        .preserve_proto_field_names()
+        .emit_fields()
+        .build(&[".grantledger"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

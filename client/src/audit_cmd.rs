@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+use serde_json::json;
+
+use crate::output::Out;
+
 use clap::Subcommand;
 use grant_client::{entry_from_pb, Client};
 use grant_proto::audit::export::{self, parse_trusted_keys};
@@ -52,19 +56,38 @@ fn read(path: &std::path::Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-pub async fn run(client: &Client, cmd: AuditCmd) -> Result<ExitCode, String> {
+pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, String> {
     let e = |e: grant_client::ClientError| e.to_string();
     match cmd {
-        AuditCmd::Export { out, node } => {
+        AuditCmd::Export {
+            out: out_file,
+            node,
+        } => {
             let data = client.audit_export(node.as_deref()).await.map_err(e)?;
-            std::fs::write(&out, &data)
-                .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
-            println!("wrote {} bytes to {}", data.len(), out.display());
+            std::fs::write(&out_file, &data)
+                .map_err(|err| format!("cannot write {}: {err}", out_file.display()))?;
+            let to = out_file;
+            out.show(&json!({ "file": to, "bytes": data.len() }), || {
+                println!("wrote {} bytes to {}", data.len(), to.display())
+            });
         }
         AuditCmd::Verify { file, trusted_keys } => {
             let trusted =
                 parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
             match export::verify(&read(&file)?, &trusted) {
+                Ok(s) if out.json() => out.show(
+                    &json!({
+                        "ok": true,
+                        "entries": s.entries,
+                        "checkpoints": s.checkpoints,
+                        "covered": s.covered,
+                        "origin": s.origin,
+                        "first_time_ms": s.first_time_ms,
+                        "last_time_ms": s.last_time_ms,
+                        "signers": s.signers,
+                    }),
+                    || {},
+                ),
                 Ok(s) => {
                     println!(
                         "ok: {} entries, {} checkpoints, {} entries covered by a signed checkpoint",
@@ -86,10 +109,18 @@ pub async fn run(client: &Client, cmd: AuditCmd) -> Result<ExitCode, String> {
                     }
                 }
                 Err(err) => {
-                    println!("FAILED at {}: {}", err.at, err.problem);
-                    for ev in &err.evidence {
-                        println!("evidence: {ev}");
-                    }
+                    let value = json!({
+                        "ok": false,
+                        "at": err.at.to_string(),
+                        "problem": err.problem.to_string(),
+                        "evidence": err.evidence.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    });
+                    out.show(&value, || {
+                        println!("FAILED at {}: {}", err.at, err.problem);
+                        for ev in &err.evidence {
+                            println!("evidence: {ev}");
+                        }
+                    });
                     return Ok(ExitCode::from(1));
                 }
             }
@@ -121,11 +152,30 @@ pub async fn run(client: &Client, cmd: AuditCmd) -> Result<ExitCode, String> {
                 })
                 .collect::<Result<_, _>>()?;
             if !merkle::verify_inclusion(seq, cp.size, &entry.leaf_hash(), &proof, &cp.root) {
-                println!(
-                    "FAILED: entry {seq} is not in the tree of the signed checkpoint of size {}",
+                let problem = format!(
+                    "entry {seq} is not in the tree of the signed checkpoint of size {}",
                     cp.size
                 );
+                out.show(&json!({ "ok": false, "problem": problem }), || {
+                    println!("FAILED: {problem}")
+                });
                 return Ok(ExitCode::from(1));
+            }
+            if out.json() {
+                out.show(
+                    &json!({
+                        "ok": true,
+                        "seq": seq,
+                        "tree_size": cp.size,
+                        "signers": signers,
+                        "entry": entry,
+                        "entry_hash": hex::encode(entry.hash()),
+                        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+                        "checkpoint": p.checkpoint_note,
+                    }),
+                    || {},
+                );
+                return Ok(ExitCode::SUCCESS);
             }
             println!(
                 "ok: entry {seq} is in the log at checkpoint size {}, signed by {}",
@@ -141,15 +191,20 @@ pub async fn run(client: &Client, cmd: AuditCmd) -> Result<ExitCode, String> {
         }
         AuditCmd::RotateKey { node } => {
             let r = client.rotate_key(&node).await.map_err(e)?;
-            println!("new: {}", r.verifier_key);
-            println!("retired: {}", r.retired_verifier_key);
+            out.show(&r, || {
+                println!("new: {}", r.verifier_key);
+                println!("retired: {}", r.retired_verifier_key);
+            });
         }
         AuditCmd::Roster => {
             let r = client.roster().await.map_err(e)?;
-            println!("# origin: {}", r.origin);
-            for k in r.keys {
-                println!("{k}");
-            }
+            let rows: Vec<Vec<String>> = r.keys.iter().map(|k| vec![k.clone()]).collect();
+            out.rows(&r, &["VERIFIER_KEY"], &rows, || {
+                println!("# origin: {}", r.origin);
+                for k in &r.keys {
+                    println!("{k}");
+                }
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,8 +3,12 @@
 use std::process::ExitCode;
 
 mod audit_cmd;
+mod output;
 mod policy_cmd;
 mod task_cmd;
+
+use output::{Format, Out};
+use serde_json::json;
 
 use clap::{Parser, Subcommand};
 use grant_client::v1 as pb;
@@ -38,6 +42,12 @@ struct Cli {
     /// Speak plaintext, to a development cluster started with --insecure.
     #[arg(long, env = "GRANTCTL_INSECURE", global = true)]
     insecure: bool,
+    /// Output format: text (key: value lines), json (one JSON document per
+    /// line: the response message in the proto3 JSON mapping), or table
+    /// (aligned columns, for list, cluster status, cluster health and
+    /// audit roster).
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text, env = "GRANTCTL_OUTPUT", global = true)]
+    output: Format,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -428,10 +438,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let Cmd::Policy(c) = cli.cmd else {
                 unreachable!()
             };
-            return policy_cmd::run_offline(c);
+            return policy_cmd::run_offline(Out { format: cli.output }, c);
         }
     }
     let options = cli.options()?;
+    let out = Out { format: cli.output };
     let client = Client::new(cli.endpoints.clone(), options).map_err(|e| e.to_string())?;
     let e = |e: grant_client::ClientError| e.to_string();
     match cli.cmd {
@@ -458,7 +469,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            print_issued(&r);
+            out.show(&r, || print_issued(&r));
         }
         Cmd::Check {
             token,
@@ -487,13 +498,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(e)?;
             let decision = pb::Decision::try_from(r.decision).unwrap_or(pb::Decision::Unspecified);
             let reason = pb::Reason::try_from(r.reason).unwrap_or(pb::Reason::Unspecified);
-            println!("decision: {}", decision.as_str_name());
-            println!("reason: {}", reason.as_str_name());
-            println!("grant_id: {}", r.grant_id);
-            for id in &r.policy_ids {
-                println!("policy: {id}");
-            }
-            print_receipt(&r.receipt);
+            out.show(&r, || {
+                println!("decision: {}", decision.as_str_name());
+                println!("reason: {}", reason.as_str_name());
+                println!("grant_id: {}", r.grant_id);
+                for id in &r.policy_ids {
+                    println!("policy: {id}");
+                }
+                print_receipt(&r.receipt);
+            });
             if decision != pb::Decision::Allow {
                 return Ok(ExitCode::from(1));
             }
@@ -507,16 +520,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            if let Some(g) = &r.grant {
-                print_grant(g);
-            }
-            println!("already_inactive: {}", r.already_inactive);
-            for id in &r.descendants_revoked {
-                println!("revoked with it: {id}");
-            }
-            print_receipt(&r.receipt);
+            out.show(&r, || {
+                if let Some(g) = &r.grant {
+                    print_grant(g);
+                }
+                println!("already_inactive: {}", r.already_inactive);
+                for id in &r.descendants_revoked {
+                    println!("revoked with it: {id}");
+                }
+                print_receipt(&r.receipt);
+            });
         }
-        Cmd::Task(c) => return task_cmd::run(&client, c).await,
+        Cmd::Task(c) => return task_cmd::run(&client, out, c).await,
         Cmd::Delegate {
             parent_token,
             subject,
@@ -542,7 +557,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            print_issued(&r);
+            out.show(&r, || print_issued(&r));
         }
         Cmd::Renew { grant_id, ttl } => {
             let r = client
@@ -552,13 +567,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            if let Some(g) = &r.grant {
-                print_grant(g);
-            }
-            println!("extended: {}", r.extended);
-            println!("max_expires_at_ms: {}", r.max_expires_at_ms);
-            println!("token: {}", r.token);
-            print_receipt(&r.receipt);
+            out.show(&r, || {
+                if let Some(g) = &r.grant {
+                    print_grant(g);
+                }
+                println!("extended: {}", r.extended);
+                println!("max_expires_at_ms: {}", r.max_expires_at_ms);
+                println!("token: {}", r.token);
+                print_receipt(&r.receipt);
+            });
         }
         Cmd::Get { grant_id, stale } => {
             let r = client
@@ -568,10 +585,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            if let Some(g) = &r.grant {
-                print_grant(g);
-            }
-            println!("applied_index: {}", r.applied_index);
+            out.show(&r, || {
+                if let Some(g) = &r.grant {
+                    print_grant(g);
+                }
+                println!("applied_index: {}", r.applied_index);
+            });
         }
         Cmd::List {
             task,
@@ -584,6 +603,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 (None, None) => return Err("name --task or --subject".into()),
             };
             let mut page_token = String::new();
+            let mut all = pb::ListResponse::default();
             loop {
                 let r = client
                     .list(pb::ListRequest {
@@ -594,23 +614,49 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     })
                     .await
                     .map_err(e)?;
-                for g in &r.grants {
-                    println!(
-                        "{} {} {} {}",
-                        g.grant_id,
-                        state_name(g.state),
-                        g.task_id,
-                        g.subject
-                    );
+                // Text streams page by page; json and table print once.
+                if out.format == Format::Text {
+                    for g in &r.grants {
+                        println!(
+                            "{} {} {} {}",
+                            g.grant_id,
+                            state_name(g.state),
+                            g.task_id,
+                            g.subject
+                        );
+                    }
+                } else {
+                    all.grants.extend(r.grants);
+                    all.applied_index = r.applied_index;
+                    all.stale_allowed = r.stale_allowed;
                 }
                 if r.next_page_token.is_empty() {
                     break;
                 }
                 page_token = r.next_page_token;
             }
+            let rows: Vec<Vec<String>> = all
+                .grants
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.grant_id.clone(),
+                        state_name(g.state).to_string(),
+                        g.task_id.clone(),
+                        g.subject.clone(),
+                        g.expires_at_ms.to_string(),
+                    ]
+                })
+                .collect();
+            out.rows(
+                &all,
+                &["GRANT_ID", "STATE", "TASK", "SUBJECT", "EXPIRES_AT_MS"],
+                &rows,
+                || {},
+            );
         }
-        Cmd::Audit(c) => return audit_cmd::run(&client, c).await,
-        Cmd::Policy(c) => return policy_cmd::run(&client, c).await,
+        Cmd::Audit(c) => return audit_cmd::run(&client, out, c).await,
+        Cmd::Policy(c) => return policy_cmd::run(&client, out, c).await,
         Cmd::Watch {
             from_index,
             after,
@@ -633,30 +679,42 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                         let kind = grant_client::v1::watch_event::Kind::try_from(ev.kind)
                             .map(|k| k.as_str_name())
                             .unwrap_or("UNKNOWN");
-                        println!(
-                            "seq={} index={} time_ms={} {kind} grant={} task={}",
-                            ev.seq, ev.log_index, ev.time_ms, ev.grant_id, ev.task_id
-                        );
+                        out.show(&ev, || {
+                            println!(
+                                "seq={} index={} time_ms={} {kind} grant={} task={}",
+                                ev.seq, ev.log_index, ev.time_ms, ev.grant_id, ev.task_id
+                            )
+                        });
                         seen += 1;
                     }
                 }
             }
         }
-        Cmd::Jwks => println!("{}", client.jwks().await.map_err(e)?),
+        Cmd::Jwks => {
+            let doc = client.jwks().await.map_err(e)?;
+            match serde_json::from_str::<serde_json::Value>(&doc) {
+                Ok(v) if out.json() => println!("{}", output::to_json(&v)),
+                _ => println!("{doc}"),
+            }
+        }
         Cmd::Roles(RolesCmd::Get) => {
             let r = client.get_roles().await.map_err(e)?;
-            println!("# source: {} (log index {})", r.source, r.log_index);
-            print!("{}", r.roles_toml);
+            out.show(&r, || {
+                println!("# source: {} (log index {})", r.source, r.log_index);
+                print!("{}", r.roles_toml);
+            });
         }
         Cmd::Roles(RolesCmd::Set { file }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|err| format!("cannot read {}: {err}", file.display()))?;
             let r = client.set_roles(&text).await.map_err(e)?;
-            println!("roles replaced");
-            print_receipt(&r.receipt);
+            out.show(&r, || {
+                println!("roles replaced");
+                print_receipt(&r.receipt);
+            });
         }
         Cmd::Dev(DevCmd::Certs {
-            out,
+            out: dir,
             trust_domain,
             nodes,
             node_sans,
@@ -676,11 +734,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     "--trust-domain {trust_domain:?}: use a-z, 0-9, '.', '-', '_'"
                 ));
             }
-            let files = grant_client::devcerts::generate(&out, &trust_domain, nodes, &node_sans)
-                .map_err(|err| format!("cannot write certificates to {}: {err}", out.display()))?;
-            for f in files {
-                println!("{}", f.display());
-            }
+            grant_client::devcerts::node_hosts(&node_sans)?;
+            let files = grant_client::devcerts::generate(&dir, &trust_domain, nodes, &node_sans)
+                .map_err(|err| format!("cannot write certificates to {}: {err}", dir.display()))?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            out.show(&json!({ "files": names }), || {
+                for f in &names {
+                    println!("{f}");
+                }
+            });
         }
         Cmd::Snapshot(SnapshotCmd::Save { file, stale_from }) => {
             // Received into a temporary file beside the target, checked as
@@ -703,22 +765,26 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let h = saved.inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
-            println!(
-                "saved {}: {} bytes of state, log index {}, {} audit entries, from node {}",
-                file.display(),
-                h.data_bytes,
-                h.last_log_index,
-                h.audit_size,
-                h.taken_from_node
-            );
+            out.show(&json!({ "file": file, "backup": header_json(&h) }), || {
+                println!(
+                    "saved {}: {} bytes of state, log index {}, {} audit entries, from node {}",
+                    file.display(),
+                    h.data_bytes,
+                    h.last_log_index,
+                    h.audit_size,
+                    h.taken_from_node
+                )
+            });
         }
         Cmd::Snapshot(SnapshotCmd::Status { file }) => match check_backup_file(&file)? {
-            Ok(h) => println!(
+            Ok(h) => out.show(&json!({ "ok": true, "backup": header_json(&h) }), || println!(
                 "ok: log index {}, {} audit entries, {} bytes of state (sha256 {}), taken from node {} at {} ms, state format {}",
                 h.last_log_index, h.audit_size, h.data_bytes, h.data_sha256, h.taken_from_node, h.created_ms, h.state_format
-            ),
+            )),
             Err(err) => {
-                println!("damaged: {err}");
+                out.show(&json!({ "ok": false, "damaged": err.to_string() }), || {
+                    println!("damaged: {err}")
+                });
                 return Ok(ExitCode::from(1));
             }
         },
@@ -732,7 +798,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     .initialize(&cli.endpoints[0], members)
                     .await
                     .map_err(e)?;
-                println!("initialized");
+                out.show(&json!({ "initialized": true }), || println!("initialized"));
             }
             ClusterCmd::AddLearner {
                 id,
@@ -747,56 +813,105 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     })
                     .await
                     .map_err(e)?;
-                print_membership(&r);
+                out.show(&r, || print_membership(&r));
             }
-            ClusterCmd::Promote { id } => print_membership(&client.promote(id).await.map_err(e)?),
+            ClusterCmd::Promote { id } => {
+                let r = client.promote(id).await.map_err(e)?;
+                out.show(&r, || print_membership(&r));
+            }
             ClusterCmd::Remove { id } => {
-                print_membership(&client.remove_node(id).await.map_err(e)?)
+                let r = client.remove_node(id).await.map_err(e)?;
+                out.show(&r, || print_membership(&r));
             }
             ClusterCmd::TransferLeader { id } => {
                 let r = client.transfer_leader(id).await.map_err(e)?;
-                println!("leader: {} term: {}", r.leader_id, r.term);
+                out.show(&r, || println!("leader: {} term: {}", r.leader_id, r.term));
             }
             ClusterCmd::ChangeMembership { voters, retain } => {
                 let r = client.change_membership(voters, retain).await.map_err(e)?;
-                print_membership(&r);
+                out.show(&r, || print_membership(&r));
             }
             ClusterCmd::Health => {
                 let mut all = true;
+                let mut found = Vec::new();
                 for addr in client.endpoints() {
                     let h = client
                         .health_of(addr)
                         .await
                         .unwrap_or_else(|err| format!("unreachable ({err})"));
                     all &= h == "SERVING";
-                    println!("{addr} {h}");
+                    found.push((addr.to_string(), h));
                 }
+                let value = json!({
+                    "endpoints": found.iter().map(|(a, h)| json!({ "endpoint": a, "status": h })).collect::<Vec<_>>()
+                });
+                let rows: Vec<Vec<String>> =
+                    found.iter().map(|(a, h)| vec![a.clone(), h.clone()]).collect();
+                out.rows(&value, &["ENDPOINT", "STATUS"], &rows, || {
+                    for (addr, h) in &found {
+                        println!("{addr} {h}");
+                    }
+                });
                 if !all {
                     return Ok(ExitCode::from(1));
                 }
             }
             ClusterCmd::Status => {
                 let mut failed = false;
+                let mut found = Vec::new();
                 for addr in client.endpoints() {
-                    match client.status_of(addr).await {
-                        Ok(s) => println!(
-                            "{addr} node={} role={} leader={} term={} last_log={} applied={} snapshot={} voters={:?} learners={:?}",
-                            s.node_id,
-                            s.role,
-                            if s.has_leader { s.leader_id.to_string() } else { "none".into() },
-                            s.term,
-                            s.last_log_index,
-                            s.applied_index,
-                            s.snapshot_index,
-                            s.voters.iter().map(|n| n.id).collect::<Vec<_>>(),
-                            s.learners.iter().map(|n| n.id).collect::<Vec<_>>(),
-                        ),
+                    let s = client.status_of(addr).await;
+                    failed |= s.is_err();
+                    found.push((addr.to_string(), s));
+                }
+                let ids = |v: &[pb::Node]| v.iter().map(|n| n.id).collect::<Vec<_>>();
+                let leader = |s: &pb::StatusResponse| {
+                    if s.has_leader { s.leader_id.to_string() } else { "none".into() }
+                };
+                let value = json!({
+                    "endpoints": found.iter().map(|(a, s)| match s {
+                        Ok(s) => json!({ "endpoint": a, "status": s }),
+                        Err(err) => json!({ "endpoint": a, "error": err.to_string() }),
+                    }).collect::<Vec<_>>()
+                });
+                let rows: Vec<Vec<String>> = found
+                    .iter()
+                    .map(|(a, s)| match s {
+                        Ok(s) => vec![
+                            a.clone(),
+                            s.node_id.to_string(),
+                            s.role.clone(),
+                            leader(s),
+                            s.term.to_string(),
+                            s.last_log_index.to_string(),
+                            s.applied_index.to_string(),
+                            s.snapshot_index.to_string(),
+                            format!("{:?}", ids(&s.voters)),
+                            format!("{:?}", ids(&s.learners)),
+                        ],
                         Err(err) => {
-                            failed = true;
-                            println!("{addr} unreachable: {err}");
+                            let mut r = vec![a.clone(), "-".into(), format!("unreachable: {err}")];
+                            r.resize(10, "-".into());
+                            r
+                        }
+                    })
+                    .collect();
+                let header = [
+                    "ENDPOINT", "NODE", "ROLE", "LEADER", "TERM", "LAST_LOG", "APPLIED",
+                    "SNAPSHOT", "VOTERS", "LEARNERS",
+                ];
+                out.rows(&value, &header, &rows, || {
+                    for (addr, s) in &found {
+                        match s {
+                            Ok(s) => println!(
+                                "{addr} node={} role={} leader={} term={} last_log={} applied={} snapshot={} voters={:?} learners={:?}",
+                                s.node_id, s.role, leader(s), s.term, s.last_log_index,
+                                s.applied_index, s.snapshot_index, ids(&s.voters), ids(&s.learners),
+                            ),
+                            Err(err) => println!("{addr} unreachable: {err}"),
                         }
                     }
-                }
+                });
                 if failed {
                     return Ok(ExitCode::from(1));
                 }
@@ -831,6 +946,19 @@ fn publish_durably(tmp: &std::path::Path, path: &std::path::Path) -> std::io::Re
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A backup header as JSON (`snapshot save` and `snapshot status`).
+fn header_json(h: &grant_client::backup::BackupHeader) -> serde_json::Value {
+    json!({
+        "last_log_index": h.last_log_index,
+        "audit_size": h.audit_size,
+        "data_bytes": h.data_bytes,
+        "data_sha256": h.data_sha256,
+        "taken_from_node": h.taken_from_node,
+        "created_ms": h.created_ms,
+        "state_format": h.state_format,
+    })
+}
+
 fn print_membership(r: &pb::MembershipResponse) {
     println!("log_index: {}", r.log_index);
     for n in &r.voters {
@@ -852,10 +980,15 @@ async fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    let format = cli.output;
     match run(cli).await {
         Ok(c) => c,
         Err(msg) => {
-            eprintln!("grantctl: {msg}");
+            if format == Format::Json {
+                eprintln!("{}", output::to_json(&json!({ "error": msg })));
+            } else {
+                eprintln!("grantctl: {msg}");
+            }
             ExitCode::from(2)
         }
     }

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde_json::json;
+
+use crate::output::{to_json, Out};
+
 use clap::Subcommand;
 use grant_client::Client;
 use grant_proto::v1 as pb;
@@ -64,33 +68,45 @@ pub fn offline(cmd: &PolicyCmd) -> bool {
     matches!(cmd, PolicyCmd::Validate { .. } | PolicyCmd::Schema)
 }
 
-pub fn run_offline(cmd: PolicyCmd) -> Result<ExitCode, String> {
+pub fn run_offline(out: Out, cmd: PolicyCmd) -> Result<ExitCode, String> {
     match cmd {
         PolicyCmd::Validate { file, schema } => {
             let text = read(&file)?;
             match grant_policy::compile(&text, &schema_text(&schema)?, Default::default()) {
                 Ok(p) => {
-                    println!("valid: {} policies", p.ids().len());
-                    for id in p.ids() {
-                        println!("policy: {id}");
-                    }
+                    let ids: Vec<String> = p.ids().iter().map(|i| i.to_string()).collect();
+                    out.show(&json!({ "valid": true, "policy_ids": ids }), || {
+                        println!("valid: {} policies", ids.len());
+                        for id in &ids {
+                            println!("policy: {id}");
+                        }
+                    });
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("{}: invalid\n{e}", file.display());
+                    if out.json() {
+                        println!(
+                            "{}",
+                            to_json(&json!({ "valid": false, "diagnostics": e.to_string() }))
+                        );
+                    } else {
+                        eprintln!("{}: invalid\n{e}", file.display());
+                    }
                     Ok(ExitCode::from(1))
                 }
             }
         }
         PolicyCmd::Schema => {
-            print!("{}", grant_policy::SCHEMA_DEFAULT);
+            out.show(&json!({ "schema": grant_policy::SCHEMA_DEFAULT }), || {
+                print!("{}", grant_policy::SCHEMA_DEFAULT)
+            });
             Ok(ExitCode::SUCCESS)
         }
         _ => unreachable!("online commands go through run"),
     }
 }
 
-pub async fn run(client: &Client, cmd: PolicyCmd) -> Result<ExitCode, String> {
+pub async fn run(client: &Client, out: Out, cmd: PolicyCmd) -> Result<ExitCode, String> {
     let e = |e: grant_client::ClientError| e.to_string();
     match cmd {
         PolicyCmd::Apply {
@@ -106,15 +122,21 @@ pub async fn run(client: &Client, cmd: PolicyCmd) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            println!("policy set applied: {} policies", r.policy_ids.len());
-            println!("sha256: {}", r.policies_sha256);
-            for id in &r.policy_ids {
-                println!("policy: {id}");
-            }
-            crate::print_receipt(&r.receipt);
+            out.show(&r, || {
+                println!("policy set applied: {} policies", r.policy_ids.len());
+                println!("sha256: {}", r.policies_sha256);
+                for id in &r.policy_ids {
+                    println!("policy: {id}");
+                }
+                crate::print_receipt(&r.receipt);
+            });
         }
         PolicyCmd::Get { schema, stale } => {
             let r = client.get_policy(stale).await.map_err(e)?;
+            if out.json() {
+                out.show(&r, || {});
+                return Ok(ExitCode::SUCCESS);
+            }
             if !r.in_force {
                 println!("# no policy set in force: grants alone decide");
                 return Ok(ExitCode::SUCCESS);
@@ -125,7 +147,7 @@ pub async fn run(client: &Client, cmd: PolicyCmd) -> Result<ExitCode, String> {
             );
             print!("{}", if schema { &r.schema } else { &r.policies });
         }
-        PolicyCmd::Validate { .. } | PolicyCmd::Schema => return run_offline(cmd),
+        PolicyCmd::Validate { .. } | PolicyCmd::Schema => return run_offline(out, cmd),
     }
     Ok(ExitCode::SUCCESS)
 }

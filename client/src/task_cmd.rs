@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::output::Out;
+
 use clap::Subcommand;
 use grant_client::Client;
 use grant_proto::v1 as pb;
@@ -85,7 +87,7 @@ fn print_closed(revoked: &[String], already_closed: bool) {
     println!("already_closed: {already_closed}");
 }
 
-pub async fn run(client: &Client, cmd: TaskCmd) -> Result<ExitCode, String> {
+pub async fn run(client: &Client, out: Out, cmd: TaskCmd) -> Result<ExitCode, String> {
     let e = |e: grant_client::ClientError| e.to_string();
     match cmd {
         TaskCmd::Begin {
@@ -103,9 +105,11 @@ pub async fn run(client: &Client, cmd: TaskCmd) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            print_task(&r.task);
-            println!("replayed: {}", r.replayed);
-            crate::print_receipt(&r.receipt);
+            out.show(&r, || {
+                print_task(&r.task);
+                println!("replayed: {}", r.replayed);
+                crate::print_receipt(&r.receipt);
+            });
         }
         TaskCmd::Complete { task, reason } => {
             let r = client
@@ -116,9 +120,11 @@ pub async fn run(client: &Client, cmd: TaskCmd) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            print_closed(&r.revoked_grant_ids, r.already_closed);
-            print_task(&r.task);
-            crate::print_receipt(&r.receipt);
+            out.show(&r, || {
+                print_closed(&r.revoked_grant_ids, r.already_closed);
+                print_task(&r.task);
+                crate::print_receipt(&r.receipt);
+            });
         }
         TaskCmd::Abort { task, reason } => {
             let r = client
@@ -129,9 +135,11 @@ pub async fn run(client: &Client, cmd: TaskCmd) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            print_closed(&r.revoked_grant_ids, r.already_closed);
-            print_task(&r.task);
-            crate::print_receipt(&r.receipt);
+            out.show(&r, || {
+                print_closed(&r.revoked_grant_ids, r.already_closed);
+                print_task(&r.task);
+                crate::print_receipt(&r.receipt);
+            });
         }
         TaskCmd::Get { task, stale } => {
             let r = client
@@ -141,8 +149,10 @@ pub async fn run(client: &Client, cmd: TaskCmd) -> Result<ExitCode, String> {
                 })
                 .await
                 .map_err(e)?;
-            print_task(&r.task);
-            println!("applied_index: {}", r.applied_index);
+            out.show(&r, || {
+                print_task(&r.task);
+                println!("applied_index: {}", r.applied_index);
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -19,9 +19,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 #[cfg(feature = "grpc")]
 pub mod v1 {
     tonic::include_proto!("grantledger.v1");
+    include!(concat!(env!("OUT_DIR"), "/grantledger.v1.serde.rs"));
 
     pub mod raft {
         tonic::include_proto!("grantledger.v1.raft");
+        include!(concat!(env!("OUT_DIR"), "/grantledger.v1.raft.serde.rs"));
     }
 
     impl Node {

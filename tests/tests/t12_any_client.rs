@@ -322,3 +322,115 @@ async fn a_python_grpcio_client_runs_the_flow_on_a_follower() {
     assert_eq!(steps[2]["reason"], "REASON_ALLOWED");
     assert_eq!(steps[4]["reason"], "REASON_REVOKED");
 }
+
+/// grantctl's output as a script reads it: one JSON document per line.
+fn ctl_json(c: &Cluster, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = c
+        .grantctl()
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let doc = stdout
+        .lines()
+        .next()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), doc, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grantctl_speaks_json_and_tables_for_scripts() {
+    let c = Cluster::start(3).await;
+    let (code, begun, _) = ctl_json(
+        &c,
+        &[
+            "task", "begin", "cli-json", "--tool", "github", "--intent", "triage",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(begun["task"]["task_id"], "cli-json");
+    assert_eq!(begun["task"]["state"], "TASK_STATE_OPEN");
+    let (code, issued, _) = ctl_json(
+        &c,
+        &[
+            "issue",
+            "--subject",
+            AGENT,
+            "--task",
+            "cli-json",
+            "--scope",
+            "github=read",
+            "--intent",
+            "triage",
+            "--ttl",
+            "60",
+        ],
+    );
+    assert_eq!(code, 0);
+    let grant_id = issued["grant"]["grant_id"].as_str().unwrap().to_string();
+    let token = issued["token"].as_str().unwrap().to_string();
+    assert_eq!(grant_id.len(), 32);
+    assert_eq!(issued["grant"]["scopes"][0]["actions"][0], "read");
+    // check keeps its exit codes: 0 on allow, 1 on deny.
+    let check = |action: &str| {
+        ctl_json(
+            &c,
+            &[
+                "check",
+                "--token",
+                &token,
+                "--identity",
+                AGENT,
+                "--resource",
+                "github",
+                "--action",
+                action,
+            ],
+        )
+    };
+    let (code, allowed, _) = check("read");
+    assert_eq!(
+        (code, allowed["decision"].as_str()),
+        (0, Some("DECISION_ALLOW"))
+    );
+    let (code, denied, _) = check("write");
+    assert_eq!(
+        (code, denied["reason"].as_str()),
+        (1, Some("REASON_OUT_OF_SCOPE"))
+    );
+    let (code, listed, _) = ctl_json(&c, &["list", "--task", "cli-json"]);
+    assert_eq!(code, 0);
+    assert_eq!(listed["grants"].as_array().unwrap().len(), 1);
+    let (code, status, _) = ctl_json(&c, &["cluster", "status"]);
+    assert_eq!(code, 0);
+    assert_eq!(status["endpoints"].as_array().unwrap().len(), 3);
+    assert!(
+        status["endpoints"][0]["status"]["node_id"].is_string()
+            || status["endpoints"][0]["status"]["node_id"].is_number()
+    );
+    // A refusal: exit 2, and the reason as JSON on stderr.
+    let (code, _, stderr) = ctl_json(&c, &["get", "00000000000000000000000000000000"]);
+    assert_eq!(code, 2);
+    let err: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("not_found"),
+        "{stderr}"
+    );
+    // A table: a header, then one row per grant.
+    let out = c
+        .grantctl()
+        .args(["-o", "table", "list", "--task", "cli-json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("GRANT_ID") && lines[0].contains("STATE"),
+        "{text}"
+    );
+    assert!(lines[1].contains(&grant_id), "{text}");
+}
