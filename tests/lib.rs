@@ -570,14 +570,27 @@ impl Cluster {
     pub async fn chains_agree(&self, ctx: &str) -> usize {
         use grant_proto::audit::export;
         let client = self.client();
-        let mut chains = Vec::new();
-        for n in self.answering() {
-            let text = client
-                .audit_export(Some(&n.api_addr))
-                .await
-                .unwrap_or_else(|e| panic!("export of node {}: {e} ({ctx})", n.id));
-            chains.push((n.id, String::from_utf8(text).expect("utf-8 export")));
-        }
+        // Every export needs a signed checkpoint to verify: right after the
+        // last write the leader may not have signed one yet (it does every
+        // checkpoint_interval_ms), nor a follower applied it.
+        let deadline = Instant::now() + WAIT_MAX;
+        let chains = loop {
+            let mut chains = Vec::new();
+            for n in self.answering() {
+                let text = client
+                    .audit_export(Some(&n.api_addr))
+                    .await
+                    .unwrap_or_else(|e| panic!("export of node {}: {e} ({ctx})", n.id));
+                chains.push((n.id, String::from_utf8(text).expect("utf-8 export")));
+            }
+            let unsigned = chains
+                .iter()
+                .any(|(_, t)| !t.lines().any(|l| l.starts_with("{\"type\":\"checkpoint\"")));
+            if !unsigned || Instant::now() > deadline {
+                break chains;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let entries = |e: &str| -> Vec<String> {
             e.lines()
                 .filter(|l| l.starts_with("{\"type\":\"entry\""))

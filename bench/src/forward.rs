@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use grant_tests::grant_client::Client;
-use grant_tests::{begin_req, check_req, issue_req, Cluster, NO_QUOTAS};
+use grant_tests::{begin_req, check_req, issue_req, Cluster, IssueInTask, NO_QUOTAS};
 
 #[derive(Parser)]
 #[command(about = "grant-ledger: the cost of sending calls to a follower")]
@@ -30,17 +30,27 @@ struct Args {
     seconds: u64,
 }
 
+/// Issues made so far, over every client.
+static ISSUED: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Clone, Copy)]
 enum Call {
     Check,
     Issue,
 }
 
-async fn one(client: &Client, call: Call, token: &str) -> bool {
+async fn one(client: &Client, call: Call, token: &str) -> Result<(), String> {
     match call {
-        Call::Check => client.check(check_req(token)).await.is_ok(),
-        Call::Issue => client.issue(issue_req("forward-bench", 600)).await.is_ok(),
+        Call::Check => client.check(check_req(token)).await.map(|_| ()),
+        Call::Issue => {
+            // A task holds at most GRANTS_PER_TASK_MAX grants: a new one
+            // every 5000 issues, begun by the issue that finds it missing.
+            let n = ISSUED.fetch_add(1, Ordering::Relaxed);
+            let task = format!("forward-bench-{}", n / 5000);
+            client.issue_in(issue_req(&task, 600)).await.map(|_| ())
+        }
     }
+    .map_err(|e| e.to_string())
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> f64 {
@@ -54,7 +64,9 @@ async fn latency(client: &Client, call: Call, token: &str, calls: usize) -> (f64
     let mut t = Vec::with_capacity(calls);
     for _ in 0..calls {
         let s = Instant::now();
-        assert!(one(client, call, token).await, "a call failed");
+        if let Err(e) = one(client, call, token).await {
+            panic!("a call failed: {e}");
+        }
         t.push(s.elapsed());
     }
     (percentile(&mut t, 0.5), percentile(&mut t, 0.99))
@@ -76,7 +88,7 @@ async fn throughput(
                 (make(), stop.clone(), done.clone(), token.to_string());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if one(&client, call, &token).await {
+                    if one(&client, call, &token).await.is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -124,7 +136,7 @@ async fn main() {
             let client = c.node_client_as(id, path);
             // Warm the channels (and the follower's to the leader).
             for _ in 0..50 {
-                one(&client, call, &token).await;
+                let _ = one(&client, call, &token).await;
             }
             let (p50, p99) = latency(&client, call, &token, args.calls).await;
             let rate = throughput(

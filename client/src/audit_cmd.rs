@@ -63,18 +63,39 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
             out: out_file,
             node,
         } => {
-            let data = client.audit_export(node.as_deref()).await.map_err(e)?;
-            std::fs::write(&out_file, &data)
-                .map_err(|err| format!("cannot write {}: {err}", out_file.display()))?;
+            // Received beside the target, then made durable and renamed:
+            // the file is the whole export or absent.
+            let mut tmp = out_file.as_os_str().to_owned();
+            tmp.push(".partial");
+            let tmp = std::path::PathBuf::from(tmp);
+            let bar = crate::progress::bytes("exporting the audit log", None);
+            let got = client
+                .audit_export_to(node.as_deref(), &tmp, &|n| bar.set_position(n))
+                .await
+                .map_err(e)
+                .and_then(|()| {
+                    crate::publish_durably(&tmp, &out_file)
+                        .map_err(|err| format!("cannot write {}: {err}", out_file.display()))
+                });
+            bar.finish_and_clear();
+            if got.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            got?;
+            let bytes = std::fs::metadata(&out_file).map(|m| m.len()).unwrap_or(0);
             let to = out_file;
-            out.show(&json!({ "file": to, "bytes": data.len() }), || {
-                println!("wrote {} bytes to {}", data.len(), to.display())
+            out.show(&json!({ "file": to, "bytes": bytes }), || {
+                println!("wrote {bytes} bytes to {}", to.display())
             });
         }
         AuditCmd::Verify { file, trusted_keys } => {
             let trusted =
                 parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
-            match export::verify(&read(&file)?, &trusted) {
+            let text = read(&file)?;
+            let bar = crate::progress::bytes("verifying", Some(text.len() as u64));
+            let verified = export::verify_observed(&text, &trusted, &mut |n| bar.set_position(n));
+            bar.finish_and_clear();
+            match verified {
                 Ok(s) if out.json() => out.show(
                     &json!({
                         "ok": true,

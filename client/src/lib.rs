@@ -631,22 +631,26 @@ impl Client {
         stale_from: Option<&str>,
         out: &std::path::Path,
     ) -> Result<(), ClientError> {
+        self.backup_to_with(stale_from, out, &|_| {}).await
+    }
+
+    /// As [`Client::backup_to`], telling `progress` the bytes written so far
+    /// after each chunk.
+    pub async fn backup_to_with(
+        &self,
+        stale_from: Option<&str>,
+        out: &std::path::Path,
+        progress: Progress<'_>,
+    ) -> Result<(), ClientError> {
         use futures_util::StreamExt;
-        use std::io::Write;
         let allow_stale = stale_from.is_some();
         let fetch = |ch: Ch| async move {
-            let mut stream = ClusterClient::new(ch)
+            let stream = ClusterClient::new(ch)
                 .backup(pb::BackupRequest { allow_stale })
                 .await?
-                .into_inner();
-            let io = |e: std::io::Error| {
-                Status::internal(format!("cannot write {}: {e}", out.display()))
-            };
-            let mut f = std::io::BufWriter::new(std::fs::File::create(out).map_err(io)?);
-            while let Some(chunk) = stream.next().await {
-                f.write_all(&chunk?.data).map_err(io)?;
-            }
-            f.flush().map_err(io)
+                .into_inner()
+                .map(|c| c.map(|c| c.data));
+            stream_to_file(stream, out, progress).await
         };
         match stale_from {
             Some(a) => fetch(self.channel(a)?).await.map_err(ClientError::Status),
@@ -685,6 +689,31 @@ impl Client {
     }
 
     /// The audit export of one node (`addr`), or of whichever node answers.
+    /// Stream the export to the file `out` (of the node at `addr`, or of
+    /// any node), telling `progress` the bytes written so far.
+    pub async fn audit_export_to(
+        &self,
+        addr: Option<&str>,
+        out: &std::path::Path,
+        progress: Progress<'_>,
+    ) -> Result<(), ClientError> {
+        use futures_util::StreamExt;
+        let fetch = |ch: Ch| async move {
+            let stream = Self::audit_client(ch)
+                .export(pb::ExportRequest {})
+                .await?
+                .into_inner()
+                .map(|c| c.map(|c| c.data));
+            stream_to_file(stream, out, progress).await
+        };
+        match addr {
+            Some(a) => fetch(self.channel(a)?).await.map_err(ClientError::Status),
+            None => self.call(fetch).await,
+        }
+    }
+
+    /// The whole export in memory (tests and small logs; grantctl streams
+    /// it to a file with [`Client::audit_export_to`]).
     pub async fn audit_export(&self, addr: Option<&str>) -> Result<Vec<u8>, ClientError> {
         use futures_util::StreamExt;
         let fetch = |ch: Ch| async move {
@@ -781,3 +810,28 @@ impl Client {
 }
 
 pub use grant_proto::convert::entry_from_pb;
+
+/// Told the bytes done so far by long transfers (grantctl draws a progress
+/// bar with it).
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// Write a stream of chunks to `out` (created or truncated), telling
+/// `progress` after each; an error names the file.
+async fn stream_to_file(
+    mut stream: impl futures_util::Stream<Item = Result<Vec<u8>, Status>> + Unpin,
+    out: &std::path::Path,
+    progress: Progress<'_>,
+) -> Result<(), Status> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let io = |e: std::io::Error| Status::internal(format!("cannot write {}: {e}", out.display()));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out).map_err(io)?);
+    let mut done = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        f.write_all(&chunk).map_err(io)?;
+        done += chunk.len() as u64;
+        progress(done);
+    }
+    f.flush().map_err(io)
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 mod audit_cmd;
 mod output;
 mod policy_cmd;
+mod progress;
 mod task_cmd;
 
 use output::{Format, Out};
@@ -750,11 +751,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let mut tmp = file.as_os_str().to_owned();
             tmp.push(".partial");
             let tmp = std::path::PathBuf::from(tmp);
+            let bar = progress::bytes("receiving the backup", None);
             let saved = async {
                 client
-                    .backup_to(stale_from.as_deref(), &tmp)
+                    .backup_to_with(stale_from.as_deref(), &tmp, &|n| bar.set_position(n))
                     .await
                     .map_err(e)?;
+                bar.finish_and_clear();
                 let h = check_backup_file(&tmp)?
                     .map_err(|err| format!("the backup received is damaged: {err}"))?;
                 publish_durably(&tmp, &file)
@@ -936,7 +939,10 @@ fn check_backup_file(
 }
 
 /// fsync `tmp` and rename it to `path`, so that `path` is whole or absent.
-fn publish_durably(tmp: &std::path::Path, path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn publish_durably(
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
     std::fs::File::open(tmp)?.sync_all()?;
     std::fs::rename(tmp, path)?;
     let dir = match path.parent() {

@@ -224,6 +224,19 @@ pub fn parse_trusted_keys(text: &str) -> Result<Vec<VerifierKey>, note::NoteErro
 /// (32 bytes an entry); a replay of the leaves then rebuilds the root at
 /// every checkpoint size, whatever order the checkpoint lines came in.
 pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyError> {
+    verify_observed(text, trusted, &mut |_| {})
+}
+
+/// Lines between two calls of a [`verify_observed`] observer.
+pub const VERIFY_PROGRESS_LINES: usize = 65_536;
+
+/// As [`verify`], telling `seen` the bytes of `text` read so far every
+/// [`VERIFY_PROGRESS_LINES`] lines (grantctl draws a progress bar).
+pub fn verify_observed(
+    text: &str,
+    trusted: &[VerifierKey],
+    seen: &mut dyn FnMut(u64),
+) -> Result<Summary, VerifyError> {
     let mut lines = text
         .lines()
         .enumerate()
@@ -263,6 +276,10 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
     let mut roster: Vec<(VerifierKey, u64)> = Vec::new();
     let (mut first_time, mut last_time) = (None, None);
     for (i, l) in lines {
+        if i % VERIFY_PROGRESS_LINES == 0 {
+            // Where this line starts within the text.
+            seen(l.as_ptr() as u64 - text.as_ptr() as u64);
+        }
         let (e, stated) = match Line::parse(l) {
             Ok(Line::Entry { entry, hash }) => (entry, hash),
             Ok(Line::Checkpoint { note }) => {
