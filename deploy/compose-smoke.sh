@@ -38,7 +38,7 @@ trap 'exit 130' INT TERM
 IMAGE="$GRANTD_IMAGE" deploy/docker/build-image.sh
 # The image's own grantctl (static) makes the certificates on the host.
 PROFILE_DIR=$([ "${PROFILE:-release}" = dev ] && echo debug || echo "${PROFILE:-release}")
-"target/x86_64-unknown-linux-gnu/$PROFILE_DIR/grantctl" dev certs --out "$GRANTD_TLS_DIR" >/dev/null
+"${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/$PROFILE_DIR/grantctl" dev certs --out "$GRANTD_TLS_DIR" >/dev/null
 # The containers' unprivileged user reads the keys of this throwaway set.
 chmod 0755 "$GRANTD_TLS_DIR"
 chmod 0644 "$GRANTD_TLS_DIR"/*.key
@@ -76,7 +76,7 @@ ctl grantd1 cluster status
 
 issue() {
   ctl "$1" task begin "$2" --tool github --intent smoke --deadline 3600 >/dev/null
-  ctl "$1" issue --subject spiffe://example.org/agent/smoke --task "$2" --scope github=read --ttl 600
+  ctl "$1" issue --subject spiffe://example.org/agent/smoke --task "$2" --scope github=read --intent smoke --ttl 600
 }
 field() { awk -v k="$1:" '$1 == k { print $2 }'; }
 check() { ctl "$1" check --token "$2" --identity spiffe://example.org/agent/smoke --resource github --action read; }
@@ -86,7 +86,7 @@ g1=$(field grant_id <<<"$out"); t1=$(field token <<<"$out")
 check grantd2 "$t1" | grep "decision: DECISION_ALLOW" >/dev/null
 ctl grantd3 revoke "$g1" --reason smoke >/dev/null
 if check grantd1 "$t1" >/dev/null; then echo "compose-smoke: FAILED: revoked grant allowed"; exit 1; fi
-if as agent grantd1 issue --subject spiffe://example.org/agent/smoke --task nope --scope github=read >/dev/null 2>&1; then
+if as agent grantd1 issue --subject spiffe://example.org/agent/smoke --task nope --scope github=read --intent smoke >/dev/null 2>&1; then
   echo "compose-smoke: FAILED: an agent certificate could issue grants"; exit 1
 fi
 echo "issue, check, revoke over mTLS, a caller without the role refused: ok"

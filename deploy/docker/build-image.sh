@@ -15,7 +15,7 @@ TARGET=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile "$PROFILE" --target "$TARGET" -p grantd -p grant-client --bins
 dir=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
-bin="target/$TARGET/$dir"
+bin="${CARGO_TARGET_DIR:-target}/$TARGET/$dir"
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc" "$ctx/data"
