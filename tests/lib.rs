@@ -563,6 +563,58 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The audit chain's size once the refusals made so far are recorded
+    /// (they reach the chain within a flush interval): the size after it
+    /// held still for a second.
+    pub async fn settled_audit_size(&self) -> u64 {
+        let client = self.client();
+        let size = || async { client.audit_entries(0, 1).await.unwrap().tree_size };
+        let mut last = size().await;
+        let mut still = 0;
+        let deadline = Instant::now() + WAIT_MAX;
+        while still < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the audit chain never held still"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = size().await;
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+
+    /// Refused calls changed nothing but the record of their refusal:
+    /// every audit entry appended since the chain held `before` entries is
+    /// a `refused` one, and the replicas converge. Returns how many.
+    pub async fn only_refusals_since(&self, before: u64) -> usize {
+        use grant_proto::audit::Kind;
+        let after = self.settled_audit_size().await;
+        let client = self.client();
+        let mut n = 0;
+        let mut from = before;
+        while from < after {
+            let page = client.audit_entries(from, 1000).await.unwrap().entries;
+            assert!(!page.is_empty(), "no entries from {from}");
+            for e in &page {
+                let e = grant_client::entry_from_pb(e).unwrap();
+                if e.seq >= after {
+                    break;
+                }
+                assert_eq!(
+                    e.kind,
+                    Kind::Refused,
+                    "a refused call changed something: {e:?}"
+                );
+                n += 1;
+                from = e.seq + 1;
+            }
+        }
+        self.converged_digests().await;
+        n
+    }
+
     /// Export every running node's audit chain, check that they agree on
     /// every entry they all hold and that the chain verifies offline with
     /// the roster's keys; returns how many entries they all hold. `ctx` goes
@@ -612,9 +664,42 @@ impl Cluster {
         for (id, text) in &chains {
             export::verify(text, &keys)
                 .unwrap_or_else(|e| panic!("node {id}'s export does not verify: {e} ({ctx})"));
+            export_matches_schema(text)
+                .unwrap_or_else(|e| panic!("node {id}'s export: {e} ({ctx})"));
         }
         common
     }
+}
+
+/// Every line of an export validates against the JSON Schema published in
+/// docs/schema/, which an outside verifier may be written from.
+pub fn export_matches_schema(text: &str) -> Result<(), String> {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let v = SCHEMA.get_or_init(|| {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../docs/schema/audit-export-line.schema.json"))
+                .expect("the schema is JSON");
+        jsonschema::draft202012::new(&schema).expect("the schema compiles")
+    });
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        let first = v
+            .iter_errors(&value)
+            .next()
+            .map(|e| format!("{e} at {}", e.instance_path()));
+        if let Some(e) = first {
+            return Err(format!(
+                "line {} does not match docs/schema/audit-export-line.schema.json: {e}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Cluster {

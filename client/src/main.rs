@@ -57,6 +57,11 @@ impl Cli {
     /// Client options: mTLS from --ca/--cert/--key, or plaintext when
     /// --insecure. A command that works on files alone needs neither.
     fn options(&self) -> Result<Options, String> {
+        // An offline command ignores connection settings, from flags or
+        // the environment: they may be set for other commands.
+        if self.cmd.offline() {
+            return Ok(Options::default());
+        }
         let bearer_token = match &self.token_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)
@@ -78,7 +83,7 @@ impl Cli {
                 })
                 .map_err(|e| e.to_string())?,
             ),
-            (None, None, None) if self.insecure || self.cmd.offline() => None,
+            (None, None, None) if self.insecure => None,
             _ if self.insecure => {
                 return Err("--insecure cannot be combined with --ca, --cert or --key".into())
             }
@@ -104,10 +109,8 @@ impl Cmd {
     fn offline(&self) -> bool {
         matches!(
             self,
-            Cmd::Dev(_)
-                | Cmd::Snapshot(SnapshotCmd::Status { .. })
-                | Cmd::Audit(audit_cmd::AuditCmd::Verify { .. })
-        )
+            Cmd::Dev(_) | Cmd::Snapshot(SnapshotCmd::Status { .. })
+        ) || matches!(self, Cmd::Audit(c) if c.offline())
     }
 }
 

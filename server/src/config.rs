@@ -131,6 +131,9 @@ pub struct Args {
     /// How often the leader signs and commits an audit checkpoint when the log grew [default: 1000].
     #[arg(long, env = "GRANTD_CHECKPOINT_INTERVAL_MS")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// The window of the per-caller rate of refused calls recorded one by one; beyond it they are counted into one entry per caller and method when the window closes [default: 60000].
+    #[arg(long, env = "GRANTD_REFUSAL_WINDOW_MS")]
+    pub refusal_window_ms: Option<u64>,
     /// The origin line of audit checkpoints: names this log; the same on every node [default: grant-ledger].
     #[arg(long, env = "GRANTD_AUDIT_ORIGIN")]
     pub audit_origin: Option<String>,
@@ -234,6 +237,7 @@ struct FileConfig {
     intent_required: Option<bool>,
     allow_log_reversion: Option<bool>,
     checkpoint_interval_ms: Option<u64>,
+    refusal_window_ms: Option<u64>,
     audit_origin: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
@@ -275,6 +279,7 @@ pub struct Config {
     pub intent_required: bool,
     pub allow_log_reversion: bool,
     pub checkpoint_interval_ms: u64,
+    pub refusal_window_ms: u64,
     pub audit_origin: String,
     pub log: String,
     pub log_format: LogFormat,
@@ -401,6 +406,7 @@ impl Config {
             intent_required: pick!(intent_required, true),
             allow_log_reversion: pick!(allow_log_reversion, true),
             checkpoint_interval_ms: pick!(checkpoint_interval_ms, 1000),
+            refusal_window_ms: pick!(refusal_window_ms, 60_000),
             audit_origin: pick!(audit_origin, "grant-ledger".to_string()),
             log: pick!(log, "info".to_string()),
             log_format: pick!(log_format, LogFormat::Text),
@@ -520,6 +526,9 @@ impl Config {
         }
         if self.checkpoint_interval_ms < 10 {
             return bad("checkpoint_interval_ms", "must be at least 10".into());
+        }
+        if !(100..=3_600_000).contains(&self.refusal_window_ms) {
+            return bad("refusal_window_ms", "must be in 100..=3600000".into());
         }
         if self.audit_origin.is_empty()
             || self.audit_origin.len() > 256

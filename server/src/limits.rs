@@ -225,3 +225,25 @@ pub const AUDIT_KEY_BYTES: usize = 4 * 1024;
 /// (a snapshot install reopens the database it just loaded; tests reopen
 /// what they closed). Beyond it, the open fails naming the path.
 pub const DB_LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Refused calls (audit::refusals, docs/audit-format.md "Refused calls"):
+/// recorded one by one up to this many per caller per window on a node...
+pub const REFUSALS_PER_CALLER: u32 = 10;
+/// ...and this many in all per window on a node; beyond either, counted
+/// per caller and method into one aggregate entry when the window closes.
+pub const REFUSALS_PER_WINDOW: u32 = 1000;
+/// (caller, method) aggregates a node keeps per window; refusals beyond go
+/// into one aggregate for all other callers (`*`).
+pub const REFUSAL_AGGREGATES_MAX: usize = 1024;
+/// Refusals waiting on a node to be handed on; beyond, counted into the
+/// aggregates.
+pub const REFUSAL_QUEUE_MAX: usize = 4096;
+/// Refusals in one `Refusals` log command.
+pub const REFUSAL_BATCH_MAX: usize = 256;
+/// How often a node hands on its refusals (the leader proposes them).
+pub const REFUSAL_FLUSH_MS: u64 = 250;
+/// Bytes kept of each field of a refusal (caller, method, target, code);
+/// the message keeps four times as many. Longer ones are cut.
+pub const REFUSAL_FIELD_BYTES_MAX: usize = 256;
+/// How long a refused request's body is waited for, to read its target.
+pub const REFUSAL_BODY_WAIT_MS: u64 = 1000;

@@ -19,9 +19,11 @@ use crate::api::cluster::ClusterService;
 use crate::api::forward::{ForwardLayer, Forwarder};
 use crate::api::grants::GrantsService;
 use crate::api::policy::PolicyService;
+use crate::api::refusals::RefusalLayer;
 use crate::api::transport_status::TransportStatusLayer;
 use crate::api::watch::Watchers;
 use crate::api::{now_ms, NodeContext};
+use crate::audit::refusals::Refusals;
 use crate::auth::bearer::BearerAuth;
 use crate::auth::layer::{Access, AuthLayer, Caller, Mtls};
 use crate::auth::roles::Role;
@@ -103,7 +105,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        network,
+        network.clone(),
         log_store,
         sm,
     )
@@ -114,6 +116,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     // certificate, the leader's verified as a peer's).
     let forwarder = Forwarder::new(raft.clone(), peer_tls);
     let ctx = NodeContext::new(config.clone(), raft.clone(), state, access.clone());
+    let refusals = Arc::new(Refusals::new(config.node_id, config.refusal_window_ms));
     let batchers = Batchers::start(ctx.clone());
     let metrics = Metrics::new();
     // Bound here: a taken port fails start-up at once.
@@ -156,8 +159,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .layer(TransportStatusLayer)
         .layer(AuthLayer {
             access: access.clone(),
+            refusals: refusals.clone(),
         })
         .layer(ForwardLayer { forwarder })
+        .layer(RefusalLayer {
+            refusals: refusals.clone(),
+        })
         .add_service(
             GrantsServer::new(GrantsService::new(
                 ctx.clone(),
@@ -193,11 +200,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let peer = peer
         .layer(AuthLayer {
             access: access.clone(),
+            refusals: refusals.clone(),
         })
         .add_service(
-            RaftPeerServer::new(RaftPeerService::new(raft.clone(), sm_snapshot_dir))
-                .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX),
+            RaftPeerServer::new(RaftPeerService::new(
+                raft.clone(),
+                sm_snapshot_dir,
+                refusals.clone(),
+            ))
+            .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX),
         )
         .serve_with_shutdown(config.raft_addr, wait(peer_stop_rx));
     let api = tokio::spawn(api);
@@ -211,6 +223,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         TOOL_SERVICES,
         shutdown.clone(),
     ));
+    let refusal_recorder = tokio::spawn(record_refusals(
+        refusals,
+        ctx.clone(),
+        network,
+        shutdown.clone(),
+    ));
     let publisher = tokio::spawn(crate::audit::publisher::run(
         ctx.clone(),
         node_key,
@@ -222,6 +240,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     tracing::info!("shutting down: no new requests, finishing those in flight");
     sweeper.abort();
     health.abort();
+    refusal_recorder.abort();
     publisher.abort();
     api.await??;
     if raft.is_leader() {
@@ -303,6 +322,43 @@ async fn bootstrap(config: &Config, raft: &Raft) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::anyhow!("initialise: {e}")),
     }
+}
+
+/// Hand refused calls on into the audit chain: the leader proposes them,
+/// a follower sends them to the leader (audit::refusals).
+async fn record_refusals(
+    refusals: Arc<Refusals>,
+    ctx: NodeContext,
+    network: Network,
+    shutdown: watch::Receiver<bool>,
+) {
+    let deliver = |batch: Vec<crate::ledger::Refusal>| {
+        let (ctx, network) = (ctx.clone(), network.clone());
+        async move {
+            if ctx.raft.is_leader() {
+                let cmd = Command::Refusals {
+                    now_ms: now_ms(),
+                    refusals: batch,
+                };
+                return ctx
+                    .propose(cmd)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
+            let leader = {
+                use openraft::async_runtime::WatchReceiver;
+                let m = ctx.raft.metrics().borrow_watched().clone();
+                m.current_leader
+                    .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
+            };
+            let Some(leader) = leader else {
+                return Err("no leader known".to_string());
+            };
+            network.send_refusals(&leader.raft_addr, &batch).await
+        }
+    };
+    refusals.run(deliver, shutdown).await
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

@@ -74,6 +74,37 @@ async fn replace_a_dead_voter_with_a_new_node() {
     assert_eq!(d.len(), 3);
     assert!(d.iter().all(|x| x.1 == d[0].1), "{d:?}");
 
+    // Who asked for each change is on the record, before the
+    // configurations the leader applied for it.
+    let entries = client.audit_entries(0, 1000).await.unwrap().entries;
+    let membership: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| grant_client::entry_from_pb(e).unwrap())
+        .filter(|e| e.kind == grant_tests::grant_proto::audit::Kind::Membership)
+        .map(|e| (e.reason, e.actor, e.detail))
+        .collect();
+    let asked: Vec<&(String, String, String)> =
+        membership.iter().filter(|m| m.0 == "requested").collect();
+    let admin = "spiffe://example.org/ops/admin";
+    assert_eq!(asked.len(), 3, "{membership:?}");
+    assert!(asked.iter().all(|m| m.1 == admin), "{membership:?}");
+    assert!(
+        asked[0].2.starts_with("add_learner node=4 "),
+        "{membership:?}"
+    );
+    assert_eq!(
+        (asked[1].2.as_str(), asked[2].2.as_str()),
+        ("promote node=4", "remove node=3")
+    );
+    assert!(
+        membership
+            .iter()
+            .filter(|m| m.0 == "applied")
+            .all(|m| m.1.starts_with("node/")),
+        "{membership:?}"
+    );
+    c.chains_agree("membership").await;
+
     // Bad membership requests are refused and change nothing.
     let client = c.answering_client();
     let err = client.change_membership(vec![], false).await.unwrap_err();

@@ -88,6 +88,38 @@ fn join(l: &[String]) -> String {
     l.join("\n") + "\n"
 }
 
+/// The export cut back to its oldest checkpoint, with the header fixed: a
+/// consistent export of a shorter log, as a rollback would show it.
+fn rolled_back(text: &str) -> (String, u64) {
+    let l = lines(text);
+    let mut notes: Vec<(u64, String)> = l
+        .iter()
+        .filter_map(|x| match Line::parse(x) {
+            Ok(Line::Checkpoint { note: n }) => {
+                Some((note::parse(&n).unwrap().checkpoint.size, x.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    notes.sort();
+    let size = notes[0].0;
+    let mut out = vec![String::new()];
+    out.extend((0..size).map(|seq| l[entry_line(&l, seq)].clone()));
+    out.extend(
+        notes
+            .iter()
+            .filter(|(s, _)| *s == size)
+            .map(|(_, x)| x.clone()),
+    );
+    let origin = match Line::parse(&l[0]).unwrap() {
+        Line::Header { origin, .. } => origin,
+        _ => unreachable!(),
+    };
+    let cps = out.len() as u64 - 1 - size;
+    out[0] = Line::header(&origin, size, cps).to_json();
+    (join(&out), size)
+}
+
 /// Index in `l` of the line holding entry `seq`.
 fn entry_line(l: &[String], seq: u64) -> usize {
     l.iter()
@@ -122,21 +154,42 @@ async fn export_verifies_offline_and_every_tampering_is_caught() {
     std::fs::write(&good, &text).unwrap();
     write_trusted_keys(&keyfile, &keys);
     let grantctl = grantd_bin().with_file_name("grantctl");
-    let run = |f: &std::path::Path| {
+    let verify_with = |f: &std::path::Path, more: &[&std::ffi::OsStr]| {
         Command::new(&grantctl)
+            // Connection settings meant for other commands: an offline
+            // verify ignores them.
+            .env("GRANTCTL_CA", "/nonexistent/ca.pem")
             .args(["audit", "verify"])
             .arg(f)
             .arg("--trusted-keys")
             .arg(&keyfile)
+            .args(more)
             .output()
             .unwrap()
     };
-    let out = run(&good);
+    let run = |f: &std::path::Path| verify_with(f, &[]);
+    let pin = dir.path().join("seen.checkpoint");
+    let out = verify_with(&good, &["--save-checkpoint".as_ref(), pin.as_os_str()]);
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uncovered: 0 entries"));
+
+    // Rolled back to an older checkpoint with the header fixed: consistent
+    // on its own, refused once the auditor pins what they saw.
+    let (back, size) = rolled_back(&text);
+    assert!(size < summary.entries);
+    export::verify(&back, &keys).expect("a shorter consistent log verifies on its own");
+    std::fs::write(&bad, &back).unwrap();
+    let out = verify_with(&bad, &["--since".as_ref(), pin.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("pinned checkpoint"), "{said}");
+    let out = verify_with(&good, &["--since".as_ref(), pin.as_os_str()]);
+    assert!(out.status.success());
 
     let l = lines(&text);
     let k = 7u64;
@@ -327,6 +380,7 @@ async fn proofs_verify_against_signed_checkpoints() {
         .map(|n| n.api_addr.clone())
         .collect::<Vec<_>>()
         .join(",");
+    let proof_file = dir.path().join("revoke.proof.json");
     let mut cmd = Command::new(grantd_bin().with_file_name("grantctl"));
     c.grantctl_identity(&mut cmd);
     let out = cmd
@@ -339,14 +393,48 @@ async fn proofs_verify_against_signed_checkpoints() {
             "--trusted-keys",
         ])
         .arg(&keyfile)
+        .arg("--out")
+        .arg(&proof_file)
         .output()
         .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The path is printed, not only the entry and the checkpoint.
+    assert!(said.contains("path 0: "), "{said}");
+
+    // A third party, with the file and the keys only.
+    let verify_proof = |f: &std::path::Path| {
+        Command::new(grantd_bin().with_file_name("grantctl"))
+            .args(["audit", "verify-proof"])
+            .arg(f)
+            .arg("--trusted-keys")
+            .arg(&keyfile)
+            .output()
+            .unwrap()
+    };
+    let out = verify_proof(&proof_file);
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let text = std::fs::read_to_string(&proof_file).unwrap();
+    let forged = dir.path().join("forged.proof.json");
+    // The revoke turned into something else, or the path bent.
+    for (from, to) in [
+        (r#""kind":"revoke""#, r#""kind":"check""#),
+        (r#""path":[""#, r#""path":["0"#),
+    ] {
+        assert!(text.contains(from), "{text}");
+        std::fs::write(&forged, text.replacen(from, to, 1)).unwrap();
+        let out = verify_proof(&forged);
+        assert_eq!(out.status.code(), Some(1), "{from} -> {to} verified");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,12 @@ pub enum Kind {
     /// A grant's holder delegated a sub-grant (`actor` is the holder);
     /// `detail` names the parent, the sub-task and the depth as JSON.
     Delegate = 14,
+    /// A privileged call an authenticated caller made was refused before it
+    /// changed anything: `actor` the caller, `action` the gRPC method,
+    /// `reason` the error code and message, the request's target in
+    /// `subject`, `task_id`, `grant_id` and `resource`. One entry may stand
+    /// for many refusals of one caller and method (`detail` says how many).
+    Refused = 15,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +61,10 @@ pub enum Decision {
 }
 
 /// One audit entry. `prev_hash` is the hash of the entry before it (all
-/// zeros for the first), which chains the log.
+/// zeros for the first), which chains the log. Its JSON form (in exports)
+/// has exactly these fields: one it does not define is refused.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Entry {
     pub seq: u64,
     pub log_index: u64,
@@ -103,6 +111,7 @@ impl Kind {
             ExpireTask,
             Renew,
             Delegate,
+            Refused,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

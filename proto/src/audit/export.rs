@@ -122,6 +122,27 @@ impl Line {
     pub fn parse(text: &str) -> Result<Line, String> {
         let raw: RawLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let missing = |f: &str| format!("a {} line needs {f}", raw.ty);
+        // RawLine holds the fields of every line type: a field that belongs
+        // to another type is as unknown here as one no type defines.
+        let present = [
+            ("format", raw.format.is_some()),
+            ("version", raw.version.is_some()),
+            ("origin", raw.origin.is_some()),
+            ("entries", raw.entries.is_some()),
+            ("checkpoints", raw.checkpoints.is_some()),
+            ("entry", raw.entry.is_some()),
+            ("hash", raw.hash.is_some()),
+            ("note", raw.note.is_some()),
+        ];
+        let own: &[&str] = match raw.ty.as_str() {
+            "header" => &["format", "version", "origin", "entries", "checkpoints"],
+            "entry" => &["entry", "hash"],
+            "checkpoint" => &["note"],
+            other => return Err(format!("unknown line type {other:?}")),
+        };
+        if let Some((field, _)) = present.iter().find(|(f, is)| *is && !own.contains(f)) {
+            return Err(format!("unknown field `{field}` in a {} line", raw.ty));
+        }
         match raw.ty.as_str() {
             "header" => Ok(Line::Header {
                 format: raw.format.clone().ok_or_else(|| missing("format"))?,
@@ -132,10 +153,7 @@ impl Line {
             }),
             "entry" => {
                 let hash = raw.hash.as_deref().ok_or_else(|| missing("hash"))?;
-                let hash: Hash = hex::decode(hash)
-                    .ok()
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or_else(|| "hash is not 32 bytes of hex".to_string())?;
+                let hash = super::parse_hash_hex(hash).map_err(|e| format!("hash: {e}"))?;
                 Ok(Line::Entry {
                     entry: raw.entry.ok_or_else(|| missing("entry"))?,
                     hash,
@@ -159,6 +177,8 @@ pub enum Position {
     Seq(u64),
     /// The checkpoint of this tree size.
     Checkpoint(u64),
+    /// The checkpoint the auditor pinned (`--since`), of this tree size.
+    Since(u64),
     Export,
 }
 
@@ -169,6 +189,7 @@ impl std::fmt::Display for Position {
             Position::Header => write!(f, "header"),
             Position::Seq(s) => write!(f, "seq {s}"),
             Position::Checkpoint(s) => write!(f, "checkpoint at size {s}"),
+            Position::Since(s) => write!(f, "pinned checkpoint at size {s}"),
             Position::Export => write!(f, "export"),
         }
     }
@@ -201,8 +222,16 @@ pub struct Summary {
     pub origin: String,
     pub entries: u64,
     pub checkpoints: u64,
-    /// Entries covered by the largest verified checkpoint.
+    /// Entries covered by the largest verified checkpoint (or the pinned
+    /// one, if larger).
     pub covered: u64,
+    /// Entries after `covered`: in the export, but signed by no checkpoint.
+    pub uncovered: u64,
+    /// The size of the pinned checkpoint the export was found consistent
+    /// with, when one was given.
+    pub since: Option<u64>,
+    /// The newest verified checkpoint's note: what to pin next time.
+    pub latest_checkpoint: String,
     pub first_time_ms: Option<i64>,
     pub last_time_ms: Option<i64>,
     pub signers: BTreeSet<String>,
@@ -218,13 +247,29 @@ pub fn parse_trusted_keys(text: &str) -> Result<Vec<VerifierKey>, note::NoteErro
         .collect()
 }
 
+/// What an auditor asks of an export beyond its own consistency.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A checkpoint note the auditor accepted before (from an earlier
+    /// export or `audit prove`). The export must hold at least its entries
+    /// and rebuild its root at its size: history the auditor saw cannot
+    /// have been cut back or rewritten.
+    pub since: Option<String>,
+    /// Refuse an export whose last entries no checkpoint signs.
+    pub require_covered: bool,
+    /// The log's origin, as the auditor learned it with the keys. The
+    /// header is not signed: without this the verifier takes the header's
+    /// word for which log it is reading (every checkpoint must then name it).
+    pub origin: Option<String>,
+}
+
 /// Verify an export against the auditor's trusted keys.
 ///
 /// One pass over the lines checks the chain and keeps each entry's leaf hash
 /// (32 bytes an entry); a replay of the leaves then rebuilds the root at
 /// every checkpoint size, whatever order the checkpoint lines came in.
 pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyError> {
-    verify_observed(text, trusted, &mut |_| {})
+    verify_observed(text, trusted, &Options::default(), &mut |_| {})
 }
 
 /// Lines between two calls of a [`verify_observed`] observer.
@@ -235,8 +280,24 @@ pub const VERIFY_PROGRESS_LINES: usize = 65_536;
 pub fn verify_observed(
     text: &str,
     trusted: &[VerifierKey],
+    opts: &Options,
     seen: &mut dyn FnMut(u64),
 ) -> Result<Summary, VerifyError> {
+    // The pinned checkpoint is checked first: it is the auditor's own
+    // evidence, and a bad one is their mistake, not the export's.
+    let since = match &opts.since {
+        Some(text) => match note::verify(text, trusted) {
+            Ok((cp, _)) => Some((cp, text)),
+            Err(e) => {
+                return fail(
+                    Position::Export,
+                    format!("the pinned checkpoint (--since) does not verify: {e}"),
+                    vec![text.clone()],
+                )
+            }
+        },
+        None => None,
+    };
     let mut lines = text
         .lines()
         .enumerate()
@@ -270,6 +331,15 @@ pub fn verify_observed(
         }
     };
 
+    if let Some(expected) = &opts.origin {
+        if &origin != expected {
+            return fail(
+                Position::Header,
+                format!("the export is of log {origin:?}, not {expected:?}"),
+                vec![first.to_string()],
+            );
+        }
+    }
     let mut leaves: Vec<Hash> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut prev: Hash = [0; 32];
@@ -363,11 +433,10 @@ pub fn verify_observed(
     // Rebuild the root at every checkpoint size in one replay of the leaves.
     let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
     let mut frontier = Frontier::default();
-    let mut wanted = parsed
-        .iter()
-        .map(|(c, _)| c.size)
-        .filter(|s| *s <= n)
-        .peekable();
+    let mut sizes: Vec<u64> = parsed.iter().map(|(c, _)| c.size).collect();
+    sizes.extend(since.as_ref().map(|(c, _)| c.size));
+    sizes.sort_unstable();
+    let mut wanted = sizes.into_iter().filter(|s| *s <= n).peekable();
     while let Some(&size) = wanted.peek() {
         if frontier.size == size {
             roots.insert(size, frontier.root());
@@ -382,8 +451,8 @@ pub fn verify_observed(
     let mut last: Option<(u64, Hash, &String)> = None;
     for (cp, text) in &parsed {
         let at = Position::Checkpoint(cp.size);
-        let names = match note::verify(text, trusted) {
-            Ok((_, names)) => names,
+        let keys = match note::verify(text, trusted) {
+            Ok((_, keys)) => keys,
             Err(e) => return fail(at, format!("{e}"), vec![(*text).clone()]),
         };
         if cp.origin != origin {
@@ -393,15 +462,20 @@ pub fn verify_observed(
                 vec![(*text).clone()],
             );
         }
-        for name in &names {
+        // The very key that signed (name, id and public key, not the name
+        // alone: a node's rotated key shares its name) must be in the
+        // roster at an entry the checkpoint covers.
+        for key in &keys {
             let in_roster = roster
                 .iter()
-                .any(|(k, seq)| &k.name == name && *seq < cp.size.max(1) && trusted.contains(k));
+                .any(|(k, seq)| k == key && *seq < cp.size.max(1));
             if !in_roster {
                 return fail(
                     at,
                     format!(
-                        "signed by {name}, whose key is not in the log's key roster before size {}",
+                        "signed by {} with key {}, which is not in the log's key roster before size {}",
+                        key.name,
+                        hex::encode(key.id()),
                         cp.size
                     ),
                     vec![(*text).clone()],
@@ -437,7 +511,7 @@ pub fn verify_observed(
                 ],
             );
         }
-        signers.extend(names);
+        signers.extend(keys.into_iter().map(|k| k.name));
         covered = covered.max(cp.size);
         last = Some((cp.size, cp.root, text));
     }
@@ -445,6 +519,46 @@ pub fn verify_observed(
         return fail(
             Position::Export,
             "no checkpoint: nothing in the export is signed",
+            vec![],
+        );
+    }
+    if let Some((cp, text)) = &since {
+        let at = Position::Since(cp.size);
+        if cp.origin != origin {
+            return fail(
+                at,
+                format!(
+                    "the pinned checkpoint is of log {:?}, the export of {origin:?}",
+                    cp.origin
+                ),
+                vec![(*text).clone()],
+            );
+        }
+        if cp.size > n {
+            return fail(
+                at,
+                format!("the export ends at {n} entries, before the {} the pinned checkpoint signs: the log was cut back or rolled back", cp.size),
+                vec![(*text).clone()],
+            );
+        }
+        let rebuilt = roots[&cp.size];
+        if rebuilt != cp.root {
+            return fail(
+                at,
+                format!("the export's first {} entries do not rebuild the pinned root: the history you saw before was rewritten", cp.size),
+                vec![
+                    format!("pinned root: {}", hex::encode(cp.root)),
+                    format!("rebuilt root: {}", hex::encode(rebuilt)),
+                    (*text).clone(),
+                ],
+            );
+        }
+        covered = covered.max(cp.size);
+    }
+    if opts.require_covered && covered < n {
+        return fail(
+            Position::Seq(covered),
+            format!("the last {} entries (from seq {covered}) are signed by no checkpoint, and --require-covered was given", n - covered),
             vec![],
         );
     }
@@ -462,11 +576,15 @@ pub fn verify_observed(
             vec![first.to_string()],
         );
     }
+    let latest_checkpoint = last.map(|(_, _, text)| text.clone()).unwrap_or_default();
     Ok(Summary {
         origin,
         entries: n,
         checkpoints: parsed.len() as u64,
         covered,
+        uncovered: n - covered,
+        since: since.map(|(cp, _)| cp.size),
+        latest_checkpoint,
         first_time_ms: first_time,
         last_time_ms: last_time,
         signers,

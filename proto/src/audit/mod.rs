@@ -5,6 +5,7 @@
 //!   and consistency proofs.
 //! - [`note`]: checkpoints as C2SP signed notes, signed with ed25519.
 //! - [`export`]: the export file format and the verifier an auditor runs.
+//! - [`proof`]: an inclusion proof as a file a third party checks offline.
 //!
 //! docs/audit-format.md describes all of it byte by byte. Nothing here does
 //! I/O: the verifier reads a string and returns a verdict.
@@ -13,11 +14,24 @@ pub mod entry;
 pub mod export;
 pub mod merkle;
 pub mod note;
+pub mod proof;
 
 pub use entry::{Decision, Entry, Kind};
 
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];
+
+/// A hash as the export writes it: exactly 64 lowercase hex digits. Any
+/// other spelling of the same bytes is refused, so that an export has one
+/// form and a verifier written from the doc agrees with this one.
+pub fn parse_hash_hex(s: &str) -> Result<Hash, String> {
+    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!("{s:?} is not 64 lowercase hex digits"));
+    }
+    let mut h = [0; 32];
+    hex::decode_to_slice(s, &mut h).map_err(|e| e.to_string())?;
+    Ok(h)
+}
 
 pub(crate) mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -28,8 +42,6 @@ pub(crate) mod hex32 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = String::deserialize(d)?;
-        let v = hex::decode(&s).map_err(serde::de::Error::custom)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::custom("expected 32 bytes of hex"))
+        super::parse_hash_hex(&s).map_err(serde::de::Error::custom)
     }
 }

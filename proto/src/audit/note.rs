@@ -207,10 +207,13 @@ pub fn parse(note: &str) -> Result<SignedNote, NoteError> {
 
 /// Verify a note against trusted keys: at least one signature must be by a
 /// trusted key (matching name and key id), and every such signature must
-/// verify. Returns the checkpoint and the names of the keys that signed it.
-pub fn verify(note: &str, trusted: &[VerifierKey]) -> Result<(Checkpoint, Vec<String>), NoteError> {
+/// verify. Returns the checkpoint and the trusted keys that signed it.
+pub fn verify(
+    note: &str,
+    trusted: &[VerifierKey],
+) -> Result<(Checkpoint, Vec<VerifierKey>), NoteError> {
     let n = parse(note)?;
-    let mut signers = Vec::new();
+    let mut signers: Vec<VerifierKey> = Vec::new();
     for (name, id, sig) in &n.signatures {
         let Some(k) = trusted.iter().find(|k| &k.name == name && &k.id() == id) else {
             continue;
@@ -218,7 +221,9 @@ pub fn verify(note: &str, trusted: &[VerifierKey]) -> Result<(Checkpoint, Vec<St
         k.key
             .verify(n.body.as_bytes(), sig)
             .map_err(|_| NoteError::BadSignature(name.clone()))?;
-        signers.push(name.clone());
+        if !signers.contains(k) {
+            signers.push(k.clone());
+        }
     }
     if signers.is_empty() {
         return Err(NoteError::Untrusted);
@@ -262,7 +267,7 @@ mod tests {
         assert_eq!(VerifierKey::parse(&vk.encode()).unwrap(), vk);
         let (got, signers) = verify(&note, &[vk.clone()]).unwrap();
         assert_eq!(got, c);
-        assert_eq!(signers, vec!["node-1".to_string()]);
+        assert_eq!(signers, vec![vk.clone()]);
         // Another key, even under the same name, is not trusted.
         let other = VerifierKey::new("node-1", key(2).verifying_key());
         assert_eq!(verify(&note, &[other]).unwrap_err(), NoteError::Untrusted);

@@ -11,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
 use super::NodeContext;
+use crate::auth::layer::Caller;
+use crate::ledger::{Command, MembershipRequestCmd};
 use crate::limits;
 use crate::raft::codec;
 use crate::raft::leadership::{hand_over, HandoverError};
@@ -83,12 +85,27 @@ impl ClusterService {
             .clone()
     }
 
-    /// Commit a membership change; answer with the membership after it.
+    /// Record that `caller` asked for a membership change (`what`), before
+    /// it is made: openraft's membership entries name no caller.
+    async fn requested(&self, caller: &Caller, what: String) -> Result<(), ApiError> {
+        let cmd = Command::MembershipRequest(MembershipRequestCmd {
+            actor: caller.id().to_string(),
+            change: what,
+            now_ms: super::now_ms(),
+        });
+        self.ctx.propose(cmd).await.map(|_| ())
+    }
+
+    /// Commit a membership change `caller` asked for (`what`, recorded
+    /// first); answer with the membership after it.
     async fn change(
         &self,
+        caller: &Caller,
+        what: String,
         changes: impl Into<ChangeMembers<u64, NodeInfo>>,
         retain: bool,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.requested(caller, what).await?;
         let resp = self
             .ctx
             .raft
@@ -257,11 +274,20 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = Caller::of(&req);
         let node = req
             .into_inner()
             .node
             .ok_or_else(|| ApiError::invalid("node", "required"))?;
         let (id, info) = node_info(&node)?;
+        self.requested(
+            &caller,
+            format!(
+                "add_learner node={id} raft_addr={} api_addr={}",
+                info.raft_addr, info.api_addr
+            ),
+        )
+        .await?;
         let resp = self
             .ctx
             .raft
@@ -275,18 +301,26 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let voters: BTreeSet<u64> = r.voters.iter().copied().collect();
         if voters.is_empty() || voters.len() > MEMBERS_MAX {
             return Err(ApiError::invalid("voters", format!("name 1-{MEMBERS_MAX} voters")).into());
         }
-        self.change(voters, r.retain).await
+        let list: Vec<String> = voters.iter().map(|v| v.to_string()).collect();
+        let what = format!(
+            "change_membership voters={} retain={}",
+            list.join(","),
+            r.retain
+        );
+        self.change(&caller, what, voters, r.retain).await
     }
 
     async fn promote(
         &self,
         req: Request<pb::NodeIdRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = Caller::of(&req);
         let id = req.into_inner().node_id;
         let m = self.current_membership();
         if m.get_node(&id).is_none() {
@@ -304,14 +338,20 @@ impl Cluster for ClusterService {
             ))
             .into());
         }
-        self.change(ChangeMembers::AddVoterIds([id].into()), false)
-            .await
+        self.change(
+            &caller,
+            format!("promote node={id}"),
+            ChangeMembers::AddVoterIds([id].into()),
+            false,
+        )
+        .await
     }
 
     async fn remove(
         &self,
         req: Request<pb::NodeIdRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = Caller::of(&req);
         let id = req.into_inner().node_id;
         let m = self.current_membership();
         if m.get_node(&id).is_none() {
@@ -328,7 +368,8 @@ impl Cluster for ClusterService {
         } else {
             ChangeMembers::RemoveNodes([id].into())
         };
-        self.change(change, false).await
+        self.change(&caller, format!("remove node={id}"), change, false)
+            .await
     }
 
     async fn transfer_leader(

@@ -96,6 +96,26 @@ fn leader_of(resp: &http::Response<Body>) -> Option<String> {
     Some(md.get(LEADER_ADDR_KEY)?.to_str().ok()?.to_string())
 }
 
+/// A request body read whole: at most one message and its frame header,
+/// refused as the handler's decoder would refuse it when over the limit.
+pub(super) async fn read_whole(body: Body) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, limits::MESSAGE_BYTES_MAX + 5)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::ResourceExhausted(format!(
+                "the request is over the message limit of {} bytes",
+                limits::MESSAGE_BYTES_MAX
+            )))
+        }
+        Err(e) => Err(ApiError::Unavailable(format!(
+            "the request body was not received: {e}"
+        ))),
+    }
+}
+
 /// The tower layer forwarding a follower's `not_leader` answers.
 #[derive(Clone)]
 pub struct ForwardLayer {
@@ -147,22 +167,9 @@ where
             let (parts, body) = req.into_parts();
             // The body is read whole, as the handler would read it, so that
             // it can be sent again; a request is at most one message.
-            let bytes = match Limited::new(body, limits::MESSAGE_BYTES_MAX + 5)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let err = if e.is::<http_body_util::LengthLimitError>() {
-                        ApiError::ResourceExhausted(format!(
-                            "the request is over the message limit of {} bytes",
-                            limits::MESSAGE_BYTES_MAX
-                        ))
-                    } else {
-                        ApiError::Unavailable(format!("the request body was not received: {e}"))
-                    };
-                    return Ok(Status::from(err).into_http());
-                }
+            let bytes = match read_whole(body).await {
+                Ok(b) => b,
+                Err(err) => return Ok(Status::from(err).into_http()),
             };
             let mut again = http::Request::new(Body::new(Full::new(bytes.clone())));
             *again.method_mut() = parts.method.clone();

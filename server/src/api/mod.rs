@@ -10,6 +10,7 @@ pub mod grants;
 pub mod health;
 pub mod policy;
 pub mod rate;
+pub mod refusals;
 pub mod roles;
 pub mod tasks;
 pub mod token;

@@ -1,6 +1,7 @@
 //! The signed audit chain on the server side: the chain state that apply
-//! extends (`chain`), this node's signing key (`keys`), and the leader's
-//! checkpoint publisher (`publisher`). The format itself (canonical bytes,
+//! extends (`chain`), this node's signing key (`keys`), the leader's
+//! checkpoint publisher (`publisher`), and refused calls on their way into
+//! the chain (`refusals`). The format itself (canonical bytes,
 //! Merkle tree, signed notes, export, verifier) lives in
 //! `grant_proto::audit`, so the server and the offline verifier share one
 //! definition.
@@ -8,3 +9,4 @@
 pub mod chain;
 pub mod keys;
 pub mod publisher;
+pub mod refusals;

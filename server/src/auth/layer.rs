@@ -25,7 +25,9 @@ use super::bearer::BearerAuth;
 use super::roles::{check_replicated, Need, Role, RoleMap, RolesConfig};
 use crate::api::errors::ApiError;
 use crate::api::validate;
+use crate::audit::refusals::Refusals;
 use crate::storage::StateReader;
+use tonic::body::Body;
 
 /// How callers are known on a listener.
 pub enum Access {
@@ -220,34 +222,46 @@ impl Access {
     /// (`api::forward`): then the caller is the one the node names in
     /// `x-grant-forwarded-for`, which only a node's certificate (the peer
     /// role) may do.
-    fn admit<B>(&self, req: &http::Request<B>) -> Result<(Caller, bool), ApiError> {
+    /// A refusal names the caller when it was known (a role refusal).
+    fn admit<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> Result<(Caller, bool), (ApiError, Option<String>)> {
         let asserted = req.headers().get(FORWARDED_FOR_KEY);
         let Access::Mtls(m) = self else {
             return Ok((Caller::Anonymous, asserted.is_some()));
         };
-        let (id, by_certificate) = m.identify(req)?;
-        m.trusted("caller identity", &id)?;
+        let (id, by_certificate) = m.identify(req).map_err(|e| (e, None))?;
+        m.trusted("caller identity", &id).map_err(|e| (e, None))?;
         let id = match asserted {
             None => id,
             Some(named) => {
                 if !by_certificate || !m.roles().1.has(&id, Role::Peer) {
-                    return Err(ApiError::Unauthenticated(format!(
-                        "{id} may not name a caller in {FORWARDED_FOR_KEY}: only a grant-ledger \
-                         node, by its certificate (the peer role), may"
-                    )));
+                    return Err((
+                        ApiError::Unauthenticated(format!(
+                            "{id} may not name a caller in {FORWARDED_FOR_KEY}: only a grant-ledger \
+                             node, by its certificate (the peer role), may"
+                        )),
+                        None,
+                    ));
                 }
                 let named = named.to_str().map_err(|_| {
-                    ApiError::Unauthenticated(format!("{FORWARDED_FOR_KEY} is not text"))
+                    (
+                        ApiError::Unauthenticated(format!("{FORWARDED_FOR_KEY} is not text")),
+                        None,
+                    )
                 })?;
-                m.trusted("forwarded caller", named)?;
+                m.trusted("forwarded caller", named)
+                    .map_err(|e| (e, None))?;
                 named.to_string()
             }
         };
         let path = req.uri().path();
         let Some(need) = super::roles::need(path) else {
-            return Err(ApiError::Unimplemented(format!(
-                "{path} is not a method this server serves"
-            )));
+            return Err((
+                ApiError::Unimplemented(format!("{path} is not a method this server serves")),
+                None,
+            ));
         };
         if !m.roles().1.allows(&id, path) {
             let what = match need {
@@ -262,18 +276,22 @@ impl Access {
                     "a role this method needs".into()
                 }
             };
-            return Err(ApiError::PermissionDenied(format!(
-                "{id} may not call {path}: it needs {what}"
-            )));
+            return Err((
+                ApiError::PermissionDenied(format!("{id} may not call {path}: it needs {what}")),
+                Some(id),
+            ));
         }
         Ok((Caller::Spiffe(id), asserted.is_some()))
     }
 }
 
 /// The tower layer applying an [`Access`] to every request of a server.
+/// A role refusal of a known caller goes on the audit record (`refusals`,
+/// api::refusals).
 #[derive(Clone)]
 pub struct AuthLayer {
     pub access: Arc<Access>,
+    pub refusals: Arc<Refusals>,
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -282,6 +300,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             access: self.access.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -290,14 +309,14 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     access: Arc<Access>,
+    refusals: Arc<Refusals>,
 }
 
-impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
+impl<S, RB> tower::Service<http::Request<Body>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
+    S: tower::Service<http::Request<Body>, Response = http::Response<RB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
     RB: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -308,7 +327,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         match self.access.admit(&req) {
             Ok((caller, forwarded)) => {
                 tracing::Span::current().record("caller", caller.id());
@@ -318,14 +337,30 @@ where
                 }
                 Box::pin(self.inner.call(req))
             }
-            Err(e) => {
+            Err((e, caller)) => {
                 tracing::warn!(
                     path = req.uri().path(),
                     code = e.code(),
                     reason = %e,
                     "call refused"
                 );
-                Box::pin(std::future::ready(Ok(Status::from(e).into_http())))
+                let Some(caller) = caller else {
+                    return Box::pin(std::future::ready(Ok(Status::from(e).into_http())));
+                };
+                let refusals = self.refusals.clone();
+                Box::pin(async move {
+                    let path = req.uri().path().to_string();
+                    crate::api::refusals::record_with_body(
+                        &refusals,
+                        &caller,
+                        &path,
+                        req.into_body(),
+                        e.code(),
+                        &e.to_string(),
+                    )
+                    .await;
+                    Ok(Status::from(e).into_http())
+                })
             }
         }
     }

@@ -97,11 +97,59 @@ fn record(kind: Kind, time_ms: i64, actor: &str, g: Option<&GrantRecord>) -> Aud
     e
 }
 
+/// The `refused` entry of one refusal (or of `count` of them).
+fn refused(r: &Refusal, now_ms: i64) -> AuditEntry {
+    let mut e = AuditEntry::new(Kind::Refused, now_ms);
+    e.actor = r.caller.clone();
+    e.action = r.method.clone();
+    e.subject = r.subject.clone();
+    e.task_id = r.task_id.clone();
+    e.grant_id = r.grant_id.clone();
+    e.resource = r.resource.clone();
+    e.decision = Decision::Deny;
+    e.reason = format!("{}: {}", r.code, r.message);
+    e.detail = serde_json::json!({
+        "count": r.count,
+        "first_ms": r.first_ms,
+        "last_ms": r.last_ms,
+        "node": r.node_id,
+    })
+    .to_string();
+    e
+}
+
+/// A grant's resources, comma-separated: an entry's `resource`.
+fn resources(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|s| s.resource.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A grant's whole scope, every resource with its actions, as an entry's
+/// `detail` carries it (docs/audit-format.md).
+fn scopes_json(scopes: &[Scope]) -> serde_json::Value {
+    scopes
+        .iter()
+        .map(|s| serde_json::json!({ "resource": s.resource, "actions": s.actions }))
+        .collect()
+}
+
 /// The audit entry of a membership change, applied at the time of the last
-/// entry (a membership entry carries no leader time of its own).
-pub fn apply_membership(voters: &str, learners: &str, time_ms: i64, ctx: ApplyCtx) -> Applied {
+/// entry (a membership entry carries no leader time of its own). `actor`
+/// is the leader that appended it, `node/<id>`.
+pub fn apply_membership(
+    voters: &str,
+    learners: &str,
+    actor: &str,
+    time_ms: i64,
+    ctx: ApplyCtx,
+) -> Applied {
     let mut out = Out::new(ctx);
     let mut r = AuditEntry::new(Kind::Membership, time_ms);
+    r.actor = actor.to_string();
+    r.reason = "applied".into();
     r.detail = format!("voters={voters} learners={learners}");
     out.record(r);
     Applied {
@@ -143,6 +191,20 @@ pub fn apply(
         Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
         Command::SetRoles(c) => set_roles(c, log_index, &mut out),
         Command::SetPolicy(c) => set_policy(c, log_index, &mut out),
+        Command::MembershipRequest(c) => {
+            let mut r = AuditEntry::new(Kind::Membership, c.now_ms);
+            r.actor = c.actor.clone();
+            r.reason = "requested".into();
+            r.detail = c.change.clone();
+            out.record(r);
+            CommandResult::Nothing
+        }
+        Command::Refusals { now_ms, refusals } => {
+            for r in refusals {
+                out.record(refused(r, *now_ms));
+            }
+            CommandResult::Nothing
+        }
     };
     let (writes, chain) = out.finish(state)?;
     Ok(Applied {
@@ -400,20 +462,17 @@ fn issue(
         )));
     }
     let mut r = record(kind, c.now_ms, &c.issuer, Some(&grant));
+    let mut detail = serde_json::json!({
+        "scopes": scopes_json(&grant.scopes),
+        "expires_at_ms": grant.expires_at_ms,
+    });
     if delegation.is_some() {
-        r.detail = serde_json::json!({
-            "parent_grant_id": grant.parent_grant_id,
-            "sub_task": grant.sub_task,
-            "depth": grant.depth,
-        })
-        .to_string();
+        detail["parent_grant_id"] = grant.parent_grant_id.clone().into();
+        detail["sub_task"] = grant.sub_task.clone().into();
+        detail["depth"] = grant.depth.into();
     }
-    r.resource = grant
-        .scopes
-        .iter()
-        .map(|s| s.resource.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    r.detail = detail.to_string();
+    r.resource = resources(&grant.scopes);
     if let Some(d) = policy {
         r.decision = Decision::Allow;
         r.reason = d.summary();
@@ -748,7 +807,9 @@ fn renew(
     let previous_expires_at_ms = g.expires_at_ms;
     g.expires_at_ms = expires_at_ms;
     let mut r = record(Kind::Renew, c.now_ms, &c.actor, Some(&g));
+    r.resource = resources(&g.scopes);
     r.detail = serde_json::json!({
+        "scopes": scopes_json(&g.scopes),
         "expires_at_ms": expires_at_ms,
         "previous_expires_at_ms": previous_expires_at_ms,
     })
@@ -1040,18 +1101,20 @@ fn begin_task(
     })
 }
 
-/// Retire every active grant of a task: revoked with `reason`, or expired
-/// (with its expire entry) if past its expiry. Returns the ids revoked.
+/// Retire every active grant of a task: revoked with `reason` by `actor`,
+/// each with its own revoke entry, or expired (with its expire entry) if
+/// past its expiry. Returns the ids revoked.
 fn retire_task_grants(
     task_id: &str,
     reason: &str,
+    actor: &str,
     now_ms: i64,
     state: &impl LedgerState,
     out: &mut Out,
 ) -> Result<Vec<String>, StateError> {
     let mut revoked = Vec::new();
     for id in state.task_grant_ids(task_id, limits::GRANTS_PER_TASK_MAX)? {
-        let mut g = state
+        let g = state
             .grant(&id)?
             .ok_or_else(|| StateError(format!("task index points at missing grant {id}")))?;
         if g.state != GrantState::Active {
@@ -1061,11 +1124,8 @@ fn retire_task_grants(
             expire_grant(g, now_ms, out);
             continue;
         }
-        g.state = GrantState::Revoked;
-        g.revoked_at_ms = now_ms;
-        g.revoke_reason = reason.to_string();
         revoked.push(g.grant_id.clone());
-        out.retire(g);
+        revoke_grant(g, reason, actor, now_ms, out);
     }
     Ok(revoked)
 }
@@ -1078,7 +1138,14 @@ fn expire_task(
     state: &impl LedgerState,
     out: &mut Out,
 ) -> Result<(TaskRecord, AuditRef), StateError> {
-    retire_task_grants(&task.task_id, "task deadline passed", now_ms, state, out)?;
+    retire_task_grants(
+        &task.task_id,
+        "task deadline passed",
+        "",
+        now_ms,
+        state,
+        out,
+    )?;
     task.state = TaskState::Expired;
     task.closed_at_ms = now_ms;
     task.close_reason = "deadline passed".into();
@@ -1132,7 +1199,7 @@ fn close_task(
             )))
         }
     };
-    let revoked = retire_task_grants(&c.task_id, grant_reason, c.now_ms, state, out)?;
+    let revoked = retire_task_grants(&c.task_id, grant_reason, &c.actor, c.now_ms, state, out)?;
     task.state = c.outcome;
     task.closed_at_ms = c.now_ms;
     task.closed_by = c.actor.clone();
@@ -1140,7 +1207,8 @@ fn close_task(
     let mut r = record(kind, c.now_ms, &c.actor, None);
     r.task_id = c.task_id.clone();
     r.reason = c.reason.clone();
-    r.detail = format!("revoked {} grants", revoked.len());
+    // Each revoked grant has its own revoke entry just before this one.
+    r.detail = serde_json::json!({ "revoked": revoked.len() }).to_string();
     let audit = out.record(r);
     out.writes.push(Write::PutTask(task.clone()));
     Ok(CommandResult::TaskClosed {

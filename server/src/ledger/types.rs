@@ -324,6 +324,39 @@ pub struct SetPolicyCmd {
     pub now_ms: i64,
 }
 
+/// Calls refused before they changed anything, as a node saw them
+/// (`api::refusals`): each becomes a `refused` audit entry. One may stand
+/// for `count` refusals of one caller and method, between `first_ms` and
+/// `last_ms`, beyond the per-caller rate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub caller: String,
+    /// The gRPC method, `/package.Service/Method`.
+    pub method: String,
+    /// What the request named, where it names it.
+    pub subject: String,
+    pub task_id: String,
+    pub grant_id: String,
+    pub resource: String,
+    /// The `x-grant-error` code and the message the caller was given.
+    pub code: String,
+    pub message: String,
+    pub count: u64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// The node that refused them.
+    pub node_id: u64,
+}
+
+/// Who asked for which membership change (`change`: the method and its
+/// arguments, as the audit entry's detail shows them).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MembershipRequestCmd {
+    pub actor: String,
+    pub change: String,
+    pub now_ms: i64,
+}
+
 /// A checkpoint the leader signed, to be kept by every replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointCmd {
@@ -357,6 +390,14 @@ pub enum Command {
     Checkpoint(CheckpointCmd),
     SetRoles(SetRolesCmd),
     SetPolicy(SetPolicyCmd),
+    /// A caller asked for a membership change: recorded before it is made
+    /// (openraft's membership entries carry no caller).
+    MembershipRequest(MembershipRequestCmd),
+    /// Refused calls, recorded (at most REFUSAL_BATCH_MAX).
+    Refusals {
+        now_ms: i64,
+        refusals: Vec<Refusal>,
+    },
 }
 
 impl Command {
@@ -377,6 +418,8 @@ impl Command {
             Command::Checkpoint(_) => None,
             Command::SetRoles(c) => Some(c.now_ms),
             Command::SetPolicy(c) => Some(c.now_ms),
+            Command::Refusals { now_ms, .. } => Some(*now_ms),
+            Command::MembershipRequest(c) => Some(c.now_ms),
         }
     }
 }
@@ -404,6 +447,8 @@ impl std::fmt::Display for Command {
             Command::Checkpoint(_) => write!(f, "checkpoint"),
             Command::SetRoles(c) => write!(f, "set_roles(actor={})", c.actor),
             Command::SetPolicy(c) => write!(f, "set_policy(actor={})", c.actor),
+            Command::Refusals { refusals, .. } => write!(f, "refusals(n={})", refusals.len()),
+            Command::MembershipRequest(c) => write!(f, "membership_request(actor={})", c.actor),
         }
     }
 }

@@ -50,6 +50,25 @@ impl Network {
         }
     }
 
+    /// Hand `batch` to the leader at `addr` (its Raft address) for the
+    /// audit chain (audit::refusals).
+    pub async fn send_refusals(
+        &self,
+        addr: &str,
+        batch: &[crate::ledger::Refusal],
+    ) -> Result<(), String> {
+        let mut client = RaftPeerClient::new(self.channel(addr, Purpose::Messages)?)
+            .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX);
+        client
+            .refusals(RaftPayload {
+                data: codec::encode(&batch),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+
     fn channel(&self, addr: &str, purpose: Purpose) -> Result<Channel, String> {
         let mut m = self.channels.lock().expect("channel cache lock");
         if let Some(c) = m.get(&(addr.to_string(), purpose)) {

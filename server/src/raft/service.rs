@@ -11,18 +11,27 @@ use tonic::{Request, Response, Status, Streaming};
 use super::codec;
 use super::typ::*;
 use super::Raft;
+use crate::audit::refusals::Refusals;
+use crate::ledger::Refusal;
 use crate::limits;
 use crate::storage::snapshot_file::{SnapshotFile, SnapshotWriter};
+use std::sync::Arc;
 
 pub struct RaftPeerService {
     raft: Raft,
     /// Where a snapshot sent by the leader is written as it arrives.
     snapshot_dir: PathBuf,
+    /// Where refusals followers hand on are queued, on the leader.
+    refusals: Arc<Refusals>,
 }
 
 impl RaftPeerService {
-    pub fn new(raft: Raft, snapshot_dir: PathBuf) -> Self {
-        RaftPeerService { raft, snapshot_dir }
+    pub fn new(raft: Raft, snapshot_dir: PathBuf, refusals: Arc<Refusals>) -> Self {
+        RaftPeerService {
+            raft,
+            snapshot_dir,
+            refusals,
+        }
     }
 }
 
@@ -142,6 +151,26 @@ impl RaftPeer for RaftPeerService {
             raft.handle_transfer_leader(rpc).await
         })
         .await
+    }
+
+    async fn refusals(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let batch: Vec<Refusal> = codec::decode(&req.into_inner().data).map_err(bad)?;
+        if batch.len() > limits::REFUSAL_BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} refusals in one message; at most {}",
+                batch.len(),
+                limits::REFUSAL_BATCH_MAX
+            )));
+        }
+        // Queued only where they will be proposed; the sender keeps them
+        // and tries again otherwise.
+        if !self.raft.is_leader() {
+            return Err(Status::unavailable("not the leader"));
+        }
+        self.refusals.accept(batch);
+        Ok(Response::new(RaftPayload {
+            data: codec::encode(&()),
+        }))
     }
 
     async fn install_snapshot(

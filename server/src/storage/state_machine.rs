@@ -658,9 +658,13 @@ impl StateMachine {
                 let voters: Vec<String> = m.voter_ids().map(|id| id.to_string()).collect();
                 let learners: Vec<String> = m.learner_ids().map(|id| id.to_string()).collect();
                 self.membership = StoredMembership::new(Some(log_id.clone()), m);
+                // The leader that appended the configuration (the caller
+                // who asked for it has a `requested` entry before it).
+                let actor = format!("node/{}", log_id.committed_leader_id().node_id);
                 Some(ledger::apply_membership(
                     &voters.join(","),
                     &learners.join(","),
+                    &actor,
                     self.applied.last_time_ms,
                     ctx,
                 ))

@@ -409,11 +409,32 @@ fn complete_task_revokes_all_and_closes_task() {
         }
         other => panic!("{other:?}"),
     }
-    let e = m.audit.last().unwrap();
+    // The task's entry, after one revoke entry per grant that names it.
+    let n = m.audit.len();
+    let e = &m.audit[n - 1];
     assert_eq!(
         (e.kind, e.detail.as_str()),
-        (Kind::CompleteTask, "revoked 2 grants")
+        (Kind::CompleteTask, r#"{"revoked":2}"#)
     );
+    let named: Vec<(Kind, &str, &str, &str)> = m.audit[n - 3..n - 1]
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.grant_id.as_str(),
+                e.task_id.as_str(),
+                e.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (Kind::Revoke, "g1", "t1", "task completed"),
+            (Kind::Revoke, "g2", "t1", "task completed")
+        ]
+    );
+    assert_eq!(m.audit[n - 2].actor, e.actor);
     assert_eq!(
         reason(m.run(check_cmd("g1", AGENT, "github", "read", 3000))),
         Reason::TaskCompleted
@@ -969,6 +990,52 @@ fn renew_cmd(grant: &str, to_ms: i64, now: i64) -> Command {
         actor: AGENT.into(),
         now_ms: now,
     })
+}
+
+#[test]
+fn issue_delegate_and_renew_entries_carry_the_whole_scope() {
+    let mut m = Mem {
+        explicit_tasks: true,
+        ..Mem::default()
+    };
+    m.run(begin_cmd("t1", 100_000, 0));
+    let Command::Issue(mut c) = issue_cmd("r1", "g1", "t1", 1000, 10_000) else {
+        unreachable!()
+    };
+    c.scopes.push(Scope {
+        resource: "jira".into(),
+        actions: vec!["read".into(), "comment".into()],
+    });
+    m.run(Command::Issue(c));
+    let scopes = |e: &grant_proto::audit::Entry| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["scopes"].clone()
+    };
+    let both = serde_json::json!([
+        { "resource": "github", "actions": ["read"] },
+        { "resource": "jira", "actions": ["read", "comment"] },
+    ]);
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.resource.as_str()), (Kind::Issue, "github,jira"));
+    assert_eq!(scopes(e), both);
+    m.run(renew_cmd("g1", 20_000, 2000));
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.resource.as_str()), (Kind::Renew, "github,jira"));
+    assert_eq!(scopes(e), both);
+    m.run(delegate_cmd(
+        "d1",
+        "c1",
+        "g1",
+        AGENT,
+        &[("jira", &["comment"])],
+        3000,
+        5000,
+    ));
+    let e = m.audit.last().unwrap();
+    assert_eq!((e.kind, e.resource.as_str()), (Kind::Delegate, "jira"));
+    assert_eq!(
+        scopes(e),
+        serde_json::json!([{ "resource": "jira", "actions": ["comment"] }])
+    );
 }
 
 fn expiry_after(r: CommandResult) -> (i64, bool) {
