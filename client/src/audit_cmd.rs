@@ -7,9 +7,12 @@ use serde_json::json;
 use crate::output::Out;
 
 use clap::Subcommand;
+use ed25519_dalek::SigningKey;
 use grant_client::{entry_from_pb, Client};
 use grant_proto::audit::export::{self, parse_trusted_keys};
+use grant_proto::audit::note;
 use grant_proto::audit::proof::InclusionProof;
+use grant_proto::audit::witness::{self, CosignerKey};
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
@@ -74,6 +77,52 @@ pub enum AuditCmd {
     /// Print the key roster as verifier keys (one per line). Decide out of
     /// band which of them to trust.
     Roster,
+    /// Make a witness's signing key (a new file, mode 0600); prints the
+    /// witness's verifier key for auditors to trust.
+    WitnessKey {
+        /// Where to write the key (32 bytes); an existing file is refused.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The witness's name, a schema-less URL such as witness.example.org/w1.
+        #[arg(long)]
+        name: String,
+    },
+    /// Witness the log once: fetch its newest checkpoint and a consistency
+    /// proof from the last one this witness accepted, and co-sign it only
+    /// if it extends it (exit 1 and no cosignature on a fork or rollback).
+    Witness {
+        /// The witness's signing key (from `grantctl audit witness-key`).
+        #[arg(long, value_name = "FILE")]
+        witness_key: std::path::PathBuf,
+        /// The witness's name, as given to `witness-key`.
+        #[arg(long)]
+        name: String,
+        /// The file where the witness keeps the last checkpoint it accepted
+        /// (created on the first run; written durably before the cosignature is printed).
+        #[arg(long)]
+        state: std::path::PathBuf,
+        /// File of the log's verifier keys, one per line (see `grantctl audit roster`).
+        #[arg(long)]
+        trusted_keys: std::path::PathBuf,
+        /// The log's origin.
+        #[arg(long, default_value = "grant-ledger")]
+        origin: String,
+        /// Also write the cosigned checkpoint here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Check a cosigned checkpoint offline: signed by a trusted log key and
+    /// cosigned by every witness in WITNESS_KEYS; exit 1 otherwise.
+    VerifyCosigned {
+        /// The cosigned checkpoint (from `grantctl audit witness --out`).
+        file: std::path::PathBuf,
+        /// File of the log's verifier keys.
+        #[arg(long)]
+        trusted_keys: std::path::PathBuf,
+        /// File of witness verifier keys, one per line (`grantctl audit witness-key` prints one).
+        #[arg(long)]
+        witness_keys: std::path::PathBuf,
+    },
     /// Replace the signing key of one node; prints the new and the retired key.
     RotateKey {
         /// The node whose key to rotate (host:port of its API).
@@ -89,8 +138,50 @@ fn read(path: &std::path::Path) -> Result<String, String> {
 impl AuditCmd {
     /// Commands that work on files alone: no connection settings needed.
     pub fn offline(&self) -> bool {
-        matches!(self, AuditCmd::Verify { .. } | AuditCmd::VerifyProof { .. })
+        matches!(
+            self,
+            AuditCmd::Verify { .. }
+                | AuditCmd::VerifyProof { .. }
+                | AuditCmd::WitnessKey { .. }
+                | AuditCmd::VerifyCosigned { .. }
+        )
     }
+}
+
+/// A witness's signing key: 32 bytes, readable by its owner only.
+fn read_witness_key(path: &std::path::Path) -> Result<SigningKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} can be read by others: chmod 600 it (a witness key signs for the witness)",
+            path.display()
+        ));
+    }
+    let raw = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let seed: [u8; 32] = raw
+        .try_into()
+        .map_err(|_| format!("{} is not a 32-byte witness key", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// What a witness keeps between runs: the last checkpoint it accepted.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WitnessState {
+    origin: String,
+    /// The log's signed note, as accepted.
+    checkpoint: String,
+}
+
+fn write_durably(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| crate::publish_durably(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Print a failed check: `FAILED at POSITION: PROBLEM` and its evidence,
@@ -298,6 +389,194 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
                 println!("path {i}: {h}");
             }
             println!("checkpoint:\n{}", proof.checkpoint);
+        }
+        AuditCmd::WitnessKey { out: to, name } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let public = CosignerKey {
+                name,
+                key: key.verifying_key(),
+            };
+            // Checked like a verifier key is, before anything is written.
+            CosignerKey::parse(&public.encode()).map_err(|e| format!("witness name: {e}"))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)
+                .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+            f.write_all(key.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+            let vkey = public.encode();
+            out.show(&json!({ "file": to, "witness_key": vkey }), || {
+                println!("{vkey}")
+            });
+        }
+        AuditCmd::Witness {
+            witness_key,
+            name,
+            state,
+            trusted_keys,
+            origin,
+            out: out_file,
+        } => {
+            let trusted =
+                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let key = read_witness_key(&witness_key)?;
+            let seen_state: Option<WitnessState> = match std::fs::read_to_string(&state) {
+                Ok(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("{}: not a witness state: {e}", state.display()))?,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(format!("cannot read {}: {e}", state.display())),
+            };
+            if let Some(s) = &seen_state {
+                if s.origin != origin {
+                    return Err(format!(
+                        "{} holds log {:?}, not {origin:?}",
+                        state.display(),
+                        s.origin
+                    ));
+                }
+            }
+            let seen = match &seen_state {
+                Some(s) => Some(
+                    note::parse(&s.checkpoint)
+                        .map_err(|e| format!("{}: {e}", state.display()))?
+                        .checkpoint,
+                ),
+                None => None,
+            };
+            let shown = client.latest_checkpoint().await.map_err(e)?.note;
+            if shown.is_empty() {
+                return Err("the log has signed no checkpoint yet".into());
+            }
+            let shown_size = note::parse(&shown)
+                .map_err(|err| format!("the checkpoint shown: {err}"))?
+                .checkpoint
+                .size;
+            let proof: Vec<[u8; 32]> = match &seen {
+                Some(s) if shown_size > s.size => match client.consistency_proof(s.size, shown_size).await {
+                    Ok(p) => p,
+                    // An honest log proves consistency from any size it
+                    // published; one that cannot has another history.
+                    Err(err) if err.code() == Some("failed_precondition") => {
+                        let problem = format!(
+                            "not co-signed: the log cannot prove that its {shown_size} entries extend the {} the witness saw ({err})",
+                            s.size
+                        );
+                        failed(out, None, &problem, &[shown]);
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(err) => return Err(err.to_string()),
+                }
+                .proof
+                .iter()
+                    .map(|h| {
+                        h.as_slice()
+                            .try_into()
+                            .map_err(|_| "proof hash is not 32 bytes".to_string())
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            };
+            let cp = match witness::check(seen.as_ref(), &origin, &shown, &trusted, &proof) {
+                Ok(cp) => cp,
+                Err(refusal) => {
+                    failed(out, None, &format!("not co-signed: {refusal}"), &[shown]);
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            // The state moves first: a cosignature is never given for a
+            // checkpoint the witness would not hold the log to.
+            let next = WitnessState {
+                origin: origin.clone(),
+                checkpoint: shown.clone(),
+            };
+            write_durably(
+                &state,
+                &serde_json::to_string(&next).expect("state serializes"),
+            )?;
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let cosigned =
+                witness::cosign(&shown, &name, &key, now_s).map_err(|e| e.to_string())?;
+            if let Some(to) = &out_file {
+                write_durably(to, &cosigned)?;
+            }
+            out.show(
+                &json!({
+                    "ok": true,
+                    "origin": cp.origin,
+                    "tree_size": cp.size,
+                    "previous_size": seen.map(|s| s.size),
+                    "cosigned": cosigned,
+                }),
+                || print!("{cosigned}"),
+            );
+        }
+        AuditCmd::VerifyCosigned {
+            file,
+            trusted_keys,
+            witness_keys,
+        } => {
+            let trusted =
+                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let witnesses: Vec<CosignerKey> = read(&witness_keys)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(CosignerKey::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|err| err.to_string())?;
+            if witnesses.is_empty() {
+                return Err(format!("{} names no witness", witness_keys.display()));
+            }
+            let text = read(&file)?;
+            let checked = note::verify(&text, &trusted)
+                .map_err(|err| format!("log signature: {err}"))
+                .and_then(|(cp, _)| {
+                    witnesses
+                        .iter()
+                        .map(|w| {
+                            witness::verify_cosignature(&text, w)
+                                .map(|t| (w.name.clone(), t))
+                                .map_err(|err| format!("witness {}: {err}", w.name))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(|times| (cp, times))
+                });
+            match checked {
+                Ok((cp, times)) => out.show(
+                    &json!({
+                        "ok": true,
+                        "origin": cp.origin,
+                        "tree_size": cp.size,
+                        "witnesses": times.iter().map(|(n, t)| json!({"name": n, "time": t})).collect::<Vec<_>>(),
+                    }),
+                    || {
+                        println!(
+                            "ok: {} at size {}, cosigned by {}",
+                            cp.origin,
+                            cp.size,
+                            times
+                                .iter()
+                                .map(|(n, t)| format!("{n} (at {t})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                ),
+                Err(problem) => {
+                    failed(out, None, &problem, &[]);
+                    return Ok(ExitCode::from(1));
+                }
+            }
         }
         AuditCmd::RotateKey { node } => {
             let r = client.rotate_key(&node).await.map_err(e)?;

@@ -8,6 +8,8 @@
 //! A string is its UTF-8 length (u32 BE) then its bytes.
 //! The entry hash is SHA-256 over the canonical bytes.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -161,6 +163,133 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The canonical bytes' one writer, over borrowed fields: an [`Entry`] and
+/// an [`EntryRef`] both write through it.
+struct Canonical<'a, P: AsRef<str>> {
+    seq: u64,
+    log_index: u64,
+    time_ms: i64,
+    kind: Kind,
+    /// actor, subject, task_id, grant_id, resource, action, intent.
+    strings: [&'a str; 7],
+    decision: Decision,
+    reason: &'a str,
+    detail: &'a str,
+    policy_ids: &'a [P],
+    prev_hash: &'a Hash,
+}
+
+impl<P: AsRef<str>> Canonical<'_, P> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.log_index.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        out.push(self.kind as u8);
+        for s in self.strings {
+            put_str(out, s);
+        }
+        out.push(self.decision as u8);
+        put_str(out, self.reason);
+        put_str(out, self.detail);
+        out.extend_from_slice(&(self.policy_ids.len() as u32).to_be_bytes());
+        for p in self.policy_ids {
+            put_str(out, p.as_ref());
+        }
+        out.extend_from_slice(self.prev_hash);
+    }
+}
+
+/// An entry's JSON form read without copying its strings (they are
+/// borrowed from the line unless they hold escapes): how the verifier reads
+/// a million of them. The same fields as [`Entry`], and no others.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EntryRef<'a> {
+    pub seq: u64,
+    pub log_index: u64,
+    pub time_ms: i64,
+    pub kind: Kind,
+    #[serde(borrow)]
+    pub actor: Cow<'a, str>,
+    #[serde(borrow)]
+    pub subject: Cow<'a, str>,
+    #[serde(borrow)]
+    pub task_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub grant_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub resource: Cow<'a, str>,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
+    #[serde(borrow)]
+    pub intent: Cow<'a, str>,
+    pub decision: Decision,
+    #[serde(borrow)]
+    pub reason: Cow<'a, str>,
+    #[serde(borrow)]
+    pub detail: Cow<'a, str>,
+    pub policy_ids: Vec<String>,
+    #[serde(borrow)]
+    pub prev_hash: Cow<'a, str>,
+}
+
+impl EntryRef<'_> {
+    /// The previous entry's hash this entry names, and its canonical bytes
+    /// written into `out` (cleared first).
+    pub fn canonical_into(&self, out: &mut Vec<u8>) -> Result<Hash, String> {
+        let prev_hash =
+            super::parse_hash_hex(&self.prev_hash).map_err(|e| format!("prev_hash: {e}"))?;
+        out.clear();
+        Canonical {
+            seq: self.seq,
+            log_index: self.log_index,
+            time_ms: self.time_ms,
+            kind: self.kind,
+            strings: [
+                &self.actor,
+                &self.subject,
+                &self.task_id,
+                &self.grant_id,
+                &self.resource,
+                &self.action,
+                &self.intent,
+            ],
+            decision: self.decision,
+            reason: &self.reason,
+            detail: &self.detail,
+            policy_ids: &self.policy_ids,
+            prev_hash: &prev_hash,
+        }
+        .write(out);
+        Ok(prev_hash)
+    }
+
+    /// The owned entry.
+    pub fn to_entry(&self) -> Result<Entry, String> {
+        let prev_hash =
+            super::parse_hash_hex(&self.prev_hash).map_err(|e| format!("prev_hash: {e}"))?;
+        Ok(Entry {
+            seq: self.seq,
+            log_index: self.log_index,
+            time_ms: self.time_ms,
+            kind: self.kind,
+            actor: self.actor.to_string(),
+            subject: self.subject.to_string(),
+            task_id: self.task_id.to_string(),
+            grant_id: self.grant_id.to_string(),
+            resource: self.resource.to_string(),
+            action: self.action.to_string(),
+            intent: self.intent.to_string(),
+            decision: self.decision,
+            reason: self.reason.to_string(),
+            detail: self.detail.to_string(),
+            policy_ids: self.policy_ids.clone(),
+            prev_hash,
+        })
+    }
+}
+
 impl Entry {
     /// A blank entry of `kind`, to be filled in.
     pub fn new(kind: Kind, time_ms: i64) -> Entry {
@@ -186,30 +315,27 @@ impl Entry {
 
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.intent.len() + self.subject.len());
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.log_index.to_be_bytes());
-        out.extend_from_slice(&self.time_ms.to_be_bytes());
-        out.push(self.kind as u8);
-        for s in [
-            &self.actor,
-            &self.subject,
-            &self.task_id,
-            &self.grant_id,
-            &self.resource,
-            &self.action,
-            &self.intent,
-        ] {
-            put_str(&mut out, s);
+        Canonical {
+            seq: self.seq,
+            log_index: self.log_index,
+            time_ms: self.time_ms,
+            kind: self.kind,
+            strings: [
+                &self.actor,
+                &self.subject,
+                &self.task_id,
+                &self.grant_id,
+                &self.resource,
+                &self.action,
+                &self.intent,
+            ],
+            decision: self.decision,
+            reason: &self.reason,
+            detail: &self.detail,
+            policy_ids: &self.policy_ids,
+            prev_hash: &self.prev_hash,
         }
-        out.push(self.decision as u8);
-        put_str(&mut out, &self.reason);
-        put_str(&mut out, &self.detail);
-        out.extend_from_slice(&(self.policy_ids.len() as u32).to_be_bytes());
-        for p in &self.policy_ids {
-            put_str(&mut out, p);
-        }
-        out.extend_from_slice(&self.prev_hash);
+        .write(&mut out);
         out
     }
 

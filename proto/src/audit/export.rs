@@ -11,11 +11,12 @@
 //! and the chain, rebuilds the Merkle root at every checkpoint size, and
 //! checks every checkpoint's signature against keys the auditor supplies.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::Entry;
+use super::{Entry, EntryRef};
 
 use sha2::{Digest, Sha256};
 
@@ -48,8 +49,8 @@ pub enum Line {
     },
 }
 
-#[derive(Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// A line as written: the fields of its type (module doc).
+#[derive(Serialize, Default)]
 struct RawLine {
     #[serde(rename = "type")]
     ty: String,
@@ -120,9 +121,88 @@ impl Line {
     }
 
     pub fn parse(text: &str) -> Result<Line, String> {
-        let raw: RawLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let missing = |f: &str| format!("a {} line needs {f}", raw.ty);
-        // RawLine holds the fields of every line type: a field that belongs
+        Ok(match LineRef::parse(text)? {
+            LineRef::Header {
+                format,
+                version,
+                origin,
+                entries,
+                checkpoints,
+            } => Line::Header {
+                format: format.into_owned(),
+                version,
+                origin: origin.into_owned(),
+                entries,
+                checkpoints,
+            },
+            LineRef::Entry { entry, hash } => Line::Entry {
+                entry: entry.to_entry()?,
+                hash,
+            },
+            LineRef::Checkpoint { note } => Line::Checkpoint {
+                note: note.into_owned(),
+            },
+        })
+    }
+}
+
+/// One line of an export as read: its strings borrowed from the text
+/// (unless they hold escapes). [`Line::parse`] and the verifier both read
+/// through it, so they accept exactly the same lines.
+// One lives per line being read, never in a collection: its size does not
+// matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum LineRef<'a> {
+    Header {
+        format: Cow<'a, str>,
+        version: u32,
+        origin: Cow<'a, str>,
+        entries: u64,
+        checkpoints: u64,
+    },
+    /// An entry and the hash stated with it. Its `prev_hash` is checked
+    /// for spelling when its canonical bytes are written.
+    Entry {
+        entry: EntryRef<'a>,
+        hash: Hash,
+    },
+    Checkpoint {
+        note: Cow<'a, str>,
+    },
+}
+
+/// Every field of every line type, borrowed: which ones a line may hold is
+/// checked after.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRef<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    format: Option<Cow<'a, str>>,
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default, borrow)]
+    origin: Option<Cow<'a, str>>,
+    #[serde(default)]
+    entries: Option<u64>,
+    #[serde(default)]
+    checkpoints: Option<u64>,
+    #[serde(default, borrow)]
+    entry: Option<EntryRef<'a>>,
+    #[serde(default, borrow)]
+    hash: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    note: Option<Cow<'a, str>>,
+}
+
+impl<'a> LineRef<'a> {
+    pub fn parse(text: &'a str) -> Result<LineRef<'a>, String> {
+        let raw: RawRef<'a> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let ty = raw.ty.as_ref();
+        let missing = |f: &str| format!("a {ty} line needs {f}");
+        // RawRef holds the fields of every line type: a field that belongs
         // to another type is as unknown here as one no type defines.
         let present = [
             ("format", raw.format.is_some()),
@@ -134,35 +214,34 @@ impl Line {
             ("hash", raw.hash.is_some()),
             ("note", raw.note.is_some()),
         ];
-        let own: &[&str] = match raw.ty.as_str() {
+        let own: &[&str] = match ty {
             "header" => &["format", "version", "origin", "entries", "checkpoints"],
             "entry" => &["entry", "hash"],
             "checkpoint" => &["note"],
             other => return Err(format!("unknown line type {other:?}")),
         };
         if let Some((field, _)) = present.iter().find(|(f, is)| *is && !own.contains(f)) {
-            return Err(format!("unknown field `{field}` in a {} line", raw.ty));
+            return Err(format!("unknown field `{field}` in a {ty} line"));
         }
-        match raw.ty.as_str() {
-            "header" => Ok(Line::Header {
-                format: raw.format.clone().ok_or_else(|| missing("format"))?,
+        match ty {
+            "header" => Ok(LineRef::Header {
+                format: raw.format.ok_or_else(|| missing("format"))?,
                 version: raw.version.ok_or_else(|| missing("version"))?,
-                origin: raw.origin.clone().ok_or_else(|| missing("origin"))?,
+                origin: raw.origin.ok_or_else(|| missing("origin"))?,
                 entries: raw.entries.ok_or_else(|| missing("entries"))?,
                 checkpoints: raw.checkpoints.ok_or_else(|| missing("checkpoints"))?,
             }),
             "entry" => {
-                let hash = raw.hash.as_deref().ok_or_else(|| missing("hash"))?;
-                let hash = super::parse_hash_hex(hash).map_err(|e| format!("hash: {e}"))?;
-                Ok(Line::Entry {
+                let hash = raw.hash.ok_or_else(|| missing("hash"))?;
+                let hash = super::parse_hash_hex(&hash).map_err(|e| format!("hash: {e}"))?;
+                Ok(LineRef::Entry {
                     entry: raw.entry.ok_or_else(|| missing("entry"))?,
                     hash,
                 })
             }
-            "checkpoint" => Ok(Line::Checkpoint {
+            _ => Ok(LineRef::Checkpoint {
                 note: raw.note.ok_or_else(|| missing("note"))?,
             }),
-            other => Err(format!("unknown line type {other:?}")),
         }
     }
 }
@@ -272,6 +351,70 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
     verify_observed(text, trusted, &Options::default(), &mut |_| {})
 }
 
+/// Threads that read lines at once (at most; fewer on fewer cores).
+pub const VERIFY_THREADS_MAX: usize = 16;
+
+/// What one line holds, found without looking at any other line.
+enum Read {
+    Header,
+    Checkpoint(String),
+    Entry(ReadEntry),
+}
+
+/// An entry line, hashed: what the chain check needs of it.
+struct ReadEntry {
+    seq: u64,
+    time_ms: i64,
+    prev_hash: Hash,
+    stated: Hash,
+    hash: Hash,
+    leaf: Hash,
+    /// A key roster entry's detail (the verifier key).
+    roster: Option<String>,
+}
+
+fn read_line(l: &str, buf: &mut Vec<u8>) -> Result<Read, String> {
+    Ok(match LineRef::parse(l)? {
+        LineRef::Header { .. } => Read::Header,
+        LineRef::Checkpoint { note } => Read::Checkpoint(note.into_owned()),
+        LineRef::Entry { entry, hash } => {
+            let prev_hash = entry.canonical_into(buf)?;
+            Read::Entry(ReadEntry {
+                seq: entry.seq,
+                time_ms: entry.time_ms,
+                prev_hash,
+                stated: hash,
+                hash: Sha256::digest(&buf[..]).into(),
+                leaf: merkle::leaf_hash(buf),
+                roster: (entry.kind == Kind::KeyRoster).then(|| entry.detail.into_owned()),
+            })
+        }
+    })
+}
+
+/// Read every line of `block`, on up to `workers` threads: the results in
+/// order, one run per thread.
+fn read_block(block: &[(usize, &str)], workers: usize) -> Vec<Vec<Result<Read, String>>> {
+    let read_all = |part: &[(usize, &str)]| -> Vec<Result<Read, String>> {
+        let mut buf = Vec::with_capacity(512);
+        part.iter().map(|(_, l)| read_line(l, &mut buf)).collect()
+    };
+    if workers < 2 || block.len() < 1024 {
+        return vec![read_all(block)];
+    }
+    let per = block.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = block
+            .chunks(per)
+            .map(|part| s.spawn(move || read_all(part)))
+            .collect();
+        parts
+            .into_iter()
+            .map(|h| h.join().expect("a verifier thread panicked"))
+            .collect()
+    })
+}
+
 /// Lines between two calls of a [`verify_observed`] observer.
 pub const VERIFY_PROGRESS_LINES: usize = 65_536;
 
@@ -298,11 +441,12 @@ pub fn verify_observed(
         },
         None => None,
     };
-    let mut lines = text
+    let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, first)) = lines.next() else {
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let Some(&(_, first)) = lines.first() else {
         return fail(Position::Header, "empty export", vec![]);
     };
     let (origin, announced) = match Line::parse(first) {
@@ -345,71 +489,76 @@ pub fn verify_observed(
     let mut prev: Hash = [0; 32];
     let mut roster: Vec<(VerifierKey, u64)> = Vec::new();
     let (mut first_time, mut last_time) = (None, None);
-    for (i, l) in lines {
-        if i % VERIFY_PROGRESS_LINES == 0 {
-            // Where this line starts within the text.
-            seen(l.as_ptr() as u64 - text.as_ptr() as u64);
-        }
-        let (e, stated) = match Line::parse(l) {
-            Ok(Line::Entry { entry, hash }) => (entry, hash),
-            Ok(Line::Checkpoint { note }) => {
-                notes.push(note);
-                continue;
-            }
-            Ok(Line::Header { .. }) => {
-                return fail(Position::Line(i + 1), "a second header", vec![])
-            }
-            Err(e) => {
-                return fail(
-                    Position::Line(i + 1),
-                    format!("unreadable line: {e}"),
-                    vec![l.to_string()],
-                )
-            }
-        };
-        let seq = leaves.len() as u64;
-        if e.seq != seq {
-            return fail(
-                Position::Seq(seq),
-                format!("found entry seq {} where seq {seq} belongs: an entry is missing, inserted or out of order", e.seq),
-                vec![l.to_string()],
-            );
-        }
-        if e.prev_hash != prev {
-            return fail(
-                Position::Seq(seq),
-                "prev_hash is not the hash of the entry before it: the chain is broken",
-                vec![
-                    format!("prev_hash in entry: {}", hex::encode(e.prev_hash)),
-                    format!("hash of seq {}: {}", seq.wrapping_sub(1), hex::encode(prev)),
-                ],
-            );
-        }
-        let bytes = e.canonical_bytes();
-        let h: Hash = Sha256::digest(&bytes).into();
-        if h != stated {
-            return fail(
-                Position::Seq(seq),
-                "the entry's content does not hash to the hash recorded with it: it was modified",
-                vec![
-                    format!("recorded: {}", hex::encode(stated)),
-                    format!("recomputed: {}", hex::encode(h)),
-                ],
-            );
-        }
-        prev = h;
-        leaves.push(merkle::leaf_hash(&bytes));
-        first_time.get_or_insert(e.time_ms);
-        last_time = Some(e.time_ms);
-        if e.kind == Kind::KeyRoster {
-            match VerifierKey::parse(&e.detail) {
-                Ok(k) => roster.push((k, seq)),
-                Err(err) => {
+    // Lines are read and hashed in parallel, a block at a time; the chain,
+    // which needs them in order, is checked after each block in one pass.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(VERIFY_THREADS_MAX);
+    for block in lines[1..].chunks(VERIFY_PROGRESS_LINES) {
+        seen(block[0].1.as_ptr() as u64 - text.as_ptr() as u64);
+        let reads = read_block(block, workers).into_iter().flatten();
+        for (&(i, l), read) in block.iter().zip(reads) {
+            let (e, stated) = match read {
+                Ok(Read::Entry(e)) => {
+                    let stated = e.stated;
+                    (e, stated)
+                }
+                Ok(Read::Checkpoint(note)) => {
+                    notes.push(note);
+                    continue;
+                }
+                Ok(Read::Header) => return fail(Position::Line(i + 1), "a second header", vec![]),
+                Err(e) => {
                     return fail(
-                        Position::Seq(seq),
-                        format!("key roster entry with a bad key: {err}"),
-                        vec![e.detail.clone()],
+                        Position::Line(i + 1),
+                        format!("unreadable line: {e}"),
+                        vec![l.to_string()],
                     )
+                }
+            };
+            let seq = leaves.len() as u64;
+            if e.seq != seq {
+                return fail(
+                    Position::Seq(seq),
+                    format!("found entry seq {} where seq {seq} belongs: an entry is missing, inserted or out of order", e.seq),
+                    vec![l.to_string()],
+                );
+            }
+            if e.prev_hash != prev {
+                return fail(
+                    Position::Seq(seq),
+                    "prev_hash is not the hash of the entry before it: the chain is broken",
+                    vec![
+                        format!("prev_hash in entry: {}", hex::encode(e.prev_hash)),
+                        format!("hash of seq {}: {}", seq.wrapping_sub(1), hex::encode(prev)),
+                    ],
+                );
+            }
+            if e.hash != stated {
+                return fail(
+                    Position::Seq(seq),
+                    "the entry's content does not hash to the hash recorded with it: it was modified",
+                    vec![
+                        format!("recorded: {}", hex::encode(stated)),
+                        format!("recomputed: {}", hex::encode(e.hash)),
+                    ],
+                );
+            }
+            prev = e.hash;
+            leaves.push(e.leaf);
+            first_time.get_or_insert(e.time_ms);
+            last_time = Some(e.time_ms);
+            if let Some(detail) = e.roster {
+                match VerifierKey::parse(&detail) {
+                    Ok(k) => roster.push((k, seq)),
+                    Err(err) => {
+                        return fail(
+                            Position::Seq(seq),
+                            format!("key roster entry with a bad key: {err}"),
+                            vec![detail],
+                        )
+                    }
                 }
             }
         }

@@ -168,6 +168,9 @@ pub struct SignedNote {
     pub checkpoint: Checkpoint,
     pub body: String,
     pub signatures: Vec<(String, [u8; 4], Signature)>,
+    /// Signature lines of other lengths (cosignatures): name, key id, the
+    /// rest of the blob.
+    pub others: Vec<(String, [u8; 4], Vec<u8>)>,
 }
 
 pub fn parse(note: &str) -> Result<SignedNote, NoteError> {
@@ -178,6 +181,7 @@ pub fn parse(note: &str) -> Result<SignedNote, NoteError> {
     let body = format!("{body}\n");
     let checkpoint = Checkpoint::parse_body(&body)?;
     let mut signatures = Vec::new();
+    let mut others = Vec::new();
     for line in sigs.lines() {
         let rest = line
             .strip_prefix(SIG_PREFIX)
@@ -188,20 +192,28 @@ pub fn parse(note: &str) -> Result<SignedNote, NoteError> {
         let blob = B64
             .decode(b64)
             .map_err(|_| bad("signature is not base64"))?;
-        if blob.len() != 68 {
-            return Err(bad("an ed25519 signature line carries 4 + 64 bytes"));
+        if blob.len() < 4 {
+            return Err(bad("a signature line carries a 4-byte key id first"));
         }
         let id: [u8; 4] = blob[..4].try_into().unwrap();
-        let sig = Signature::from_bytes(blob[4..].try_into().unwrap());
-        signatures.push((name.to_string(), id, sig));
+        match blob.len() {
+            68 => {
+                let sig = Signature::from_bytes(blob[4..].try_into().unwrap());
+                signatures.push((name.to_string(), id, sig));
+            }
+            // Another kind of signature (a witness's cosignature): not a
+            // log key's; a verifier that knows its key reads it.
+            _ => others.push((name.to_string(), id, blob[4..].to_vec())),
+        }
     }
-    if signatures.is_empty() {
+    if signatures.is_empty() && others.is_empty() {
         return Err(bad("no signature lines"));
     }
     Ok(SignedNote {
         checkpoint,
         body,
         signatures,
+        others,
     })
 }
 
