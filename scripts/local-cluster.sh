@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 DATA=${GRANT_DATA:-$PWD/data}
 PROFILE=${GRANT_PROFILE:-release}
 if [ "$PROFILE" = release ]; then cargo build --release -q -p grantd -p grant-client; else cargo build -q -p grantd -p grant-client; fi
-BIN=$PWD/target/$PROFILE
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE
 mkdir -p "$DATA"
 DATA=$(cd "$DATA" && pwd)
 CERTS=$DATA/certs

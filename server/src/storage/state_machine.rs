@@ -699,9 +699,7 @@ impl StateMachine {
                         _ => None,
                     })
                     .collect();
-                for (i, c) in audits.iter().enumerate() {
-                    debug_assert_eq!(c.entry.seq, first + i as u64, "audit seqs run on");
-                }
+                audit_seqs_run_on(first, audits.iter().map(|c| c.entry.seq))?;
                 ks::append_audit(first, audits.iter().map(|c| &c.bytes[..]), &mut batch);
                 let leaves: Vec<Hash> = audits.iter().map(|c| c.leaf_hash).collect();
                 let stored = |chunk| {
@@ -968,9 +966,36 @@ impl StateReader {
     }
 }
 
+/// The entries an apply appends must continue the stored chain, seq after
+/// seq: anything else is a bug that would write a broken chain, so apply
+/// stops with a storage error instead (in release builds too).
+fn audit_seqs_run_on(first: u64, seqs: impl Iterator<Item = u64>) -> io::Result<()> {
+    for (i, seq) in seqs.enumerate() {
+        let want = first + i as u64;
+        if seq != want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "apply produced audit seq {seq} where seq {want} continues the stored chain; \
+                     not writing a broken chain"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::entry::RaftEntry;
+
+    #[test]
+    fn a_gap_or_repeat_in_the_audit_seqs_stops_apply() {
+        assert!(super::audit_seqs_run_on(5, [5, 6, 7].into_iter()).is_ok());
+        assert!(super::audit_seqs_run_on(5, [5, 7].into_iter()).is_err());
+        assert!(super::audit_seqs_run_on(5, [5, 5].into_iter()).is_err());
+        assert!(super::audit_seqs_run_on(5, [4].into_iter()).is_err());
+    }
 
     use super::*;
     use crate::ledger::{
