@@ -2,7 +2,11 @@
 //!
 //! Every write carries a request id (generated when the caller gives none),
 //! so a retry after a lost answer never creates a second grant; revoke and
-//! complete-task are idempotent. A follower answers writes with the
+//! complete-task are idempotent. Check and Renew carry none: each one that
+//! reaches the leader is decided and recorded (a second Check appends a
+//! second audit entry, a second Renew extends again), so they are retried
+//! only when the call certainly reached no handler (a `not_leader` answer,
+//! a connection that was never made); any other failure is the caller's. A follower answers writes with the
 //! leader's address in `x-grant-leader-addr`; the client goes there. A node
 //! that does not answer is skipped for the next endpoint. Retries are bounded
 //! by `Options::attempts_max` with a capped backoff.
@@ -213,6 +217,28 @@ impl Client {
         F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_retrying(retryable, f).await
+    }
+
+    /// As [`Client::call`], for a call that is not safe to repeat (Check,
+    /// Renew): retried only when it certainly reached no handler.
+    async fn call_unkeyed<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Ch) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_retrying(never_reached_a_handler, f).await
+    }
+
+    async fn call_retrying<T, F, Fut>(
+        &self,
+        retryable: fn(&Status) -> bool,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Ch) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let mut backoff = self.options.backoff_initial;
         let mut addr = self.preferred.lock().expect("lock").clone();
         let mut last = None;
@@ -306,8 +332,10 @@ impl Client {
         .await
     }
 
+    /// Decide a check (recorded in the audit log). Not repeated after an
+    /// ambiguous failure: see the module doc.
     pub async fn check(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, ClientError> {
-        self.call(|ch| {
+        self.call_unkeyed(|ch| {
             let req = req.clone();
             async move {
                 GrantsClient::new(ch)
@@ -380,8 +408,10 @@ impl Client {
 
     /// Extend a grant (its issuer or its subject). Safe to retry: a second
     /// renewal extends from its own time.
+    /// Extend a grant. Not repeated after an ambiguous failure: see the
+    /// module doc.
     pub async fn renew(&self, req: pb::RenewRequest) -> Result<pb::RenewResponse, ClientError> {
-        self.call(|ch| {
+        self.call_unkeyed(|ch| {
             let req = req.clone();
             async move {
                 GrantsClient::new(ch)
@@ -673,9 +703,33 @@ impl Client {
     }
 }
 
+/// Certainly nothing was decided: the node said it is not the leader (it
+/// proposed nothing, docs/api.md), or no connection was made to it.
+fn never_reached_a_handler(s: &Status) -> bool {
+    if error_code(s) == Some("not_leader") {
+        return true;
+    }
+    if s.code() != Code::Unavailable || error_code(s).is_some() {
+        return false;
+    }
+    // A connection refused, or not made in time: the request was never sent.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Worth another attempt elsewhere or later: the node is not the leader, has
-/// no quorum, or cannot be reached. Every call is safe to retry: writes carry
-/// request ids or are idempotent.
+/// no quorum, or cannot be reached. Safe for every call but Check and Renew:
+/// writes carry request ids or are idempotent.
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
