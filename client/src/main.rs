@@ -988,6 +988,14 @@ async fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // An empty GRANTCTL_* variable counts as unset, as for most tools
+    // (clap would take it for an empty value and refuse it). The runtime
+    // is current-thread: no other thread reads the environment yet.
+    for (k, v) in std::env::vars_os() {
+        if v.is_empty() && k.to_str().is_some_and(|k| k.starts_with("GRANTCTL_")) {
+            std::env::remove_var(k);
+        }
+    }
     let cli = Cli::parse();
     let format = cli.output;
     match run(cli).await {

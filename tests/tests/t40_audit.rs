@@ -157,8 +157,9 @@ async fn export_verifies_offline_and_every_tampering_is_caught() {
     let verify_with = |f: &std::path::Path, more: &[&std::ffi::OsStr]| {
         Command::new(&grantctl)
             // Connection settings meant for other commands: an offline
-            // verify ignores them.
+            // verify ignores them (an empty one counts as unset).
             .env("GRANTCTL_CA", "/nonexistent/ca.pem")
+            .env("GRANTCTL_CERT", "")
             .args(["audit", "verify"])
             .arg(f)
             .arg("--trusted-keys")
