@@ -194,10 +194,10 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = req.uri().path().to_string();
-        if !WRITES.contains(&method.as_str()) {
+        if !WRITES.contains(&req.uri().path()) {
             return Box::pin(inner.call(req));
         }
+        let method = req.uri().path().to_string();
         let refusals = self.refusals.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
