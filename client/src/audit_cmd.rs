@@ -135,6 +135,22 @@ fn read(path: &std::path::Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// The verifier keys in a trusted-keys file.
+fn trusted_keys_in(path: &std::path::Path) -> Result<Vec<note::VerifierKey>, String> {
+    parse_trusted_keys(&read(path)?).map_err(|err| err.to_string())
+}
+
+/// Proof hashes as the Audit service sends them: 32 bytes each.
+fn hashes(raw: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, String> {
+    raw.iter()
+        .map(|h| {
+            h.as_slice()
+                .try_into()
+                .map_err(|_| "proof hash is not 32 bytes".to_string())
+        })
+        .collect()
+}
+
 impl AuditCmd {
     /// Commands that work on files alone: no connection settings needed.
     pub fn offline(&self) -> bool {
@@ -175,10 +191,15 @@ struct WitnessState {
     checkpoint: String,
 }
 
-fn write_durably(path: &std::path::Path, text: &str) -> Result<(), String> {
+/// Where a file is written before it is made durable and renamed into place.
+fn partial(path: &std::path::Path) -> std::path::PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
-    let tmp = std::path::PathBuf::from(tmp);
+    tmp.into()
+}
+
+fn write_durably(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = partial(path);
     std::fs::write(&tmp, text)
         .and_then(|()| crate::publish_durably(&tmp, path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -208,9 +229,7 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
         } => {
             // Received beside the target, then made durable and renamed:
             // the file is the whole export or absent.
-            let mut tmp = out_file.as_os_str().to_owned();
-            tmp.push(".partial");
-            let tmp = std::path::PathBuf::from(tmp);
+            let tmp = partial(&out_file);
             let bar = crate::progress::bytes("exporting the audit log", None);
             let got = client
                 .audit_export_to(node.as_deref(), &tmp, &|n| bar.set_position(n))
@@ -239,8 +258,7 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
             origin,
             save_checkpoint,
         } => {
-            let trusted =
-                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let trusted = trusted_keys_in(&trusted_keys)?;
             let opts = export::Options {
                 since: since.as_deref().map(read).transpose()?,
                 require_covered,
@@ -299,8 +317,7 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
             }
         }
         AuditCmd::VerifyProof { file, trusted_keys } => {
-            let trusted =
-                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let trusted = trusted_keys_in(&trusted_keys)?;
             let checked = InclusionProof::parse(&read(&file)?)
                 .and_then(|p| p.verify(&trusted).map(|got| (p, got)));
             match checked {
@@ -336,19 +353,10 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
             trusted_keys,
             out: out_file,
         } => {
-            let trusted =
-                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let trusted = trusted_keys_in(&trusted_keys)?;
             let p = client.inclusion_proof(seq, tree_size).await.map_err(e)?;
             let entry = entry_from_pb(p.entry.as_ref().ok_or("no entry in the proof")?)?;
-            let path: Vec<[u8; 32]> = p
-                .proof
-                .iter()
-                .map(|h| {
-                    h.as_slice()
-                        .try_into()
-                        .map_err(|_| "proof hash is not 32 bytes".to_string())
-                })
-                .collect::<Result<_, _>>()?;
+            let path = hashes(&p.proof)?;
             if entry.seq != seq {
                 return Err(format!(
                     "asked for entry {seq}, the node sent {}",
@@ -422,8 +430,7 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
             origin,
             out: out_file,
         } => {
-            let trusted =
-                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let trusted = trusted_keys_in(&trusted_keys)?;
             let key = read_witness_key(&witness_key)?;
             let seen_state: Option<WitnessState> = match std::fs::read_to_string(&state) {
                 Ok(text) => Some(
@@ -458,29 +465,23 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
                 .map_err(|err| format!("the checkpoint shown: {err}"))?
                 .checkpoint
                 .size;
-            let proof: Vec<[u8; 32]> = match &seen {
-                Some(s) if shown_size > s.size => match client.consistency_proof(s.size, shown_size).await {
-                    Ok(p) => p,
-                    // An honest log proves consistency from any size it
-                    // published; one that cannot has another history.
-                    Err(err) if err.code() == Some("failed_precondition") => {
-                        let problem = format!(
+            let proof = match &seen {
+                Some(s) if shown_size > s.size => {
+                    match client.consistency_proof(s.size, shown_size).await {
+                        Ok(p) => hashes(&p.proof)?,
+                        // An honest log proves consistency from any size it
+                        // published; one that cannot has another history.
+                        Err(err) if err.code() == Some("failed_precondition") => {
+                            let problem = format!(
                             "not co-signed: the log cannot prove that its {shown_size} entries extend the {} the witness saw ({err})",
                             s.size
                         );
-                        failed(out, None, &problem, &[shown]);
-                        return Ok(ExitCode::from(1));
+                            failed(out, None, &problem, &[shown]);
+                            return Ok(ExitCode::from(1));
+                        }
+                        Err(err) => return Err(err.to_string()),
                     }
-                    Err(err) => return Err(err.to_string()),
                 }
-                .proof
-                .iter()
-                    .map(|h| {
-                        h.as_slice()
-                            .try_into()
-                            .map_err(|_| "proof hash is not 32 bytes".to_string())
-                    })
-                    .collect::<Result<_, _>>()?,
                 _ => Vec::new(),
             };
             let cp = match witness::check(seen.as_ref(), &origin, &shown, &trusted, &proof) {
@@ -525,8 +526,7 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
             trusted_keys,
             witness_keys,
         } => {
-            let trusted =
-                parse_trusted_keys(&read(&trusted_keys)?).map_err(|err| err.to_string())?;
+            let trusted = trusted_keys_in(&trusted_keys)?;
             let witnesses: Vec<CosignerKey> = read(&witness_keys)?
                 .lines()
                 .map(str::trim)
