@@ -585,34 +585,66 @@ impl Cluster {
         last
     }
 
+    /// Until the newest signed checkpoint covers the whole audit chain (the
+    /// leader signs one every checkpoint interval once the log grew).
+    pub async fn wait_signed(&self) {
+        let client = self.client();
+        wait_for("a checkpoint covering the whole log", || async {
+            let size = client
+                .audit_entries(0, 1)
+                .await
+                .map(|r| r.tree_size)
+                .unwrap_or(0);
+            let cp = client
+                .latest_checkpoint()
+                .await
+                .map(|r| r.tree_size)
+                .unwrap_or(0);
+            size > 0 && cp == size
+        })
+        .await;
+    }
+
+    /// Every audit entry from `from` on, paged through GetEntries.
+    pub async fn audit_entries_from(&self, from: u64) -> Vec<grant_proto::audit::Entry> {
+        let client = self.client();
+        let mut out = Vec::new();
+        let mut next = from;
+        loop {
+            let page = client.audit_entries(next, 1000).await.unwrap().entries;
+            if page.is_empty() {
+                return out;
+            }
+            for e in &page {
+                let e = grant_client::entry_from_pb(e).unwrap();
+                next = e.seq + 1;
+                out.push(e);
+            }
+        }
+    }
+
     /// Refused calls changed nothing but the record of their refusal:
     /// every audit entry appended since the chain held `before` entries is
     /// a `refused` one, and the replicas converge. Returns how many.
     pub async fn only_refusals_since(&self, before: u64) -> usize {
         use grant_proto::audit::Kind;
         let after = self.settled_audit_size().await;
-        let client = self.client();
-        let mut n = 0;
-        let mut from = before;
-        while from < after {
-            let page = client.audit_entries(from, 1000).await.unwrap().entries;
-            assert!(!page.is_empty(), "no entries from {from}");
-            for e in &page {
-                let e = grant_client::entry_from_pb(e).unwrap();
-                if e.seq >= after {
-                    break;
-                }
-                assert_eq!(
-                    e.kind,
-                    Kind::Refused,
-                    "a refused call changed something: {e:?}"
-                );
-                n += 1;
-                from = e.seq + 1;
-            }
+        let since: Vec<_> = self
+            .audit_entries_from(before)
+            .await
+            .into_iter()
+            .take_while(|e| e.seq < after)
+            .collect();
+        assert_eq!(since.len() as u64, after - before, "entries missing");
+        for e in &since {
+            assert_eq!(
+                e.kind,
+                Kind::Refused,
+                "a refused call changed something: {e:?}"
+            );
         }
         self.converged_digests().await;
-        n
+        since.len()
     }
 
     /// Export every running node's audit chain, check that they agree on

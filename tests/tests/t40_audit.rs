@@ -39,20 +39,7 @@ async fn traffic(c: &Cluster, tag: &str, n: usize) {
 /// Wait until a signed checkpoint covers every entry, and return the export.
 async fn settled_export(c: &Cluster, node: Option<u64>) -> String {
     let client = c.client();
-    wait_for("a checkpoint covering the whole log", || async {
-        let size = client
-            .audit_entries(0, 1)
-            .await
-            .map(|r| r.tree_size)
-            .unwrap_or(0);
-        let cp = client
-            .latest_checkpoint()
-            .await
-            .map(|r| r.tree_size)
-            .unwrap_or(0);
-        size > 0 && cp == size
-    })
-    .await;
+    c.wait_signed().await;
     let addr = node.map(|id| c.node(id).api_addr.clone());
     String::from_utf8(client.audit_export(addr.as_deref()).await.unwrap()).unwrap()
 }

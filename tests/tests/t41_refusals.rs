@@ -5,7 +5,6 @@
 //! bounded number of entries that still count every refusal.
 
 use grant_tests::grant_client::v1 as pb;
-use grant_tests::grant_client::{entry_from_pb, Client};
 use grant_tests::grant_proto::audit::{Decision, Entry, Kind};
 use grant_tests::*;
 
@@ -19,27 +18,16 @@ fn id(path: &str) -> String {
 }
 
 /// Every `refused` entry of the chain.
-async fn refused_entries(client: &Client) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        let r = client.audit_entries(from, 1000).await.unwrap();
-        if r.entries.is_empty() {
-            return out;
-        }
-        for e in &r.entries {
-            let e = entry_from_pb(e).unwrap();
-            from = e.seq + 1;
-            if e.kind == Kind::Refused {
-                out.push(e);
-            }
-        }
-    }
+async fn refused_entries(c: &Cluster) -> Vec<Entry> {
+    let all = c.audit_entries_from(0).await;
+    all.into_iter()
+        .filter(|e| e.kind == Kind::Refused)
+        .collect()
 }
 
 /// The refused entries whose fields contain `marker`, once `n` of them are
 /// in the chain (and a little longer, to see that no more come).
-async fn marked(client: &Client, marker: &str, n: usize) -> Vec<Entry> {
+async fn marked(c: &Cluster, marker: &str, n: usize) -> Vec<Entry> {
     let find = |all: Vec<Entry>| -> Vec<Entry> {
         all.into_iter()
             .filter(|e| {
@@ -50,12 +38,12 @@ async fn marked(client: &Client, marker: &str, n: usize) -> Vec<Entry> {
             .collect()
     };
     wait_for(&format!("{n} refused entries naming {marker}"), || async {
-        find(refused_entries(client).await).len() >= n
+        find(refused_entries(c).await).len() >= n
     })
     .await;
     // Past a few flush intervals: a duplicate would have arrived by now.
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    find(refused_entries(client).await)
+    find(refused_entries(c).await)
 }
 
 fn count(e: &Entry) -> u64 {
@@ -79,7 +67,7 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
             refused(on(AGENT_PATH).issue(req).await).1,
             "permission_denied"
         );
-        let e = &marked(&admin, &format!("agent/{m}-self"), 1).await[..];
+        let e = &marked(&c, &format!("agent/{m}-self"), 1).await[..];
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(
             (e[0].actor.as_str(), e[0].action.as_str(), e[0].decision),
@@ -99,7 +87,7 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
         assert_eq!(count(&e[0]), 1);
         let begin = begin_req(&format!("task-{m}-begin"));
         refused(on(AGENT_PATH).begin_task(begin).await);
-        assert_eq!(marked(&admin, &format!("task-{m}-begin"), 1).await.len(), 1);
+        assert_eq!(marked(&c, &format!("task-{m}-begin"), 1).await.len(), 1);
 
         // A tool server calling Revoke.
         refused(
@@ -107,7 +95,7 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
                 .revoke(revoke_req(&format!("g-{m}-tool"), "x"))
                 .await,
         );
-        let e = marked(&admin, &format!("g-{m}-tool"), 1).await;
+        let e = marked(&c, &format!("g-{m}-tool"), 1).await;
         assert_eq!((e.len(), e[0].actor.clone()), (1, id(TOOL)));
 
         // An auditor applying a policy.
@@ -125,7 +113,7 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
         let mut req = issue_req(&format!("task-{m}-foreign"), 60);
         req.subject = format!("spiffe://other.org/agent/{m}-foreign");
         let code = refused(on(ORCH).issue(req).await).1;
-        let e = marked(&admin, &format!("{m}-foreign"), 1).await;
+        let e = marked(&c, &format!("{m}-foreign"), 1).await;
         assert_eq!((e.len(), e[0].actor.clone()), (1, id(ORCH)));
         assert!(
             e[0].reason.starts_with(&format!("{code}: ")),
@@ -143,7 +131,7 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
             refused(on(ORCH).issue(issue_req(&task, 60)).await).1,
             "failed_precondition"
         );
-        let e = marked(&admin, &task, 1).await;
+        let e = marked(&c, &task, 1).await;
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].reason.starts_with("failed_precondition: "),
@@ -157,10 +145,10 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
             refused(on(ORCH).revoke(revoke_req(&ghost, "x")).await).1,
             "not_found"
         );
-        assert_eq!(marked(&admin, &ghost, 1).await.len(), 1);
+        assert_eq!(marked(&c, &ghost, 1).await.len(), 1);
     }
     // The auditor's two attempts: one each.
-    let policy = refused_entries(&admin)
+    let policy = refused_entries(&c)
         .await
         .into_iter()
         .filter(|e| e.action == "/grantledger.v1.Policy/Apply")
@@ -175,7 +163,7 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
             })
             .await,
     );
-    assert!(refused_entries(&admin)
+    assert!(refused_entries(&c)
         .await
         .iter()
         .all(|e| e.action != "/grantledger.v1.Grants/Get"));
@@ -185,7 +173,6 @@ async fn every_refused_privileged_call_is_recorded_once_on_any_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refusals_is_bounded_and_every_one_is_counted() {
     let c = Cluster::start_with(3, &["--refusal-window-ms", "3000"]).await;
-    let admin = c.client();
     let leader = c.wait_leader().await;
     let agent = c.node_client_as(leader, "agent/flooder");
     let calls = 200u64;
@@ -196,7 +183,7 @@ async fn a_flood_of_refusals_is_bounded_and_every_one_is_counted() {
     }
     let flooder = id("agent/flooder");
     wait_for("the flood's aggregate entry", || async {
-        refused_entries(&admin)
+        refused_entries(&c)
             .await
             .iter()
             .filter(|e| e.actor == flooder)
@@ -206,7 +193,7 @@ async fn a_flood_of_refusals_is_bounded_and_every_one_is_counted() {
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    let entries: Vec<Entry> = refused_entries(&admin)
+    let entries: Vec<Entry> = refused_entries(&c)
         .await
         .into_iter()
         .filter(|e| e.actor == flooder)

@@ -48,25 +48,6 @@ async fn traffic(c: &Cluster, tag: &str) {
     }
 }
 
-/// Until the newest checkpoint covers the whole log.
-async fn signed(c: &Cluster) {
-    let client = c.client();
-    wait_for("a checkpoint over the whole log", || async {
-        let size = client
-            .audit_entries(0, 1)
-            .await
-            .map(|r| r.tree_size)
-            .unwrap_or(0);
-        let cp = client
-            .latest_checkpoint()
-            .await
-            .map(|r| r.tree_size)
-            .unwrap_or(0);
-        size > 0 && cp == size
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_cosigns_a_growing_log_and_refuses_a_fork() {
     let a = Cluster::start_with(3, &["--checkpoint-interval-ms", "100"]).await;
@@ -93,7 +74,7 @@ async fn a_witness_cosigns_a_growing_log_and_refuses_a_fork() {
     let mut sizes = Vec::new();
     for round in 0..3 {
         traffic(&a, &format!("w{round}")).await;
-        signed(&a).await;
+        a.wait_signed().await;
         let o = witness(&a, dir.path(), &keys);
         assert!(o.status.success(), "round {round}: {}", said(&o));
         let v = Command::new(grantd_bin().with_file_name("grantctl"))
@@ -155,7 +136,7 @@ async fn a_witness_cosigns_a_growing_log_and_refuses_a_fork() {
     for round in 0..4 {
         traffic(&b, &format!("fork{round}")).await;
     }
-    signed(&b).await;
+    b.wait_signed().await;
     let before = std::fs::read_to_string(dir.path().join("w.state")).unwrap();
     let o = witness(&b, dir.path(), &keys);
     assert_eq!(o.status.code(), Some(1), "{}", said(&o));
@@ -174,7 +155,7 @@ async fn a_witness_cosigns_a_growing_log_and_refuses_a_fork() {
     );
     // And the real log, grown meanwhile, is still co-signed.
     traffic(&a, "after").await;
-    signed(&a).await;
+    a.wait_signed().await;
     let o = witness(&a, dir.path(), &keys);
     assert!(o.status.success(), "{}", said(&o));
 }
