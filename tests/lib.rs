@@ -210,7 +210,27 @@ impl Cluster {
             .initialize(&c.nodes[0].api_addr, members)
             .await
             .expect("initialize");
-        c.wait_leader().await;
+        let leader = c.wait_leader().await;
+        c.wait_roster(leader).await;
+    }
+
+    /// Until every replica's roster holds the signing key of node
+    /// `leader`: a leader registers its key before it signs its first
+    /// checkpoint, so a roster read right after the election may not hold
+    /// it yet, and that checkpoint would not verify with a trusted-keys
+    /// file taken then.
+    pub async fn wait_roster(&self, leader: u64) {
+        let name = format!("grant-ledger-node-{leader}+");
+        for n in &self.nodes {
+            let client = self.node_client(n.id);
+            wait_for("the leader's signing key in every roster", || async {
+                client
+                    .roster()
+                    .await
+                    .is_ok_and(|r| r.keys.iter().any(|k| k.starts_with(&name)))
+            })
+            .await;
+        }
     }
 
     /// `n` nodes with addresses and data directories, none started and none
