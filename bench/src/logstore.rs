@@ -57,7 +57,7 @@ async fn main() {
     );
     for &batch in &args.batches {
         let dir = tempfile::tempdir_in(".").expect("tempdir on the working directory's disk");
-        let mut store = LogStore::open(&dir.path().join("raft-log")).unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
         let mut lat: Vec<Duration> = Vec::with_capacity(args.appends);
         let mut index = 1u64;
         let start = Instant::now();

@@ -106,10 +106,18 @@ pub const SWEEP_DEDUPE_MAX: usize = 1000;
 pub const DEDUPE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Upper bound any TTL configuration may take (30 days).
 pub const TTL_SECONDS_CEILING: u64 = 30 * 24 * 60 * 60;
-/// Bytes in a serialized log entry. The sled log store keeps every entry far
-/// below sled's blob threshold (see storage::log_store) so that an fdatasync
-/// of its single data file makes it durable.
+/// Bytes in a serialized log entry.
 pub const LOG_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Size at which the Raft log closes a chunk file and starts the next. A
+/// purge behind a snapshot removes whole closed chunks only, so this is
+/// about how much log a node keeps on disk beyond what openraft keeps.
+pub const LOG_CHUNK_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of encoded log entries the Raft log keeps in memory for
+/// replication and apply to read without touching the disk.
+pub const LOG_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Entries the Raft log keeps in that cache, whatever their size.
+pub const LOG_CACHE_ENTRIES_MAX: usize = 100_000;
+const _: () = assert!(LOG_ENTRY_BYTES_MAX < LOG_CHUNK_BYTES);
 
 /// Upper bound on the encoded size of one check in a batch entry.
 pub const CHECK_ENCODED_BYTES_MAX: usize = SUBJECT_BYTES_MAX

@@ -60,7 +60,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let node_key: crate::audit::keys::SharedKey = Arc::new(std::sync::RwLock::new(Arc::new(
         crate::audit::keys::load_or_create(&config.data_dir, config.node_id)?,
     )));
-    let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
+    let log_store = LogStore::open(&config.data_dir)?;
     let sm = StateMachine::open(&config.data_dir)?;
     let state = sm.reader();
     let sm_snapshot_dir = sm.snapshot_dir().to_path_buf();

@@ -111,7 +111,7 @@ pub async fn restore(
         }
         let (_, file) = out.finish()?;
         sm.install_snapshot(&meta, file).await?;
-        let mut log = LogStore::open(&data_dir.join("raft-log"))?;
+        let mut log = LogStore::open(data_dir)?;
         log.purge(last).await?;
         log.save_committed(Some(last)).await?;
         // Durable, and flushes the purge and commit marks with it. A vote in

@@ -226,7 +226,7 @@ async fn start(id: NodeId, node: &Node, router: &Router, leader_restore: bool) -
         .dir
         .path()
         .join(format!("gen-{}", rand::random::<u64>()));
-    let mut log = LogStore::open(&gen.join("raft-log")).unwrap();
+    let mut log = LogStore::open(&gen).unwrap();
     let (vote, durable) = {
         let d = node.disk.lock().unwrap();
         (d.vote, d.durable.values().cloned().collect::<Vec<_>>())

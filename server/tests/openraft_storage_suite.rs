@@ -13,7 +13,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = LogStore::open(&dir.path().join("raft-log")).expect("open log store");
+        let log = LogStore::open(dir.path()).expect("open log store");
         let sm = StateMachine::open(dir.path()).expect("open state machine");
         Ok((dir, log, sm))
     }

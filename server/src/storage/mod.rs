@@ -1,4 +1,4 @@
-//! Durable storage: the Raft log (sled, made durable with fdatasync) and the
+//! Durable storage: the Raft log (a write-ahead log of its own) and the
 //! state machine (sled, one key space declared in `keyspace`).
 
 pub mod capture;
