@@ -224,8 +224,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let wal = self.wal();
         let st = wal.log_state();
         Ok(LogState {
-            last_purged_log_id: st.purged().map(|l| l.0.clone()),
-            last_log_id: st.last().map(|l| l.0.clone()),
+            last_purged_log_id: st.purged().map(|l| l.0),
+            last_log_id: st.last().map(|l| l.0),
         })
     }
 
@@ -234,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.wal().save_vote(Stored(vote.clone()))?;
+        self.wal().save_vote(Stored(*vote))?;
         self.flush_durable().await
     }
 
@@ -258,7 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.wal().log_state().committed().map(|l| l.0.clone()))
+        Ok(self.wal().log_state().committed().map(|l| l.0))
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed) -> Result<(), io::Error>
