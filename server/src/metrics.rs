@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::api::batcher::Batchers;
 use crate::api::NodeContext;
 use crate::limits;
+use crate::storage::LogStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -55,6 +56,11 @@ struct Sampled {
     audit_entries: Gauge,
     audit_checkpoint_size: Gauge,
     checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    log_disk_bytes: Gauge,
+    log_syncs: Gauge,
+    log_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    log_sync_max_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    log_cache_bytes: Gauge,
 }
 
 /// When the watched figures last moved.
@@ -65,6 +71,7 @@ struct Moments {
 
 pub struct Metrics {
     registry: Registry,
+    log: LogStore,
     requests: Family<RpcLabels, Counter>,
     latency: Family<RpcLabels, Histogram>,
     leader_changes: Counter,
@@ -73,7 +80,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    pub fn new(log: LogStore) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("grantd");
         let requests = Family::<RpcLabels, Counter>::default();
         // 100 µs to ~3.3 s, doubling.
@@ -97,7 +104,7 @@ impl Metrics {
             "Times this node saw the leader change (including to none)",
             leader_changes.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 13] = [
+        let gauges: [(&str, &str, &Gauge); 16] = [
             ("raft_term", "Current Raft term", &s.term),
             ("raft_is_leader", "1 if this node leads", &s.is_leader),
             (
@@ -155,6 +162,21 @@ impl Metrics {
                 "Entries in the audit chain (tree size)",
                 &s.audit_entries,
             ),
+            (
+                "raft_log_disk_bytes",
+                "Bytes the Raft log's chunk files take on disk",
+                &s.log_disk_bytes,
+            ),
+            (
+                "raft_log_syncs",
+                "fdatasyncs of the Raft log since this node started (one per group commit)",
+                &s.log_syncs,
+            ),
+            (
+                "raft_log_cache_bytes",
+                "Bytes of recent log entries held in memory",
+                &s.log_cache_bytes,
+            ),
         ];
         for (name, help, g) in gauges {
             registry.register(name, help, g.clone());
@@ -170,6 +192,16 @@ impl Metrics {
             s.snapshot_age.clone(),
         );
         registry.register(
+            "raft_log_sync_seconds",
+            "Seconds spent in fdatasyncs of the Raft log since this node started",
+            s.log_sync_seconds.clone(),
+        );
+        registry.register(
+            "raft_log_sync_max_seconds",
+            "The longest fdatasync of the Raft log since this node started",
+            s.log_sync_max_seconds.clone(),
+        );
+        registry.register(
             "audit_checkpoint_age_seconds",
             "Seconds since the latest signed checkpoint last moved (or since start)",
             s.checkpoint_age.clone(),
@@ -177,6 +209,7 @@ impl Metrics {
         let now = Instant::now();
         Arc::new(Metrics {
             registry,
+            log,
             requests,
             latency,
             leader_changes,
@@ -226,6 +259,12 @@ impl Metrics {
             .map(|c| c.0)
             .unwrap_or(0);
         s.audit_checkpoint_size.set(cp as i64);
+        let log = self.log.stats();
+        s.log_disk_bytes.set(log.disk_bytes as i64);
+        s.log_syncs.set(log.syncs as i64);
+        s.log_sync_seconds.set(log.sync_seconds);
+        s.log_sync_max_seconds.set(log.sync_max_seconds);
+        s.log_cache_bytes.set(log.cache_bytes as i64);
         {
             let mut mo = self.moments.lock().expect("moments lock");
             let now = Instant::now();

@@ -61,6 +61,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         crate::audit::keys::load_or_create(&config.data_dir, config.node_id)?,
     )));
     let log_store = LogStore::open(&config.data_dir)?;
+    let log_metrics = log_store.clone();
     let sm = StateMachine::open(&config.data_dir)?;
     let state = sm.reader();
     let sm_snapshot_dir = sm.snapshot_dir().to_path_buf();
@@ -118,7 +119,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let ctx = NodeContext::new(config.clone(), raft.clone(), state, access.clone());
     let refusals = Arc::new(Refusals::new(config.node_id, config.refusal_window_ms));
     let batchers = Batchers::start(ctx.clone());
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(log_metrics);
     // Bound here: a taken port fails start-up at once.
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await

@@ -173,10 +173,33 @@ impl LogStore {
         rx.await.map_err(|_| io_err("raft log flush thread is gone"))?
     }
 
-    /// Bytes the log's chunk files take on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.wal().on_disk_size()
+    /// What the log's flush thread and cache have done since it opened.
+    pub fn stats(&self) -> LogStats {
+        let wal = self.wal();
+        let stat = wal.stat();
+        LogStats {
+            disk_bytes: wal.on_disk_size(),
+            syncs: stat.flush_metrics.sync_batch_count,
+            sync_seconds: stat.flush_metrics.sync_us as f64 / 1e6,
+            sync_max_seconds: stat.flush_metrics.sync_max_us as f64 / 1e6,
+            cache_bytes: stat.payload_cache_size,
+        }
     }
+}
+
+/// Figures of the log for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    /// Bytes its chunk files take on disk.
+    pub disk_bytes: u64,
+    /// fdatasyncs since the log was opened.
+    pub syncs: u64,
+    /// Seconds spent in them.
+    pub sync_seconds: f64,
+    /// The longest of them.
+    pub sync_max_seconds: f64,
+    /// Bytes of entries held in memory.
+    pub cache_bytes: u64,
 }
 
 /// `range` as raft-log's half-open `[from, to)`.
