@@ -134,6 +134,9 @@ pub struct Args {
     /// The window of the per-caller rate of refused calls recorded one by one; beyond it they are counted into one entry per caller and method when the window closes [default: 60000].
     #[arg(long, env = "GRANTD_REFUSAL_WINDOW_MS")]
     pub refusal_window_ms: Option<u64>,
+    /// How long a grant stays in the state after its expiry, for tool servers whose clocks run behind: then it leaves the state (its history stays in the audit chain) [default: 300000].
+    #[arg(long, env = "GRANTD_CLOCK_SKEW_MARGIN_MS")]
+    pub clock_skew_margin_ms: Option<u64>,
     /// The origin line of audit checkpoints: names this log; the same on every node [default: grant-ledger].
     #[arg(long, env = "GRANTD_AUDIT_ORIGIN")]
     pub audit_origin: Option<String>,
@@ -238,6 +241,7 @@ struct FileConfig {
     allow_log_reversion: Option<bool>,
     checkpoint_interval_ms: Option<u64>,
     refusal_window_ms: Option<u64>,
+    clock_skew_margin_ms: Option<u64>,
     audit_origin: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
@@ -280,6 +284,8 @@ pub struct Config {
     pub allow_log_reversion: bool,
     pub checkpoint_interval_ms: u64,
     pub refusal_window_ms: u64,
+    /// A grant leaves the state this long after its expiry.
+    pub clock_skew_margin_ms: u64,
     pub audit_origin: String,
     pub log: String,
     pub log_format: LogFormat,
@@ -407,6 +413,7 @@ impl Config {
             allow_log_reversion: pick!(allow_log_reversion, true),
             checkpoint_interval_ms: pick!(checkpoint_interval_ms, 1000),
             refusal_window_ms: pick!(refusal_window_ms, 60_000),
+            clock_skew_margin_ms: pick!(clock_skew_margin_ms, 300_000),
             audit_origin: pick!(audit_origin, "grant-ledger".to_string()),
             log: pick!(log, "info".to_string()),
             log_format: pick!(log_format, LogFormat::Text),
@@ -529,6 +536,12 @@ impl Config {
         }
         if !(100..=3_600_000).contains(&self.refusal_window_ms) {
             return bad("refusal_window_ms", "must be in 100..=3600000".into());
+        }
+        if self.clock_skew_margin_ms > crate::limits::CLOCK_SKEW_MARGIN_MS_CEILING {
+            return bad(
+                "clock_skew_margin_ms",
+                format!("must be at most {}", crate::limits::CLOCK_SKEW_MARGIN_MS_CEILING),
+            );
         }
         if self.audit_origin.is_empty()
             || self.audit_origin.len() > 256

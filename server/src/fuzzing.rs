@@ -42,7 +42,7 @@ pub fn token(data: &[u8]) {
     };
     let (kid, key) = &*CLUSTER_KEY;
     let r = token::check(text, |k| (k == kid).then(|| key.clone()));
-    if let Ok(Presented::Valid { grant_id }) = r {
+    if let Ok(Presented::Valid { grant_id, .. }) = r {
         assert!(validate::grant_id("jti", &grant_id).is_ok(), "{grant_id:?}");
     }
     let _ = IDP.identify(text);

@@ -76,7 +76,7 @@ pub const PENDING_CHECKS_MAX: usize = 8192;
 /// Check batches in flight through Raft at once. One: checks that arrive
 /// while a batch is in Raft wait and go together in the next, and on a
 /// CPU-bound node fewer, larger entries beat pipelining (8 in flight: 3.3-
-/// 3.6k checks/s at 64 clients; 1: 4.4-4.7k, bench/README.md).
+/// 3.6k checks/s at 64 clients; 1: 4.4-4.7k, bench/HISTORY.md).
 pub const CHECK_BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Issues, and revokes, waiting to be batched into a log entry (each kind
 /// its own queue); beyond it the request answers ResourceExhausted.
@@ -104,6 +104,12 @@ pub const SWEEP_BACKLOG_PAUSE_MS: u64 = 20;
 pub const SWEEP_DEDUPE_MAX: usize = 1000;
 /// Time a request id is remembered after it was applied.
 pub const DEDUPE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+/// Retired grants the sweep removes from the state in one log entry (each
+/// a few key removals, no audit entry).
+pub const SWEEP_PURGE_MAX: usize = 1000;
+/// Upper bound of `clock_skew_margin_ms` (a day): a grant stays in the
+/// state at most this long past its expiry.
+pub const CLOCK_SKEW_MARGIN_MS_CEILING: u64 = 24 * 60 * 60 * 1000;
 /// Upper bound any TTL configuration may take (30 days).
 pub const TTL_SECONDS_CEILING: u64 = 30 * 24 * 60 * 60;
 /// Bytes in a serialized log entry.

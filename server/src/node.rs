@@ -370,7 +370,8 @@ async fn wait(mut rx: watch::Receiver<bool>) {
 /// past their deadline) every interval,
 /// and back to back while each one retires a full batch.
 /// Expired grants already deny at check time; the sweep retires them from
-/// the active indexes and records their expiry.
+/// the active indexes and records their expiry, and removes retired grants
+/// from the state once past their expiry and `clock_skew_margin_ms`.
 async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.sweep_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -380,7 +381,12 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
             continue;
         }
         let now = now_ms();
+        let purge_before_ms = now.saturating_sub(ctx.config.clock_skew_margin_ms as i64);
         let due = ctx.state.has_expired(now).unwrap_or(false)
+            || ctx
+                .state
+                .has_retired_before(purge_before_ms)
+                .unwrap_or(false)
             || ctx.state.has_task_past_deadline(now).unwrap_or(false)
             || ctx
                 .state
@@ -389,17 +395,23 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
         if !due {
             continue;
         }
-        match ctx.propose(Command::Sweep(SweepCmd { now_ms: now })).await {
+        let sweep = SweepCmd {
+            now_ms: now,
+            purge_before_ms,
+        };
+        match ctx.propose(Command::Sweep(sweep)).await {
             Ok((
                 CommandResult::Swept {
                     expired,
                     tasks_expired,
                     dedupe_dropped,
+                    purged,
                 },
                 index,
             )) if expired as usize == limits::SWEEP_GRANTS_MAX
                 || tasks_expired as usize == limits::SWEEP_TASKS_MAX
-                || dedupe_dropped as usize == limits::SWEEP_DEDUPE_MAX =>
+                || dedupe_dropped as usize == limits::SWEEP_DEDUPE_MAX
+                || purged as usize == limits::SWEEP_PURGE_MAX =>
             {
                 // A full batch: more is due. Sweep again soon rather than
                 // retire SWEEP_GRANTS_MAX a tick (a million grants expiring
@@ -409,6 +421,7 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
                     expired,
                     tasks_expired,
                     dedupe_dropped,
+                    purged,
                     index,
                     "full sweep applied"
                 );

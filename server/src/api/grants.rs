@@ -211,9 +211,12 @@ impl Grants for GrantsService {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let (grant_id, forged) = match self.verifier.check(&r.token)? {
-            token::Presented::Valid { grant_id } => (grant_id, false),
-            token::Presented::Forged => (String::new(), true),
+        let (grant_id, forged, token_expires_at_ms) = match self.verifier.check(&r.token)? {
+            token::Presented::Valid {
+                grant_id,
+                expires_at_ms,
+            } => (grant_id, false, expires_at_ms),
+            token::Presented::Forged => (String::new(), true, 0),
         };
         let identity = self.presenter(&caller, r.identity)?;
         validate::name("resource", &r.resource, RESOURCE_BYTES_MAX)?;
@@ -229,6 +232,7 @@ impl Grants for GrantsService {
             action: r.action,
             actor: caller.id().to_string(),
             attributes,
+            token_expires_at_ms,
         };
         let (o, index) = self.batchers.checks.check(cmd).await?;
         Ok(Response::new(pb::CheckResponse {

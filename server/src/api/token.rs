@@ -110,8 +110,12 @@ pub fn mint(key: &TokenKey, claims: &Claims) -> Result<Minted, ApiError> {
 /// What Check learns from a presented token before asking the ledger.
 #[derive(Debug, PartialEq)]
 pub enum Presented {
-    /// The signature verifies with a cluster token key: the grant it names.
-    Valid { grant_id: String },
+    /// The signature verifies with a cluster token key: the grant it names,
+    /// and the token's expiry (`exp`, in ms).
+    Valid {
+        grant_id: String,
+        expires_at_ms: i64,
+    },
     /// A JWT, but not one the cluster signed (tampered, foreign key, unknown
     /// key id, wrong algorithm): denied as BadToken.
     Forged,
@@ -161,14 +165,15 @@ impl Verifier {
 
 /// Tokens whose signature verified, by SHA-256 of the token, with the grant
 /// each names. A tool server checks the same token many times, and the
-/// signature is the largest cost of a Check on the node (bench/README.md).
+/// signature is the largest cost of a Check on the node (bench/HISTORY.md).
 /// Whether a token verifies depends on the token and its key alone, and a
 /// published key is never withdrawn, so a remembered result never goes
 /// stale; expiry, revocation and scope are still the ledger's, at every
 /// Check. Only verified tokens are kept: a token whose key id is unknown
 /// here may verify once its key is applied.
 struct VerifiedTokens {
-    map: RwLock<HashMap<[u8; 32], String>>,
+    /// Token hash -> (grant id, expiry in ms).
+    map: RwLock<HashMap<[u8; 32], (String, i64)>>,
     max: usize,
 }
 
@@ -189,18 +194,23 @@ impl VerifiedTokens {
             return check(token, key_of);
         }
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(grant_id) = self.map.read().expect("token cache").get(&h) {
+        if let Some((grant_id, expires_at_ms)) = self.map.read().expect("token cache").get(&h) {
             return Ok(Presented::Valid {
                 grant_id: grant_id.clone(),
+                expires_at_ms: *expires_at_ms,
             });
         }
         let presented = check(token, key_of)?;
-        if let Presented::Valid { grant_id } = &presented {
+        if let Presented::Valid {
+            grant_id,
+            expires_at_ms,
+        } = &presented
+        {
             let mut m = self.map.write().expect("token cache");
             if m.len() >= self.max {
                 m.clear();
             }
-            m.insert(h, grant_id.clone());
+            m.insert(h, (grant_id.clone(), *expires_at_ms));
         }
         Ok(presented)
     }
@@ -240,6 +250,7 @@ pub fn check(
     match jsonwebtoken::decode::<Claims>(token, &key, &v) {
         Ok(d) if validate::grant_id("jti", &d.claims.jti).is_ok() => Ok(Presented::Valid {
             grant_id: d.claims.jti,
+            expires_at_ms: d.claims.exp.saturating_mul(1000),
         }),
         _ => Ok(Presented::Forged),
     }
@@ -307,6 +318,8 @@ mod tests {
         let m = mint(&key, &claims()).unwrap();
         let valid = Presented::Valid {
             grant_id: "ab".repeat(16),
+            // `exp` is in whole seconds.
+            expires_at_ms: 1_700_000_300_000,
         };
         // Unknown key id: forged, and not remembered.
         assert_eq!(cache.check(&m.token, |_| None).unwrap(), Presented::Forged);

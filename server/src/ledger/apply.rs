@@ -275,12 +275,13 @@ impl<S: LedgerState> LedgerState for Earlier<'_, S> {
             Write::InsertGrant(g) | Write::Retire(g) | Write::Renew { grant: g, .. }
                 if g.grant_id == grant_id =>
             {
-                Some(g.clone())
+                Some(Some(g.clone()))
             }
+            Write::Purge(g) if g.grant_id == grant_id => Some(None),
             _ => None,
         });
         match newest {
-            Some(g) => Ok(Some(g)),
+            Some(g) => Ok(g),
             None => self.state.grant(grant_id),
         }
     }
@@ -326,6 +327,9 @@ impl<S: LedgerState> LedgerState for Earlier<'_, S> {
     fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
         self.state.expired_grant_ids(now_ms, limit)
     }
+    fn retired_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.state.retired_before(before_ms, limit)
+    }
     fn dedupe_older_than(
         &self,
         before_ms: i64,
@@ -370,12 +374,17 @@ fn issue(
         }
         // A retry, possibly delayed past a revoke or expiry: answer with the
         // grant as it is now, never a new one.
-        let grant = state.grant(&d.grant_id)?.ok_or_else(|| {
-            StateError(format!(
-                "dedupe record points at missing grant {}",
-                d.grant_id
-            ))
-        })?;
+        let Some(grant) = state.grant(&d.grant_id)? else {
+            // It expired and left the state (the request id is remembered
+            // longer than a grant is kept): still never a new one.
+            return Ok(CommandResult::Rejected(Rejection::FailedPrecondition(
+                format!(
+                    "request id {:?} issued grant {}, which has expired and left the ledger \
+                     (its history is in the audit chain); use a new request id for a new grant",
+                    c.request_id, d.grant_id
+                ),
+            )));
+        };
         // The receipt names the original entry: a replay appends none.
         return Ok(CommandResult::Issued {
             grant,
@@ -844,6 +853,9 @@ fn check(
     };
     let reason = match &grant {
         None if c.forged => Reason::BadToken,
+        // Its grant left the state after it expired (the sweep keeps a
+        // grant until its expiry plus the clock-skew margin).
+        None if c.token_expires_at_ms > 0 && c.token_expires_at_ms <= now_ms => Reason::Expired,
         None => Reason::UnknownGrant,
         Some(g) => match g.state_at(now_ms) {
             GrantState::Revoked => match state.task(&g.task_id)?.map(|t| t.state) {
@@ -1256,10 +1268,23 @@ fn sweep(
         });
         dedupe_dropped += 1;
     }
+    // Retired grants past their expiry and the margin leave the state; no
+    // audit entry (their revoke or expire entry closed their history).
+    let mut purged = 0u32;
+    if c.purge_before_ms > 0 {
+        for id in state.retired_before(c.purge_before_ms, limits::SWEEP_PURGE_MAX)? {
+            let g = state
+                .grant(&id)?
+                .ok_or_else(|| StateError(format!("retired index points at missing grant {id}")))?;
+            out.writes.push(Write::Purge(g));
+            purged += 1;
+        }
+    }
     Ok(CommandResult::Swept {
         expired,
         tasks_expired,
         dedupe_dropped,
+        purged,
     })
 }
 

@@ -29,6 +29,9 @@ pub trait LedgerState {
     fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
     /// Active grants whose expiry is at or before `now_ms`, oldest first, at most `limit`.
     fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
+    /// Retired (revoked or expired) grants whose expiry is before
+    /// `before_ms`, oldest first, at most `limit`.
+    fn retired_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
     /// Dedupe records applied before `before_ms`, oldest first, at most `limit`:
     /// (applied_at_ms, request_id).
     fn dedupe_older_than(

@@ -181,6 +181,10 @@ pub struct CheckCmd {
     /// ...), for the policy: see grant_policy::CheckQuery.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// The verified token's expiry (its `exp`, in ms): a grant that has
+    /// left the state is answered EXPIRED by it. 0 when unknown.
+    #[serde(default)]
+    pub token_expires_at_ms: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -266,6 +270,11 @@ pub struct CloseTaskCmd {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SweepCmd {
     pub now_ms: i64,
+    /// Retired grants whose expiry is before this leave the state (the
+    /// leader's time less `clock_skew_margin_ms`; carried in the command so
+    /// that every replica removes the same ones). 0: none.
+    #[serde(default)]
+    pub purge_before_ms: i64,
 }
 
 /// Record a node's checkpoint signing key in the roster.
@@ -442,7 +451,11 @@ impl std::fmt::Display for Command {
             Command::CloseTask(c) => {
                 write!(f, "close_task(task={}, {:?})", c.task_id, c.outcome)
             }
-            Command::Sweep(c) => write!(f, "sweep(now={})", c.now_ms),
+            Command::Sweep(c) => write!(
+                f,
+                "sweep(now={}, purge_before={})",
+                c.now_ms, c.purge_before_ms
+            ),
             Command::RegisterKey(c) => write!(f, "register_key(node={})", c.node_id),
             Command::Checkpoint(_) => write!(f, "checkpoint"),
             Command::SetRoles(c) => write!(f, "set_roles(actor={})", c.actor),
@@ -545,6 +558,8 @@ pub enum CommandResult {
         expired: u32,
         tasks_expired: u32,
         dedupe_dropped: u32,
+        /// Retired grants removed from the state.
+        purged: u32,
     },
     KeyRegistered {
         audit: Option<AuditRef>,
@@ -592,6 +607,10 @@ pub enum Write {
     /// Update a grant that is leaving the active state (revoked or expired):
     /// rewrites the row and drops it from the expiry index.
     Retire(GrantRecord),
+    /// A retired grant past its expiry and the clock-skew margin leaves
+    /// the state: its row and every index entry naming it. Its history
+    /// stays in the audit chain.
+    Purge(GrantRecord),
     /// An active grant's expiry moved: rewrites the row and moves its
     /// expiry index entry.
     Renew {

@@ -44,7 +44,10 @@ use crate::raft::typ::LogId;
 /// 7: an applied entry's audit entries share AUDIT keys, up to
 ///    `limits::AUDIT_KEY_BYTES` each, in place of one key each: a batch of
 ///    n checks writes a few keys for its audit entries, not n.
-pub const FORMAT_VERSION: u32 = 7;
+/// 8: retired grants are indexed by expiry (RETIRED), so that the sweep
+///    removes them from the state once past their expiry and the clock-skew
+///    margin (`Write::Purge`); the Raft log moved out of sled (raft-wal/).
+pub const FORMAT_VERSION: u32 = 8;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -79,6 +82,10 @@ pub const TASK_DEADLINE: u8 = 0x12;
 pub const CHILDREN: u8 = 0x13;
 /// Active grants per subject (`s`) or task (`t`) + name -> u64 BE.
 pub const ACTIVE: u8 = 0x14;
+/// Retired (revoked or expired) grants by expiry: expiry (ms BE) + grant
+/// id -> empty. The sweep removes a grant from the state, with every key
+/// naming it, once its expiry is past the clock-skew margin.
+pub const RETIRED: u8 = 0x15;
 
 /// Where the state stands (`Applied`): rewritten by every applied entry,
 /// so it is one key (an entry's fixed cost in sled is per key).
@@ -150,6 +157,13 @@ pub fn expiry(at_ms: i64, id: &str) -> Vec<u8> {
 pub fn expiry_upto(at_ms: i64) -> Vec<u8> {
     // Every expiry key with time <= at_ms sorts below this one.
     key(EXPIRY, &[&ms(at_ms.saturating_add(1))])
+}
+pub fn retired(at_ms: i64, id: &str) -> Vec<u8> {
+    key(RETIRED, &[&ms(at_ms), id.as_bytes()])
+}
+/// Every retired key with expiry before `at_ms` sorts below this one.
+pub fn retired_before(at_ms: i64) -> Vec<u8> {
+    key(RETIRED, &[&ms(at_ms)])
 }
 pub fn dedupe(request_id: &str) -> Vec<u8> {
     key(DEDUPE, &[request_id.as_bytes()])
@@ -338,9 +352,10 @@ impl WriteSet {
 /// The grant whose GRANT key `w` writes, if any.
 pub fn grant_written(w: &Write) -> Option<&str> {
     match w {
-        Write::InsertGrant(g) | Write::Retire(g) | Write::Renew { grant: g, .. } => {
-            Some(&g.grant_id)
-        }
+        Write::InsertGrant(g)
+        | Write::Retire(g)
+        | Write::Renew { grant: g, .. }
+        | Write::Purge(g) => Some(&g.grant_id),
         _ => None,
     }
 }
@@ -366,6 +381,23 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         Write::Retire(g) => {
             batch.insert(grant(&g.grant_id), codec::encode(g));
             batch.remove(expiry(g.expires_at_ms, &g.grant_id));
+            batch.insert(retired(g.expires_at_ms, &g.grant_id), &[][..]);
+        }
+        Write::Purge(g) => {
+            // Every key InsertGrant and Retire wrote for it.
+            batch.remove(grant(&g.grant_id));
+            let mut t = by_task_prefix(&g.task_id);
+            t.extend_from_slice(g.grant_id.as_bytes());
+            batch.remove(t);
+            let mut s = by_subject_prefix(&g.subject);
+            s.extend_from_slice(g.grant_id.as_bytes());
+            batch.remove(s);
+            if !g.parent_grant_id.is_empty() {
+                let mut c = children_prefix(&g.parent_grant_id);
+                c.extend_from_slice(g.grant_id.as_bytes());
+                batch.remove(c);
+            }
+            batch.remove(retired(g.expires_at_ms, &g.grant_id));
         }
         Write::Renew {
             grant: g,

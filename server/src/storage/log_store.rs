@@ -341,6 +341,7 @@ mod tests {
     fn entry(index: u64) -> Entry {
         let cmd = Command::Sweep(SweepCmd {
             now_ms: index as i64,
+            purge_before_ms: 0,
         });
         Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), cmd)
     }

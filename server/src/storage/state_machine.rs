@@ -498,6 +498,14 @@ impl LedgerState for SledState<'_> {
             .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
             .collect()
     }
+    fn retired_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.0
+            .range(vec![ks::RETIRED]..ks::retired_before(before_ms))
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
+            .collect()
+    }
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
         let p = ks::roster_prefix(name);
         self.0
@@ -942,6 +950,17 @@ impl StateReader {
             .is_some())
     }
 
+    /// Whether any retired grant's expiry is before `before_ms`.
+    pub fn has_retired_before(&self, before_ms: i64) -> io::Result<bool> {
+        Ok(self
+            .tree()
+            .range(vec![ks::RETIRED]..ks::retired_before(before_ms))
+            .next()
+            .transpose()
+            .map_err(io_err)?
+            .is_some())
+    }
+
     /// Whether any open task's deadline has passed by `now_ms`.
     pub fn has_task_past_deadline(&self, now_ms: i64) -> io::Result<bool> {
         Ok(self
@@ -1105,7 +1124,10 @@ mod tests {
         for i in 1..=5 {
             sm.apply_one(entry(20 + i, revoke(i + 3, 1050))).unwrap();
         }
-        sm.apply_one(entry(26, Command::Sweep(SweepCmd { now_ms: 1150 })))
+        sm.apply_one(entry(26, Command::Sweep(SweepCmd {
+            now_ms: 1150,
+            purge_before_ms: 0,
+        })))
             .unwrap();
         for i in 27..=40 {
             sm.apply_one(entry(i, issue(i))).unwrap();
@@ -1238,6 +1260,7 @@ mod tests {
                 action: "read".into(),
                 actor: String::new(),
                 attributes: Default::default(),
+                token_expires_at_ms: 0,
             }],
         }
     }
@@ -1358,6 +1381,55 @@ mod tests {
         assert!(sm.reader.has_expired(3000).unwrap());
         let g = sm.reader.grant(&format!("{:032x}", 4)).unwrap().unwrap();
         assert_eq!(g.expires_at_ms, 3000);
+    }
+
+    /// A purged grant leaves no key naming it outside the audit chain (the
+    /// dedupe record of its request id stays for its own window), and the
+    /// records apply keeps in memory forget it.
+    #[tokio::test]
+    async fn a_purge_leaves_no_key_naming_the_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        begin_tasks(&mut sm);
+        let sweep = |now_ms, purge_before_ms| {
+            Command::Sweep(SweepCmd {
+                now_ms,
+                purge_before_ms,
+            })
+        };
+        sm.apply_one(entry(4, issue(4))).unwrap(); // expires at 1040
+        sm.apply_one(entry(5, issue(5))).unwrap(); // expires at 1050
+        sm.apply_one(entry(6, issue(6))).unwrap(); // expires at 1060
+        sm.apply_one(entry(7, revoke(5, 1045))).unwrap();
+        let ids: Vec<String> = [4u64, 5].iter().map(|i| format!("{i:032x}")).collect();
+        for id in &ids {
+            assert!(sm.reader.grant(id).unwrap().is_some());
+        }
+        sm.apply_one(entry(8, sweep(1041, 0))).unwrap(); // 4 expires
+        assert!(sm.reader.has_retired_before(1041).unwrap());
+        assert!(!sm.reader.has_retired_before(1040).unwrap());
+        sm.apply_one(entry(9, sweep(1041, 1051))).unwrap();
+        for id in &ids {
+            assert!(sm.reader.grant(id).unwrap().is_none(), "{id}");
+        }
+        assert!(!sm.reader.has_retired_before(1055).unwrap());
+        let tree = sm.reader.tree();
+        for k in tree.iter().keys() {
+            let k = k.unwrap();
+            if k[0] == ks::AUDIT || k[0] == ks::AUDIT_LEAVES {
+                continue;
+            }
+            for id in &ids {
+                assert!(
+                    !k.windows(id.len()).any(|w| w == id.as_bytes()),
+                    "key {k:?} still names {id}"
+                );
+            }
+        }
+        // Grant 6 is active: untouched.
+        let six = format!("{:032x}", 6);
+        assert!(sm.reader.grant(&six).unwrap().is_some());
+        assert!(tree.contains_key(ks::expiry(1060, &six)).unwrap());
     }
 
     /// A crash can cut an entry's writes short after its journal (sled

@@ -120,7 +120,7 @@ impl GrantsService {
         validate::request_id(&r.request_id)?;
         log_request_id(&r.request_id);
         let parent_id = match self.verifier.check(&r.parent_token)? {
-            token::Presented::Valid { grant_id } => grant_id,
+            token::Presented::Valid { grant_id, .. } => grant_id,
             token::Presented::Forged => {
                 return Err(ApiError::invalid(
                     "parent_token",

@@ -90,6 +90,16 @@ impl LedgerState for Mem {
         v.sort();
         Ok(v.into_iter().take(limit).map(|(_, id)| id).collect())
     }
+    fn retired_before(&self, before: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut v: Vec<_> = self
+            .grants
+            .values()
+            .filter(|g| g.state != GrantState::Active && g.expires_at_ms < before)
+            .map(|g| (g.expires_at_ms, g.grant_id.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
     fn dedupe_older_than(
         &self,
         before: i64,
@@ -135,6 +145,9 @@ impl Mem {
             match w {
                 Write::InsertGrant(g) | Write::Retire(g) | Write::Renew { grant: g, .. } => {
                     self.grants.insert(g.grant_id.clone(), g);
+                }
+                Write::Purge(g) => {
+                    self.grants.remove(&g.grant_id);
                 }
                 Write::PutDedupe { request_id, record } => {
                     self.dedupe.insert(request_id, record);
@@ -249,6 +262,7 @@ fn check_cmd(grant: &str, identity: &str, resource: &str, action: &str, now: i64
             action: action.into(),
             actor: String::new(),
             attributes: Default::default(),
+            token_expires_at_ms: 0,
         }],
     }
 }
@@ -569,19 +583,21 @@ fn the_sweep_closes_a_task_at_its_deadline_once_its_grants_have_expired() {
     m.run(issue_cmd("r1", "g1", "t1", 1000, 9_000));
     // The grants first: a sweep that expires some closes no task.
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: 10_000 })),
+        m.run(Command::Sweep(SweepCmd { now_ms: 10_000, purge_before_ms: 0 })),
         CommandResult::Swept {
             expired: 1,
             tasks_expired: 0,
-            dedupe_dropped: 0
+            dedupe_dropped: 0,
+            purged: 0
         }
     );
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: 10_001 })),
+        m.run(Command::Sweep(SweepCmd { now_ms: 10_001, purge_before_ms: 0 })),
         CommandResult::Swept {
             expired: 0,
             tasks_expired: 1,
-            dedupe_dropped: 0
+            dedupe_dropped: 0,
+            purged: 0
         }
     );
     assert_eq!(m.tasks["t1"].state, TaskState::Expired);
@@ -630,24 +646,103 @@ fn sweep_retires_expired_and_old_dedupe() {
     m.run(issue_cmd("r1", "g1", "t1", 1000, 1000));
     m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: 2000 })),
+        m.run(Command::Sweep(SweepCmd { now_ms: 2000, purge_before_ms: 0 })),
         CommandResult::Swept {
             expired: 1,
             tasks_expired: 0,
-            dedupe_dropped: 0
+            dedupe_dropped: 0,
+            purged: 0
         }
     );
     assert_eq!(m.grants["g1"].state, GrantState::Expired);
     assert_eq!(m.grants["g2"].state, GrantState::Active);
     let later = 1000 + limits::DEDUPE_WINDOW_MS + 1;
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: later })),
+        m.run(Command::Sweep(SweepCmd { now_ms: later, purge_before_ms: 0 })),
         CommandResult::Swept {
             expired: 1,
             tasks_expired: 0,
-            dedupe_dropped: 2
+            dedupe_dropped: 2,
+            purged: 0
         }
     );
+}
+
+/// A retired grant leaves the state once past its expiry and the margin
+/// the sweep is given; an active one never does. A check of its token then
+/// answers EXPIRED, a retry of its Issue is refused rather than answered
+/// with a new grant, and its history stays in the chain.
+#[test]
+fn the_sweep_purges_retired_grants_past_the_margin_and_nothing_else() {
+    let mut m = Mem::default();
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 1000)); // expires at 2000
+    m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000)); // revoked below
+    m.run(issue_cmd("r3", "g3", "t1", 1000, 60_000)); // stays active
+    m.run(Command::Revoke(RevokeCmd {
+        grant_id: "g2".into(),
+        reason: "done".into(),
+        actor: String::new(),
+        now_ms: 1500,
+    }));
+    let sweep = |now_ms, purge_before_ms| Command::Sweep(SweepCmd {
+        now_ms,
+        purge_before_ms,
+    });
+    assert!(matches!(
+        m.run(sweep(2000, 0)),
+        CommandResult::Swept {
+            expired: 1,
+            purged: 0,
+            ..
+        }
+    ));
+    let chain_before = m.audit.len();
+    // Not yet past the margin: the expiry must be before purge_before.
+    assert!(matches!(
+        m.run(sweep(3000, 2000)),
+        CommandResult::Swept { purged: 0, .. }
+    ));
+    assert!(matches!(
+        m.run(sweep(3000, 2001)),
+        CommandResult::Swept { purged: 1, .. }
+    ));
+    assert!(!m.grants.contains_key("g1"));
+    assert!(m.grants.contains_key("g2"), "revoked, expiry not yet past");
+    // A revoked grant goes once its expiry is past the margin; an active
+    // one at any age is the expiry sweep's.
+    assert!(matches!(
+        m.run(sweep(61_000, 61_001)),
+        CommandResult::Swept {
+            expired: 1,
+            purged: 1,
+            ..
+        }
+    ));
+    assert!(!m.grants.contains_key("g2"));
+    assert_eq!(m.grants["g3"].state, GrantState::Expired);
+    // The purge itself appends nothing to the chain (the expiry of g3 did).
+    assert_eq!(m.audit.len(), chain_before + 1);
+    assert!(m.audit.iter().any(|e| e.grant_id == "g1" && e.kind == Kind::Expire));
+
+    // Its token, still carrying a valid signature: EXPIRED, not unknown.
+    let mut c = check_cmd("g1", AGENT, "github", "read", 62_000);
+    if let Command::Checks { checks, .. } = &mut c {
+        checks[0].token_expires_at_ms = 2000;
+    }
+    assert_eq!(reason(m.run(c)), Reason::Expired);
+    assert_eq!(
+        reason(m.run(check_cmd("g1", AGENT, "github", "read", 62_000))),
+        Reason::UnknownGrant
+    );
+    // A retry of its Issue: refused, no second grant.
+    let grants = m.grants.len();
+    match m.run(issue_cmd("r1", "g9", "t1", 62_000, 1000)) {
+        CommandResult::Rejected(Rejection::FailedPrecondition(why)) => {
+            assert!(why.contains("left the ledger"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.grants.len(), grants);
 }
 
 #[test]
@@ -655,7 +750,7 @@ fn apply_is_deterministic() {
     let cmds = vec![
         issue_cmd("r1", "g1", "t1", 1000, 5000),
         check_cmd("g1", AGENT, "github", "read", 1500),
-        Command::Sweep(SweepCmd { now_ms: 7000 }),
+        Command::Sweep(SweepCmd { now_ms: 7000, purge_before_ms: 0 }),
         Command::Revoke(RevokeCmd {
             grant_id: "g1".into(),
             reason: "x".into(),
@@ -1338,7 +1433,7 @@ fn quotas_count_active_grants_and_refuse_changing_nothing() {
         m.run(with_quota(issue_cmd("r2", "g2", "t3", 2000, 60_000), 2, 0)),
         CommandResult::Issued { .. }
     ));
-    m.run(Command::Sweep(SweepCmd { now_ms: 7000 }));
+    m.run(Command::Sweep(SweepCmd { now_ms: 7000, purge_before_ms: 0 }));
     assert_eq!(m.active[&subject], 1, "g1 expired");
     // Per task: the second active grant of t3 is refused, another task's is not.
     let r = m.run(with_quota(issue_cmd("r3", "g3", "t3", 8000, 60_000), 0, 1));
