@@ -13,7 +13,7 @@
 //! Why not a fresh tree in the same database: sled 0.34 keeps every page of
 //! a tree it has just loaded resident (about five times the snapshot's
 //! bytes for millions of small keys), and dropping a tree does not give its
-//! memory back; closing the database does (bench/README.md, "Streamed
+//! memory back; closing the database does (bench/HISTORY.md, "Streamed
 //! snapshots").
 
 use std::io;

@@ -2,7 +2,7 @@
 //!
 //! Every Check reads its grant, on every node. Reading it from sled and
 //! decoding its JSON was 9-13% of a follower's CPU under check load
-//! (bench/README.md, "grant records remembered"). Apply is the only writer
+//! (bench/HISTORY.md, "grant records remembered"). Apply is the only writer
 //! of grants and runs one entry at a time, so it keeps the records it reads
 //! here, forgets each one an entry writes, and starts over when a snapshot
 //! replaces the state. Reads outside apply (the API) go to sled as before.

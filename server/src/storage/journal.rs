@@ -6,7 +6,7 @@
 //! (`PageCache::pin_log`): two small disk writes per applied entry on every
 //! node, whatever the flush settings. Under Issue load that was 8,000 disk
 //! writes a second on this machine and the largest single cost of an Issue
-//! (bench/README.md, "Two disk writes per applied entry"). A single-key
+//! (bench/HISTORY.md, "Two disk writes per applied entry"). A single-key
 //! write only takes space in the buffer, which sled writes out when it is
 //! full or on its periodic flush.
 //!
