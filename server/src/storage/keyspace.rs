@@ -349,6 +349,23 @@ impl WriteSet {
     }
 }
 
+/// The index keys of a grant that live as long as its record: by task, by
+/// subject, and in its parent's children if delegated.
+fn grant_index_keys(g: &GrantRecord) -> Vec<Vec<u8>> {
+    let with_id = |mut prefix: Vec<u8>| {
+        prefix.extend_from_slice(g.grant_id.as_bytes());
+        prefix
+    };
+    let mut keys = vec![
+        with_id(by_task_prefix(&g.task_id)),
+        with_id(by_subject_prefix(&g.subject)),
+    ];
+    if !g.parent_grant_id.is_empty() {
+        keys.push(with_id(children_prefix(&g.parent_grant_id)));
+    }
+    keys
+}
+
 /// The grant whose GRANT key `w` writes, if any.
 pub fn grant_written(w: &Write) -> Option<&str> {
     match w {
@@ -365,18 +382,10 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
     match w {
         Write::InsertGrant(g) => {
             batch.insert(grant(&g.grant_id), codec::encode(g));
-            let mut t = by_task_prefix(&g.task_id);
-            t.extend_from_slice(g.grant_id.as_bytes());
-            batch.insert(t, &[][..]);
-            let mut s = by_subject_prefix(&g.subject);
-            s.extend_from_slice(g.grant_id.as_bytes());
-            batch.insert(s, &[][..]);
-            batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
-            if !g.parent_grant_id.is_empty() {
-                let mut c = children_prefix(&g.parent_grant_id);
-                c.extend_from_slice(g.grant_id.as_bytes());
-                batch.insert(c, &[][..]);
+            for k in grant_index_keys(g) {
+                batch.insert(k, &[][..]);
             }
+            batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
         }
         Write::Retire(g) => {
             batch.insert(grant(&g.grant_id), codec::encode(g));
@@ -386,16 +395,8 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         Write::Purge(g) => {
             // Every key InsertGrant and Retire wrote for it.
             batch.remove(grant(&g.grant_id));
-            let mut t = by_task_prefix(&g.task_id);
-            t.extend_from_slice(g.grant_id.as_bytes());
-            batch.remove(t);
-            let mut s = by_subject_prefix(&g.subject);
-            s.extend_from_slice(g.grant_id.as_bytes());
-            batch.remove(s);
-            if !g.parent_grant_id.is_empty() {
-                let mut c = children_prefix(&g.parent_grant_id);
-                c.extend_from_slice(g.grant_id.as_bytes());
-                batch.remove(c);
+            for k in grant_index_keys(g) {
+                batch.remove(k);
             }
             batch.remove(retired(g.expires_at_ms, &g.grant_id));
         }

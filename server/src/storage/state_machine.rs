@@ -1018,8 +1018,8 @@ mod tests {
 
     use super::*;
     use crate::ledger::{
-        BeginTaskCmd, CloseTaskCmd, Command, IssueCmd, RenewCmd, RevokeCmd, Scope, SweepCmd,
-        TaskState,
+        BeginTaskCmd, CloseTaskCmd, Command, DelegateCmd, IssueCmd, RenewCmd, RevokeCmd, Scope,
+        SweepCmd, TaskState,
     };
 
     /// Begin tasks t0, t1, t2 (deadlines 5000, 6000, 7000) at log indexes
@@ -1401,14 +1401,44 @@ mod tests {
         sm.apply_one(entry(5, issue(5))).unwrap(); // expires at 1050
         sm.apply_one(entry(6, issue(6))).unwrap(); // expires at 1060
         sm.apply_one(entry(7, revoke(5, 1045))).unwrap();
-        let ids: Vec<String> = [4u64, 5].iter().map(|i| format!("{i:032x}")).collect();
+        // A grant delegated from 4, which sits in 4's children index.
+        let Command::Issue(mut child) = issue(99) else {
+            unreachable!()
+        };
+        child.issuer = "spiffe://example.org/a".into();
+        child.subject = "spiffe://example.org/h".into();
+        child.task_id = "t1".into();
+        child.now_ms = 1005;
+        child.expires_at_ms = 1040;
+        let delegated = sm
+            .apply_one(entry(
+                8,
+                Command::Delegate(DelegateCmd {
+                    grant: child,
+                    parent_grant_id: format!("{:032x}", 4),
+                    sub_task: "summarise".into(),
+                    depth_max: 2,
+                }),
+            ))
+            .unwrap();
+        assert!(
+            matches!(delegated, CommandResult::Issued { .. }),
+            "{delegated:?}"
+        );
+        let ids: Vec<String> = [4u64, 5, 99]
+            .iter()
+            .map(|i| format!("{i:032x}"))
+            .collect();
         for id in &ids {
             assert!(sm.reader.grant(id).unwrap().is_some());
         }
-        sm.apply_one(entry(8, sweep(1041, 0))).unwrap(); // 4 expires
+        let mut children_key = ks::children_prefix(&ids[0]);
+        children_key.extend_from_slice(ids[2].as_bytes());
+        assert!(sm.reader.tree().contains_key(&children_key).unwrap());
+        sm.apply_one(entry(9, sweep(1041, 0))).unwrap(); // 4 and 99 expire
         assert!(sm.reader.has_retired_before(1041).unwrap());
         assert!(!sm.reader.has_retired_before(1040).unwrap());
-        sm.apply_one(entry(9, sweep(1041, 1051))).unwrap();
+        sm.apply_one(entry(10, sweep(1041, 1051))).unwrap();
         for id in &ids {
             assert!(sm.reader.grant(id).unwrap().is_none(), "{id}");
         }
