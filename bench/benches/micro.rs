@@ -67,6 +67,9 @@ impl LedgerState for Mem {
     fn expired_grant_ids(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
     }
+    fn retired_before(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
     fn dedupe_older_than(&self, _: i64, _: usize) -> Result<Vec<(i64, String)>, StateError> {
         Ok(Vec::new())
     }
@@ -197,6 +200,7 @@ fn apply_path(c: &mut Criterion) {
                 action: "read".into(),
                 actor: "spiffe://example.org/tool/github".into(),
                 attributes: Default::default(),
+                token_expires_at_ms: 1_800_000_300_000,
             })
             .collect(),
     };

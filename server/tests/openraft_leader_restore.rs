@@ -264,7 +264,11 @@ async fn start(id: NodeId, node: &Node, router: &Router, leader_restore: bool) -
 /// restored leader refuses writes until a quorum has acknowledged it).
 async fn write(raft: &Raft, now_ms: i64) -> LogId {
     for _ in 0..200 {
-        match raft.client_write(Command::Sweep(SweepCmd { now_ms })).await {
+        let sweep = SweepCmd {
+            now_ms,
+            purge_before_ms: 0,
+        };
+        match raft.client_write(Command::Sweep(sweep)).await {
             Ok(r) => return r.log_id,
             Err(e) => {
                 eprintln!("write {now_ms}: {e}; again");
