@@ -131,10 +131,10 @@ impl LogStore {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{} holds a Raft log in the old sled format; this grantd keeps its log in \
-                     {DIR}/ and does not convert it: restore a backup into a new data \
-                     directory (grantd restore), or wipe this node's data directory and let \
-                     it catch up from the others",
+                    "{} holds a Raft log in the old sled format (data format 7 or before); \
+                     this grantd keeps its log in {DIR}/ and does not convert it: wipe this \
+                     node's data directory and let it catch up from the others, or start the \
+                     cluster afresh (docs/storage.md)",
                     old.display()
                 ),
             ));
