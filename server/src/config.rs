@@ -540,7 +540,10 @@ impl Config {
         if self.clock_skew_margin_ms > crate::limits::CLOCK_SKEW_MARGIN_MS_CEILING {
             return bad(
                 "clock_skew_margin_ms",
-                format!("must be at most {}", crate::limits::CLOCK_SKEW_MARGIN_MS_CEILING),
+                format!(
+                    "must be at most {}",
+                    crate::limits::CLOCK_SKEW_MARGIN_MS_CEILING
+                ),
             );
         }
         if self.audit_origin.is_empty()

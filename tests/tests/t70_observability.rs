@@ -65,10 +65,22 @@ async fn metrics_follow_requests_raft_and_the_ledger() {
         assert!(sample(&m, "grantd_raft_term").unwrap() >= 1.0);
         // Every node appended and synced its log, which holds them.
         assert!(sample(&m, "grantd_raft_log_syncs").unwrap() >= 1.0, "{m}");
-        assert!(sample(&m, "grantd_raft_log_sync_seconds").unwrap() >= 0.0, "{m}");
-        assert!(sample(&m, "grantd_raft_log_sync_max_seconds").is_some(), "{m}");
-        assert!(sample(&m, "grantd_raft_log_disk_bytes").unwrap() > 0.0, "{m}");
-        assert!(sample(&m, "grantd_raft_log_cache_bytes").unwrap() > 0.0, "{m}");
+        assert!(
+            sample(&m, "grantd_raft_log_sync_seconds").unwrap() >= 0.0,
+            "{m}"
+        );
+        assert!(
+            sample(&m, "grantd_raft_log_sync_max_seconds").is_some(),
+            "{m}"
+        );
+        assert!(
+            sample(&m, "grantd_raft_log_disk_bytes").unwrap() > 0.0,
+            "{m}"
+        );
+        assert!(
+            sample(&m, "grantd_raft_log_cache_bytes").unwrap() > 0.0,
+            "{m}"
+        );
     }
     let leaders: f64 = {
         let mut n = 0.0;

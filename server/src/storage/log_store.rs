@@ -170,7 +170,8 @@ impl LogStore {
     async fn flush_durable(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.wal().flush(true, Some(Done::Wait(tx)))?;
-        rx.await.map_err(|_| io_err("raft log flush thread is gone"))?
+        rx.await
+            .map_err(|_| io_err("raft log flush thread is gone"))?
     }
 
     /// What the log's flush thread and cache have done since it opened.

@@ -1124,11 +1124,14 @@ mod tests {
         for i in 1..=5 {
             sm.apply_one(entry(20 + i, revoke(i + 3, 1050))).unwrap();
         }
-        sm.apply_one(entry(26, Command::Sweep(SweepCmd {
-            now_ms: 1150,
-            purge_before_ms: 0,
-        })))
-            .unwrap();
+        sm.apply_one(entry(
+            26,
+            Command::Sweep(SweepCmd {
+                now_ms: 1150,
+                purge_before_ms: 0,
+            }),
+        ))
+        .unwrap();
         for i in 27..=40 {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
@@ -1425,10 +1428,7 @@ mod tests {
             matches!(delegated, CommandResult::Issued { .. }),
             "{delegated:?}"
         );
-        let ids: Vec<String> = [4u64, 5, 99]
-            .iter()
-            .map(|i| format!("{i:032x}"))
-            .collect();
+        let ids: Vec<String> = [4u64, 5, 99].iter().map(|i| format!("{i:032x}")).collect();
         for id in &ids {
             assert!(sm.reader.grant(id).unwrap().is_some());
         }

@@ -583,7 +583,10 @@ fn the_sweep_closes_a_task_at_its_deadline_once_its_grants_have_expired() {
     m.run(issue_cmd("r1", "g1", "t1", 1000, 9_000));
     // The grants first: a sweep that expires some closes no task.
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: 10_000, purge_before_ms: 0 })),
+        m.run(Command::Sweep(SweepCmd {
+            now_ms: 10_000,
+            purge_before_ms: 0
+        })),
         CommandResult::Swept {
             expired: 1,
             tasks_expired: 0,
@@ -592,7 +595,10 @@ fn the_sweep_closes_a_task_at_its_deadline_once_its_grants_have_expired() {
         }
     );
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: 10_001, purge_before_ms: 0 })),
+        m.run(Command::Sweep(SweepCmd {
+            now_ms: 10_001,
+            purge_before_ms: 0
+        })),
         CommandResult::Swept {
             expired: 0,
             tasks_expired: 1,
@@ -646,7 +652,10 @@ fn sweep_retires_expired_and_old_dedupe() {
     m.run(issue_cmd("r1", "g1", "t1", 1000, 1000));
     m.run(issue_cmd("r2", "g2", "t1", 1000, 60_000));
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: 2000, purge_before_ms: 0 })),
+        m.run(Command::Sweep(SweepCmd {
+            now_ms: 2000,
+            purge_before_ms: 0
+        })),
         CommandResult::Swept {
             expired: 1,
             tasks_expired: 0,
@@ -658,7 +667,10 @@ fn sweep_retires_expired_and_old_dedupe() {
     assert_eq!(m.grants["g2"].state, GrantState::Active);
     let later = 1000 + limits::DEDUPE_WINDOW_MS + 1;
     assert_eq!(
-        m.run(Command::Sweep(SweepCmd { now_ms: later, purge_before_ms: 0 })),
+        m.run(Command::Sweep(SweepCmd {
+            now_ms: later,
+            purge_before_ms: 0
+        })),
         CommandResult::Swept {
             expired: 1,
             tasks_expired: 0,
@@ -684,10 +696,12 @@ fn the_sweep_purges_retired_grants_past_the_margin_and_nothing_else() {
         actor: String::new(),
         now_ms: 1500,
     }));
-    let sweep = |now_ms, purge_before_ms| Command::Sweep(SweepCmd {
-        now_ms,
-        purge_before_ms,
-    });
+    let sweep = |now_ms, purge_before_ms| {
+        Command::Sweep(SweepCmd {
+            now_ms,
+            purge_before_ms,
+        })
+    };
     assert!(matches!(
         m.run(sweep(2000, 0)),
         CommandResult::Swept {
@@ -722,7 +736,10 @@ fn the_sweep_purges_retired_grants_past_the_margin_and_nothing_else() {
     assert_eq!(m.grants["g3"].state, GrantState::Expired);
     // The purge itself appends nothing to the chain (the expiry of g3 did).
     assert_eq!(m.audit.len(), chain_before + 1);
-    assert!(m.audit.iter().any(|e| e.grant_id == "g1" && e.kind == Kind::Expire));
+    assert!(m
+        .audit
+        .iter()
+        .any(|e| e.grant_id == "g1" && e.kind == Kind::Expire));
 
     // Its token, still carrying a valid signature: EXPIRED, not unknown.
     let mut c = check_cmd("g1", AGENT, "github", "read", 62_000);
@@ -750,7 +767,10 @@ fn apply_is_deterministic() {
     let cmds = vec![
         issue_cmd("r1", "g1", "t1", 1000, 5000),
         check_cmd("g1", AGENT, "github", "read", 1500),
-        Command::Sweep(SweepCmd { now_ms: 7000, purge_before_ms: 0 }),
+        Command::Sweep(SweepCmd {
+            now_ms: 7000,
+            purge_before_ms: 0,
+        }),
         Command::Revoke(RevokeCmd {
             grant_id: "g1".into(),
             reason: "x".into(),
@@ -1433,7 +1453,10 @@ fn quotas_count_active_grants_and_refuse_changing_nothing() {
         m.run(with_quota(issue_cmd("r2", "g2", "t3", 2000, 60_000), 2, 0)),
         CommandResult::Issued { .. }
     ));
-    m.run(Command::Sweep(SweepCmd { now_ms: 7000, purge_before_ms: 0 }));
+    m.run(Command::Sweep(SweepCmd {
+        now_ms: 7000,
+        purge_before_ms: 0,
+    }));
     assert_eq!(m.active[&subject], 1, "g1 expired");
     // Per task: the second active grant of t3 is refused, another task's is not.
     let r = m.run(with_quota(issue_cmd("r3", "g3", "t3", 8000, 60_000), 0, 1));
