@@ -186,26 +186,31 @@ impl Metrics {
             "Tree size of the latest signed checkpoint",
             s.audit_checkpoint_size.clone(),
         );
-        registry.register(
-            "raft_snapshot_age_seconds",
-            "Seconds since this node's snapshot index last moved (or since start)",
-            s.snapshot_age.clone(),
-        );
-        registry.register(
-            "raft_log_sync_seconds",
-            "Seconds spent in fdatasyncs of the Raft log since this node started",
-            s.log_sync_seconds.clone(),
-        );
-        registry.register(
-            "raft_log_sync_max_seconds",
-            "The longest fdatasync of the Raft log since this node started",
-            s.log_sync_max_seconds.clone(),
-        );
-        registry.register(
-            "audit_checkpoint_age_seconds",
-            "Seconds since the latest signed checkpoint last moved (or since start)",
-            s.checkpoint_age.clone(),
-        );
+        let seconds: [(&str, &str, &Gauge<f64, std::sync::atomic::AtomicU64>); 4] = [
+            (
+                "raft_snapshot_age_seconds",
+                "Seconds since this node's snapshot index last moved (or since start)",
+                &s.snapshot_age,
+            ),
+            (
+                "raft_log_sync_seconds",
+                "Seconds spent in fdatasyncs of the Raft log since this node started",
+                &s.log_sync_seconds,
+            ),
+            (
+                "raft_log_sync_max_seconds",
+                "The longest fdatasync of the Raft log since this node started",
+                &s.log_sync_max_seconds,
+            ),
+            (
+                "audit_checkpoint_age_seconds",
+                "Seconds since the latest signed checkpoint last moved (or since start)",
+                &s.checkpoint_age,
+            ),
+        ];
+        for (name, help, g) in seconds {
+            registry.register(name, help, g.clone());
+        }
         let now = Instant::now();
         Arc::new(Metrics {
             registry,

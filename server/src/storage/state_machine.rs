@@ -483,28 +483,16 @@ impl LedgerState for SledState<'_> {
         }
     }
     fn tasks_past_deadline(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
-        self.0
-            .range(vec![ks::TASK_DEADLINE]..ks::task_deadline_upto(now_ms))
-            .keys()
-            .take(limit)
-            .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
-            .collect()
+        let ids = self.time_keys(ks::TASK_DEADLINE, ks::task_deadline_upto(now_ms), limit)?;
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
     fn expired_grant_ids(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
-        self.0
-            .range(vec![ks::EXPIRY]..ks::expiry_upto(now_ms))
-            .keys()
-            .take(limit)
-            .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
-            .collect()
+        let ids = self.time_keys(ks::EXPIRY, ks::expiry_upto(now_ms), limit)?;
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
     fn retired_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
-        self.0
-            .range(vec![ks::RETIRED]..ks::retired_before(before_ms))
-            .keys()
-            .take(limit)
-            .map(|k| k.map(|k| ks::decode_time_key(&k).1).map_err(se))
-            .collect()
+        let ids = self.time_keys(ks::RETIRED, ks::retired_before(before_ms), limit)?;
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
         let p = ks::roster_prefix(name);
@@ -543,9 +531,21 @@ impl LedgerState for SledState<'_> {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StateError> {
-        let end = ks::dedupe_by_time(before_ms, "");
+        self.time_keys(ks::DEDUPE_BY_TIME, ks::dedupe_by_time(before_ms, ""), limit)
+    }
+}
+
+impl SledState<'_> {
+    /// The (time, id) of the keys of a time index (`prefix`, then ms BE,
+    /// then an id) that sort below `end`, oldest first, at most `limit`.
+    fn time_keys(
+        &self,
+        prefix: u8,
+        end: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StateError> {
         self.0
-            .range(vec![ks::DEDUPE_BY_TIME]..end)
+            .range(vec![prefix]..end)
             .keys()
             .take(limit)
             .map(|k| k.map(|k| ks::decode_time_key(&k)).map_err(se))
@@ -941,43 +941,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl StateReader {
     /// Whether any active grant has expired by `now_ms` (the sweep has work).
     pub fn has_expired(&self, now_ms: i64) -> io::Result<bool> {
-        Ok(self
-            .tree()
-            .range(vec![ks::EXPIRY]..ks::expiry_upto(now_ms))
-            .next()
-            .transpose()
-            .map_err(io_err)?
-            .is_some())
+        self.any_below(ks::EXPIRY, ks::expiry_upto(now_ms))
     }
 
     /// Whether any retired grant's expiry is before `before_ms`.
     pub fn has_retired_before(&self, before_ms: i64) -> io::Result<bool> {
-        Ok(self
-            .tree()
-            .range(vec![ks::RETIRED]..ks::retired_before(before_ms))
-            .next()
-            .transpose()
-            .map_err(io_err)?
-            .is_some())
+        self.any_below(ks::RETIRED, ks::retired_before(before_ms))
     }
 
     /// Whether any open task's deadline has passed by `now_ms`.
     pub fn has_task_past_deadline(&self, now_ms: i64) -> io::Result<bool> {
-        Ok(self
-            .tree()
-            .range(vec![ks::TASK_DEADLINE]..ks::task_deadline_upto(now_ms))
-            .next()
-            .transpose()
-            .map_err(io_err)?
-            .is_some())
+        self.any_below(ks::TASK_DEADLINE, ks::task_deadline_upto(now_ms))
     }
 
     /// Whether any dedupe record is older than `before_ms`.
     pub fn has_old_dedupe(&self, before_ms: i64) -> io::Result<bool> {
-        let end = ks::dedupe_by_time(before_ms, "");
+        self.any_below(ks::DEDUPE_BY_TIME, ks::dedupe_by_time(before_ms, ""))
+    }
+
+    /// Whether the key space `prefix` holds a key below `end`.
+    fn any_below(&self, prefix: u8, end: Vec<u8>) -> io::Result<bool> {
         Ok(self
             .tree()
-            .range(vec![ks::DEDUPE_BY_TIME]..end)
+            .range(vec![prefix]..end)
             .next()
             .transpose()
             .map_err(io_err)?
