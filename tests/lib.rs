@@ -325,6 +325,12 @@ impl Cluster {
 
     /// Start (or restart) node `id` on its address and data directory.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with_env(id, &[]);
+    }
+
+    /// `spawn`, with `env` added to the node's environment (fault
+    /// injection: `GRANTD_CRASH_AT`).
+    pub fn spawn_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let mut extra: Vec<std::ffi::OsString> = self.tls_args(id);
         extra.extend(self.extra_args.iter().map(Into::into));
         let log_path = self.dir.path().join(format!("node{id}.log"));
@@ -376,6 +382,7 @@ impl Cluster {
                 &["--log", "info"][..]
             })
             .args(&extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -490,6 +497,19 @@ impl Cluster {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether node `id` has exited on its own (reaped if so).
+    pub fn exited(&mut self, id: u64) -> bool {
+        let n = self.node_mut(id);
+        match n.child.as_mut().map(|c| c.try_wait().unwrap()) {
+            Some(Some(_)) => {
+                n.child = None;
+                true
+            }
+            Some(None) => false,
+            None => true,
         }
     }
 

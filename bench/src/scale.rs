@@ -41,29 +41,57 @@ fn mem_mib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn dir_mib(path: &std::path::Path) -> f64 {
-    fn walk(p: &std::path::Path) -> u64 {
-        match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::read_dir(p)
-                .map(|d| d.flatten().map(|e| walk(&e.path())).sum())
-                .unwrap_or(0),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        }
+fn dir_bytes(path: &std::path::Path, keep: &dyn Fn(&std::path::Path) -> bool) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| dir_bytes(&e.path(), keep)).sum())
+            .unwrap_or(0),
+        Ok(m) if keep(path) => m.len(),
+        _ => 0,
     }
-    walk(path) as f64 / (1024.0 * 1024.0)
 }
 
-fn report(c: &Cluster, what: &str) {
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Memory and disk of every running node, the disk by part: the Raft log,
+/// the state (sled), the audit store (and the canonical entry bytes in
+/// it), the snapshot; per grant where `grants` is above 0, beside the
+/// targets of issue #24.
+fn report(c: &Cluster, what: &str, grants: u64) {
     for n in &c.nodes {
-        if let Some(pid) = n.pid() {
+        let Some(pid) = n.pid() else { continue };
+        let dir = &n.data_dir;
+        let all = |_: &std::path::Path| true;
+        let under = |p: &str| dir_bytes(&dir.join(p), &all);
+        let (wal, snapshot, total) = (under("raft-wal"), under("snapshot"), under(""));
+        let is_audit = |p: &std::path::Path| p.to_string_lossy().contains(".audit/");
+        let audit = dir_bytes(dir, &is_audit);
+        let canonical = dir_bytes(dir, &|p: &std::path::Path| {
+            is_audit(p) && p.extension().is_some_and(|e| e == "seg")
+        });
+        let state = total - wal - snapshot - audit;
+        println!(
+            "{what}: node {} RSS {:.0} MiB (peak {:.0} MiB), data directory {:.0} MiB: \
+             log {:.0}, state {:.0}, audit {:.0} ({:.2}x its {:.0} MiB of entries), snapshot {:.0}",
+            n.id,
+            mem_mib(pid, "VmRSS:"),
+            mem_mib(pid, "VmHWM:"),
+            total as f64 / MIB,
+            wal as f64 / MIB,
+            state as f64 / MIB,
+            audit as f64 / MIB,
+            audit as f64 / canonical.max(1) as f64,
+            canonical as f64 / MIB,
+            snapshot as f64 / MIB,
+        );
+        if grants > 0 {
             println!(
-                "{what}: node {} RSS {:.0} MiB (peak {:.0} MiB), data directory {:.0} MiB (snapshot {:.0} MiB)",
-                n.id,
+                "  per grant: state + log {:.2} KiB (target <= 2 KiB), all {:.2} KiB; \
+                 RSS {:.0} MiB (target <= 1024 at 1M); audit {:.2}x canonical (target <= 1.3x)",
+                (state + wal) as f64 / 1024.0 / grants as f64,
+                total as f64 / 1024.0 / grants as f64,
                 mem_mib(pid, "VmRSS:"),
-                mem_mib(pid, "VmHWM:"),
-                dir_mib(&n.data_dir),
-                dir_mib(&n.data_dir.join("snapshot"))
+                audit as f64 / canonical.max(1) as f64,
             );
         }
     }
@@ -106,7 +134,7 @@ async fn main() {
     // Snapshots every SNAPSHOT_LOGS_SINCE_LAST entries, as the default config.
     let flags = [&["--insecure", "--ttl-seconds-max", "86400"], NO_QUOTAS].concat();
     let mut c = Cluster::start_with(3, &flags).await;
-    report(&c, "empty");
+    report(&c, "empty", 0);
     let client = Arc::new(c.client());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -140,7 +168,7 @@ async fn main() {
         took.as_secs_f64(),
         args.grants as f64 / took.as_secs_f64()
     );
-    report(&c, "loaded");
+    report(&c, "loaded", args.grants as u64);
 
     // Let the leader's snapshot catch up with the load first: a snapshot
     // of a million grants takes minutes to build, so the one in force when
@@ -179,7 +207,7 @@ async fn main() {
         "wiped node {follower} caught up to index {target} in {:.1} s",
         took.as_secs_f64()
     );
-    report(&c, "after catch-up");
+    report(&c, "after catch-up", args.grants as u64);
 
     // The same node restarted: what it holds when it pages its state in on
     // demand instead of having just loaded all of it.
@@ -190,7 +218,7 @@ async fn main() {
         "node {follower} restarted and back at index {target} in {:.1} s",
         took.as_secs_f64()
     );
-    report(&c, "after its restart");
+    report(&c, "after its restart", args.grants as u64);
     let keep = std::path::Path::new("target").join(format!("scale-node{follower}.log"));
     if std::fs::copy(c.dir.path().join(format!("node{follower}.log")), &keep).is_ok() {
         println!("the caught-up node's log: {}", keep.display());

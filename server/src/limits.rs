@@ -176,9 +176,6 @@ pub const SNAPSHOT_VALUE_BYTES_MAX: usize = LOG_ENTRY_BYTES_MAX;
 pub const AUDIT_PAGE_MAX: u32 = 1000;
 /// Audit entries in one GetEntries page when the request says 0.
 pub const AUDIT_PAGE_DEFAULT: u32 = 100;
-/// Largest tree a proof is computed over (its leaf hashes are read into
-/// memory: 32 bytes each, 128 MiB at this bound).
-pub const PROOF_TREE_SIZE_MAX: u64 = 4 * 1024 * 1024;
 /// Bytes of export data per streamed chunk.
 pub const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -226,14 +223,15 @@ pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// memory (8 MiB batches: 690 MB resident for 76 MB of small pairs); from
 /// 256 KiB down the load stays near twice the data (143 MB) and no slower.
 pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
-/// Bytes of audit entries one state key holds (each entry's canonical
-/// bytes behind a 4-byte length): an applied entry's audit entries share
-/// keys up to this, so a batch of checks writes a few keys, not one per
-/// check (sled's cost of a write is mostly per key). sled splits a leaf past
-/// 16 keys and keeps a node above about 128 KiB in a blob file of its own,
-/// outside its log; 16 keys of 4 KiB stay well below that. An entry larger
-/// than this (a policy change) has a key of its own.
-pub const AUDIT_KEY_BYTES: usize = 4 * 1024;
+/// Audit entries per segment file of the audit store
+/// (`storage::audit_store`): a segment is the unit a prune removes. A
+/// multiple of the tile width (256), so segment and tile boundaries meet.
+pub const AUDIT_SEGMENT_ENTRIES: u64 = 65_536;
+/// How often the audit store's files are synced (fdatasync), on a thread
+/// of their own: more often than sled writes the state out (500 ms), so
+/// that the audit entries reach the disk before the state that counts
+/// them (docs/storage.md, "The audit chain").
+pub const AUDIT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long opening a sled database waits for its file lock: sled lets go
 /// of a closed database's lock only when its I/O threads finish with it
 /// (a snapshot install reopens the database it just loaded; tests reopen

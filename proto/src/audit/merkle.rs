@@ -87,22 +87,46 @@ pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Vec<Hash> {
         "leaf {index} outside a tree of {}",
         leaves.len()
     );
+    let mth = |a: u64, b: u64| Ok::<_, ()>(root(&leaves[a as usize..b as usize]));
+    inclusion_path(index as u64, leaves.len() as u64, mth).expect("slices do not fail")
+}
+
+/// Audit path of leaf `index` in the tree of `size` leaves (RFC 9162
+/// 2.1.3.1), with `mth(a, b)` giving the hash of leaves `a..b`. The ranges
+/// asked for are the RFC's: `a` is a multiple of the largest power of two
+/// below or equal to `b - a`, so a store that keeps the hashes of perfect
+/// subtrees answers each from O(log n) of them.
+pub fn inclusion_path<E>(
+    index: u64,
+    size: u64,
+    mut mth: impl FnMut(u64, u64) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    assert!(index < size, "leaf {index} outside a tree of {size}");
     let mut out = Vec::new();
-    fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
-        if d.len() <= 1 {
-            return;
-        }
-        let k = split(d.len());
+    // PATH(m, D[lo:hi]), unrolled: the hashes are pushed deepest first.
+    let mut stack = Vec::new();
+    let (mut lo, mut hi, mut m) = (0u64, size, index);
+    while hi - lo > 1 {
+        let k = split64(hi - lo);
         if m < k {
-            path(m, &d[..k], out);
-            out.push(root(&d[k..]));
+            stack.push((lo + k, hi));
+            hi = lo + k;
         } else {
-            path(m - k, &d[k..], out);
-            out.push(root(&d[..k]));
+            stack.push((lo, lo + k));
+            lo += k;
+            m -= k;
         }
     }
-    path(index, leaves, &mut out);
-    out
+    while let Some((a, b)) = stack.pop() {
+        out.push(mth(a, b)?);
+    }
+    Ok(out)
+}
+
+/// Largest power of two strictly below `n` (n >= 2).
+fn split64(n: u64) -> u64 {
+    debug_assert!(n >= 2);
+    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 
 /// RFC 9162 2.1.3.2.
@@ -137,28 +161,49 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 /// of `leaves` (RFC 9162 2.1.4.1).
 pub fn consistency_proof(first: usize, leaves: &[Hash]) -> Vec<Hash> {
     assert!(first <= leaves.len());
+    let mth = |a: u64, b: u64| Ok::<_, ()>(root(&leaves[a as usize..b as usize]));
+    consistency_path(first as u64, leaves.len() as u64, mth).expect("slices do not fail")
+}
+
+/// Proof that the tree of the first `first` leaves is a prefix of the tree
+/// of `size` leaves (RFC 9162 2.1.4.1), with `mth` as for
+/// [`inclusion_path`].
+pub fn consistency_path<E>(
+    first: u64,
+    size: u64,
+    mut mth: impl FnMut(u64, u64) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    assert!(first <= size);
     let mut out = Vec::new();
-    if first == 0 || first == leaves.len() {
-        return out;
+    if first == 0 || first == size {
+        return Ok(out);
     }
-    fn sub(m: usize, d: &[Hash], b: bool, out: &mut Vec<Hash>) {
-        if m == d.len() {
+    // SUBPROOF(m, D[lo:hi], b), unrolled as for `inclusion_path`.
+    let mut stack = Vec::new();
+    let (mut lo, hi0, mut m, mut b) = (0u64, size, first, true);
+    let mut hi = hi0;
+    loop {
+        if m == hi - lo {
             if !b {
-                out.push(root(d));
+                stack.push((lo, hi));
             }
-            return;
+            break;
         }
-        let k = split(d.len());
+        let k = split64(hi - lo);
         if m <= k {
-            sub(m, &d[..k], b, out);
-            out.push(root(&d[k..]));
+            stack.push((lo + k, hi));
+            hi = lo + k;
         } else {
-            sub(m - k, &d[k..], false, out);
-            out.push(root(&d[..k]));
+            stack.push((lo, lo + k));
+            lo += k;
+            m -= k;
+            b = false;
         }
     }
-    sub(first, leaves, true, &mut out);
-    out
+    while let Some((a, z)) = stack.pop() {
+        out.push(mth(a, z)?);
+    }
+    Ok(out)
 }
 
 /// RFC 9162 2.1.4.2.

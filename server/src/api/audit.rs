@@ -38,15 +38,6 @@ impl AuditService {
             ApiError::FailedPrecondition(format!("the log had no tree head of size {size}"))
         })
     }
-
-    fn leaves(&self, size: u64) -> Result<Vec<grant_proto::audit::Hash>, ApiError> {
-        if size > PROOF_TREE_SIZE_MAX {
-            return Err(ApiError::ResourceExhausted(format!(
-                "proofs over more than {PROOF_TREE_SIZE_MAX} entries (proof_tree_size_max)"
-            )));
-        }
-        Ok(self.ctx.state.leaf_hashes(size)?)
-    }
 }
 
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
@@ -150,7 +141,11 @@ impl Audit for AuditService {
             .map_err(ApiError::from)?
             .pop()
             .ok_or_else(|| ApiError::NotFound(format!("no audit entry {}", r.seq)))?;
-        let proof = merkle::inclusion_proof(r.seq as usize, &self.leaves(size)?);
+        let proof = self
+            .ctx
+            .state
+            .inclusion_proof(r.seq, size)
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::InclusionProofResponse {
             entry: Some(entry_to_pb(&entry, &hash)),
             tree_size: size,
@@ -173,7 +168,11 @@ impl Audit for AuditService {
             .into());
         }
         let (from_root, to_root) = (self.root_at(r.from_size)?, self.root_at(r.to_size)?);
-        let proof = merkle::consistency_proof(r.from_size as usize, &self.leaves(r.to_size)?);
+        let proof = self
+            .ctx
+            .state
+            .consistency_proof(r.from_size, r.to_size)
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::ConsistencyProofResponse {
             proof: proof.iter().map(|h| h.to_vec()).collect(),
             from_root: from_root.to_vec(),

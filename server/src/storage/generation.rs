@@ -63,6 +63,13 @@ pub fn next(name: &str) -> String {
 
 /// `state` is generation 0, `state.<n>` generation n; anything else is not
 /// a generation.
+/// The audit store of generation `name` (`storage::audit_store`): it
+/// switches with the database, since it holds the chain that database's
+/// head counts.
+pub fn audit_dir(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}.audit"))
+}
+
 fn number(name: &str) -> Option<u64> {
     if name == FIRST {
         return Some(0);
@@ -102,8 +109,9 @@ pub fn switch_to(dir: &Path, name: &str) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Remove every generation's directory but `keep` (and a pointer file left
-/// half-written): what a crash or a finished switch left behind.
+/// Remove every generation's directories (database and audit store) but
+/// `keep`'s (and a pointer file left half-written): what a crash or a
+/// finished switch left behind.
 pub fn remove_others(dir: &Path, keep: &str) -> io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
@@ -111,8 +119,11 @@ pub fn remove_others(dir: &Path, keep: &str) -> io::Result<()> {
         let Some(name) = name.to_str() else { continue };
         if name == format!("{POINTER}.tmp") {
             std::fs::remove_file(e.path())?;
-        } else if name != keep && number(name).is_some() && e.file_type()?.is_dir() {
-            std::fs::remove_dir_all(e.path())?;
+        } else if e.file_type()?.is_dir() {
+            let generation = name.strip_suffix(".audit").unwrap_or(name);
+            if generation != keep && number(generation).is_some() {
+                std::fs::remove_dir_all(e.path())?;
+            }
         }
     }
     Ok(())

@@ -7,8 +7,8 @@
 //! variable-length parts inside a key are length-prefixed so no prefix of one
 //! key is mistaken for another's.
 //!
-//! Values are JSON of the ledger's records; audit entries are their
-//! canonical bytes (`grant_proto::audit::entry`).
+//! Values are JSON of the ledger's records. The audit chain is not here:
+//! it is in the audit store (`audit_store`), and the state keeps its head.
 
 use grant_proto::audit::export::Line;
 use grant_proto::audit::Hash;
@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::ledger::{Chain, Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
-use crate::limits::AUDIT_KEY_BYTES;
 use crate::raft::codec;
 use crate::raft::typ::LogId;
 
@@ -47,7 +46,11 @@ use crate::raft::typ::LogId;
 /// 8: retired grants are indexed by expiry (RETIRED), so that the sweep
 ///    removes them from the state once past their expiry and the clock-skew
 ///    margin (`Write::Purge`); the Raft log moved out of sled (raft-wal/).
-pub const FORMAT_VERSION: u32 = 8;
+/// 9: the audit chain moved out of the state into the audit store
+///    (`audit_store`: segments, tlog tiles, the watch index), beside the
+///    generation's database; the state keeps its head (META_APPLIED). The
+///    AUDIT, AUDIT_LEAVES, TREE_ROOT and WATCH key spaces are gone.
+pub const FORMAT_VERSION: u32 = 9;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -56,24 +59,18 @@ pub const EXPIRY: u8 = 0x04;
 pub const DEDUPE: u8 = 0x05;
 pub const DEDUPE_BY_TIME: u8 = 0x06;
 // 0x07 held completed-task markers until format 4.
-/// The audit chain: seq of the key's first entry (u64 BE) -> that entry's
-/// and the following entries' canonical bytes, each behind its length (u32
-/// BE), up to `limits::AUDIT_KEY_BYTES` (see `append_audit`). An entry's
-/// hash is over its canonical bytes; its export line is made from them
-/// when read.
+/// Not a key of the state: the tag of an audit entry in snapshot data,
+/// seq (u64 BE) -> its canonical bytes. Until format 9 the chain's entries
+/// were state keys under this prefix.
 pub const AUDIT: u8 = 0x08;
 pub const META: u8 = 0x09;
-/// Leaf hashes of the audit chain: chunk (u64 BE, seq / LEAVES_PER_KEY) ->
-/// the chunk's 32-byte leaf hashes in order, up to LEAVES_PER_KEY of them.
-pub const AUDIT_LEAVES: u8 = 0x0a;
-pub const TREE_ROOT: u8 = 0x0b;
+// 0x0a held leaf hashes, 0x0b tree roots by size, until format 9.
 pub const CHECKPOINT: u8 = 0x0c;
 pub const ROSTER: u8 = 0x0d;
 /// Token verification keys: kid -> JWK `x`.
 pub const TOKEN_KEY: u8 = 0x0e;
 // 0x0f held grant counts per task until format 4 (TaskRecord has them).
-/// The audit entries a revocation watcher needs: seq (u64 BE) -> empty.
-pub const WATCH: u8 = 0x10;
+// 0x10 held the watch index until format 9 (the audit store has it).
 /// Tasks: task id -> ledger::TaskRecord.
 pub const TASK: u8 = 0x11;
 /// Open tasks by deadline: deadline (ms BE) + task id -> empty.
@@ -183,9 +180,6 @@ pub fn task_deadline_upto(at_ms: i64) -> Vec<u8> {
 pub fn audit(seq: u64) -> Vec<u8> {
     key(AUDIT, &[&seq.to_be_bytes()])
 }
-pub fn watch(seq: u64) -> Vec<u8> {
-    key(WATCH, &[&seq.to_be_bytes()])
-}
 /// Whether Watch serves the entries of this kind.
 pub fn watched(kind: grant_proto::audit::Kind) -> bool {
     use grant_proto::audit::Kind;
@@ -198,106 +192,6 @@ pub fn watched(kind: grant_proto::audit::Kind) -> bool {
             | Kind::ExpireTask
             | Kind::Policy
     )
-}
-/// Leaf hashes per AUDIT_LEAVES key (2 KiB at most). sled's cost of a write
-/// is mostly per key, and a check batch of n made n leaf keys of 32 bytes
-/// each; now it appends to the last one or two chunks.
-pub const LEAVES_PER_KEY: u64 = 64;
-pub fn audit_leaves(chunk: u64) -> Vec<u8> {
-    key(AUDIT_LEAVES, &[&chunk.to_be_bytes()])
-}
-
-/// Append the leaf hashes of one entry's audit entries, whose sequence
-/// numbers run from `first`, to their chunks; `stored(chunk)` reads what a
-/// chunk holds before this entry.
-pub fn append_leaves(
-    first: u64,
-    leaves: &[Hash],
-    stored: impl Fn(u64) -> std::io::Result<Vec<u8>>,
-    batch: &mut WriteSet,
-) -> std::io::Result<()> {
-    let (mut seq, mut rest) = (first, leaves);
-    while !rest.is_empty() {
-        let chunk = seq / LEAVES_PER_KEY;
-        let at = (seq % LEAVES_PER_KEY) as usize;
-        let mut v = if at == 0 { Vec::new() } else { stored(chunk)? };
-        if v.len() != at * 32 {
-            return Err(std::io::Error::other(format!(
-                "audit leaf chunk {chunk} holds {} bytes where {} were expected",
-                v.len(),
-                at * 32
-            )));
-        }
-        let n = (LEAVES_PER_KEY as usize - at).min(rest.len());
-        for h in &rest[..n] {
-            v.extend_from_slice(h);
-        }
-        batch.insert(audit_leaves(chunk), v);
-        seq += n as u64;
-        rest = &rest[n..];
-    }
-    Ok(())
-}
-
-/// Store one applied entry's audit entries, whose seqs run from `first`,
-/// several to an AUDIT key: a key takes entries while its value stays
-/// within `AUDIT_KEY_BYTES` (an entry larger than that, a policy change say,
-/// has a key of its own). sled's cost of a write is mostly per key, and a
-/// check batch of n made n audit keys. Keys are never appended to across
-/// entries, so no stored value is read back.
-pub fn append_audit<'a>(
-    first: u64,
-    entries: impl IntoIterator<Item = &'a [u8]>,
-    batch: &mut WriteSet,
-) {
-    let mut start = first;
-    let mut v: Vec<u8> = Vec::new();
-    for (seq, e) in (first..).zip(entries) {
-        if !v.is_empty() && v.len() + 4 + e.len() > AUDIT_KEY_BYTES {
-            batch.insert(audit(start), std::mem::take(&mut v));
-            start = seq;
-        }
-        let len = u32::try_from(e.len()).expect("an audit entry is far below 4 GiB");
-        v.extend_from_slice(&len.to_be_bytes());
-        v.extend_from_slice(e);
-    }
-    if !v.is_empty() {
-        batch.insert(audit(start), v);
-    }
-}
-
-/// The entries an AUDIT key holds, as (seq, canonical bytes), in order.
-pub fn audit_group<'a>(k: &[u8], v: &'a [u8]) -> std::io::Result<Vec<(u64, &'a [u8])>> {
-    let damaged = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let first = k
-        .get(1..9)
-        .filter(|_| k.len() == 9 && k[0] == AUDIT)
-        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-        .ok_or_else(|| damaged(format!("audit key {k:02x?} is not 9 bytes under 0x08")))?;
-    let mut out = Vec::new();
-    let mut rest = v;
-    while !rest.is_empty() {
-        let seq = first + out.len() as u64;
-        let entry = rest
-            .get(..4)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
-            .and_then(|len| rest.get(4..4 + len));
-        let Some(entry) = entry else {
-            return Err(damaged(format!(
-                "audit key {first} is cut short inside entry {seq}"
-            )));
-        };
-        out.push((seq, entry));
-        rest = &rest[4 + entry.len()..];
-    }
-    if out.is_empty() {
-        return Err(damaged(format!("audit key {first} holds no entry")));
-    }
-    Ok(out)
-}
-
-pub fn tree_root(size: u64) -> Vec<u8> {
-    key(TREE_ROOT, &[&size.to_be_bytes()])
 }
 pub fn checkpoint(size: u64) -> Vec<u8> {
     key(CHECKPOINT, &[&size.to_be_bytes()])
@@ -434,13 +328,8 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             debug_assert_eq!(t.state, TaskState::Open, "only open tasks are updated");
             batch.insert(task(&t.task_id), codec::encode(t));
         }
-        Write::Audit(c) => {
-            // Its bytes and its leaf hash: `append_audit` and
-            // `append_leaves`, once for the whole entry.
-            if watched(c.entry.kind) {
-                batch.insert(watch(c.entry.seq), &[][..]);
-            }
-        }
+        // The audit store takes it (`audit_store`), not the state.
+        Write::Audit(_) => {}
         Write::RosterKey { name, verifier_key } => {
             let mut k = roster_prefix(name);
             k.extend_from_slice(verifier_key.as_bytes());
@@ -486,78 +375,6 @@ pub fn audit_line(v: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn leaves_fill_their_chunks_in_order_across_entries() {
-        let mut stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
-        let leaf = |i: u64| [i as u8; 32];
-        // Entries of 1, 70 and 60 audit entries: seqs 0, 1..=70, 71..=130.
-        let mut next = 0;
-        for n in [1u64, 70, 60] {
-            let leaves: Vec<Hash> = (next..next + n).map(leaf).collect();
-            let mut batch = WriteSet::default();
-            let read = |c| Ok(stored.get(&audit_leaves(c)).cloned().unwrap_or_default());
-            append_leaves(next, &leaves, read, &mut batch).unwrap();
-            for (k, v) in batch.into_ops() {
-                stored.insert(k, v.unwrap());
-            }
-            next += n;
-        }
-        let all: Vec<u8> = stored.values().flatten().copied().collect();
-        let expected: Vec<u8> = (0..131).flat_map(leaf).collect();
-        assert_eq!(all, expected);
-        assert_eq!(stored.len(), 3, "131 leaves in chunks of {LEAVES_PER_KEY}");
-        assert_eq!(stored[&audit_leaves(0)].len(), 64 * 32);
-        // A chunk shorter than the chain says is damage, reported, not patched.
-        let mut batch = WriteSet::default();
-        let short = |_| Ok(vec![0u8; 32]);
-        let e = append_leaves(131, &[leaf(131)], short, &mut batch).unwrap_err();
-        assert!(e.to_string().contains("chunk 2"), "{e}");
-    }
-
-    #[test]
-    fn audit_entries_share_keys_up_to_the_byte_limit() {
-        // Entries of 1000 bytes: four fit a key (4 * 1004 <= 4096), the
-        // fifth starts the next; one over the limit has a key of its own.
-        let small: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 1000]).collect();
-        let big = vec![0xbb; AUDIT_KEY_BYTES + 1];
-        let entries: Vec<&[u8]> = small[..5]
-            .iter()
-            .map(|e| &e[..])
-            .chain([&big[..]])
-            .chain(small[5..].iter().map(|e| &e[..]))
-            .collect();
-        let mut batch = WriteSet::default();
-        append_audit(100, entries.iter().copied(), &mut batch);
-        let ops = batch.into_ops();
-        let firsts: Vec<Vec<u8>> = ops.iter().map(|(k, _)| k.clone()).collect();
-        assert_eq!(firsts, [100, 104, 105, 106].map(audit));
-        let mut read = Vec::new();
-        for (k, v) in &ops {
-            let v = v.as_ref().unwrap();
-            assert!(v.len() <= AUDIT_KEY_BYTES || v.len() == big.len() + 4);
-            read.extend(audit_group(k, v).unwrap());
-        }
-        let want: Vec<(u64, &[u8])> = (100..).zip(entries.iter().copied()).collect();
-        assert_eq!(read, want);
-        // No entries, no key.
-        let mut none = WriteSet::default();
-        append_audit(7, [], &mut none);
-        assert_eq!(none.keys().count(), 0);
-    }
-
-    #[test]
-    fn a_damaged_audit_value_is_an_error_not_a_short_read() {
-        let mut batch = WriteSet::default();
-        append_audit(5, [&b"abc"[..], b"defg"], &mut batch);
-        let (k, v) = batch.into_ops().pop().unwrap();
-        let v = v.unwrap();
-        assert_eq!(audit_group(&k, &v).unwrap().len(), 2);
-        let e = audit_group(&k, &v[..v.len() - 1]).unwrap_err();
-        assert!(e.to_string().contains("cut short inside entry 6"), "{e}");
-        assert!(audit_group(&k, &[]).is_err(), "a key holds an entry");
-        assert!(audit_group(&k[..8], &v).is_err(), "a key is 9 bytes");
-    }
 
     #[test]
     fn length_prefix_keeps_tasks_apart() {

@@ -1,7 +1,10 @@
-//! Durable storage: the Raft log (a write-ahead log of its own) and the
-//! state machine (sled, one key space declared in `keyspace`).
+//! Durable storage: the Raft log (a write-ahead log of its own), the state
+//! machine (sled, one key space declared in `keyspace`) and the audit chain
+//! (segments and tiles of its own, `audit_store`).
 
+pub mod audit_store;
 pub mod capture;
+pub mod crash_point;
 pub mod generation;
 pub mod grant_cache;
 pub mod journal;

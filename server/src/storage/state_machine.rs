@@ -8,6 +8,10 @@
 //! (`generation`), because sled cannot clear a tree atomically. Snapshots
 //! are files (`snapshot_file`), written and read as streams: they are
 //! never held whole in memory.
+//!
+//! The audit chain is not in sled: each generation has an audit store
+//! beside its database (`<generation>.audit/`, `audit_store`), which apply
+//! appends to before it writes the state that counts the entries.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,7 +23,9 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
+use super::audit_store::{AuditFiles, AuditStore};
 use super::capture::Capture;
+use super::crash_point::{crash_point, CrashPoint};
 use super::generation;
 use super::grant_cache::GrantCache;
 use super::io_err;
@@ -52,6 +58,8 @@ pub struct StateReader {
     /// The audit chain's size after the last applied entry, for watchers
     /// waiting for new events.
     audit_size: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The audit store of the generation in force.
+    audit: Arc<RwLock<AuditFiles>>,
 }
 
 #[derive(Clone)]
@@ -63,6 +71,8 @@ pub struct StateMachine {
     generation: String,
     /// How apply writes an entry's keys (see `journal`).
     journal: Journal,
+    /// The audit chain's entries and hashes (see `audit_store`).
+    audit: Arc<Mutex<AuditStore>>,
     reader: StateReader,
     snapshot_dir: PathBuf,
     /// Last applied log id, chain head and leader time (META_APPLIED).
@@ -135,17 +145,15 @@ impl StateReader {
         after: Option<u64>,
         limit: usize,
     ) -> io::Result<Vec<(AuditEntry, Hash)>> {
-        let tree = self.tree();
-        let from = after.map_or(ks::watch(0), |s| ks::watch(s + 1));
+        let size = self.chain()?.size();
+        let files = self.audit_files();
         let mut out = Vec::new();
-        for k in tree.range(from..vec![ks::WATCH + 1]).keys().take(limit) {
-            let k = k.map_err(io_err)?;
-            let seq = u64::from_be_bytes(k[1..9].try_into().expect("watch keys are 9 bytes"));
-            let e = self.audit_range(seq, 1, ks::decode_audit)?.pop();
+        for seq in files.watched_after(after, size, limit)? {
+            let e = files.entries(seq, 1, size, ks::decode_audit)?.pop();
             out.push(e.ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("watch index names missing audit entry {seq}"),
+                    format!("the watch index names missing audit entry {seq}"),
                 )
             })?);
         }
@@ -262,93 +270,55 @@ impl StateReader {
         Ok((out, more))
     }
 
+    /// The audit store of the generation in force.
+    pub fn audit_files(&self) -> AuditFiles {
+        self.audit.read().expect("audit files lock").clone()
+    }
+
     /// Audit entries from `from`, at most `limit`, with their hashes.
     pub fn audit_entries(&self, from: u64, limit: usize) -> io::Result<Vec<(AuditEntry, Hash)>> {
-        self.audit_range(from, limit, ks::decode_audit)
+        let size = self.chain()?.size();
+        self.audit_files()
+            .entries(from, limit, size, ks::decode_audit)
     }
 
     /// Stored audit entries as export lines, from `from`, at most `limit`.
     pub fn audit_lines(&self, from: u64, limit: usize) -> io::Result<Vec<Vec<u8>>> {
-        self.audit_range(from, limit, ks::audit_line)
+        let size = self.chain()?.size();
+        self.audit_files()
+            .entries(from, limit, size, ks::audit_line)
     }
 
-    /// `each` of the stored audit entries from seq `from` on, at most
-    /// `limit`, in order (none where `from` is past the stored chain). An
-    /// AUDIT key holds several entries under the seq of its first, so the
-    /// key holding `from` is the last one at or before it; a gap in the
-    /// seqs is damage, reported.
-    fn audit_range<T>(
-        &self,
-        from: u64,
-        limit: usize,
-        each: impl Fn(&[u8]) -> io::Result<T>,
-    ) -> io::Result<Vec<T>> {
-        let tree = self.tree();
-        let start = tree
-            .range(ks::audit(0)..=ks::audit(from))
-            .keys()
-            .next_back()
-            .transpose()
-            .map_err(io_err)?
-            .map_or_else(|| ks::audit(from), |k| k.to_vec());
-        let mut out = Vec::new();
-        let mut next = from;
-        for kv in tree.range(start..vec![ks::AUDIT + 1]) {
-            if out.len() == limit {
-                break;
-            }
-            let (k, v) = kv.map_err(io_err)?;
-            for (seq, bytes) in ks::audit_group(&k, &v)? {
-                if seq < next {
-                    continue;
-                }
-                if seq > next {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("audit entry {next} is missing from the stored chain"),
-                    ));
-                }
-                if out.len() == limit {
-                    break;
-                }
-                out.push(each(bytes)?);
-                next += 1;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Leaf hashes of the first `size` entries (for proofs).
-    pub fn leaf_hashes(&self, size: u64) -> io::Result<Vec<Hash>> {
-        let mut out = Vec::with_capacity(size as usize);
-        let chunks = size.div_ceil(ks::LEAVES_PER_KEY);
-        for kv in self
-            .tree()
-            .range(ks::audit_leaves(0)..ks::audit_leaves(chunks))
-        {
-            let v = kv.map_err(io_err)?.1;
-            if v.len() % 32 != 0 {
-                return Err(io_err("a chunk of leaf hashes is not whole hashes"));
-            }
-            out.extend(
-                v.chunks_exact(32)
-                    .map(|h| <Hash>::try_from(h).expect("32 bytes")),
-            );
-        }
-        if (out.len() as u64) < size {
-            return Err(io_err(format!(
-                "{} leaf hashes stored below size {size}",
-                out.len()
-            )));
-        }
-        out.truncate(size as usize);
-        Ok(out)
-    }
-
+    /// The root of the tree of the first `size` entries, if the chain has
+    /// reached that size.
     pub fn tree_root(&self, size: u64) -> io::Result<Option<Hash>> {
-        SledState(&self.tree(), None, None)
-            .tree_root(size)
-            .map_err(io_err)
+        if size > self.chain()?.size() {
+            return Ok(None);
+        }
+        self.audit_files().root(size).map(Some)
+    }
+
+    /// Audit path of entry `seq` in the tree of `size` (at most the chain's).
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> io::Result<Vec<Hash>> {
+        self.within_chain(size)?;
+        self.audit_files().inclusion_proof(seq, size)
+    }
+
+    /// Proof that the tree of `first` entries is a prefix of that of `size`.
+    pub fn consistency_proof(&self, first: u64, size: u64) -> io::Result<Vec<Hash>> {
+        self.within_chain(size)?;
+        self.audit_files().consistency_proof(first, size)
+    }
+
+    fn within_chain(&self, size: u64) -> io::Result<()> {
+        let have = self.chain()?.size();
+        if size > have {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the chain holds {have} entries, not {size}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Every kept checkpoint, smallest first: (size, note).
@@ -417,11 +387,13 @@ fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> io:
 }
 
 /// The ledger's view of a sled tree, with the policy set compiled from it
-/// and, for apply, the grant records it has read.
+/// and, for apply, the grant records it has read and the audit store with
+/// the size the chain had before the entry.
 struct SledState<'a>(
     &'a sled::Tree,
     Option<Arc<grant_policy::Compiled>>,
     Option<&'a GrantCache>,
+    Option<(&'a AuditFiles, u64)>,
 );
 
 fn se(e: impl std::fmt::Display) -> StateError {
@@ -506,13 +478,9 @@ impl LedgerState for SledState<'_> {
         self.0.contains_key(ks::token_key(kid)).map_err(se)
     }
     fn tree_root(&self, size: u64) -> Result<Option<Hash>, StateError> {
-        match self.0.get(ks::tree_root(size)).map_err(se)? {
-            Some(v) => Ok(Some(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| se("tree root is not 32 bytes"))?,
-            )),
-            None => Ok(None),
+        match self.3 {
+            Some((files, have)) if size <= have => files.root(size).map(Some).map_err(se),
+            _ => Ok(None),
         }
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
@@ -584,12 +552,17 @@ impl StateMachine {
         db.flush().map_err(io_err)?;
         let applied: ks::Applied = read_meta(&tree, ks::META_APPLIED)?.unwrap_or_default();
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
+        // Cut back to the head the state records (see `audit_store`).
+        let audit = AuditStore::open(&generation::audit_dir(dir, &name), &applied.chain)?;
+        let files = audit.files();
         let sm = StateMachine {
             db,
             dir: dir.to_path_buf(),
             generation: name,
             journal,
+            audit: Arc::new(Mutex::new(audit)),
             reader: StateReader {
+                audit: Arc::new(RwLock::new(files)),
                 tree: Arc::new(RwLock::new(tree)),
                 active_grants: Arc::new(AtomicI64::new(0)),
                 roles_version: Arc::new(AtomicU64::new(0)),
@@ -605,7 +578,29 @@ impl StateMachine {
         };
         sm.reader.recount_active();
         sm.reader.reload_policy()?;
+        sm.spawn_audit_sync();
         Ok(sm)
+    }
+
+    /// Sync the audit store every `AUDIT_SYNC_INTERVAL`, on a thread of its
+    /// own, for as long as the state machine lives: sled writes the state
+    /// out on its own timer (every 500 ms), and the audit entries it counts
+    /// should reach the disk first (docs/storage.md, "The audit chain").
+    fn spawn_audit_sync(&self) {
+        let reader = Arc::downgrade(&self.reader.audit);
+        let spawned = std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || loop {
+                std::thread::sleep(crate::limits::AUDIT_SYNC_INTERVAL);
+                let Some(files) = reader.upgrade() else { return };
+                let files = files.read().expect("audit files lock").clone();
+                if let Err(e) = files.sync_written() {
+                    tracing::error!(error = %e, dir = %files.dir().display(), "syncing the audit store");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "starting the audit sync thread");
+        }
     }
 
     /// SHA-256 over every key and value of the state, with the index it
@@ -659,7 +654,9 @@ impl StateMachine {
                 if let Some(t) = cmd.time_ms() {
                     self.applied.last_time_ms = t;
                 }
-                let state = SledState(&tree, self.reader.policy(), Some(&self.grants));
+                let files = self.reader.audit_files();
+                let audit = Some((&files, self.applied.chain.size()));
+                let state = SledState(&tree, self.reader.policy(), Some(&self.grants), audit);
                 Some(ledger::apply(&cmd, ctx, &state).map_err(io_err)?)
             }
             EntryPayload::Membership(m) => {
@@ -708,15 +705,16 @@ impl StateMachine {
                     })
                     .collect();
                 audit_seqs_run_on(first, audits.iter().map(|c| c.entry.seq))?;
-                ks::append_audit(first, audits.iter().map(|c| &c.bytes[..]), &mut batch);
-                let leaves: Vec<Hash> = audits.iter().map(|c| c.leaf_hash).collect();
-                let stored = |chunk| {
-                    let v = tree.get(ks::audit_leaves(chunk)).map_err(io_err)?;
-                    Ok(v.map(|v| v.to_vec()).unwrap_or_default())
-                };
-                ks::append_leaves(first, &leaves, stored, &mut batch)?;
-                if a.chain.size() != self.applied.chain.size() {
-                    batch.insert(ks::tree_root(a.chain.size()), &a.chain.root()[..]);
+                // The audit entries first, the state that counts them
+                // after (see `audit_store`).
+                if !audits.is_empty() {
+                    let mut store = self.audit.lock().expect("audit store lock");
+                    store.append(
+                        audits
+                            .iter()
+                            .map(|c| (&c.bytes[..], c.leaf_hash, ks::watched(c.entry.kind))),
+                    )?;
+                    crash_point(CrashPoint::AuditAppended);
                 }
                 self.applied.chain = a.chain;
                 a.result
@@ -734,6 +732,7 @@ impl StateMachine {
             c.record(&tree, batch.keys())?;
         }
         self.journal.write(&tree, batch)?;
+        crash_point(CrashPoint::StateWritten);
         self.reader
             .active_grants
             .fetch_add(active_delta, Ordering::Relaxed);
@@ -763,8 +762,33 @@ impl StateMachine {
             // copy of the state.
             let mut batch = sled::Batch::default();
             let mut bytes = 0;
+            let audit_dir = generation::audit_dir(&self.dir, &name);
+            let mut audit = AuditStore::open(&audit_dir, &ledger::Chain::default())?;
+            let mut entries: Vec<(Vec<u8>, Hash, bool)> = Vec::new();
+            let mut entry_bytes = 0;
             for kv in snapshot_data::pairs(data) {
                 let (k, v) = kv?;
+                if k.first() == Some(&ks::AUDIT) {
+                    // The chain's entries, in seq order after the state's
+                    // pairs (`SnapshotBuilder`).
+                    let seq = audit.size() + entries.len() as u64;
+                    if k[..] != ks::audit(seq)[..] {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("snapshot data: audit entry {k:02x?} where seq {seq} is due"),
+                        ));
+                    }
+                    let (entry, _) = ks::decode_audit(&v)?;
+                    let leaf = grant_proto::audit::merkle::leaf_hash(&v);
+                    entry_bytes += v.len();
+                    entries.push((v, leaf, ks::watched(entry.kind)));
+                    if entry_bytes >= crate::limits::SNAPSHOT_LOAD_BATCH_BYTES {
+                        audit.append(entries.iter().map(|(b, h, w)| (&b[..], *h, *w)))?;
+                        entries.clear();
+                        entry_bytes = 0;
+                    }
+                    continue;
+                }
                 bytes += k.len() + v.len();
                 batch.insert(k, v);
                 if bytes >= crate::limits::SNAPSHOT_LOAD_BATCH_BYTES {
@@ -775,6 +799,8 @@ impl StateMachine {
                 }
             }
             fresh.apply_batch(batch).map_err(io_err)?;
+            audit.append(entries.iter().map(|(b, h, w)| (&b[..], *h, *w)))?;
+            audit.files().sync_written()?;
             match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
                 Some(v) if v == ks::FORMAT_VERSION => {}
                 v => {
@@ -794,15 +820,20 @@ impl StateMachine {
             return Err(e);
         }
         let (db, fresh) = generation::open(&self.dir, &name)?;
+        let applied: ks::Applied = read_meta(&fresh, ks::META_APPLIED)?.unwrap_or_default();
+        // The chain loaded must be the one the loaded head names.
+        let audit = AuditStore::open(&generation::audit_dir(&self.dir, &name), &applied.chain)?;
         generation::switch_to(&self.dir, &name)?;
         self.generation = name;
         self.journal = Journal::open(&db)?;
         self.db = db;
+        *self.reader.audit.write().expect("audit files lock") = audit.files();
+        *self.audit.lock().expect("audit store lock") = audit;
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         self.grants.clear();
         self.reader.recount_active();
         self.reader.reload_policy()?;
-        self.applied = read_meta(&fresh, ks::META_APPLIED)?.unwrap_or_default();
+        self.applied = applied;
         self.membership = read_meta(&fresh, ks::META_MEMBERSHIP)?.unwrap_or_default();
         self.reader
             .audit_size
@@ -823,6 +854,8 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     tree: sled::Tree,
     capture: Arc<Capture>,
+    /// The audit store, and the chain's size at the snapshot's index.
+    audit: (AuditFiles, u64),
     _building: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -848,9 +881,26 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (tree, capture) = (self.tree.clone(), self.capture.clone());
+        let (files, size) = self.audit.clone();
         let mut out = self.sm.snapshot_writer(&self.meta)?;
         let written = tokio::task::spawn_blocking(move || {
             capture.dump(&tree, &mut out)?;
+            // Then the chain's entries to the snapshot's size: they are
+            // append-only, so what apply adds meanwhile is past it.
+            let mut seq = 0;
+            while seq < size {
+                let page = files.entries(seq, 1024, size, |b| {
+                    snapshot_data::put(&mut out, &ks::audit(seq), b)?;
+                    seq += 1;
+                    Ok(())
+                })?;
+                if page.is_empty() {
+                    return Err(io_err(format!("audit entry {seq} is missing")));
+                }
+            }
+            // Before the state is flushed below, and the log behind the
+            // snapshot purged.
+            files.sync_written()?;
             out.finish()
         })
         .await
@@ -909,6 +959,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             tree: self.reader.tree(),
             capture,
+            audit: (self.reader.audit_files(), self.applied.chain.size()),
             _building: building,
         }
     }
@@ -1155,13 +1206,19 @@ mod tests {
 
         let other = tempfile::tempdir().unwrap();
         let mut fresh = installed_in(other.path(), snap).await;
-        assert_eq!(generations(other.path()), ["state.1", "state.current"]);
+        assert_eq!(
+            generations(other.path()),
+            ["state.1", "state.1.audit", "state.current"]
+        );
         let again = snapshot_of(&mut sm).await;
         fresh
             .install_snapshot(&again.meta, again.snapshot)
             .await
             .unwrap();
-        assert_eq!(generations(other.path()), ["state.2", "state.current"]);
+        assert_eq!(
+            generations(other.path()),
+            ["state.2", "state.2.audit", "state.current"]
+        );
         assert_eq!(fresh.digest().unwrap(), before);
 
         // Data of another format version is refused after loading it all.
@@ -1181,7 +1238,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("format version"), "{e}");
-        assert_eq!(generations(other.path()), ["state.2", "state.current"]);
+        assert_eq!(
+            generations(other.path()),
+            ["state.2", "state.2.audit", "state.current"]
+        );
         assert_eq!(fresh.digest().unwrap(), before);
 
         drop(fresh);
@@ -1201,7 +1261,7 @@ mod tests {
             sm.apply_one(entry(i, issue(i))).unwrap();
         }
         let tree = sm.reader.tree();
-        let state = SledState(&tree, None, None);
+        let state = SledState(&tree, None, None, None);
         for t in ["t0", "t1", "t2"] {
             let indexed = state.task_grant_ids(t, 1000).unwrap().len();
             assert_eq!(indexed, 10);
@@ -1225,7 +1285,7 @@ mod tests {
         });
         sm.apply_one(entry(34, close)).unwrap();
         let tree = sm.reader.tree();
-        let state = SledState(&tree, None, None);
+        let state = SledState(&tree, None, None, None);
         assert_eq!(
             state.tasks_past_deadline(9000, 10).unwrap(),
             vec!["t1", "t2"]
@@ -1296,13 +1356,16 @@ mod tests {
         );
     }
 
-    /// A batch's audit entries share AUDIT keys: every entry reads back
-    /// from any seq, in order, the same as the chain made them; a Watch
-    /// finds a revocation among them; a key gone is reported, not skipped.
+    /// A batch's audit entries go to the audit store, not the state: every
+    /// entry reads back from any seq, in order, the same as the chain made
+    /// them; a Watch finds a revocation among them; the state holds no key
+    /// per entry; a segment cut short is reported, not read short; the
+    /// store is part of a snapshot, and installed with it.
     #[tokio::test]
-    async fn audit_entries_read_back_from_any_seq_of_a_shared_key() {
+    async fn audit_entries_live_in_the_audit_store_and_travel_in_snapshots() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = with_grants_through(dir.path(), 4);
+        let keys_before = sm.reader.tree().len();
         let Command::Checks { checks, .. } = check(4, 1020) else {
             unreachable!()
         };
@@ -1314,15 +1377,10 @@ mod tests {
         sm.apply_one(entry(6, revoke(4, 1030))).unwrap();
         let size = sm.applied.chain.size();
         assert_eq!(size, 4 + 60 + 1, "3 tasks, 1 grant, 60 checks, 1 revoke");
+        // Checks and a revoke add the revoke's retired-index key and
+        // nothing per audit entry.
+        assert!(sm.reader.tree().len() <= keys_before + 1);
 
-        let tree = sm.reader.tree();
-        let keys = |t: &sled::Tree| t.scan_prefix([ks::AUDIT]).count();
-        let stored = keys(&tree);
-        assert!(
-            (3..=20).contains(&stored),
-            "{size} entries in {stored} keys: the checks share keys of up to {} bytes",
-            crate::limits::AUDIT_KEY_BYTES
-        );
         let all = sm.reader.audit_entries(0, 1000).unwrap();
         let seqs: Vec<u64> = all.iter().map(|(e, _)| e.seq).collect();
         assert_eq!(seqs, (0..size).collect::<Vec<_>>());
@@ -1336,24 +1394,33 @@ mod tests {
         let watched = sm.reader.watch_events(None, 10).unwrap();
         assert_eq!(watched.len(), 1);
         assert_eq!(watched[0].0.seq, size - 1);
-
-        // Take out a key from the middle of the checks: reading across the
-        // hole is an error naming the first missing entry.
-        let k = tree
-            .range(ks::audit(1)..ks::audit(size))
-            .keys()
-            .nth(2)
-            .unwrap()
-            .unwrap();
-        let lost = u64::from_be_bytes(k[1..9].try_into().unwrap());
-        tree.remove(&k).unwrap();
-        let e = sm.reader.audit_entries(0, 1000).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains(&format!("audit entry {lost} is missing")),
-            "{e}"
+        assert_eq!(
+            sm.reader.tree_root(size).unwrap(),
+            Some(sm.applied.chain.root())
         );
-        assert_eq!(keys(&tree), stored - 1);
+        assert_eq!(sm.reader.tree_root(size + 1).unwrap(), None);
+
+        // Installed elsewhere, the snapshot brings the chain with it.
+        let snap = snapshot_of(&mut sm).await;
+        let other = tempfile::tempdir().unwrap();
+        let installed = installed_in(other.path(), snap).await;
+        assert_eq!(installed.reader.audit_entries(0, 1000).unwrap(), all);
+        assert_eq!(installed.reader.watch_events(None, 10).unwrap(), watched);
+        assert_eq!(installed.digest().unwrap(), sm.digest().unwrap());
+
+        // Cut the segment short: reading across the cut is an error.
+        let seg = dir
+            .path()
+            .join("state.audit/entries/00000000000000000000.seg");
+        let len = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let e = sm.reader.audit_entries(0, 1000).unwrap_err();
+        assert!(e.to_string().contains("is damaged"), "{e}");
     }
 
     /// A renewal moves the grant in the expiry index: the sweep no longer
@@ -1432,9 +1499,6 @@ mod tests {
         let tree = sm.reader.tree();
         for k in tree.iter().keys() {
             let k = k.unwrap();
-            if k[0] == ks::AUDIT || k[0] == ks::AUDIT_LEAVES {
-                continue;
-            }
             for id in &ids {
                 assert!(
                     !k.windows(id.len()).any(|w| w == id.as_bytes()),

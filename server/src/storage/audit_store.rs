@@ -1,0 +1,638 @@
+//! The audit chain on disk, outside sled: append-only segment files of
+//! canonical entries, and the Merkle tree's hashes in the C2SP tlog-tiles
+//! layout. The state machine keeps only the chain's head (size, root, last
+//! entry hash, in `META_APPLIED`); this store keeps the history.
+//!
+//! ```text
+//! <generation>.audit/
+//!   entries/<first seq, 20 digits>.seg   entries' canonical bytes, back to back
+//!   entries/<first seq, 20 digits>.idx   u64 BE end offset of each entry in .seg
+//!   tile/<L>                             the hashes of tile level L, 32 bytes each
+//!   watch                                u64 BE seqs of the entries Watch serves
+//! ```
+//!
+//! A segment holds `AUDIT_SEGMENT_ENTRIES` entries (a multiple of 256, so a
+//! segment boundary is a tile boundary), and is named by its first seq.
+//! `tile/<L>` holds what tlog-tiles calls level L: hash i is the root of the
+//! perfect subtree over leaves `[i * 256^L, (i + 1) * 256^L)`, written once
+//! that subtree is complete. Tile N of level L, full or partial, is bytes
+//! `[N * 8192, ...)` of the file, so the C2SP path `tile/<L>/<N>[.p/<W>]` is
+//! a slice of it. Any subtree's hash is at most 128 stored hashes folded;
+//! roots and proofs at any size read O(log n) of them.
+//!
+//! Every replica writes its own store as it applies, and apply is
+//! deterministic, so the stores of replicas at the same size are
+//! byte-identical.
+//!
+//! Durability and crashes (docs/storage.md, "The audit chain"): apply
+//! appends an entry's audit entries here before it writes the state that
+//! counts them, and `sync` runs before the state is flushed. So the store
+//! holds at least what the state's head counts; opening cuts it back to
+//! exactly that head and checks it against the head's root and last hash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use grant_proto::audit::{merkle, Hash};
+use sha2::{Digest, Sha256};
+
+use super::sync_dir;
+use crate::ledger::Chain;
+use crate::limits::AUDIT_SEGMENT_ENTRIES;
+
+/// Hashes in a full tile (tlog-tiles).
+pub const TILE_WIDTH: u64 = 256;
+/// Tree heights per tile level.
+const TILE_HEIGHT: u32 = 8;
+const HASH_BYTES: u64 = 32;
+
+const _: () = assert!(AUDIT_SEGMENT_ENTRIES.is_multiple_of(TILE_WIDTH));
+
+fn damaged(dir: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the audit chain in {} is damaged: {what}. Wipe this node's data directory \
+             and let it catch up from the others (docs/operations.md)",
+            dir.display()
+        ),
+    )
+}
+
+/// Read side of the store: paths, and reads by position. Readers bound
+/// themselves by the head size the state published (`StateReader::chain`),
+/// so they never read an entry apply has not finished.
+#[derive(Clone, Debug)]
+pub struct AuditFiles {
+    dir: PathBuf,
+    /// Entries written to the files (counted by the state or not yet).
+    written: Arc<AtomicU64>,
+}
+
+impl AuditFiles {
+    fn new(dir: PathBuf, written: u64) -> Self {
+        AuditFiles {
+            dir,
+            written: Arc::new(AtomicU64::new(written)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn seg_path(&self, first: u64) -> PathBuf {
+        self.dir.join("entries").join(format!("{first:020}.seg"))
+    }
+
+    fn idx_path(&self, first: u64) -> PathBuf {
+        self.dir.join("entries").join(format!("{first:020}.idx"))
+    }
+
+    fn level_path(&self, level: u32) -> PathBuf {
+        self.dir.join("tile").join(level.to_string())
+    }
+
+    fn watch_path(&self) -> PathBuf {
+        self.dir.join("watch")
+    }
+
+    fn read_exact_at(&self, path: &Path, at: u64, len: usize) -> io::Result<Vec<u8>> {
+        let f = File::open(path)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, at).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                damaged(
+                    &self.dir,
+                    format!("{} ends before byte {}", path.display(), at + len as u64),
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(buf)
+    }
+
+    /// `each` of the entries' canonical bytes from seq `from`, at most
+    /// `limit`, below `size` (the head the caller read).
+    pub fn entries<T>(
+        &self,
+        from: u64,
+        limit: usize,
+        size: u64,
+        mut each: impl FnMut(&[u8]) -> io::Result<T>,
+    ) -> io::Result<Vec<T>> {
+        let end = size.min(from.saturating_add(limit as u64));
+        let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
+        let mut seq = from;
+        while seq < end {
+            let first = seq - seq % AUDIT_SEGMENT_ENTRIES;
+            let upto = end.min(first + AUDIT_SEGMENT_ENTRIES);
+            // End offsets of entries seq - 1 .. upto - 1 (the first entry of
+            // a segment starts at 0).
+            let (at, n) = if seq == first {
+                (0, upto - seq)
+            } else {
+                (seq - first - 1, upto - seq + 1)
+            };
+            let idx = self.read_exact_at(&self.idx_path(first), at * 8, n as usize * 8)?;
+            let mut ends: Vec<u64> = idx
+                .chunks_exact(8)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                .collect();
+            if seq == first {
+                ends.insert(0, 0);
+            }
+            let (start, stop) = (ends[0], *ends.last().expect("at least one"));
+            if ends.windows(2).any(|w| w[1] < w[0]) {
+                return Err(damaged(
+                    &self.dir,
+                    format!("segment {first}'s index goes back"),
+                ));
+            }
+            let data = self.read_exact_at(&self.seg_path(first), start, (stop - start) as usize)?;
+            for w in ends.windows(2) {
+                out.push(each(
+                    &data[(w[0] - start) as usize..(w[1] - start) as usize],
+                )?);
+            }
+            seq = upto;
+        }
+        Ok(out)
+    }
+
+    /// `n` stored hashes of tile level `level` from index `from`.
+    fn hashes(&self, level: u32, from: u64, n: u64) -> io::Result<Vec<Hash>> {
+        let b = self.read_exact_at(
+            &self.level_path(level),
+            from * HASH_BYTES,
+            (n * HASH_BYTES) as usize,
+        )?;
+        Ok(b.chunks_exact(32)
+            .map(|h| h.try_into().expect("32 bytes"))
+            .collect())
+    }
+
+    /// The hash of the perfect subtree of height `height` over leaves
+    /// `[index << height, (index + 1) << height)`, which must be complete.
+    fn subtree(&self, height: u32, index: u64) -> io::Result<Hash> {
+        let (level, rest) = (height / TILE_HEIGHT, height % TILE_HEIGHT);
+        let n = 1u64 << rest;
+        let mut row = self.hashes(level, index << rest, n)?;
+        while row.len() > 1 {
+            row = row
+                .chunks_exact(2)
+                .map(|p| merkle::node_hash(&p[0], &p[1]))
+                .collect();
+        }
+        Ok(row[0])
+    }
+
+    /// MTH of leaves `a..b` (RFC 9162), for the ranges the RFC's root and
+    /// proof recursions ask for: `a` aligned to the largest power of two
+    /// not above `b - a`.
+    pub fn mth(&self, a: u64, b: u64) -> io::Result<Hash> {
+        let n = b - a;
+        if n == 0 {
+            return Ok(merkle::empty_root());
+        }
+        if n.is_power_of_two() {
+            if !a.is_multiple_of(n) {
+                return Err(io::Error::other(format!("subtree {a}..{b} is not aligned")));
+            }
+            return self.subtree(n.trailing_zeros(), a / n);
+        }
+        let k = 1u64 << (u64::BITS - 1 - (n - 1).leading_zeros());
+        Ok(merkle::node_hash(
+            &self.mth(a, a + k)?,
+            &self.mth(a + k, b)?,
+        ))
+    }
+
+    /// The root of the tree of the first `size` entries.
+    pub fn root(&self, size: u64) -> io::Result<Hash> {
+        self.mth(0, size)
+    }
+
+    /// Audit path of entry `seq` in the tree of `size`.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> io::Result<Vec<Hash>> {
+        merkle::inclusion_path(seq, size, |a, b| self.mth(a, b))
+    }
+
+    /// Proof that the tree of `first` entries is a prefix of that of `size`.
+    pub fn consistency_proof(&self, first: u64, size: u64) -> io::Result<Vec<Hash>> {
+        merkle::consistency_path(first, size, |a, b| self.mth(a, b))
+    }
+
+    /// Seqs of watched entries after `after` (None: from the start) and
+    /// below `size`, in order, at most `limit`.
+    pub fn watched_after(
+        &self,
+        after: Option<u64>,
+        size: u64,
+        limit: usize,
+    ) -> io::Result<Vec<u64>> {
+        let path = self.watch_path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let n = f.metadata()?.len() / 8;
+        let at = |i: u64| -> io::Result<u64> {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, i * 8)?;
+            Ok(u64::from_be_bytes(b))
+        };
+        // The first record above `after`: the file is sorted.
+        let (mut lo, mut hi) = (0, n);
+        if let Some(after) = after {
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if at(mid)? <= after {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let end = n.min(lo + limit as u64);
+        if lo < end {
+            let mut b = vec![0u8; ((end - lo) * 8) as usize];
+            f.read_exact_at(&mut b, lo * 8)?;
+            for c in b.chunks_exact(8) {
+                let seq = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+                if seq >= size {
+                    break;
+                }
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store holds on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+
+    /// Make every entry written so far durable (see `sync`).
+    pub fn sync_written(&self) -> io::Result<()> {
+        self.sync(self.written.load(Ordering::Acquire))
+    }
+
+    /// Make the first `size` entries durable (fdatasync of each file apply
+    /// may have written since the last sync: the open segment, the tile
+    /// levels, the watch index). fsync is per file, not per descriptor, so
+    /// this may run on any thread beside apply.
+    pub fn sync(&self, size: u64) -> io::Result<()> {
+        let mut paths = vec![self.watch_path()];
+        if size > 0 {
+            let first = (size - 1) - (size - 1) % AUDIT_SEGMENT_ENTRIES;
+            paths.push(self.seg_path(first));
+            paths.push(self.idx_path(first));
+        }
+        let mut level = 0;
+        while size >> (TILE_HEIGHT * level) > 0 {
+            paths.push(self.level_path(level));
+            level += 1;
+        }
+        for p in paths {
+            match File::open(&p) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The open segment: its files, and bytes written.
+#[derive(Debug)]
+struct Segment {
+    seg: File,
+    idx: File,
+    len: u64,
+}
+
+/// Write side of the store, owned by apply.
+#[derive(Debug)]
+pub struct AuditStore {
+    files: AuditFiles,
+    size: u64,
+    segment: Option<Segment>,
+    /// Per tile level, the hashes of its tile that is not yet full.
+    partial: Vec<Vec<Hash>>,
+    /// Per tile level, its file, opened for appending.
+    levels: Vec<File>,
+    watch: File,
+}
+
+fn append_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+}
+
+impl AuditStore {
+    /// Open the store in `dir` (created if missing) and cut it back to
+    /// `head`, the chain head the state records. A store that holds less
+    /// than the head, or whose entries do not hash to it, is refused.
+    pub fn open(dir: &Path, head: &Chain) -> io::Result<AuditStore> {
+        let files = AuditFiles::new(dir.to_path_buf(), head.size());
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir.join("entries"))?;
+        std::fs::create_dir_all(dir.join("tile"))?;
+        if created {
+            sync_dir(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let size = head.size();
+        let mut firsts = Vec::new();
+        for e in std::fs::read_dir(dir.join("entries"))? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(".idx") {
+                let first: u64 = n
+                    .parse()
+                    .map_err(|_| damaged(dir, format!("entries/{name} is not a segment")))?;
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        // Entries stored: each segment but the last is full.
+        let mut stored = 0;
+        for (i, &first) in firsts.iter().enumerate() {
+            if first != stored {
+                return Err(damaged(
+                    dir,
+                    format!("segment {first} follows entry {stored}"),
+                ));
+            }
+            let n = std::fs::metadata(files.idx_path(first))?.len() / 8;
+            if i + 1 < firsts.len() && n != AUDIT_SEGMENT_ENTRIES {
+                return Err(damaged(dir, format!("segment {first} holds {n} entries")));
+            }
+            stored = first + n.min(AUDIT_SEGMENT_ENTRIES);
+        }
+        if stored < size {
+            return Err(damaged(
+                dir,
+                format!(
+                    "it holds {stored} entries and the state's head counts {size} \
+                     (entries lost in a power failure?)"
+                ),
+            ));
+        }
+        // Cut back to the head: what is past it was written by an apply
+        // whose state write did not survive, and apply writes it again.
+        if stored > size {
+            tracing::info!(
+                dir = %dir.display(),
+                stored,
+                head = size,
+                "audit store cut back to the state's head: the entries after it are applied again"
+            );
+        }
+        for &first in &firsts {
+            if first >= size {
+                std::fs::remove_file(files.idx_path(first))?;
+                std::fs::remove_file(files.seg_path(first))?;
+            }
+        }
+        let segment = if size == 0 {
+            None
+        } else {
+            let first = (size - 1) - (size - 1) % AUDIT_SEGMENT_ENTRIES;
+            let n = size - first;
+            let idx = append_file(&files.idx_path(first))?;
+            idx.set_len(n * 8)?;
+            let mut b = [0u8; 8];
+            idx.read_exact_at(&mut b, (n - 1) * 8)?;
+            let len = u64::from_be_bytes(b);
+            let seg = append_file(&files.seg_path(first))?;
+            if seg.metadata()?.len() < len {
+                return Err(damaged(
+                    dir,
+                    format!("segment {first} is shorter than its index"),
+                ));
+            }
+            seg.set_len(len)?;
+            Some(Segment { seg, idx, len })
+        };
+        let mut partial = Vec::new();
+        let mut levels = Vec::new();
+        let mut level = 0u32;
+        loop {
+            let count = size >> (TILE_HEIGHT * level);
+            let path = files.level_path(level);
+            if count == 0 {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                // Levels above a missing one are missing too, unless a
+                // longer store was cut back.
+                if !files.level_path(level + 1).exists() {
+                    break;
+                }
+                level += 1;
+                continue;
+            }
+            let f = append_file(&path)?;
+            if f.metadata()?.len() < count * HASH_BYTES {
+                return Err(damaged(dir, format!("tile level {level} is short")));
+            }
+            f.set_len(count * HASH_BYTES)?;
+            let full = count - count % TILE_WIDTH;
+            partial.push(files.hashes(level, full, count - full)?);
+            levels.push(f);
+            level += 1;
+        }
+        let watch = append_file(&files.watch_path())?;
+        let records = watch.metadata()?.len() / 8;
+        let mut keep = records;
+        while keep > 0 {
+            let mut b = [0u8; 8];
+            watch.read_exact_at(&mut b, (keep - 1) * 8)?;
+            if u64::from_be_bytes(b) < size {
+                break;
+            }
+            keep -= 1;
+        }
+        watch.set_len(keep * 8)?;
+        let store = AuditStore {
+            files,
+            size,
+            segment,
+            partial,
+            levels,
+            watch,
+        };
+        store.check_head(head)?;
+        store.files.sync(size)?;
+        sync_dir(&dir.join("entries"))?;
+        sync_dir(&dir.join("tile"))?;
+        Ok(store)
+    }
+
+    /// The stored chain hashes to `head`: its root, and its last entry's
+    /// hash.
+    fn check_head(&self, head: &Chain) -> io::Result<()> {
+        let dir = self.files.dir();
+        if self.files.root(self.size)? != head.root() {
+            return Err(damaged(
+                dir,
+                format!(
+                    "its tree of {} entries does not have the state's root",
+                    self.size
+                ),
+            ));
+        }
+        if self.size > 0 {
+            let last = self
+                .files
+                .entries(self.size - 1, 1, self.size, |b| {
+                    Ok(<[u8; 32]>::from(Sha256::digest(b)))
+                })?
+                .pop()
+                .expect("one entry");
+            if last != head.prev_hash {
+                return Err(damaged(
+                    dir,
+                    format!(
+                        "entry {} is not the one the state's head names",
+                        self.size - 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn files(&self) -> AuditFiles {
+        self.files.clone()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Append entries (canonical bytes, leaf hash, whether Watch serves
+    /// it) from seq `size()` on. Written to the files (the OS holds them;
+    /// `sync` makes them durable), not yet counted by the state.
+    pub fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a [u8], Hash, bool)>,
+    ) -> io::Result<()> {
+        let mut seg_buf = Vec::new();
+        let mut idx_buf = Vec::new();
+        let mut levels: Vec<Vec<u8>> = Vec::new();
+        let mut watch_buf = Vec::new();
+        for (bytes, leaf, watched) in entries {
+            let seq = self.size;
+            if seq.is_multiple_of(AUDIT_SEGMENT_ENTRIES) {
+                self.write_segment(&mut seg_buf, &mut idx_buf)?;
+                self.new_segment(seq)?;
+            }
+            let seg = self.segment.as_mut().expect("a segment is open");
+            seg.len += bytes.len() as u64;
+            seg_buf.extend_from_slice(bytes);
+            idx_buf.extend_from_slice(&seg.len.to_be_bytes());
+            self.push_hash(0, leaf, &mut levels);
+            if watched {
+                watch_buf.extend_from_slice(&seq.to_be_bytes());
+            }
+            self.size += 1;
+        }
+        self.write_segment(&mut seg_buf, &mut idx_buf)?;
+        for (level, buf) in levels.iter().enumerate() {
+            if buf.is_empty() {
+                continue;
+            }
+            if self.levels.len() == level {
+                // A level's first hash: its file is new.
+                let f = append_file(&self.files.level_path(level as u32))?;
+                f.set_len(0)?;
+                sync_dir(&self.files.dir.join("tile"))?;
+                self.levels.push(f);
+            }
+            self.levels[level].write_all(buf)?;
+        }
+        if !watch_buf.is_empty() {
+            self.watch.write_all(&watch_buf)?;
+        }
+        self.files.written.store(self.size, Ordering::Release);
+        Ok(())
+    }
+
+    fn push_hash(&mut self, level: usize, h: Hash, out: &mut Vec<Vec<u8>>) {
+        if self.partial.len() <= level {
+            self.partial.resize(level + 1, Vec::new());
+        }
+        if out.len() <= level {
+            out.resize(level + 1, Vec::new());
+        }
+        out[level].extend_from_slice(&h);
+        self.partial[level].push(h);
+        if self.partial[level].len() as u64 == TILE_WIDTH {
+            let full = std::mem::take(&mut self.partial[level]);
+            self.push_hash(level + 1, merkle::root(&full), out);
+        }
+    }
+
+    fn write_segment(&mut self, seg_buf: &mut Vec<u8>, idx_buf: &mut Vec<u8>) -> io::Result<()> {
+        if let Some(s) = self.segment.as_mut() {
+            if !seg_buf.is_empty() {
+                s.seg.write_all(seg_buf)?;
+            }
+            if !idx_buf.is_empty() {
+                s.idx.write_all(idx_buf)?;
+            }
+        }
+        seg_buf.clear();
+        idx_buf.clear();
+        Ok(())
+    }
+
+    /// Close the open segment (durable first: a start finds every segment
+    /// but the last full) and open the one from `first`.
+    fn new_segment(&mut self, first: u64) -> io::Result<()> {
+        if let Some(s) = self.segment.take() {
+            s.seg.sync_data()?;
+            s.idx.sync_data()?;
+        }
+        let idx = append_file(&self.files.idx_path(first))?;
+        let seg = append_file(&self.files.seg_path(first))?;
+        idx.set_len(0)?;
+        seg.set_len(0)?;
+        sync_dir(&self.files.dir.join("entries"))?;
+        self.segment = Some(Segment { seg, idx, len: 0 });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
