@@ -227,6 +227,10 @@ pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
 /// (`storage::audit_store`): a segment is the unit a prune removes. A
 /// multiple of the tile width (256), so segment and tile boundaries meet.
 pub const AUDIT_SEGMENT_ENTRIES: u64 = 65_536;
+/// sled's page cache for the state (`cache_capacity`; sled's default is 1
+/// GiB): most of a loaded node's resident memory at a million grants
+/// (bench/README.md, "At size").
+pub const STATE_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// How often the audit store's files are synced (fdatasync), on a thread
 /// of their own: more often than sled writes the state out (500 ms), so
 /// that the audit entries reach the disk before the state that counts

@@ -54,6 +54,7 @@ struct Sampled {
     revokes_queued: Gauge,
     grants_active: Gauge,
     audit_entries: Gauge,
+    audit_store_bytes: Gauge,
     audit_checkpoint_size: Gauge,
     checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     log_disk_bytes: Gauge,
@@ -104,7 +105,7 @@ impl Metrics {
             "Times this node saw the leader change (including to none)",
             leader_changes.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 16] = [
+        let gauges: [(&str, &str, &Gauge); 17] = [
             ("raft_term", "Current Raft term", &s.term),
             ("raft_is_leader", "1 if this node leads", &s.is_leader),
             (
@@ -161,6 +162,11 @@ impl Metrics {
                 "audit_entries",
                 "Entries in the audit chain (tree size)",
                 &s.audit_entries,
+            ),
+            (
+                "audit_store_bytes",
+                "Bytes the audit store (entry segments, tiles, watch index) holds on disk",
+                &s.audit_store_bytes,
             ),
             (
                 "raft_log_disk_bytes",
@@ -256,6 +262,8 @@ impl Metrics {
         s.grants_active.set(ctx.state.active_grants());
         let chain_size = ctx.state.chain().map(|c| c.size()).unwrap_or(0);
         s.audit_entries.set(chain_size as i64);
+        s.audit_store_bytes
+            .set(ctx.state.audit_files().bytes() as i64);
         let cp = ctx
             .state
             .latest_checkpoint()

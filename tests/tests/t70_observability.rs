@@ -77,6 +77,12 @@ async fn metrics_follow_requests_raft_and_the_ledger() {
             sample(&m, "grantd_raft_log_disk_bytes").unwrap() > 0.0,
             "{m}"
         );
+        // Six entries at least, each some canonical bytes, an offset and
+        // a leaf hash.
+        assert!(
+            sample(&m, "grantd_audit_store_bytes").unwrap() >= 6.0 * 40.0,
+            "{m}"
+        );
         assert!(
             sample(&m, "grantd_raft_log_cache_bytes").unwrap() > 0.0,
             "{m}"

@@ -71,6 +71,8 @@ pub struct AuditFiles {
     dir: PathBuf,
     /// Entries written to the files (counted by the state or not yet).
     written: Arc<AtomicU64>,
+    /// Bytes the files hold (counted at open, then added to by append).
+    bytes: Arc<AtomicU64>,
 }
 
 impl AuditFiles {
@@ -78,6 +80,7 @@ impl AuditFiles {
         AuditFiles {
             dir,
             written: Arc::new(AtomicU64::new(written)),
+            bytes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -276,8 +279,13 @@ impl AuditFiles {
         Ok(out)
     }
 
-    /// Bytes the store holds on disk.
-    pub fn disk_bytes(&self) -> u64 {
+    /// Bytes the store's files hold (for metrics; no file system walk).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the store holds on disk, walked.
+    fn disk_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
             let Ok(rd) = std::fs::read_dir(p) else {
                 return 0;
@@ -493,6 +501,8 @@ impl AuditStore {
         };
         store.check_head(head)?;
         store.files.sync(size)?;
+        let bytes = store.files.disk_bytes();
+        store.files.bytes.store(bytes, Ordering::Relaxed);
         sync_dir(&dir.join("entries"))?;
         sync_dir(&dir.join("tile"))?;
         Ok(store)
@@ -551,6 +561,7 @@ impl AuditStore {
         let mut idx_buf = Vec::new();
         let mut levels: Vec<Vec<u8>> = Vec::new();
         let mut watch_buf = Vec::new();
+        let mut added = 0;
         for (bytes, leaf, watched) in entries {
             let seq = self.size;
             if seq.is_multiple_of(AUDIT_SEGMENT_ENTRIES) {
@@ -559,6 +570,7 @@ impl AuditStore {
             }
             let seg = self.segment.as_mut().expect("a segment is open");
             seg.len += bytes.len() as u64;
+            added += bytes.len() as u64 + 8;
             seg_buf.extend_from_slice(bytes);
             idx_buf.extend_from_slice(&seg.len.to_be_bytes());
             self.push_hash(0, leaf, &mut levels);
@@ -580,10 +592,13 @@ impl AuditStore {
                 self.levels.push(f);
             }
             self.levels[level].write_all(buf)?;
+            added += buf.len() as u64;
         }
         if !watch_buf.is_empty() {
             self.watch.write_all(&watch_buf)?;
         }
+        added += watch_buf.len() as u64;
+        self.files.bytes.fetch_add(added, Ordering::Relaxed);
         self.files.written.store(self.size, Ordering::Release);
         Ok(())
     }

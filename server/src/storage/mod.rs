@@ -39,7 +39,10 @@ pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
 pub fn open_db(path: &Path) -> io::Result<sled::Db> {
     let deadline = Instant::now() + crate::limits::DB_LOCK_WAIT_MAX;
     loop {
-        match sled::Config::new().path(path).open() {
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(crate::limits::STATE_CACHE_BYTES);
+        match config.open() {
             Ok(db) => return Ok(db),
             // sled reports it as ErrorKind::Other, by message.
             Err(sled::Error::Io(e))

@@ -131,6 +131,8 @@ fn roots_proofs_entries_and_watch_read_back_from_segments_and_tiles() {
         files.hashes(1, 3, 1).unwrap()[0],
         merkle::root(&all[768..1024])
     );
+    // What the metric reports is what the files hold.
+    assert_eq!(files.bytes(), files.disk_bytes());
     // Reopened at its head, it is the same store, and grows on.
     drop(store);
     let mut store = AuditStore::open(&path, &head(total)).unwrap();
@@ -139,6 +141,7 @@ fn roots_proofs_entries_and_watch_read_back_from_segments_and_tiles() {
         store.files().root(total + 300).unwrap(),
         head(total + 300).root()
     );
+    assert_eq!(store.files().bytes(), store.files().disk_bytes());
 }
 
 #[test]
