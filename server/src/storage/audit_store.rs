@@ -426,8 +426,14 @@ impl AuditStore {
         }
         for &first in &firsts {
             if first >= size {
-                std::fs::remove_file(files.idx_path(first))?;
-                std::fs::remove_file(files.seg_path(first))?;
+                // A crash inside `new_segment` can leave the index without
+                // its segment file.
+                for path in [files.idx_path(first), files.seg_path(first)] {
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
             }
         }
         let segment = if size == 0 {

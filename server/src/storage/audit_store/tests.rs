@@ -199,3 +199,22 @@ fn a_store_behind_the_head_or_not_hashing_to_it_is_refused() {
     let e = AuditStore::open(&path, &head(100)).unwrap_err().to_string();
     assert!(e.contains("root") || e.contains("entry 99"), "{e}");
 }
+
+#[test]
+fn a_crash_between_a_new_segments_index_and_its_file_does_not_stop_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.audit");
+    let mut store = AuditStore::open(&path, &Chain::default()).unwrap();
+    append(&mut store, AUDIT_SEGMENT_ENTRIES);
+    drop(store);
+    // `new_segment` creates the index, then the segment file.
+    let idx = AuditFiles::new(path.clone(), 0).idx_path(AUDIT_SEGMENT_ENTRIES);
+    std::fs::write(&idx, []).unwrap();
+    let mut store = AuditStore::open(&path, &head(AUDIT_SEGMENT_ENTRIES)).unwrap();
+    assert_eq!(store.size(), AUDIT_SEGMENT_ENTRIES);
+    append(&mut store, AUDIT_SEGMENT_ENTRIES + 10);
+    assert_eq!(
+        store.files().root(AUDIT_SEGMENT_ENTRIES + 10).unwrap(),
+        head(AUDIT_SEGMENT_ENTRIES + 10).root()
+    );
+}
