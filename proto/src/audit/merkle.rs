@@ -26,10 +26,11 @@ pub fn empty_root() -> Hash {
     Sha256::digest([]).into()
 }
 
-/// Largest power of two strictly below `n` (n >= 2).
-fn split(n: usize) -> usize {
+/// Largest power of two strictly below `n` (n >= 2): where RFC 9162
+/// splits a tree of `n` leaves.
+pub fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);
-    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 
 /// MTH over leaf hashes (RFC 9162 2.1.1).
@@ -38,7 +39,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
         0 => empty_root(),
         1 => leaves[0],
         n => {
-            let k = split(n);
+            let k = split(n as u64) as usize;
             node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
         }
     }
@@ -99,15 +100,14 @@ pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Vec<Hash> {
 pub fn inclusion_path<E>(
     index: u64,
     size: u64,
-    mut mth: impl FnMut(u64, u64) -> Result<Hash, E>,
+    mth: impl FnMut(u64, u64) -> Result<Hash, E>,
 ) -> Result<Vec<Hash>, E> {
     assert!(index < size, "leaf {index} outside a tree of {size}");
-    let mut out = Vec::new();
     // PATH(m, D[lo:hi]), unrolled: the hashes are pushed deepest first.
     let mut stack = Vec::new();
     let (mut lo, mut hi, mut m) = (0u64, size, index);
     while hi - lo > 1 {
-        let k = split64(hi - lo);
+        let k = split(hi - lo);
         if m < k {
             stack.push((lo + k, hi));
             hi = lo + k;
@@ -117,16 +117,20 @@ pub fn inclusion_path<E>(
             m -= k;
         }
     }
+    hashes_deepest_first(stack, mth)
+}
+
+/// The hashes of the ranges an unrolled proof recursion stacked on its way
+/// down, in the order the recursion would have emitted them.
+fn hashes_deepest_first<E>(
+    mut stack: Vec<(u64, u64)>,
+    mut mth: impl FnMut(u64, u64) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    let mut out = Vec::with_capacity(stack.len());
     while let Some((a, b)) = stack.pop() {
         out.push(mth(a, b)?);
     }
     Ok(out)
-}
-
-/// Largest power of two strictly below `n` (n >= 2).
-fn split64(n: u64) -> u64 {
-    debug_assert!(n >= 2);
-    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 
 /// RFC 9162 2.1.3.2.
@@ -171,17 +175,15 @@ pub fn consistency_proof(first: usize, leaves: &[Hash]) -> Vec<Hash> {
 pub fn consistency_path<E>(
     first: u64,
     size: u64,
-    mut mth: impl FnMut(u64, u64) -> Result<Hash, E>,
+    mth: impl FnMut(u64, u64) -> Result<Hash, E>,
 ) -> Result<Vec<Hash>, E> {
     assert!(first <= size);
-    let mut out = Vec::new();
     if first == 0 || first == size {
-        return Ok(out);
+        return Ok(Vec::new());
     }
     // SUBPROOF(m, D[lo:hi], b), unrolled as for `inclusion_path`.
     let mut stack = Vec::new();
-    let (mut lo, hi0, mut m, mut b) = (0u64, size, first, true);
-    let mut hi = hi0;
+    let (mut lo, mut hi, mut m, mut b) = (0u64, size, first, true);
     loop {
         if m == hi - lo {
             if !b {
@@ -189,7 +191,7 @@ pub fn consistency_path<E>(
             }
             break;
         }
-        let k = split64(hi - lo);
+        let k = split(hi - lo);
         if m <= k {
             stack.push((lo + k, hi));
             hi = lo + k;
@@ -200,10 +202,7 @@ pub fn consistency_path<E>(
             b = false;
         }
     }
-    while let Some((a, z)) = stack.pop() {
-        out.push(mth(a, z)?);
-    }
-    Ok(out)
+    hashes_deepest_first(stack, mth)
 }
 
 /// RFC 9162 2.1.4.2.

@@ -209,7 +209,7 @@ impl AuditFiles {
             }
             return self.subtree(n.trailing_zeros(), a / n);
         }
-        let k = 1u64 << (u64::BITS - 1 - (n - 1).leading_zeros());
+        let k = merkle::split(n);
         Ok(merkle::node_hash(
             &self.mth(a, a + k)?,
             &self.mth(a + k, b)?,
