@@ -1,7 +1,9 @@
 //! The backup file `grantctl snapshot save` writes and `grantd restore`
 //! reads: one header line naming the format, one JSON line describing the
-//! snapshot, then the snapshot data (the state machine's key/value pairs,
-//! audit chain included) exactly as Raft ships it between nodes.
+//! snapshot, then the data: the snapshot exactly as Raft ships it between
+//! nodes (the state machine's key/value pairs, the audit chain's head),
+//! followed by every entry of the audit chain up to that head, as more
+//! pairs.
 //!
 //! ```text
 //! grant-ledger-backup 1\n

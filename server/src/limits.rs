@@ -163,6 +163,7 @@ const _: () = assert!(2 * ISSUE_ENCODED_BYTES_MAX * WRITES_PER_ENTRY_MAX < LOG_E
 const _: () = assert!(REVOKE_REASON_BYTES_MAX + SUBJECT_BYTES_MAX + 1024 < ISSUE_ENCODED_BYTES_MAX);
 const _: () = assert!(LOG_ENTRY_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(2 * AUDIT_FETCH_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
 
 /// Bytes of one snapshot received from a leader (written to disk as it
 /// arrives; the leader announces the length first).
@@ -236,6 +237,24 @@ pub const STATE_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// that the audit entries reach the disk before the state that counts
 /// them (docs/storage.md, "The audit chain").
 pub const AUDIT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How far behind the chain's head a checkpoint may be when it is applied,
+/// in entries: one further back is refused. A snapshot carries the tile
+/// hashes of this many entries below its head (`AuditFiles::tail`), so
+/// that a node begun from it computes every root a checkpoint may name,
+/// as every other replica does. The publisher signs the head it reads and
+/// proposes it at once, so this is seconds of traffic at full load.
+pub const CHECKPOINT_LAG_MAX: u64 = 8192;
+/// Entries a node asks a peer for at a time while it fetches the part of
+/// the chain it began without (`audit_fill`).
+pub const AUDIT_FETCH_ENTRIES: u32 = 4096;
+/// Bytes of entries one answer to such a fetch carries at most (it stops
+/// short, and the node asks again from there).
+pub const AUDIT_FETCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long one fetch of entries from a peer may take.
+pub const AUDIT_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause before a node tries again to fetch what it lacks, after a peer
+/// failed it, and how often it looks whether it lacks anything.
+pub const AUDIT_FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long opening a sled database waits for its file lock: sled lets go
 /// of a closed database's lock only when its I/O threads finish with it
 /// (a snapshot install reopens the database it just loaded; tests reopen

@@ -55,6 +55,7 @@ struct Sampled {
     grants_active: Gauge,
     audit_entries: Gauge,
     audit_store_bytes: Gauge,
+    audit_missing_entries: Gauge,
     audit_checkpoint_size: Gauge,
     checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     log_disk_bytes: Gauge,
@@ -105,7 +106,7 @@ impl Metrics {
             "Times this node saw the leader change (including to none)",
             leader_changes.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 17] = [
+        let gauges: [(&str, &str, &Gauge); 18] = [
             ("raft_term", "Current Raft term", &s.term),
             ("raft_is_leader", "1 if this node leads", &s.is_leader),
             (
@@ -167,6 +168,11 @@ impl Metrics {
                 "audit_store_bytes",
                 "Bytes the audit store (entry segments, tiles, watch index) holds on disk",
                 &s.audit_store_bytes,
+            ),
+            (
+                "audit_missing_entries",
+                "Entries at the start of the audit chain this node lacks: it began from a snapshot and is fetching them from a peer",
+                &s.audit_missing_entries,
             ),
             (
                 "raft_log_disk_bytes",
@@ -262,8 +268,10 @@ impl Metrics {
         s.grants_active.set(ctx.state.active_grants());
         let chain_size = ctx.state.chain().map(|c| c.size()).unwrap_or(0);
         s.audit_entries.set(chain_size as i64);
-        s.audit_store_bytes
-            .set(ctx.state.audit_files().bytes() as i64);
+        let files = ctx.state.audit_files();
+        s.audit_store_bytes.set(files.bytes() as i64);
+        s.audit_missing_entries
+            .set(files.base().entries_from as i64);
         let cp = ctx
             .state
             .latest_checkpoint()

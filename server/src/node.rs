@@ -64,6 +64,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let log_metrics = log_store.clone();
     let sm = StateMachine::open(&config.data_dir)?;
     let state = sm.reader();
+    let audit_store = sm.audit_store();
     let sm_snapshot_dir = sm.snapshot_dir().to_path_buf();
 
     let raft_config = openraft::Config {
@@ -206,6 +207,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .add_service(
             RaftPeerServer::new(RaftPeerService::new(
                 raft.clone(),
+                ctx.state.clone(),
                 sm_snapshot_dir,
                 refusals.clone(),
             ))
@@ -222,6 +224,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         config.election_timeout_max_ms,
         API_SERVICES,
         TOOL_SERVICES,
+        shutdown.clone(),
+    ));
+    let audit_fill = tokio::spawn(crate::audit::fill::run(
+        config.node_id,
+        raft.clone(),
+        ctx.state.clone(),
+        audit_store,
+        network.clone(),
         shutdown.clone(),
     ));
     let refusal_recorder = tokio::spawn(record_refusals(
@@ -242,6 +252,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     sweeper.abort();
     health.abort();
     refusal_recorder.abort();
+    audit_fill.abort();
     publisher.abort();
     api.await??;
     if raft.is_leader() {

@@ -56,9 +56,16 @@ impl Audit for AuditService {
                 note: String::new(),
             }));
         };
+        // The root the note states: apply kept it only because it is this
+        // log's root at that size, and a node begun from a snapshot may
+        // not hold the hashes of an older size.
+        let root = grant_proto::audit::note::parse(&note)
+            .map_err(|e| ApiError::Internal(format!("stored checkpoint {size}: {e}")))?
+            .checkpoint
+            .root;
         Ok(Response::new(pb::CheckpointResponse {
             tree_size: size,
-            root_hash: self.root_at(size)?.to_vec(),
+            root_hash: root.to_vec(),
             note,
         }))
     }
@@ -190,6 +197,12 @@ impl Audit for AuditService {
         // everything below it stays as read.
         let state = self.ctx.state.clone();
         let size = state.chain().map_err(ApiError::from)?.size();
+        // Whole or not at all: a node still fetching the start of the
+        // chain says so before the first line.
+        state
+            .audit_files()
+            .entries(0, 1, size, |_| Ok(()))
+            .map_err(ApiError::from)?;
         let checkpoints: Vec<_> = state
             .checkpoints()
             .map_err(ApiError::from)?

@@ -18,7 +18,9 @@ use crate::raft::codec;
 use crate::raft::leadership::{hand_over, HandoverError};
 use crate::raft::typ::*;
 use crate::raft::NodeInfo;
-use crate::storage::{keyspace as ks, snapshot_data};
+use crate::storage::keyspace as ks;
+use crate::storage::snapshot_data::{self, AuditPairs};
+use crate::storage::snapshot_file::read_chunks;
 use grant_proto::backup;
 use openraft::ChangeMembers;
 
@@ -190,23 +192,28 @@ impl Cluster for ClusterService {
             .snapshot_for_backup(req.into_inner().allow_stale)
             .await?;
         let file = snap.snapshot;
-        // One pass for the checksum and the chain head, then the data
-        // streamed from the file: a backup is as large as the state.
-        let (file, summary) = tokio::task::spawn_blocking(move || {
-            let summary = snapshot_data::summarize(file.data(), ks::META_APPLIED);
-            (file, summary)
+        let files = self.ctx.state.audit_files();
+        // One pass for the chain head, one for the checksum of the data:
+        // the snapshot, then the chain's entries up to its head (a
+        // snapshot carries only the head), then the data streamed.
+        let (data, summary) = tokio::task::spawn_blocking(move || {
+            let chain = match snapshot_data::summarize(file.data(), ks::META_APPLIED)?.2 {
+                Some(v) => codec::decode::<ks::Applied>(&v)?.chain,
+                None => Default::default(),
+            };
+            let size = chain.size();
+            // Whole or not at all: a node still fetching the start of the
+            // chain says so.
+            files.entries(0, 1, size, |_| Ok(()))?;
+            let data =
+                move || std::io::Read::chain(file.data(), AuditPairs::new(files.clone(), size));
+            let (bytes, sha, _) = snapshot_data::summarize(data(), &[])?;
+            std::io::Result::Ok((data, (bytes, sha, chain)))
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let (data_bytes, data_sha256, chain) = summary.map_err(ApiError::from)?;
-        let chain = match chain {
-            Some(v) => {
-                codec::decode::<ks::Applied>(&v)
-                    .map_err(ApiError::from)?
-                    .chain
-            }
-            None => Default::default(),
-        };
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+        let (data_bytes, data_sha256, chain) = summary;
         let header = backup::BackupHeader {
             state_format: ks::FORMAT_VERSION,
             created_ms: super::now_ms(),
@@ -226,7 +233,7 @@ impl Cluster for ClusterService {
         let first = futures::stream::once(futures::future::ready(Ok(pb::BackupChunk {
             data: backup::header_bytes(&header),
         })));
-        let rest = file.chunks(limits::EXPORT_CHUNK_BYTES).map(|c| {
+        let rest = read_chunks(data(), limits::EXPORT_CHUNK_BYTES).map(|c| {
             c.map(|data| pb::BackupChunk { data })
                 .map_err(|e| Status::from(ApiError::Internal(format!("reading the snapshot: {e}"))))
         });

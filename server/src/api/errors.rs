@@ -189,6 +189,11 @@ impl From<RaftError<openraft::errors::LinearizableReadError<TypeConfig>>> for Ap
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        // Part of the audit chain this node began without (a snapshot):
+        // another node, or this one later, answers.
+        if crate::storage::audit_store::is_missing(&e) {
+            return ApiError::FailedPrecondition(e.to_string());
+        }
         ApiError::Internal(e.to_string())
     }
 }

@@ -87,10 +87,7 @@ fn first_seq_at(ctx: &NodeContext, index: u64, size: u64) -> Result<Option<u64>,
     let (mut lo, mut hi) = (0u64, size);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let at = ctx
-            .state
-            .audit_entries(mid, 1)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let at = ctx.state.audit_entries(mid, 1).map_err(ApiError::from)?;
         match at.first() {
             Some((e, _)) if e.log_index < index => lo = mid + 1,
             _ => hi = mid,

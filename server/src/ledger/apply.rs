@@ -167,6 +167,7 @@ pub fn apply(
     state: &impl LedgerState,
 ) -> Result<Applied, StateError> {
     let log_index = ctx.log_index;
+    let head_size = ctx.chain.size();
     let mut out = Out::new(ctx);
     let result = match cmd {
         Command::Issue(c) => issue(c, None, log_index, state, &mut out)?,
@@ -188,7 +189,7 @@ pub fn apply(
         Command::CloseTask(c) => close_task(c, state, &mut out)?,
         Command::Sweep(c) => sweep(c, state, &mut out)?,
         Command::RegisterKey(c) => register_key(c, state, &mut out)?,
-        Command::Checkpoint(c) => checkpoint(c, state, &mut out)?,
+        Command::Checkpoint(c) => checkpoint(c, head_size, state, &mut out)?,
         Command::SetRoles(c) => set_roles(c, log_index, &mut out),
         Command::SetPolicy(c) => set_policy(c, log_index, &mut out),
         Command::MembershipRequest(c) => {
@@ -1380,9 +1381,13 @@ fn register_key(
 
 /// Keep a checkpoint only if it is signed by the roster key of its signer
 /// and states the root this replica computed at that size: a replica never
-/// holds a signed checkpoint that its own entries contradict.
+/// holds a signed checkpoint that its own entries contradict. It may lie
+/// at most `CHECKPOINT_LAG_MAX` entries behind the head (`head_size`):
+/// every replica, one begun from a snapshot too, holds the hashes for
+/// those roots.
 fn checkpoint(
     c: &CheckpointCmd,
+    head_size: u64,
     state: &impl LedgerState,
     out: &mut Out,
 ) -> Result<CommandResult, StateError> {
@@ -1410,6 +1415,14 @@ fn checkpoint(
                 cp.size
             ));
         }
+    }
+    if cp.size.saturating_add(crate::limits::CHECKPOINT_LAG_MAX) < head_size {
+        return reject(format!(
+            "checkpoint of size {} is more than {} entries behind the chain's head at {head_size} \
+             (checkpoint_lag_max)",
+            cp.size,
+            crate::limits::CHECKPOINT_LAG_MAX
+        ));
     }
     match state.tree_root(cp.size)? {
         Some(root) if root == cp.root => {}

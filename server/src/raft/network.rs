@@ -69,6 +69,27 @@ impl Network {
             .map_err(|s| format!("{}: {}", s.code(), s.message()))
     }
 
+    /// Audit entries (canonical bytes) from seq `from`, at most `limit`,
+    /// from the peer at `addr` (its Raft address), on the bulk connection.
+    pub async fn audit_entries(
+        &self,
+        addr: &str,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mut client = RaftPeerClient::new(self.channel(addr, Purpose::Snapshots)?)
+            .max_decoding_message_size(limits::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::PEER_MESSAGE_BYTES_MAX);
+        let call = client.audit_entries(RaftPayload {
+            data: codec::encode(&(from, limit)),
+        });
+        let resp = tokio::time::timeout(limits::AUDIT_FETCH_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no answer within {:?}", limits::AUDIT_FETCH_TIMEOUT))?
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        codec::decode(&resp.into_inner().data).map_err(|e| format!("undecodable answer: {e}"))
+    }
+
     fn channel(&self, addr: &str, purpose: Purpose) -> Result<Channel, String> {
         let mut m = self.channels.lock().expect("channel cache lock");
         if let Some(c) = m.get(&(addr.to_string(), purpose)) {

@@ -14,11 +14,15 @@ use super::Raft;
 use crate::audit::refusals::Refusals;
 use crate::ledger::Refusal;
 use crate::limits;
+use crate::storage::audit_store::is_missing;
 use crate::storage::snapshot_file::{SnapshotFile, SnapshotWriter};
+use crate::storage::StateReader;
 use std::sync::Arc;
 
 pub struct RaftPeerService {
     raft: Raft,
+    /// Where a peer fetching the audit chain reads it (`audit_fill`).
+    state: StateReader,
     /// Where a snapshot sent by the leader is written as it arrives.
     snapshot_dir: PathBuf,
     /// Where refusals followers hand on are queued, on the leader.
@@ -26,9 +30,15 @@ pub struct RaftPeerService {
 }
 
 impl RaftPeerService {
-    pub fn new(raft: Raft, snapshot_dir: PathBuf, refusals: Arc<Refusals>) -> Self {
+    pub fn new(
+        raft: Raft,
+        state: StateReader,
+        snapshot_dir: PathBuf,
+        refusals: Arc<Refusals>,
+    ) -> Self {
         RaftPeerService {
             raft,
+            state,
             snapshot_dir,
             refusals,
         }
@@ -170,6 +180,45 @@ impl RaftPeer for RaftPeerService {
         self.refusals.accept(batch);
         Ok(Response::new(RaftPayload {
             data: codec::encode(&()),
+        }))
+    }
+
+    async fn audit_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let (from, limit): (u64, u32) = codec::decode(&req.into_inner().data).map_err(bad)?;
+        let state = self.state.clone();
+        let entries = tokio::task::spawn_blocking(move || {
+            let size = state.chain()?.size();
+            let limit = limit.min(limits::AUDIT_FETCH_ENTRIES) as usize;
+            let mut bytes = 0;
+            let mut page = state
+                .audit_files()
+                .entries(from, limit, size, |b| Ok(b.to_vec()))?;
+            // Stop short of the byte bound (the asker goes on from there),
+            // never below one entry.
+            let fits = page
+                .iter()
+                .take_while(|e| {
+                    bytes += e.len();
+                    bytes <= limits::AUDIT_FETCH_BYTES_MAX
+                })
+                .count();
+            page.truncate(fits.max(1));
+            std::io::Result::Ok(page)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| {
+            if is_missing(&e) {
+                Status::failed_precondition(e.to_string())
+            } else {
+                Status::internal(format!("reading the audit chain: {e}"))
+            }
+        })?;
+        Ok(Response::new(RaftPayload {
+            data: codec::encode(&entries),
         }))
     }
 

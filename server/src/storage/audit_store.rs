@@ -9,6 +9,8 @@
 //!   entries/<first seq, 20 digits>.idx   u64 BE end offset of each entry in .seg
 //!   tile/<L>                             the hashes of tile level L, 32 bytes each
 //!   watch                                u64 BE seqs of the entries Watch serves
+//!   base                                 what a store begun from a snapshot lacks
+//!   fill/                                a fetch of that part, under way
 //! ```
 //!
 //! A segment holds `AUDIT_SEGMENT_ENTRIES` entries (a multiple of 256, so a
@@ -24,6 +26,16 @@
 //! deterministic, so the stores of replicas at the same size are
 //! byte-identical.
 //!
+//! A store begun from a snapshot (`Base`) holds no entry below the
+//! snapshot's size, the seam, and only the tile hashes a snapshot carries
+//! (`tail`): those of the subtrees that end within `CHECKPOINT_LAG_MAX`
+//! entries of the seam, or straddle it. From them it computes every root
+//! at or past `hashes_from`, and the proofs of entries past it; reads below
+//! answer [`Missing`], never a wrong answer. `audit_fill` fetches the part
+//! below the seam from a peer, checks it against the seam's root, and
+//! [`AuditStore::absorb`]s it. The segment that holds the seam is split
+//! there for good: the part below and the part above are two files.
+//!
 //! Durability and crashes (docs/storage.md, "The audit chain"): apply
 //! appends an entry's audit entries here before it writes the state that
 //! counts them, and `sync` runs before the state is flushed. So the store
@@ -33,16 +45,17 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use grant_proto::audit::{merkle, Hash};
 use sha2::{Digest, Sha256};
 
 use super::sync_dir;
 use crate::ledger::Chain;
-use crate::limits::AUDIT_SEGMENT_ENTRIES;
+use crate::limits::{AUDIT_SEGMENT_ENTRIES, CHECKPOINT_LAG_MAX};
 
 /// Hashes in a full tile (tlog-tiles).
 pub const TILE_WIDTH: u64 = 256;
@@ -63,6 +76,133 @@ fn damaged(dir: &Path, what: impl std::fmt::Display) -> io::Error {
     )
 }
 
+/// What a store begun from a snapshot lacks, in the file `base` (absent:
+/// nothing, the store holds the chain from entry 0).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    /// The chain's size at the snapshot the store began from (0: none).
+    /// The segment that holds it is split there.
+    pub seam: u64,
+    /// The root of the first `seam` entries: what a fetched prefix must
+    /// hash to.
+    pub seam_root: Hash,
+    /// The first entry held (0 once the part below the seam is fetched).
+    pub entries_from: u64,
+    /// Tile hashes are held for every subtree that ends past this leaf
+    /// (see `level_floor`); 0 once fetched.
+    pub hashes_from: u64,
+}
+
+fn aligned(seq: u64) -> u64 {
+    seq - seq % AUDIT_SEGMENT_ENTRIES
+}
+
+impl Base {
+    /// The base of a store begun from a snapshot at chain size `seam`
+    /// with root `seam_root`: it holds the hashes a snapshot carries
+    /// (`tail`).
+    pub fn at(seam: u64, seam_root: Hash) -> Base {
+        Base {
+            seam,
+            seam_root,
+            entries_from: seam,
+            hashes_from: seam.saturating_sub(CHECKPOINT_LAG_MAX),
+        }
+    }
+
+    /// Whether part of the chain below the seam is still to be fetched.
+    pub fn lacking(&self) -> bool {
+        self.entries_from > 0 || self.hashes_from > 0
+    }
+
+    fn split(&self) -> bool {
+        !self.seam.is_multiple_of(AUDIT_SEGMENT_ENTRIES)
+    }
+
+    /// The first seq of the segment that holds `seq`.
+    fn segment_of(&self, seq: u64) -> u64 {
+        if self.split() && aligned(seq) == aligned(self.seam) && seq >= self.seam {
+            self.seam
+        } else {
+            aligned(seq)
+        }
+    }
+
+    /// One past the last seq the segment from `first` holds when full.
+    fn segment_end(&self, first: u64) -> u64 {
+        if self.split() && aligned(first) == aligned(self.seam) && first < self.seam {
+            self.seam
+        } else {
+            aligned(first) + AUDIT_SEGMENT_ENTRIES
+        }
+    }
+}
+
+/// The first index of tile level `level` held by a store whose hashes
+/// start at leaf `hashes_from`: the first hash of the tile of level `level`
+/// that holds it. Every subtree a root or proof at or past `hashes_from`
+/// asks for is made of hashes from there on (docs/storage.md).
+pub fn level_floor(hashes_from: u64, level: u32) -> u64 {
+    hashes_from
+        .checked_shr(TILE_HEIGHT * (level + 1))
+        .unwrap_or(0)
+        * TILE_WIDTH
+}
+
+/// A read of part of the chain this node does not hold (yet): it began
+/// from a snapshot and is fetching what lies below from its peers.
+#[derive(Debug)]
+pub struct Missing {
+    pub from: u64,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this node holds the audit chain from entry {} on: it began from a snapshot \
+             and is fetching the entries before it from its peers. Ask another node, or \
+             retry when audit_missing_entries is 0 here",
+            self.from
+        )
+    }
+}
+
+impl std::error::Error for Missing {}
+
+fn missing(from: u64) -> io::Error {
+    io::Error::other(Missing { from })
+}
+
+/// Whether `e` is a read of part of the chain this node lacks.
+pub fn is_missing(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<Missing>())
+}
+
+fn base_path(dir: &Path) -> PathBuf {
+    dir.join("base")
+}
+
+fn read_base(dir: &Path) -> io::Result<Base> {
+    match std::fs::read(base_path(dir)) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| damaged(dir, format!("its base file is unreadable: {e}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Base::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `base` durably (a new file renamed over the old one).
+fn write_base(dir: &Path, base: &Base) -> io::Result<()> {
+    let tmp = dir.join("base.new");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(base).map_err(io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, base_path(dir))?;
+    sync_dir(dir)
+}
+
 /// Read side of the store: paths, and reads by position. Readers bound
 /// themselves by the head size the state published (`StateReader::chain`),
 /// so they never read an entry apply has not finished.
@@ -73,15 +213,23 @@ pub struct AuditFiles {
     written: Arc<AtomicU64>,
     /// Bytes the files hold (counted at open, then added to by append).
     bytes: Arc<AtomicU64>,
+    /// What the store lacks (changed once, when a fetch is absorbed).
+    base: Arc<RwLock<Base>>,
 }
 
 impl AuditFiles {
-    fn new(dir: PathBuf, written: u64) -> Self {
+    fn new(dir: PathBuf, written: u64, base: Base) -> Self {
         AuditFiles {
             dir,
             written: Arc::new(AtomicU64::new(written)),
             bytes: Arc::new(AtomicU64::new(0)),
+            base: Arc::new(RwLock::new(base)),
         }
+    }
+
+    /// What the store lacks.
+    pub fn base(&self) -> Base {
+        *self.base.read().expect("audit base lock")
     }
 
     pub fn dir(&self) -> &Path {
@@ -130,11 +278,15 @@ impl AuditFiles {
         mut each: impl FnMut(&[u8]) -> io::Result<T>,
     ) -> io::Result<Vec<T>> {
         let end = size.min(from.saturating_add(limit as u64));
+        let base = self.base();
+        if from < end && from < base.entries_from {
+            return Err(missing(base.entries_from));
+        }
         let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
         let mut seq = from;
         while seq < end {
-            let first = seq - seq % AUDIT_SEGMENT_ENTRIES;
-            let upto = end.min(first + AUDIT_SEGMENT_ENTRIES);
+            let first = base.segment_of(seq);
+            let upto = end.min(base.segment_end(first));
             // End offsets of entries seq - 1 .. upto - 1 (the first entry of
             // a segment starts at 0).
             let (at, n) = if seq == first {
@@ -170,6 +322,10 @@ impl AuditFiles {
 
     /// `n` stored hashes of tile level `level` from index `from`.
     fn hashes(&self, level: u32, from: u64, n: u64) -> io::Result<Vec<Hash>> {
+        let base = self.base();
+        if from < level_floor(base.hashes_from, level) {
+            return Err(missing(base.entries_from));
+        }
         let b = self.read_exact_at(
             &self.level_path(level),
             from * HASH_BYTES,
@@ -239,6 +395,10 @@ impl AuditFiles {
         size: u64,
         limit: usize,
     ) -> io::Result<Vec<u64>> {
+        let base = self.base();
+        if after.map_or(0, |a| a + 1) < base.entries_from {
+            return Err(missing(base.entries_from));
+        }
         let path = self.watch_path();
         let f = match File::open(&path) {
             Ok(f) => f,
@@ -279,6 +439,24 @@ impl AuditFiles {
         Ok(out)
     }
 
+    /// The tile hashes a snapshot at chain size `size` carries, per level:
+    /// (level, first index, hashes), from `level_floor` of the base that
+    /// snapshot gives (`Base::at`) to the level's last hash at `size`.
+    pub fn tail(&self, size: u64) -> io::Result<Vec<(u32, u64, Vec<Hash>)>> {
+        let hashes_from = Base::at(size, [0; 32]).hashes_from;
+        let mut out = Vec::new();
+        let mut level = 0;
+        loop {
+            let count = size.checked_shr(TILE_HEIGHT * level).unwrap_or(0);
+            if count == 0 {
+                return Ok(out);
+            }
+            let from = level_floor(hashes_from, level);
+            out.push((level, from, self.hashes(level, from, count - from)?));
+            level += 1;
+        }
+    }
+
     /// Bytes the store's files hold (for metrics; no file system walk).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
@@ -293,7 +471,10 @@ impl AuditFiles {
             rd.flatten()
                 .map(|e| match e.metadata() {
                     Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
+                    // A tile level of a store begun from a snapshot has a
+                    // hole where the hashes below it go: count what the
+                    // disk holds of it, and of the others their length.
+                    Ok(m) => m.len().min(m.blocks() * 512),
                     Err(_) => 0,
                 })
                 .sum()
@@ -312,8 +493,9 @@ impl AuditFiles {
     /// this may run on any thread beside apply.
     pub fn sync(&self, size: u64) -> io::Result<()> {
         let mut paths = vec![self.watch_path()];
-        if size > 0 {
-            let first = (size - 1) - (size - 1) % AUDIT_SEGMENT_ENTRIES;
+        let base = self.base();
+        if size > base.entries_from {
+            let first = base.segment_of(size - 1);
             paths.push(self.seg_path(first));
             paths.push(self.idx_path(first));
         }
@@ -354,6 +536,16 @@ pub struct AuditStore {
     watch: File,
 }
 
+fn remove_segment(files: &AuditFiles, first: u64) -> io::Result<()> {
+    for path in [files.idx_path(first), files.seg_path(first)] {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn append_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -367,7 +559,6 @@ impl AuditStore {
     /// `head`, the chain head the state records. A store that holds less
     /// than the head, or whose entries do not hash to it, is refused.
     pub fn open(dir: &Path, head: &Chain) -> io::Result<AuditStore> {
-        let files = AuditFiles::new(dir.to_path_buf(), head.size());
         let created = !dir.exists();
         std::fs::create_dir_all(dir.join("entries"))?;
         std::fs::create_dir_all(dir.join("tile"))?;
@@ -377,7 +568,23 @@ impl AuditStore {
                 sync_dir(parent)?;
             }
         }
+        let base = read_base(dir)?;
+        // A fetch that a stop or crash cut short starts again.
+        match std::fs::remove_dir_all(dir.join("fill")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let files = AuditFiles::new(dir.to_path_buf(), head.size(), base);
         let size = head.size();
+        if size < base.entries_from {
+            return Err(damaged(
+                dir,
+                format!(
+                    "the state's head counts {size} entries and the store begins at {}",
+                    base.entries_from
+                ),
+            ));
+        }
         let mut firsts = Vec::new();
         for e in std::fs::read_dir(dir.join("entries"))? {
             let name = e?.file_name();
@@ -386,12 +593,17 @@ impl AuditStore {
                 let first: u64 = n
                     .parse()
                     .map_err(|_| damaged(dir, format!("entries/{name} is not a segment")))?;
+                if first < base.entries_from {
+                    // Moved in by a fetch whose absorb did not finish.
+                    remove_segment(&files, first)?;
+                    continue;
+                }
                 firsts.push(first);
             }
         }
         firsts.sort_unstable();
         // Entries stored: each segment but the last is full.
-        let mut stored = 0;
+        let mut stored = base.entries_from;
         for (i, &first) in firsts.iter().enumerate() {
             if first != stored {
                 return Err(damaged(
@@ -400,10 +612,11 @@ impl AuditStore {
                 ));
             }
             let n = std::fs::metadata(files.idx_path(first))?.len() / 8;
-            if i + 1 < firsts.len() && n != AUDIT_SEGMENT_ENTRIES {
+            let full = base.segment_end(first) - first;
+            if i + 1 < firsts.len() && n != full {
                 return Err(damaged(dir, format!("segment {first} holds {n} entries")));
             }
-            stored = first + n.min(AUDIT_SEGMENT_ENTRIES);
+            stored = first + n.min(full);
         }
         if stored < size {
             return Err(damaged(
@@ -428,18 +641,13 @@ impl AuditStore {
             if first >= size {
                 // A crash inside `new_segment` can leave the index without
                 // its segment file.
-                for path in [files.idx_path(first), files.seg_path(first)] {
-                    match std::fs::remove_file(path) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
-                }
+                remove_segment(&files, first)?;
             }
         }
-        let segment = if size == 0 {
+        let segment = if size == base.entries_from {
             None
         } else {
-            let first = (size - 1) - (size - 1) % AUDIT_SEGMENT_ENTRIES;
+            let first = base.segment_of(size - 1);
             let n = size - first;
             let idx = append_file(&files.idx_path(first))?;
             idx.set_len(n * 8)?;
@@ -514,9 +722,122 @@ impl AuditStore {
         Ok(store)
     }
 
+    /// Begin an empty store in `dir` from a snapshot at chain size `seam`
+    /// with root `seam_root`: the snapshot's tile hashes (`tail`) in their
+    /// places, and the base file. `open` then checks them against the head.
+    pub fn create_based(
+        dir: &Path,
+        seam: u64,
+        seam_root: Hash,
+        tail: &[(u32, u64, Vec<Hash>)],
+    ) -> io::Result<()> {
+        let base = Base::at(seam, seam_root);
+        std::fs::create_dir_all(dir.join("entries"))?;
+        std::fs::create_dir_all(dir.join("tile"))?;
+        let files = AuditFiles::new(dir.to_path_buf(), seam, base);
+        let mut level = 0;
+        loop {
+            let count = seam.checked_shr(TILE_HEIGHT * level).unwrap_or(0);
+            if count == 0 {
+                break;
+            }
+            let from = level_floor(base.hashes_from, level);
+            let Some((_, _, hashes)) = tail
+                .iter()
+                .find(|(l, f, h)| *l == level && *f == from && *f + h.len() as u64 == count)
+            else {
+                return Err(damaged(
+                    dir,
+                    format!("the snapshot lacks tile level {level}'s hashes {from}..{count}"),
+                ));
+            };
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(files.level_path(level))?;
+            f.set_len(count * HASH_BYTES)?;
+            f.write_all_at(hashes.concat().as_slice(), from * HASH_BYTES)?;
+            f.sync_data()?;
+            level += 1;
+        }
+        sync_dir(&dir.join("tile"))?;
+        sync_dir(&dir.join("entries"))?;
+        write_base(dir, &base)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Take in the chain below the seam, fetched and checked into the
+    /// store in `fill` (`audit_fill`): its segments, its tile hashes below
+    /// the ones held, its watch index; then the base says nothing is
+    /// lacking. Apply never writes those files or those parts of the tile
+    /// levels, and readers refuse them until the base changes, last.
+    pub fn absorb(&mut self, fill: &AuditStore) -> io::Result<()> {
+        let base = self.files.base();
+        let dir = self.files.dir.clone();
+        if fill.size != base.seam || !base.lacking() {
+            return Err(io::Error::other(format!(
+                "a fetch of {} entries does not fit a store whose seam is {} ({:?})",
+                fill.size, base.seam, base
+            )));
+        }
+        if fill.files.root(fill.size)? != base.seam_root {
+            return Err(io::Error::other(
+                "the fetched entries do not hash to the seam's root",
+            ));
+        }
+        fill.files.sync(fill.size)?;
+        // Segments: every one the fetch wrote lies below the seam.
+        let mut first = 0;
+        while first < base.seam {
+            std::fs::rename(fill.files.seg_path(first), self.files.seg_path(first))?;
+            std::fs::rename(fill.files.idx_path(first), self.files.idx_path(first))?;
+            first = base.segment_end(first);
+        }
+        sync_dir(&dir.join("entries"))?;
+        // Tile hashes below the ones held.
+        let mut level = 0;
+        loop {
+            let below = level_floor(base.hashes_from, level);
+            if below == 0 {
+                break;
+            }
+            let hashes = fill.files.hashes(level, 0, below)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(self.files.level_path(level))?;
+            f.write_all_at(hashes.concat().as_slice(), 0)?;
+            f.sync_data()?;
+            level += 1;
+        }
+        // The watch index: the fetched part's, then this store's.
+        let mut watch = std::fs::read(fill.files.watch_path())?;
+        watch.extend_from_slice(&std::fs::read(self.files.watch_path())?);
+        let tmp = dir.join("watch.new");
+        std::fs::write(&tmp, &watch)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.files.watch_path())?;
+        self.watch = append_file(&self.files.watch_path())?;
+        let whole = Base {
+            entries_from: 0,
+            hashes_from: 0,
+            ..base
+        };
+        write_base(&dir, &whole)?;
+        *self.files.base.write().expect("audit base lock") = whole;
+        self.files
+            .bytes
+            .store(self.files.disk_bytes(), Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The stored chain hashes to `head`: its root, and its last entry's
     /// hash.
     fn check_head(&self, head: &Chain) -> io::Result<()> {
+        let base = self.files.base();
         let dir = self.files.dir();
         if self.files.root(self.size)? != head.root() {
             return Err(damaged(
@@ -527,7 +848,7 @@ impl AuditStore {
                 ),
             ));
         }
-        if self.size > 0 {
+        if self.size > base.entries_from {
             let last = self
                 .files
                 .entries(self.size - 1, 1, self.size, |b| {
@@ -568,9 +889,10 @@ impl AuditStore {
         let mut levels: Vec<Vec<u8>> = Vec::new();
         let mut watch_buf = Vec::new();
         let mut added = 0;
+        let base = self.files.base();
         for (bytes, leaf, watched) in entries {
             let seq = self.size;
-            if seq.is_multiple_of(AUDIT_SEGMENT_ENTRIES) {
+            if base.segment_of(seq) == seq {
                 self.write_segment(&mut seg_buf, &mut idx_buf)?;
                 self.new_segment(seq)?;
             }

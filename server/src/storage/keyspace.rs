@@ -50,7 +50,10 @@ use crate::raft::typ::LogId;
 ///    (`audit_store`: segments, tlog tiles, the watch index), beside the
 ///    generation's database; the state keeps its head (META_APPLIED). The
 ///    AUDIT, AUDIT_LEAVES, TREE_ROOT and WATCH key spaces are gone.
-pub const FORMAT_VERSION: u32 = 9;
+/// 10: snapshots carry the chain's head and the tile hashes near it
+///    (AUDIT_TILES), not its entries; a store begun from one has a base
+///    file and fetches the rest from a peer (`audit_fill`).
+pub const FORMAT_VERSION: u32 = 10;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -83,6 +86,36 @@ pub const ACTIVE: u8 = 0x14;
 /// id -> empty. The sweep removes a grant from the state, with every key
 /// naming it, once its expiry is past the clock-skew margin.
 pub const RETIRED: u8 = 0x15;
+/// Not a key of the state: the tag of a run of tile hashes in snapshot
+/// data, level (u8) + first index (u64 BE) -> the hashes, 32 bytes each
+/// (`AuditFiles::tail`). A snapshot carries these in place of the chain.
+pub const AUDIT_TILES: u8 = 0x16;
+
+/// The snapshot-data key of tile level `level`'s hashes from `from`.
+pub fn audit_tiles(level: u32, from: u64) -> Vec<u8> {
+    let mut k = vec![AUDIT_TILES, level as u8];
+    k.extend_from_slice(&from.to_be_bytes());
+    k
+}
+
+/// The (level, first index, hashes) of an `audit_tiles` pair.
+pub fn decode_audit_tiles(k: &[u8], v: &[u8]) -> std::io::Result<(u32, u64, Vec<Hash>)> {
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("snapshot data: malformed tile hashes {k:02x?}"),
+        )
+    };
+    if k.len() != 10 || k[0] != AUDIT_TILES || !v.len().is_multiple_of(32) {
+        return Err(bad());
+    }
+    let from = u64::from_be_bytes(k[2..].try_into().map_err(|_| bad())?);
+    let hashes = v
+        .chunks_exact(32)
+        .map(|h| h.try_into().map_err(|_| bad()))
+        .collect::<std::io::Result<_>>()?;
+    Ok((k[1] as u32, from, hashes))
+}
 
 /// Where the state stands (`Applied`): rewritten by every applied entry,
 /// so it is one key (an entry's fixed cost in sled is per key).

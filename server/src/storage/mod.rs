@@ -2,6 +2,7 @@
 //! machine (sled, one key space declared in `keyspace`) and the audit chain
 //! (segments and tiles of its own, `audit_store`).
 
+pub mod audit_fill;
 pub mod audit_store;
 pub mod capture;
 pub mod crash_point;

@@ -1,12 +1,15 @@
 //! The encoding of snapshot data: the state tree's pairs in key order,
 //! each as (u32 key length, key, u32 value length, value), big-endian.
-//! Raft ships it between nodes; a backup file carries it unchanged.
+//! Raft ships it between nodes; a backup file carries it with the audit
+//! chain's entries after it (`AuditPairs`).
 //!
 //! Snapshots are as large as the state (gigabytes at a million grants), so
 //! everything here reads and writes a stream, one pair at a time.
 
 use std::io::{self, Read, Write};
 
+use super::audit_store::AuditFiles;
+use super::keyspace as ks;
 use crate::limits::SNAPSHOT_VALUE_BYTES_MAX;
 
 pub fn put(out: &mut impl Write, k: &[u8], v: &[u8]) -> io::Result<()> {
@@ -94,6 +97,55 @@ impl<R: Read> Iterator for Pairs<R> {
         let p = self.pair().transpose();
         self.failed = matches!(p, Some(Err(_)));
         p
+    }
+}
+
+/// The chain's first `size` entries as pairs (seq under the AUDIT tag ->
+/// canonical bytes), read from the store a page at a time: what a backup
+/// adds after the snapshot, which carries only the chain's head.
+pub struct AuditPairs {
+    files: AuditFiles,
+    next: u64,
+    size: u64,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl AuditPairs {
+    pub fn new(files: AuditFiles, size: u64) -> Self {
+        AuditPairs {
+            files,
+            next: 0,
+            size,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for AuditPairs {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.next >= self.size {
+                return Ok(0);
+            }
+            self.buf.clear();
+            self.pos = 0;
+            let (buf, mut seq) = (&mut self.buf, self.next);
+            self.files.entries(self.next, 1024, self.size, |b| {
+                put(buf, &ks::audit(seq), b)?;
+                seq += 1;
+                Ok(())
+            })?;
+            if seq == self.next {
+                return Err(io::Error::other(format!("audit entry {seq} is missing")));
+            }
+            self.next = seq;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -29,6 +29,24 @@ const PARTIAL_SUFFIX: &str = ".partial";
 /// Longest snapshot metadata (last log id and membership) a reader accepts.
 const META_BYTES_MAX: usize = 1024 * 1024;
 
+/// What `r` reads, in chunks of `chunk` bytes (the last one shorter),
+/// read off the async runtime.
+pub fn read_chunks<R: Read + Send + 'static>(
+    r: R,
+    chunk: usize,
+) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
+    futures::stream::try_unfold(r, move |r| async move {
+        let (r, buf) = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(chunk);
+            let mut r = r.take(chunk as u64);
+            r.read_to_end(&mut buf).map(|_| (r.into_inner(), buf))
+        })
+        .await
+        .map_err(super::io_err)??;
+        Ok((!buf.is_empty()).then_some((buf, r)))
+    })
+}
+
 /// One snapshot file, open for reading.
 pub struct SnapshotFile {
     file: Arc<File>,
@@ -115,23 +133,14 @@ impl SnapshotFile {
 
     /// The data in chunks of `chunk` bytes, read off the async runtime.
     pub fn chunks(&self, chunk: usize) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
-        let r = DataReader {
-            file: self.file.clone(),
-            pos: self.data_start,
-            end: self.data_start + self.data_len,
-        };
-        futures::stream::try_unfold(r, move |mut r| async move {
-            if r.pos >= r.end {
-                return Ok(None);
-            }
-            let (r, buf) = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; chunk.min((r.end - r.pos) as usize)];
-                r.read_exact(&mut buf).map(|_| (r, buf))
-            })
-            .await
-            .map_err(super::io_err)??;
-            Ok(Some((buf, r)))
-        })
+        read_chunks(
+            DataReader {
+                file: self.file.clone(),
+                pos: self.data_start,
+                end: self.data_start + self.data_len,
+            },
+            chunk,
+        )
     }
 
     /// Make this the snapshot in force in `dir` (renamed to `current.snap`,

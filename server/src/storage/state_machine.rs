@@ -625,6 +625,12 @@ impl StateMachine {
         ))
     }
 
+    /// The audit store's write side, for a fetch of what it lacks to be
+    /// absorbed into (`audit_fill`). The same handle across snapshot loads.
+    pub fn audit_store(&self) -> Arc<Mutex<AuditStore>> {
+        self.audit.clone()
+    }
+
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
     }
@@ -763,14 +769,25 @@ impl StateMachine {
             let mut batch = sled::Batch::default();
             let mut bytes = 0;
             let audit_dir = generation::audit_dir(&self.dir, &name);
-            let mut audit = AuditStore::open(&audit_dir, &ledger::Chain::default())?;
+            // A snapshot carries tile hashes (AUDIT_TILES); a backup adds
+            // the chain's entries (AUDIT) after them (`backup_data`).
+            let mut audit: Option<AuditStore> = None;
+            let mut tail = Vec::new();
             let mut entries: Vec<(Vec<u8>, Hash, bool)> = Vec::new();
             let mut entry_bytes = 0;
             for kv in snapshot_data::pairs(data) {
                 let (k, v) = kv?;
+                if k.first() == Some(&ks::AUDIT_TILES) {
+                    tail.push(ks::decode_audit_tiles(&k, &v)?);
+                    continue;
+                }
                 if k.first() == Some(&ks::AUDIT) {
-                    // The chain's entries, in seq order after the state's
-                    // pairs (`SnapshotBuilder`).
+                    let audit = match audit.as_mut() {
+                        Some(a) => a,
+                        None => {
+                            audit.insert(AuditStore::open(&audit_dir, &ledger::Chain::default())?)
+                        }
+                    };
                     let seq = audit.size() + entries.len() as u64;
                     if k[..] != ks::audit(seq)[..] {
                         return Err(io::Error::new(
@@ -799,8 +816,22 @@ impl StateMachine {
                 }
             }
             fresh.apply_batch(batch).map_err(io_err)?;
-            audit.append(entries.iter().map(|(b, h, w)| (&b[..], *h, *w)))?;
-            audit.files().sync_written()?;
+            match audit {
+                Some(mut audit) => {
+                    audit.append(entries.iter().map(|(b, h, w)| (&b[..], *h, *w)))?;
+                    audit.files().sync_written()?;
+                }
+                None => {
+                    // Begun from the snapshot's head: what lies below it is
+                    // fetched from a peer.
+                    let head = read_meta::<ks::Applied>(&fresh, ks::META_APPLIED)?
+                        .unwrap_or_default()
+                        .chain;
+                    if head.size() > 0 {
+                        AuditStore::create_based(&audit_dir, head.size(), head.root(), &tail)?;
+                    }
+                }
+            }
             match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
                 Some(v) if v == ks::FORMAT_VERSION => {}
                 v => {
@@ -885,18 +916,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let mut out = self.sm.snapshot_writer(&self.meta)?;
         let written = tokio::task::spawn_blocking(move || {
             capture.dump(&tree, &mut out)?;
-            // Then the chain's entries to the snapshot's size: they are
-            // append-only, so what apply adds meanwhile is past it.
-            let mut seq = 0;
-            while seq < size {
-                let page = files.entries(seq, 1024, size, |b| {
-                    snapshot_data::put(&mut out, &ks::audit(seq), b)?;
-                    seq += 1;
-                    Ok(())
-                })?;
-                if page.is_empty() {
-                    return Err(io_err(format!("audit entry {seq} is missing")));
-                }
+            // Then the tile hashes near the chain's head at the snapshot
+            // (`AuditFiles::tail`), not its entries: a node that loads it
+            // fetches those from a peer (`audit_fill`).
+            for (level, from, hashes) in files.tail(size)? {
+                snapshot_data::put(&mut out, &ks::audit_tiles(level, from), &hashes.concat())?;
             }
             // Before the state is flushed below, and the log behind the
             // snapshot purged.
@@ -1058,6 +1082,7 @@ mod tests {
         BeginTaskCmd, CloseTaskCmd, Command, DelegateCmd, IssueCmd, RenewCmd, RevokeCmd, Scope,
         SweepCmd, TaskState,
     };
+    use crate::storage::audit_fill::Fill;
 
     /// Begin tasks t0, t1, t2 (deadlines 5000, 6000, 7000) at log indexes
     /// 1 to 3: the grants of `issue` go into them.
@@ -1359,8 +1384,9 @@ mod tests {
     /// A batch's audit entries go to the audit store, not the state: every
     /// entry reads back from any seq, in order, the same as the chain made
     /// them; a Watch finds a revocation among them; the state holds no key
-    /// per entry; a segment cut short is reported, not read short; the
-    /// store is part of a snapshot, and installed with it.
+    /// per entry; a segment cut short is reported, not read short; a
+    /// snapshot carries the chain's head, a fetch the entries below it, a
+    /// backup both.
     #[tokio::test]
     async fn audit_entries_live_in_the_audit_store_and_travel_in_snapshots() {
         let dir = tempfile::tempdir().unwrap();
@@ -1400,13 +1426,50 @@ mod tests {
         );
         assert_eq!(sm.reader.tree_root(size + 1).unwrap(), None);
 
-        // Installed elsewhere, the snapshot brings the chain with it.
+        // Installed elsewhere, the snapshot brings the chain's head and the
+        // hashes near it, not its entries: those are missing until fetched.
         let snap = snapshot_of(&mut sm).await;
+        let backup = {
+            use std::io::Read;
+            let mut d = Vec::new();
+            snap.snapshot
+                .data()
+                .chain(snapshot_data::AuditPairs::new(
+                    sm.reader.audit_files(),
+                    size,
+                ))
+                .read_to_end(&mut d)
+                .unwrap();
+            d
+        };
         let other = tempfile::tempdir().unwrap();
         let installed = installed_in(other.path(), snap).await;
+        assert_eq!(installed.digest().unwrap(), sm.digest().unwrap());
+        assert_eq!(
+            installed.reader.tree_root(size).unwrap(),
+            Some(sm.applied.chain.root())
+        );
+        let e = installed.reader.audit_entries(0, 1000).unwrap_err();
+        assert!(super::super::audit_store::is_missing(&e), "{e}");
+        let mut fill = Fill::begin(&installed.reader.audit_files())
+            .unwrap()
+            .unwrap();
+        let page = sm
+            .reader
+            .audit_files()
+            .entries(0, 1000, size, |b| Ok(b.to_vec()))
+            .unwrap();
+        fill.add(&page).unwrap();
+        assert!(fill.finish(&installed.audit).unwrap());
         assert_eq!(installed.reader.audit_entries(0, 1000).unwrap(), all);
         assert_eq!(installed.reader.watch_events(None, 10).unwrap(), watched);
-        assert_eq!(installed.digest().unwrap(), sm.digest().unwrap());
+        // A backup's data (the snapshot, then the entries) brings it all.
+        let third = tempfile::tempdir().unwrap();
+        let mut restored = StateMachine::open(third.path()).unwrap();
+        restored.load(&backup[..]).unwrap();
+        assert_eq!(restored.reader.audit_entries(0, 1000).unwrap(), all);
+        assert!(!restored.reader.audit_files().base().lacking());
+        assert_eq!(restored.digest().unwrap(), sm.digest().unwrap());
 
         // Cut the segment short: reading across the cut is an error.
         let seg = dir

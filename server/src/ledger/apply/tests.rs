@@ -890,6 +890,34 @@ mod audit_chain {
         assert_eq!(m.checkpoints.len(), 1);
         // Checkpoints are not entries: the tree did not grow.
         assert_eq!(m.chain.size(), size);
+        // A true root further behind the head than checkpoint_lag_max:
+        // refused (a replica begun from a snapshot lacks those hashes).
+        m.run(check_cmd("g1", AGENT, "github", "read", 1500));
+        let (old, old_root) = (m.chain.size(), m.chain.root());
+        let Command::Checks { now_ms, checks } = check_cmd("g1", AGENT, "github", "read", 1500)
+        else {
+            unreachable!()
+        };
+        let lag = crate::limits::CHECKPOINT_LAG_MAX as usize;
+        m.run(Command::Checks {
+            now_ms,
+            checks: checks.iter().cycle().take(lag).cloned().collect(),
+        });
+        assert_eq!(m.chain.size(), old + lag as u64);
+        assert_eq!(
+            checkpoint(&mut m, &k, "node-1", old, old_root),
+            CommandResult::Checkpointed { size: old },
+            "exactly checkpoint_lag_max behind is kept"
+        );
+        // Two more entries: size old + 1 is now lag + 1 behind.
+        m.run(check_cmd("g1", AGENT, "github", "read", 1500));
+        m.run(check_cmd("g1", AGENT, "github", "read", 1500));
+        match checkpoint(&mut m, &k, "node-1", old + 1, [0; 32]) {
+            CommandResult::Rejected(r) => {
+                assert!(format!("{r:?}").contains("checkpoint_lag_max"), "{r:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn a_store_behind_the_head_or_not_hashing_to_it_is_refused() {
     );
     assert!(e.contains("Wipe this node's data directory"), "{e}");
     // The last entry changed on disk: its hash is not the head's.
-    let seg = AuditFiles::new(path.clone(), 0).seg_path(0);
+    let seg = AuditFiles::new(path.clone(), 0, Base::default()).seg_path(0);
     let mut b = std::fs::read(&seg).unwrap();
     let n = b.len();
     b[n - 1] ^= 1;
@@ -208,7 +208,7 @@ fn a_crash_between_a_new_segments_index_and_its_file_does_not_stop_a_start() {
     append(&mut store, AUDIT_SEGMENT_ENTRIES);
     drop(store);
     // `new_segment` creates the index, then the segment file.
-    let idx = AuditFiles::new(path.clone(), 0).idx_path(AUDIT_SEGMENT_ENTRIES);
+    let idx = AuditFiles::new(path.clone(), 0, Base::default()).idx_path(AUDIT_SEGMENT_ENTRIES);
     std::fs::write(&idx, []).unwrap();
     let mut store = AuditStore::open(&path, &head(AUDIT_SEGMENT_ENTRIES)).unwrap();
     assert_eq!(store.size(), AUDIT_SEGMENT_ENTRIES);

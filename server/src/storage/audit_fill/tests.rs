@@ -1,0 +1,230 @@
+use super::*;
+use crate::ledger::{AuditEntry, Kind};
+use crate::limits::{AUDIT_SEGMENT_ENTRIES, CHECKPOINT_LAG_MAX};
+use crate::storage::audit_store::is_missing;
+use grant_proto::audit::Hash;
+
+/// A chain of `n` real entries: every sixth a revoke (watched), and each
+/// entry's canonical bytes.
+fn chain(n: u64) -> (Chain, Vec<Vec<u8>>, Vec<bool>) {
+    let mut c = Chain::default();
+    let (mut bytes, mut watched) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let kind = if i % 6 == 0 {
+            Kind::Revoke
+        } else {
+            Kind::Check
+        };
+        let mut e = AuditEntry::new(kind, 1_000 + i as i64);
+        e.grant_id = format!("g{i}");
+        let ch = c.append(e, i + 1);
+        watched.push(ks::watched(kind));
+        bytes.push(ch.bytes);
+    }
+    (c, bytes, watched)
+}
+
+fn append(store: &mut AuditStore, bytes: &[Vec<u8>], watched: &[bool], to: u64) {
+    let from = store.size() as usize;
+    store
+        .append(
+            (from..to as usize).map(|i| (&bytes[i][..], merkle::leaf_hash(&bytes[i]), watched[i])),
+        )
+        .unwrap();
+}
+
+struct Case {
+    _dir: tempfile::TempDir,
+    whole: AuditStore,
+    based: AuditStore,
+    bytes: Vec<Vec<u8>>,
+    watched: Vec<bool>,
+    size: u64,
+    heads: Vec<Chain>,
+}
+
+/// A store holding all `size` entries, and one begun from a snapshot at
+/// `seam` (the snapshot's tile hashes only) that applied the rest.
+fn case(seam: u64, size: u64) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes, watched) = chain(size);
+    let heads: Vec<Chain> = (0..=size)
+        .filter(|&n| n == seam || n == size)
+        .map(|n| chain(n).0)
+        .collect();
+    let (at_seam, at_size) = (&heads[0], heads.last().unwrap());
+    let mut whole = AuditStore::open(&dir.path().join("whole"), &Chain::default()).unwrap();
+    append(&mut whole, &bytes, &watched, seam);
+    let tail = whole.files().tail(seam).unwrap();
+    let based_dir = dir.path().join("based");
+    AuditStore::create_based(&based_dir, seam, at_seam.root(), &tail).unwrap();
+    let mut based = AuditStore::open(&based_dir, at_seam).unwrap();
+    append(&mut whole, &bytes, &watched, size);
+    append(&mut based, &bytes, &watched, size);
+    // Both open again at the head.
+    drop(based);
+    let based = AuditStore::open(&based_dir, at_size).unwrap();
+    Case {
+        _dir: dir,
+        whole,
+        based,
+        bytes,
+        watched,
+        size,
+        heads,
+    }
+}
+
+fn all_entries(files: &AuditFiles, size: u64) -> std::io::Result<Vec<Vec<u8>>> {
+    files.entries(0, size as usize, size, |b| Ok(b.to_vec()))
+}
+
+#[test]
+fn a_store_begun_from_a_snapshot_answers_past_its_seam_and_says_what_it_lacks() {
+    // A seam inside the second segment, far past the lag: entries and most
+    // hashes below it are missing.
+    let seam = AUDIT_SEGMENT_ENTRIES + 3 * CHECKPOINT_LAG_MAX + 77;
+    let c = case(seam, seam + 700);
+    let (w, b) = (c.whole.files(), c.based.files());
+    let floor = b.base().hashes_from;
+    assert_eq!(floor, seam - CHECKPOINT_LAG_MAX);
+    // Every root from the hash floor on, and the entries' proofs past it.
+    for size in [floor, floor + 1, seam - 1, seam, seam + 1, c.size] {
+        assert_eq!(b.root(size).unwrap(), w.root(size).unwrap(), "root {size}");
+    }
+    for (seq, size) in [
+        (seam, c.size),
+        (c.size - 1, c.size),
+        (floor, seam),
+        (seam - 1, seam + 9),
+    ] {
+        assert_eq!(
+            b.inclusion_proof(seq, size).unwrap(),
+            w.inclusion_proof(seq, size).unwrap(),
+            "inclusion {seq} in {size}"
+        );
+    }
+    assert_eq!(
+        b.consistency_proof(floor + 3, c.size).unwrap(),
+        w.consistency_proof(floor + 3, c.size).unwrap()
+    );
+    assert_eq!(
+        b.entries(seam, 1000, c.size, |x| Ok(x.to_vec())).unwrap(),
+        c.bytes[seam as usize..].to_vec()
+    );
+    assert_eq!(
+        b.watched_after(Some(seam - 1), c.size, 1000).unwrap(),
+        w.watched_after(Some(seam - 1), c.size, 1000).unwrap()
+    );
+    // Below: missing, never a wrong answer.
+    let lacking: [std::io::Result<()>; 5] = [
+        b.entries(seam - 1, 1, c.size, |_| Ok(())).map(|_| ()),
+        b.root(10).map(|_| ()),
+        b.inclusion_proof(3, c.size).map(|_| ()),
+        b.consistency_proof(10, c.size).map(|_| ()),
+        b.watched_after(None, c.size, 10).map(|_| ()),
+    ];
+    for r in lacking {
+        assert!(is_missing(&r.unwrap_err()));
+    }
+    // The snapshot's hashes are all the based store holds below its seam.
+    assert!(b.bytes() < w.bytes() / 4, "{} of {}", b.bytes(), w.bytes());
+}
+
+#[test]
+fn a_fetched_prefix_is_checked_then_absorbed_whole() {
+    let seam = AUDIT_SEGMENT_ENTRIES + CHECKPOINT_LAG_MAX + 300;
+    let mut c = case(seam, seam + 500);
+    let store = Mutex::new(std::mem::replace(
+        &mut c.based,
+        AuditStore::open(&c._dir.path().join("spare"), &Chain::default()).unwrap(),
+    ));
+    let files = store.lock().unwrap().files();
+    // A peer that changes one entry (its seq kept) is found out, and the
+    // store stays as it was.
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    assert_eq!((fill.next(), fill.seam()), (0, seam));
+    let (mut forged, _, _) = chain(0);
+    let mut forged_bytes = Vec::new();
+    for i in 0..seam {
+        let mut e = grant_proto::audit::Entry::from_canonical_bytes(&c.bytes[i as usize]).unwrap();
+        if i == 12_345 {
+            e.grant_id = "someone-else".into();
+        }
+        forged_bytes.push(forged.append(e, i + 1).bytes);
+    }
+    for page in forged_bytes.chunks(4096) {
+        fill.add(page).unwrap();
+    }
+    assert!(!fill.finish(&store).is_ok_and(|t| t));
+    assert!(files.base().lacking());
+    assert!(is_missing(
+        &files.entries(0, 1, c.size, |_| Ok(())).unwrap_err()
+    ));
+
+    // Pages that skip or run past are refused as they come.
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    assert!(fill.add(&c.bytes[1..3]).is_err());
+    assert!(fill.add(&c.bytes[..]).is_err());
+
+    // The true prefix: taken in, and the store then answers as the whole one.
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    for page in c.bytes[..seam as usize].chunks(4096) {
+        fill.add(page).unwrap();
+    }
+    assert!(fill.finish(&store).unwrap());
+    assert!(!files.base().lacking());
+    assert!(!files.dir().join("fill").exists());
+    let w = c.whole.files();
+    assert_eq!(all_entries(&files, c.size).unwrap(), c.bytes);
+    for size in [1, 255, 257, AUDIT_SEGMENT_ENTRIES + 1, seam, c.size] {
+        assert_eq!(
+            files.root(size).unwrap(),
+            w.root(size).unwrap(),
+            "root {size}"
+        );
+    }
+    assert_eq!(
+        files.inclusion_proof(3, c.size).unwrap(),
+        w.inclusion_proof(3, c.size).unwrap()
+    );
+    assert_eq!(
+        files.watched_after(None, c.size, 100_000).unwrap(),
+        w.watched_after(None, c.size, 100_000).unwrap()
+    );
+    // And goes on after a restart, appending past its split segment.
+    drop(store);
+    let (more, _, _) = chain(c.size + 5);
+    let (_, bytes, watched) = chain(c.size + 5);
+    let mut s = AuditStore::open(files.dir(), c.heads.last().unwrap()).unwrap();
+    append(&mut s, &bytes, &watched, c.size + 5);
+    drop(s);
+    let s = AuditStore::open(files.dir(), &more).unwrap();
+    assert_eq!(all_entries(&s.files(), c.size + 5).unwrap(), bytes);
+    let _ = c.watched;
+}
+
+#[test]
+fn an_absorb_cut_short_is_undone_at_the_next_start() {
+    let seam = 3 * 256 + 5;
+    let c = case(seam, seam + 10);
+    let files = c.based.files();
+    // What a crash between moving the segments in and the base file's
+    // change leaves: segments below the seam, the base still lacking.
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    fill.add(&c.bytes[..seam as usize]).unwrap();
+    let from = fill.store.files().dir().join("entries");
+    for e in std::fs::read_dir(&from).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), files.dir().join("entries").join(e.file_name())).unwrap();
+    }
+    drop(fill);
+    drop(c.based);
+    let s = AuditStore::open(files.dir(), c.heads.last().unwrap()).unwrap();
+    assert!(s.files().base().lacking());
+    assert!(!files.dir().join("fill").exists());
+    assert!(is_missing(
+        &s.files().entries(0, 1, c.size, |_| Ok(())).unwrap_err()
+    ));
+    let _: Hash = s.files().root(c.size).unwrap();
+}
