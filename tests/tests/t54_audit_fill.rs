@@ -9,6 +9,10 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use grant_client::watch::{Start, Update, Watcher};
+use grant_client::Client;
 use grant_proto::v1 as pb;
 use grant_tests::*;
 
@@ -150,6 +154,28 @@ async fn a_wiped_node_serves_at_once_and_fetches_the_chain_only_from_an_honest_p
         .await
         .unwrap();
     direct.check(check_req(&fresh.token)).await.unwrap();
+    // A watch on it from now hears a revocation.
+    let only_victim = Client::new(vec![c.node(victim).api_addr.clone()], c.options()).unwrap();
+    let mut watcher = Watcher::new(Arc::new(only_victim), Start::Now);
+    let first = tokio::time::timeout(WAIT_MAX, watcher.next()).await;
+    assert!(matches!(first, Ok(Ok(_))), "{first:?}");
+    client
+        .revoke(revoke_req(&grants[10], "watched on the wiped node"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    'heard: loop {
+        assert!(std::time::Instant::now() < deadline, "no revocation heard");
+        let next = tokio::time::timeout(WAIT_MAX, watcher.next())
+            .await
+            .expect("watch stalled")
+            .unwrap();
+        if let Update::Events(events) = next {
+            if events.iter().any(|e| e.grant_id == grants[10]) {
+                break 'heard;
+            }
+        }
+    }
 
     // Every peer's entries are found out: the node names each, and says
     // that it lacks the start of the chain rather than serve a wrong one.

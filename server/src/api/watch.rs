@@ -85,6 +85,17 @@ impl Watchers {
 /// search over seq finds it.
 fn first_seq_at(ctx: &NodeContext, index: u64, size: u64) -> Result<Option<u64>, ApiError> {
     let (mut lo, mut hi) = (0u64, size);
+    // A node begun from a snapshot holds entries from its seam on: the
+    // answer lies past it if the first held entry is older than `index`,
+    // and is unknown here otherwise (Missing, below).
+    let from = ctx.state.audit_files().base().entries_from;
+    if from > 0 && from < size {
+        if let Some((e, _)) = ctx.state.audit_entries(from, 1)?.first() {
+            if e.log_index < index {
+                lo = from + 1;
+            }
+        }
+    }
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let at = ctx.state.audit_entries(mid, 1).map_err(ApiError::from)?;
@@ -195,12 +206,12 @@ impl Stream {
         let Some(last) = size.checked_sub(1) else {
             return Ok(Vec::new());
         };
-        let at = self
+        let hash = self
             .ctx
             .state
-            .audit_entries(last, 1)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(at.first().map(|(_, h)| h.to_vec()).unwrap_or_default())
+            .audit_entry_hash(last)
+            .map_err(ApiError::from)?;
+        Ok(hash.map(|h| h.to_vec()).unwrap_or_default())
     }
 
     /// Compare the resume point with this node's entry once it has one.
@@ -228,10 +239,10 @@ impl Stream {
         let ours = self
             .ctx
             .state
-            .audit_entries(*seq, 1)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        match ours.first() {
-            Some((_, h)) if h[..] == hash[..] => {
+            .audit_entry_hash(*seq)
+            .map_err(ApiError::from)?;
+        match ours {
+            Some(h) if h[..] == hash[..] => {
                 self.verify = None;
                 Ok(())
             }
@@ -254,7 +265,7 @@ impl Stream {
                 .ctx
                 .state
                 .watch_events(self.after, WATCH_EVENTS_PER_MESSAGE_MAX)
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(ApiError::from)?;
             let Some((last, last_hash)) = batch.last() else {
                 return Ok(());
             };

@@ -87,6 +87,8 @@ pub struct Base {
     /// The root of the first `seam` entries: what a fetched prefix must
     /// hash to.
     pub seam_root: Hash,
+    /// The hash of entry `seam - 1` (a Watch resumes after it).
+    pub seam_hash: Hash,
     /// The first entry held (0 once the part below the seam is fetched).
     pub entries_from: u64,
     /// Tile hashes are held for every subtree that ends past this leaf
@@ -99,15 +101,15 @@ fn aligned(seq: u64) -> u64 {
 }
 
 impl Base {
-    /// The base of a store begun from a snapshot at chain size `seam`
-    /// with root `seam_root`: it holds the hashes a snapshot carries
-    /// (`tail`).
-    pub fn at(seam: u64, seam_root: Hash) -> Base {
+    /// The base of a store begun from a snapshot whose chain head is
+    /// `head`: it holds the hashes a snapshot carries (`tail`).
+    pub fn at(head: &Chain) -> Base {
         Base {
-            seam,
-            seam_root,
-            entries_from: seam,
-            hashes_from: seam.saturating_sub(CHECKPOINT_LAG_MAX),
+            seam: head.size(),
+            seam_root: head.root(),
+            seam_hash: head.prev_hash,
+            entries_from: head.size(),
+            hashes_from: hashes_floor(head.size()),
         }
     }
 
@@ -137,6 +139,12 @@ impl Base {
             aligned(first) + AUDIT_SEGMENT_ENTRIES
         }
     }
+}
+
+/// The first leaf whose subtrees' hashes a snapshot at chain size `seam`
+/// carries.
+fn hashes_floor(seam: u64) -> u64 {
+    seam.saturating_sub(CHECKPOINT_LAG_MAX)
 }
 
 /// The first index of tile level `level` held by a store whose hashes
@@ -443,7 +451,7 @@ impl AuditFiles {
     /// (level, first index, hashes), from `level_floor` of the base that
     /// snapshot gives (`Base::at`) to the level's last hash at `size`.
     pub fn tail(&self, size: u64) -> io::Result<Vec<(u32, u64, Vec<Hash>)>> {
-        let hashes_from = Base::at(size, [0; 32]).hashes_from;
+        let hashes_from = hashes_floor(size);
         let mut out = Vec::new();
         let mut level = 0;
         loop {
@@ -722,16 +730,16 @@ impl AuditStore {
         Ok(store)
     }
 
-    /// Begin an empty store in `dir` from a snapshot at chain size `seam`
-    /// with root `seam_root`: the snapshot's tile hashes (`tail`) in their
-    /// places, and the base file. `open` then checks them against the head.
+    /// Begin an empty store in `dir` from a snapshot whose chain head is
+    /// `head`: the snapshot's tile hashes (`tail`) in their places, and
+    /// the base file. `open` then checks them against the head.
     pub fn create_based(
         dir: &Path,
-        seam: u64,
-        seam_root: Hash,
+        head: &Chain,
         tail: &[(u32, u64, Vec<Hash>)],
     ) -> io::Result<()> {
-        let base = Base::at(seam, seam_root);
+        let base = Base::at(head);
+        let seam = base.seam;
         std::fs::create_dir_all(dir.join("entries"))?;
         std::fs::create_dir_all(dir.join("tile"))?;
         let files = AuditFiles::new(dir.to_path_buf(), seam, base);

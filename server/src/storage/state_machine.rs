@@ -282,6 +282,17 @@ impl StateReader {
             .entries(from, limit, size, ks::decode_audit)
     }
 
+    /// The hash of audit entry `seq`, if the chain holds it. A node begun
+    /// from a snapshot knows that of the entry before its seam (a Watch
+    /// resumes after it) without the entry.
+    pub fn audit_entry_hash(&self, seq: u64) -> io::Result<Option<Hash>> {
+        let base = self.audit_files().base();
+        if seq + 1 == base.seam && seq < base.entries_from {
+            return Ok(Some(base.seam_hash));
+        }
+        Ok(self.audit_entries(seq, 1)?.pop().map(|(_, h)| h))
+    }
+
     /// Stored audit entries as export lines, from `from`, at most `limit`.
     pub fn audit_lines(&self, from: u64, limit: usize) -> io::Result<Vec<Vec<u8>>> {
         let size = self.chain()?.size();
@@ -816,6 +827,15 @@ impl StateMachine {
                 }
             }
             fresh.apply_batch(batch).map_err(io_err)?;
+            match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
+                Some(v) if v == ks::FORMAT_VERSION => {}
+                v => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot format version {v:?}"),
+                    ));
+                }
+            }
             match audit {
                 Some(mut audit) => {
                     audit.append(entries.iter().map(|(b, h, w)| (&b[..], *h, *w)))?;
@@ -828,17 +848,8 @@ impl StateMachine {
                         .unwrap_or_default()
                         .chain;
                     if head.size() > 0 {
-                        AuditStore::create_based(&audit_dir, head.size(), head.root(), &tail)?;
+                        AuditStore::create_based(&audit_dir, &head, &tail)?;
                     }
-                }
-            }
-            match read_meta::<u32>(&fresh, ks::META_FORMAT_VERSION)? {
-                Some(v) if v == ks::FORMAT_VERSION => {}
-                v => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("snapshot format version {v:?}"),
-                    ));
                 }
             }
             db.flush().map_err(io_err)?;
@@ -1451,6 +1462,13 @@ mod tests {
         );
         let e = installed.reader.audit_entries(0, 1000).unwrap_err();
         assert!(super::super::audit_store::is_missing(&e), "{e}");
+        // The hash of the entry before the seam is known (a Watch resumes
+        // after it); the ones before are not.
+        assert_eq!(
+            installed.reader.audit_entry_hash(size - 1).unwrap(),
+            Some(all[size as usize - 1].1)
+        );
+        assert!(installed.reader.audit_entry_hash(size - 2).is_err());
         let mut fill = Fill::begin(&installed.reader.audit_files())
             .unwrap()
             .unwrap();

@@ -57,7 +57,7 @@ fn case(seam: u64, size: u64) -> Case {
     append(&mut whole, &bytes, &watched, seam);
     let tail = whole.files().tail(seam).unwrap();
     let based_dir = dir.path().join("based");
-    AuditStore::create_based(&based_dir, seam, at_seam.root(), &tail).unwrap();
+    AuditStore::create_based(&based_dir, at_seam, &tail).unwrap();
     let mut based = AuditStore::open(&based_dir, at_seam).unwrap();
     append(&mut whole, &bytes, &watched, size);
     append(&mut based, &bytes, &watched, size);
