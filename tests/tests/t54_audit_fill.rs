@@ -228,4 +228,60 @@ async fn a_wiped_node_serves_at_once_and_fetches_the_chain_only_from_an_honest_p
     assert_eq!(sample(&metrics, "grantd_audit_missing_entries"), Some(0.0));
     let common = c.chains_agree("after the fetch").await;
     assert!(common > 80, "{common}");
+
+    // Stopped, not wiped, while the log moves on past a snapshot: it comes
+    // back through a snapshot again, and the store it had seeds the fetch,
+    // which then takes only what it missed.
+    c.kill(victim);
+    let at_stop = c
+        .status(c.wait_leader().await)
+        .await
+        .unwrap()
+        .last_log_index;
+    let mut i = 0;
+    wait_for("the leader to snapshot past the stop", || {
+        i += 1;
+        let (client, c) = (&client, &c);
+        let task = format!("after-stop-{i}");
+        async move {
+            let r = client.issue_in(issue_req(&task, 600)).await.unwrap();
+            client.check(check_req(&r.token)).await.unwrap();
+            let leader = c.wait_leader().await;
+            c.status(leader)
+                .await
+                .is_some_and(|s| s.snapshot_index > at_stop + 300)
+        }
+    })
+    .await;
+    let before = std::fs::read_to_string(&log).unwrap();
+    c.spawn(victim);
+    wait_log(&log, "the stopped node to fetch again, seeded", |text| {
+        let new = &text[before.len().min(text.len())..];
+        new.contains("seeds the fetch") && new.contains("fetched the audit chain below")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text[before.len()..]
+        .lines()
+        .find(|l| l.contains("fetched the audit chain below"))
+        .unwrap()
+        .to_string();
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{line}"))
+            + name.len()
+            + 1;
+        line[at..]
+            .split(|ch: char| !ch.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        field("fetched") < field("entries") && field("fetched") > 0,
+        "the seed did not shorten the fetch: {line}"
+    );
+    c.chains_agree("after a seeded fetch").await;
 }

@@ -46,10 +46,11 @@ pub async fn run(
             if !peers.is_empty() {
                 let (id, addr) = &peers[turn % peers.len()];
                 match fill_from(&state, &store, &network, addr, &shutdown).await {
-                    Ok(Some(seam)) => {
+                    Ok(Some((seam, seeded))) => {
                         tracing::info!(
                             from_node = id,
                             entries = seam,
+                            fetched = seam - seeded,
                             "fetched the audit chain below this node's snapshot"
                         );
                         continue;
@@ -70,8 +71,8 @@ pub async fn run(
     }
 }
 
-/// Fetch the part the store lacks from the peer at `addr`. The seam when
-/// it was taken in; None when there was nothing to do, or the store was
+/// Fetch the part the store lacks from the peer at `addr`. The seam, and
+/// how much of it the replaced store seeded, when it was taken in; None when there was nothing to do, or the store was
 /// replaced (a newer snapshot) or the node stops meanwhile.
 async fn fill_from(
     state: &StateReader,
@@ -79,7 +80,7 @@ async fn fill_from(
     network: &Network,
     addr: &str,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<(u64, u64)>, String> {
     let files = state.audit_files();
     let blocking = |f: Box<dyn FnOnce() -> std::io::Result<Fill> + Send>| async move {
         tokio::task::spawn_blocking(f)
@@ -97,7 +98,7 @@ async fn fill_from(
     let Some(mut fill) = begun else {
         return Ok(None);
     };
-    let seam = fill.seam();
+    let (seam, seeded) = (fill.seam(), fill.seeded());
     while fill.next() < seam {
         if *shutdown.borrow() || state.audit_files().dir() != files.dir() {
             return Ok(None);
@@ -114,5 +115,5 @@ async fn fill_from(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(taken.then_some(seam))
+    Ok(taken.then_some((seam, seeded)))
 }

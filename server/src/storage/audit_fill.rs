@@ -4,16 +4,48 @@
 //! root once whole and then absorbed (`AuditStore::absorb`). A peer that
 //! sends anything else is found out there, at the latest: its pages are
 //! thrown away and the fetch begins again from another peer.
+//!
+//! A node that installs a snapshot over a store of its own (it fell behind)
+//! keeps that store as the seed of the fetch (`seed`): the fetch goes on
+//! from where it ends, and the root check covers the seed too.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use grant_proto::audit::merkle;
 
-use super::audit_store::{AuditFiles, AuditStore};
+use super::audit_store::{read_base, unsplit, AuditFiles, AuditStore};
 use super::keyspace as ks;
 use crate::ledger::Chain;
+
+/// Where the store a snapshot replaced waits, in the new store's
+/// directory, to seed its fetch; its head beside its files.
+const SEED: &str = "seed";
+const SEED_HEAD: &str = "seed.head";
+
+/// Keep the store in `old` (the chain `old_head` counts), which a snapshot
+/// just replaced with the store of `new`, as the start of `new`'s fetch:
+/// moved, not copied. Only a whole store no longer than the new seam
+/// seeds; otherwise `old` is left for the generation's removal.
+pub fn seed(old: &Path, old_head: &Chain, new: &AuditFiles) -> io::Result<()> {
+    let base = new.base();
+    if !base.lacking()
+        || read_base(old)?.lacking()
+        || old_head.size() == 0
+        || old_head.size() > base.seam
+    {
+        return Ok(());
+    }
+    // A store once begun from a snapshot itself: one seam per store.
+    unsplit(old)?;
+    std::fs::write(
+        new.dir().join(SEED_HEAD),
+        serde_json::to_vec(old_head).map_err(io::Error::other)?,
+    )?;
+    std::fs::rename(old, new.dir().join(SEED))?;
+    super::sync_dir(new.dir())
+}
 
 /// A fetch under way.
 pub struct Fill {
@@ -21,6 +53,8 @@ pub struct Fill {
     target: PathBuf,
     store: AuditStore,
     seam: u64,
+    /// Entries the seed held when the fetch began.
+    seeded: u64,
 }
 
 impl Fill {
@@ -32,20 +66,50 @@ impl Fill {
             return Ok(None);
         }
         let dir = files.dir().join("fill");
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        remove_dir(&dir)?;
+        // The replaced store, if one was kept: used once, then gone.
+        let (seed, seed_head) = (files.dir().join(SEED), files.dir().join(SEED_HEAD));
+        if seed.exists() {
+            let head = std::fs::read(&seed_head)
+                .map_err(io::Error::other)
+                .and_then(|b| serde_json::from_slice::<Chain>(&b).map_err(io::Error::other));
+            let _ = std::fs::remove_file(&seed_head);
+            std::fs::rename(&seed, &dir)?;
+            match head.and_then(|h| AuditStore::open(&dir, &h)) {
+                Ok(store) => {
+                    tracing::info!(
+                        entries = store.size(),
+                        "the replaced audit store seeds the fetch of the chain below the snapshot"
+                    );
+                    return Ok(Some(Fill {
+                        target: files.dir().to_path_buf(),
+                        seeded: store.size(),
+                        store,
+                        seam: base.seam,
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the replaced audit store cannot seed the fetch");
+                    remove_dir(&dir)?;
+                }
+            }
         }
         Ok(Some(Fill {
             target: files.dir().to_path_buf(),
             store: AuditStore::open(&dir, &Chain::default())?,
             seam: base.seam,
+            seeded: 0,
         }))
     }
 
     /// The seq of the next entry wanted.
     pub fn next(&self) -> u64 {
         self.store.size()
+    }
+
+    /// Entries the replaced store held when the fetch began (`seed`).
+    pub fn seeded(&self) -> u64 {
+        self.seeded
     }
 
     /// One past the last entry wanted.
@@ -91,6 +155,13 @@ impl Fill {
         r?;
         std::fs::remove_dir_all(dir)?;
         Ok(true)
+    }
+}
+
+fn remove_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

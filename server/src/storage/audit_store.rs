@@ -192,7 +192,7 @@ fn base_path(dir: &Path) -> PathBuf {
     dir.join("base")
 }
 
-fn read_base(dir: &Path) -> io::Result<Base> {
+pub fn read_base(dir: &Path) -> io::Result<Base> {
     match std::fs::read(base_path(dir)) {
         Ok(b) => serde_json::from_slice(&b)
             .map_err(|e| damaged(dir, format!("its base file is unreadable: {e}"))),
@@ -208,6 +208,55 @@ fn write_base(dir: &Path, base: &Base) -> io::Result<()> {
     f.write_all(&serde_json::to_vec(base).map_err(io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, base_path(dir))?;
+    sync_dir(dir)
+}
+
+/// Make the whole store in `dir`, once begun from a snapshot, a plain one:
+/// the two files of the segment split at its seam become one, and the base
+/// file goes. For a store about to seed a fetch (`audit_fill::seed`),
+/// which keeps no split of its own. A store that still lacks part of the
+/// chain is refused.
+pub fn unsplit(dir: &Path) -> io::Result<()> {
+    let base = read_base(dir)?;
+    if base.lacking() {
+        return Err(io::Error::other(format!(
+            "{} lacks part of the chain",
+            dir.display()
+        )));
+    }
+    let files = AuditFiles::new(dir.to_path_buf(), 0, base);
+    let (low, high) = (aligned(base.seam), base.seam);
+    if base.split() && files.idx_path(high).exists() {
+        let low_seg = OpenOptions::new().append(true).open(files.seg_path(low))?;
+        let low_idx = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(files.idx_path(low))?;
+        let n = low_idx.metadata()?.len() / 8;
+        let mut b = [0u8; 8];
+        low_idx.read_exact_at(&mut b, (n - 1) * 8)?;
+        let len = u64::from_be_bytes(b);
+        if low_seg.metadata()?.len() != len {
+            return Err(damaged(
+                dir,
+                format!("segment {low} does not end where its index does"),
+            ));
+        }
+        (&low_seg).write_all(&std::fs::read(files.seg_path(high))?)?;
+        let shifted: Vec<u8> = std::fs::read(files.idx_path(high))?
+            .chunks_exact(8)
+            .flat_map(|c| (u64::from_be_bytes(c.try_into().expect("8 bytes")) + len).to_be_bytes())
+            .collect();
+        (&low_idx).write_all(&shifted)?;
+        low_seg.sync_data()?;
+        low_idx.sync_data()?;
+        remove_segment(&files, high)?;
+    }
+    match std::fs::remove_file(base_path(dir)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    }
+    sync_dir(&dir.join("entries"))?;
     sync_dir(dir)
 }
 

@@ -23,6 +23,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
+use super::audit_fill;
 use super::audit_store::{AuditFiles, AuditStore};
 use super::capture::Capture;
 use super::crash_point::{crash_point, CrashPoint};
@@ -866,11 +867,24 @@ impl StateMachine {
         // The chain loaded must be the one the loaded head names.
         let audit = AuditStore::open(&generation::audit_dir(&self.dir, &name), &applied.chain)?;
         generation::switch_to(&self.dir, &name)?;
-        self.generation = name;
+        let old = std::mem::replace(&mut self.generation, name);
         self.journal = Journal::open(&db)?;
         self.db = db;
+        let new_files = audit.files();
         *self.reader.audit.write().expect("audit files lock") = audit.files();
-        *self.audit.lock().expect("audit store lock") = audit;
+        let replaced = std::mem::replace(&mut *self.audit.lock().expect("audit store lock"), audit);
+        // What the replaced store held of the chain seeds the fetch of
+        // what the new one lacks (`audit_fill`): a node that fell behind
+        // fetches only what it missed.
+        let old_chain = self.applied.chain.clone();
+        drop(replaced);
+        if let Err(e) = audit_fill::seed(
+            &generation::audit_dir(&self.dir, &old),
+            &old_chain,
+            &new_files,
+        ) {
+            tracing::warn!(error = %e, "could not keep the replaced audit store to seed the fetch");
+        }
         *self.reader.tree.write().expect("state tree lock") = fresh.clone();
         self.grants.clear();
         self.reader.recount_active();

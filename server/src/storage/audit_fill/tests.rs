@@ -228,3 +228,92 @@ fn an_absorb_cut_short_is_undone_at_the_next_start() {
     ));
     let _: Hash = s.files().root(c.size).unwrap();
 }
+
+#[test]
+fn the_store_a_snapshot_replaced_seeds_the_fetch_and_is_checked_with_it() {
+    let seam = 2 * 256 + 40;
+    let c = case(seam, seam + 3);
+    let dir = c._dir.path();
+    // The node's old store held the first 300 entries.
+    let (old_head, _, _) = chain(300);
+    let old = dir.join("old.audit");
+    let mut o = AuditStore::open(&old, &Chain::default()).unwrap();
+    append(&mut o, &c.bytes, &c.watched, 300);
+    drop(o);
+    let store = Mutex::new(c.based);
+    let files = store.lock().unwrap().files();
+    seed(&old, &old_head, &files).unwrap();
+    assert!(!old.exists());
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    assert_eq!(fill.next(), 300, "the fetch goes on from the seed");
+    fill.add(&c.bytes[300..seam as usize]).unwrap();
+    assert!(fill.finish(&store).unwrap());
+    assert_eq!(all_entries(&files, c.size).unwrap(), c.bytes);
+
+    // A seed that is not this chain's prefix fails the root check, and
+    // the next fetch begins from nothing.
+    let c = case(seam, seam + 3);
+    let old = dir.join("other.audit");
+    let (mut other, mut other_bytes) = (Chain::default(), Vec::new());
+    for i in 0..300u64 {
+        let mut e = AuditEntry::new(Kind::Check, 5);
+        e.grant_id = format!("other-{i}");
+        other_bytes.push(other.append(e, i + 1).bytes);
+    }
+    let mut o = AuditStore::open(&old, &Chain::default()).unwrap();
+    append(&mut o, &other_bytes, &[false; 300], 300);
+    drop(o);
+    let store = Mutex::new(c.based);
+    let files = store.lock().unwrap().files();
+    seed(&old, &other, &files).unwrap();
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    assert_eq!(fill.next(), 300);
+    fill.add(&c.bytes[300..seam as usize]).unwrap();
+    assert!(fill.finish(&store).is_err());
+    let fill = Fill::begin(&files).unwrap().unwrap();
+    assert_eq!(fill.next(), 0);
+
+    // A store longer than the seam, or one begun from a snapshot itself,
+    // does not seed.
+    let c = case(seam, seam + 3);
+    let long = dir.join("long.audit");
+    let (long_head, long_bytes, long_watched) = chain(seam + 1);
+    let mut o = AuditStore::open(&long, &Chain::default()).unwrap();
+    append(&mut o, &long_bytes, &long_watched, seam + 1);
+    drop(o);
+    seed(&long, &long_head, &c.based.files()).unwrap();
+    assert!(long.exists());
+    assert_eq!(Fill::begin(&c.based.files()).unwrap().unwrap().next(), 0);
+}
+
+#[test]
+fn a_store_once_begun_from_a_snapshot_seeds_a_later_fetch() {
+    // A store begun at 700 (split there), fetched whole, then more applied.
+    let first = case(700, 900);
+    let store = Mutex::new(first.based);
+    let files = store.lock().unwrap().files();
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    fill.add(&first.bytes[..700]).unwrap();
+    assert!(fill.finish(&store).unwrap());
+    drop(store);
+    // Replaced by a snapshot at 1500: it seeds that store's fetch.
+    let later = case(1500, 1510);
+    seed(
+        files.dir(),
+        first.heads.last().unwrap(),
+        &later.based.files(),
+    )
+    .unwrap();
+    let store = Mutex::new(later.based);
+    let files = store.lock().unwrap().files();
+    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    assert_eq!(fill.next(), 900);
+    fill.add(&later.bytes[900..1500]).unwrap();
+    assert!(fill.finish(&store).unwrap());
+    assert_eq!(all_entries(&files, later.size).unwrap(), later.bytes);
+    let reopened = AuditStore::open(files.dir(), later.heads.last().unwrap()).unwrap();
+    assert_eq!(
+        reopened.files().root(later.size).unwrap(),
+        later.whole.files().root(later.size).unwrap()
+    );
+}
