@@ -199,15 +199,27 @@ async fn main() {
     // then whole again.
     let chain_back = {
         let (metrics_addr, started) = (c.node(follower).metrics_addr.clone(), Instant::now());
+        // Or, should the fetch be over between two polls, when the node's
+        // log says so (the log from this start on).
+        let log = c.dir.path().join(format!("node{follower}.log"));
+        let from = std::fs::metadata(&log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         tokio::spawn(async move {
             let mut seen_missing = false;
             loop {
                 let missing = http_get(&metrics_addr, "/metrics")
                     .await
                     .and_then(|m| sample(&m, "grantd_audit_missing_entries"));
+                let fetched = || {
+                    std::fs::read(&log).is_ok_and(|b| {
+                        String::from_utf8_lossy(&b[from.min(b.len())..])
+                            .contains("fetched the audit chain below")
+                    })
+                };
                 match missing {
                     Some(m) if m > 0.0 => seen_missing = true,
-                    Some(_) if seen_missing => return started.elapsed(),
+                    Some(_) if seen_missing || fetched() => return started.elapsed(),
                     _ => {}
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -58,8 +58,11 @@ pub struct Fill {
 }
 
 impl Fill {
-    /// A fetch for the store of `files`, if it lacks anything: a fresh,
-    /// empty store in its `fill/` (what an earlier one left is removed).
+    /// A fetch for the store of `files`, if it lacks anything: in its
+    /// `fill/`, the seed if one was kept (opened against its head), else a
+    /// fresh, empty store. What an earlier fetch left is removed, and a
+    /// seed serves one fetch only: one that fails begins the next from
+    /// nothing.
     pub fn begin(files: &AuditFiles) -> io::Result<Option<Fill>> {
         let base = files.base();
         if !base.lacking() {
