@@ -11,6 +11,8 @@
 //!   watch                                u64 BE seqs of the entries Watch serves
 //!   base                                 what a store begun from a snapshot lacks
 //!   fill/                                a fetch of that part, under way
+//!   seed/, seed.head                     the store a snapshot replaced, and its
+//!                                        head: where that fetch starts
 //! ```
 //!
 //! A segment holds `AUDIT_SEGMENT_ENTRIES` entries (a multiple of 256, so a

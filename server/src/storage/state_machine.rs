@@ -782,7 +782,7 @@ impl StateMachine {
             let mut bytes = 0;
             let audit_dir = generation::audit_dir(&self.dir, &name);
             // A snapshot carries tile hashes (AUDIT_TILES); a backup adds
-            // the chain's entries (AUDIT) after them (`backup_data`).
+            // the chain's entries (AUDIT) after them (`AuditPairs`).
             let mut audit: Option<AuditStore> = None;
             let mut tail = Vec::new();
             let mut entries: Vec<(Vec<u8>, Hash, bool)> = Vec::new();
