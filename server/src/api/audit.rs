@@ -201,7 +201,7 @@ impl Audit for AuditService {
         // chain says so before the first line.
         state
             .audit_files()
-            .entries(0, 1, size, |_| Ok(()))
+            .require_whole()
             .map_err(ApiError::from)?;
         let checkpoints: Vec<_> = state
             .checkpoints()

@@ -72,8 +72,9 @@ pub async fn run(
 }
 
 /// Fetch the part the store lacks from the peer at `addr`. The seam, and
-/// how much of it the replaced store seeded, when it was taken in; None when there was nothing to do, or the store was
-/// replaced (a newer snapshot) or the node stops meanwhile.
+/// how much of it the replaced store seeded, when it was taken in; None
+/// when there was nothing to do, or the store was replaced (a newer
+/// snapshot) or the node stops meanwhile.
 async fn fill_from(
     state: &StateReader,
     store: &Arc<Mutex<AuditStore>>,
@@ -82,18 +83,9 @@ async fn fill_from(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<(u64, u64)>, String> {
     let files = state.audit_files();
-    let blocking = |f: Box<dyn FnOnce() -> std::io::Result<Fill> + Send>| async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-    };
     let begun = {
         let files = files.clone();
-        tokio::task::spawn_blocking(move || Fill::begin(&files))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+        blocking(move || Fill::begin(&files)).await?
     };
     let Some(mut fill) = begun else {
         return Ok(None);
@@ -108,12 +100,19 @@ async fn fill_from(
         if page.is_empty() {
             return Err(format!("the peer sent no entries from {}", fill.next()));
         }
-        fill = blocking(Box::new(move || fill.add(&page).map(|_| fill))).await?;
+        fill = blocking(move || fill.add(&page).map(|_| fill)).await?;
     }
     let store = store.clone();
-    let taken = tokio::task::spawn_blocking(move || fill.finish(&store))
+    let taken = blocking(move || fill.finish(&store)).await?;
+    Ok(taken.then_some((seam, seeded)))
+}
+
+/// Run `f`, file I/O, off the async runtime; its error as text.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(taken.then_some((seam, seeded)))
+        .map_err(|e| e.to_string())
 }

@@ -291,6 +291,15 @@ impl AuditFiles {
         *self.base.read().expect("audit base lock")
     }
 
+    /// Ok if the store holds every entry from the first: an export or a
+    /// backup is whole or refused (`Missing`).
+    pub fn require_whole(&self) -> io::Result<()> {
+        match self.base().entries_from {
+            0 => Ok(()),
+            from => Err(missing(from)),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
