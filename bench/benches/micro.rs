@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use grant_proto::audit::{Entry, Kind};
 use grantd::ledger::{
-    apply, ApplyCtx, Chain, CheckCmd, Command, Counted, DedupeRecord, GrantRecord, IssueCmd,
-    LedgerState, Scope, StateError, TaskRecord, TaskState, Write,
+    apply, ApplyCtx, Chain, ChainStart, CheckCmd, Command, Counted, DedupeRecord, GrantRecord,
+    IssueCmd, LedgerState, Scope, StateError, TaskRecord, TaskState, Write,
 };
 use grantd::storage::keyspace::{audit_line, encode_write, WriteSet};
 
@@ -84,6 +84,9 @@ impl LedgerState for Mem {
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
         Ok(None)
+    }
+    fn chain_start(&self) -> Result<ChainStart, StateError> {
+        Ok(ChainStart::default())
     }
 }
 

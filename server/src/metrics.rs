@@ -56,6 +56,7 @@ struct Sampled {
     audit_entries: Gauge,
     audit_store_bytes: Gauge,
     audit_missing_entries: Gauge,
+    audit_chain_start: Gauge,
     audit_checkpoint_size: Gauge,
     checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     log_disk_bytes: Gauge,
@@ -106,7 +107,7 @@ impl Metrics {
             "Times this node saw the leader change (including to none)",
             leader_changes.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 18] = [
+        let gauges: [(&str, &str, &Gauge); 19] = [
             ("raft_term", "Current Raft term", &s.term),
             ("raft_is_leader", "1 if this node leads", &s.is_leader),
             (
@@ -173,6 +174,11 @@ impl Metrics {
                 "audit_missing_entries",
                 "Entries at the start of the audit chain this node lacks: it began from a snapshot and is fetching them from a peer",
                 &s.audit_missing_entries,
+            ),
+            (
+                "audit_chain_start",
+                "The first entry of the audit chain kept: the ones before it were pruned (0: none)",
+                &s.audit_chain_start,
             ),
             (
                 "raft_log_disk_bytes",
@@ -270,8 +276,9 @@ impl Metrics {
         s.audit_entries.set(chain_size as i64);
         let files = ctx.state.audit_files();
         s.audit_store_bytes.set(files.bytes() as i64);
-        s.audit_missing_entries
-            .set(files.base().entries_from as i64);
+        let base = files.base();
+        s.audit_missing_entries.set(base.missing_entries() as i64);
+        s.audit_chain_start.set(base.start as i64);
         let cp = ctx
             .state
             .latest_checkpoint()

@@ -51,6 +51,10 @@ pub enum Kind {
     /// `subject`, `task_id`, `grant_id` and `resource`. One entry may stand
     /// for many refusals of one caller and method (`detail` says how many).
     Refused = 15,
+    /// The chain's start moved: the entries before it were pruned on every
+    /// replica, after an operator archived them. `actor` the caller,
+    /// `reason` theirs, `detail` the new and previous start as JSON.
+    Prune = 16,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +118,7 @@ impl Kind {
             Renew,
             Delegate,
             Refused,
+            Prune,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

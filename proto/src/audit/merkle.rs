@@ -120,6 +120,32 @@ pub fn inclusion_path<E>(
     hashes_deepest_first(stack, mth)
 }
 
+/// The audit path of leaf `index` in the tree of `new_size` leaves, from its
+/// path `old_path` in the tree of `old_size` (`index < old_size <=
+/// new_size`): every range both paths ask for has the same hash (it depends
+/// on its leaves alone), and `mth` gives the others, which all end past
+/// `old_size`. A store that no longer holds the leaves below `old_size`
+/// keeps its entries provable this way.
+pub fn extend_inclusion<E>(
+    index: u64,
+    old_size: u64,
+    old_path: &[Hash],
+    new_size: u64,
+    mut mth: impl FnMut(u64, u64) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    let mut ranges = Vec::new();
+    let _ = inclusion_path::<std::convert::Infallible>(index, old_size, |a, b| {
+        ranges.push((a, b));
+        Ok([0; 32])
+    });
+    let known: std::collections::HashMap<(u64, u64), Hash> =
+        ranges.into_iter().zip(old_path.iter().copied()).collect();
+    inclusion_path(index, new_size, |a, b| match known.get(&(a, b)) {
+        Some(h) => Ok(*h),
+        None => mth(a, b),
+    })
+}
+
 /// The hashes of the ranges an unrolled proof recursion stacked on its way
 /// down, in the order the recursion would have emitted them.
 fn hashes_deepest_first<E>(
@@ -276,6 +302,31 @@ mod tests {
         for (i, h) in l.iter().enumerate() {
             f.push(*h);
             assert_eq!(f.root(), root(&l[..=i]), "size {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn a_path_extended_to_a_larger_tree_is_that_trees_path_and_asks_only_past_the_old_size() {
+        let l = leaves(100);
+        for old in 1..=40u64 {
+            for new in [old, old + 1, old + 7, 64, 65, 100] {
+                if new < old {
+                    continue;
+                }
+                for i in 0..old {
+                    let old_path = inclusion_proof(i as usize, &l[..old as usize]);
+                    let got = extend_inclusion(i, old, &old_path, new, |a, b| {
+                        assert!(b > old, "asked for {a}..{b} inside the old tree of {old}");
+                        Ok::<_, ()>(root(&l[a as usize..b as usize]))
+                    })
+                    .unwrap();
+                    assert_eq!(
+                        got,
+                        inclusion_proof(i as usize, &l[..new as usize]),
+                        "i={i} old={old} new={new}"
+                    );
+                }
+            }
         }
     }
 

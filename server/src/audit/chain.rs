@@ -64,6 +64,116 @@ impl Chain {
     }
 }
 
+/// Where the chain starts once a prune removed the entries before it
+/// (docs/storage.md, "Retention"): what a replica needs to go on from there
+/// without them. Part of the replicated state, so snapshots and backups
+/// carry it; the default (seq 0) is a chain nothing was pruned from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainStart {
+    /// The first entry kept.
+    pub seq: u64,
+    /// The hash of entry `seq - 1`: entry `seq`'s `prev_hash`.
+    #[serde(with = "hex_hash")]
+    pub prev_hash: Hash,
+    /// The tile hashes below `seq` that every root and proof from `seq` on
+    /// is made of (`audit_store::level_floor`): at most 255 a level.
+    pub tiles: Vec<StartTiles>,
+    /// The `key_roster` entries before `seq`, each with its audit path in
+    /// the tree of the first `seq` entries: an export that begins at `seq`
+    /// proves with them that the keys signing its checkpoints were
+    /// recorded (docs/audit-format.md).
+    pub roster: Vec<RosterProof>,
+}
+
+/// Hashes of one tile level, from index `from`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StartTiles {
+    pub level: u32,
+    pub from: u64,
+    /// The hashes back to back, in hex.
+    pub hashes: String,
+}
+
+/// A `key_roster` entry kept past a prune, and its audit path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RosterProof {
+    pub seq: u64,
+    /// Its canonical bytes, in hex.
+    pub entry: String,
+    /// Its audit path in the tree of `ChainStart::seq` entries, in hex.
+    pub path: Vec<String>,
+}
+
+impl ChainStart {
+    /// The tile hashes as (level, first index, hashes).
+    pub fn tiles(&self) -> std::io::Result<Vec<(u32, u64, Vec<Hash>)>> {
+        self.tiles
+            .iter()
+            .map(|t| {
+                let b = hex::decode(&t.hashes).map_err(std::io::Error::other)?;
+                if !b.len().is_multiple_of(32) {
+                    return Err(std::io::Error::other(
+                        "start tile hashes are not 32 bytes each",
+                    ));
+                }
+                let hashes = b
+                    .chunks_exact(32)
+                    .map(|h| h.try_into().expect("32 bytes"))
+                    .collect();
+                Ok((t.level, t.from, hashes))
+            })
+            .collect()
+    }
+
+    /// Whether the start has the shape a store's prune takes: for each
+    /// tile level below the start, exactly the hashes `level_floor` asks
+    /// for, and roster entries before it, in order, that decode.
+    pub fn well_formed(&self) -> Result<(), String> {
+        use crate::storage::audit_store::{level_floor, TILE_HEIGHT};
+        let tiles = self.tiles().map_err(|e| e.to_string())?;
+        let mut want = Vec::new();
+        let mut level = 0;
+        while self.seq.checked_shr(TILE_HEIGHT * level).unwrap_or(0) > 0 {
+            let (from, to) = (
+                level_floor(self.seq, level),
+                self.seq >> (TILE_HEIGHT * level),
+            );
+            if from < to {
+                want.push((level, from, to - from));
+            }
+            level += 1;
+        }
+        let got: Vec<_> = tiles
+            .iter()
+            .map(|(l, f, h)| (*l, *f, h.len() as u64))
+            .collect();
+        if got != want {
+            return Err(format!("tile hashes {got:?}, where {want:?} are due"));
+        }
+        let mut last = None;
+        for p in &self.roster {
+            if p.seq >= self.seq || last.is_some_and(|l| p.seq <= l) {
+                return Err(format!("roster entry {} out of place", p.seq));
+            }
+            last = Some(p.seq);
+            hex::decode(&p.entry).map_err(|e| e.to_string())?;
+            Self::path(p).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The audit path of a kept roster entry, as hashes.
+    pub fn path(p: &RosterProof) -> std::io::Result<Vec<Hash>> {
+        p.path
+            .iter()
+            .map(|h| grant_proto::audit::parse_hash_hex(h).map_err(std::io::Error::other))
+            .collect()
+    }
+}
+
 mod hex_hash {
     use serde::{Deserialize, Deserializer, Serializer};
 

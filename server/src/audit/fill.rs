@@ -83,9 +83,10 @@ async fn fill_from(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<(u64, u64)>, String> {
     let files = state.audit_files();
+    let start = state.chain_start().map_err(|e| e.to_string())?;
     let begun = {
         let files = files.clone();
-        blocking(move || Fill::begin(&files)).await?
+        blocking(move || Fill::begin(&files, &start)).await?
     };
     let Some(mut fill) = begun else {
         return Ok(None);

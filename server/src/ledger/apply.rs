@@ -192,6 +192,7 @@ pub fn apply(
         Command::Checkpoint(c) => checkpoint(c, head_size, state, &mut out)?,
         Command::SetRoles(c) => set_roles(c, log_index, &mut out),
         Command::SetPolicy(c) => set_policy(c, log_index, &mut out),
+        Command::PruneAudit(c) => prune_audit(c, state, &mut out)?,
         Command::MembershipRequest(c) => {
             let mut r = AuditEntry::new(Kind::Membership, c.now_ms);
             r.actor = c.actor.clone();
@@ -349,6 +350,9 @@ impl<S: LedgerState> LedgerState for Earlier<'_, S> {
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
         self.state.latest_checkpoint_size()
+    }
+    fn chain_start(&self) -> Result<ChainStart, StateError> {
+        self.state.chain_start()
     }
     fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError> {
         self.state.policy()
@@ -1336,6 +1340,55 @@ fn set_policy(c: &SetPolicyCmd, log_index: u64, out: &mut Out) -> CommandResult 
     }
 }
 
+/// Move the chain's start forward, to a segment boundary that a signed
+/// checkpoint covers: what an operator archived before the prune (an
+/// export) verifies against that checkpoint. The leader read the start
+/// from its store; its shape is checked here, so that a bad one changes
+/// nothing on any replica.
+fn prune_audit(
+    c: &PruneAuditCmd,
+    state: &impl LedgerState,
+    out: &mut Out,
+) -> Result<CommandResult, StateError> {
+    let reject = |m: String| Ok(CommandResult::Rejected(Rejection::FailedPrecondition(m)));
+    let previous = state.chain_start()?;
+    let seq = c.start.seq;
+    if seq <= previous.seq {
+        return reject(format!(
+            "the audit chain already starts at entry {}: nothing before {seq} is left to prune",
+            previous.seq
+        ));
+    }
+    if !seq.is_multiple_of(limits::AUDIT_SEGMENT_ENTRIES) {
+        return reject(format!(
+            "a prune removes whole segments: {seq} is not a multiple of {} (audit_segment_entries)",
+            limits::AUDIT_SEGMENT_ENTRIES
+        ));
+    }
+    let covered = state.latest_checkpoint_size()?.unwrap_or(0);
+    if seq > covered {
+        return reject(format!(
+            "no signed checkpoint covers entry {}: the newest covers {covered} entries; \
+             prune only what a checkpoint signs, so that the archive verifies",
+            seq - 1
+        ));
+    }
+    if let Err(e) = c.start.well_formed() {
+        return reject(format!("the chain's start at {seq} is malformed: {e}"));
+    }
+    let mut r = AuditEntry::new(Kind::Prune, c.now_ms);
+    r.actor = c.actor.clone();
+    r.reason = c.reason.clone();
+    r.detail = serde_json::json!({ "start": seq, "previous_start": previous.seq }).to_string();
+    let audit = out.record(r);
+    out.writes.push(Write::StartChain(c.start.clone()));
+    Ok(CommandResult::Pruned {
+        start: seq,
+        previous: previous.seq,
+        audit,
+    })
+}
+
 fn register_key(
     c: &RegisterKeyCmd,
     state: &impl LedgerState,
@@ -1369,6 +1422,7 @@ fn register_key(
     out.writes.push(Write::RosterKey {
         name: key.name,
         verifier_key: c.verifier_key.clone(),
+        seq: audit.seq,
     });
     if !c.token_kid.is_empty() {
         out.writes.push(Write::TokenKey {

@@ -49,6 +49,9 @@ pub trait LedgerState {
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError>;
     /// Size of the newest checkpoint kept.
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError>;
+    /// Where the audit chain starts (`Write::StartChain`; seq 0 until a
+    /// prune).
+    fn chain_start(&self) -> Result<ChainStart, StateError>;
     /// The policy set in force, compiled; None until the first SetPolicy
     /// (grants alone decide until then).
     fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError>;

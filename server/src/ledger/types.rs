@@ -292,6 +292,17 @@ pub struct RegisterKeyCmd {
     pub now_ms: i64,
 }
 
+/// Move the audit chain's start to `start.seq`: the entries before it are
+/// pruned on every replica (docs/operations.md, "Retention"). The leader
+/// read `start` from its store, which held them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PruneAuditCmd {
+    pub start: ChainStart,
+    pub actor: String,
+    pub reason: String,
+    pub now_ms: i64,
+}
+
 /// Replace the replicated role mapping (every role but `peer`, which each
 /// node keeps from its own config so that no change can cut the nodes off
 /// from each other).
@@ -399,6 +410,7 @@ pub enum Command {
     Checkpoint(CheckpointCmd),
     SetRoles(SetRolesCmd),
     SetPolicy(SetPolicyCmd),
+    PruneAudit(PruneAuditCmd),
     /// A caller asked for a membership change: recorded before it is made
     /// (openraft's membership entries carry no caller).
     MembershipRequest(MembershipRequestCmd),
@@ -427,6 +439,7 @@ impl Command {
             Command::Checkpoint(_) => None,
             Command::SetRoles(c) => Some(c.now_ms),
             Command::SetPolicy(c) => Some(c.now_ms),
+            Command::PruneAudit(c) => Some(c.now_ms),
             Command::Refusals { now_ms, .. } => Some(*now_ms),
             Command::MembershipRequest(c) => Some(c.now_ms),
         }
@@ -460,6 +473,9 @@ impl std::fmt::Display for Command {
             Command::Checkpoint(_) => write!(f, "checkpoint"),
             Command::SetRoles(c) => write!(f, "set_roles(actor={})", c.actor),
             Command::SetPolicy(c) => write!(f, "set_policy(actor={})", c.actor),
+            Command::PruneAudit(c) => {
+                write!(f, "prune_audit(start={}, actor={})", c.start.seq, c.actor)
+            }
             Command::Refusals { refusals, .. } => write!(f, "refusals(n={})", refusals.len()),
             Command::MembershipRequest(c) => write!(f, "membership_request(actor={})", c.actor),
         }
@@ -574,6 +590,12 @@ pub enum CommandResult {
         policy_ids: Vec<String>,
         audit: AuditRef,
     },
+    /// The chain now starts at `start`; `previous` is where it started.
+    Pruned {
+        start: u64,
+        previous: u64,
+        audit: AuditRef,
+    },
     /// The policy in force denied an Issue or a Renew: recorded, nothing
     /// else changed.
     PolicyDenied {
@@ -594,7 +616,7 @@ impl std::fmt::Display for CommandResult {
 
 pub use grant_proto::audit::{Decision, Entry as AuditEntry, Kind};
 
-pub use crate::audit::chain::{Chain, Chained};
+pub use crate::audit::chain::{Chain, ChainStart, Chained, RosterProof, StartTiles};
 
 /// One change to the state. The storage layer turns these into keys and
 /// values (storage::keyspace) and writes all of one entry's writes
@@ -635,8 +657,16 @@ pub enum Write {
     UpdateTask(TaskRecord),
     /// One audit entry, already chained (sequence, prev hash, hashes).
     Audit(Chained),
-    /// Record a node's signing key in the roster (verifier key text).
-    RosterKey { name: String, verifier_key: String },
+    /// Record a node's signing key in the roster (verifier key text), and
+    /// the seq of the `key_roster` entry that recorded it.
+    RosterKey {
+        name: String,
+        verifier_key: String,
+        seq: u64,
+    },
+    /// The audit chain starts at `start.seq` now: the audit store prunes
+    /// what lies below once the state says so (`AuditStore::prune`).
+    StartChain(ChainStart),
     /// Publish a token verification key (JWK `x`) under its `kid`.
     TokenKey { kid: String, x: String },
     /// Keep a signed checkpoint of this tree size.

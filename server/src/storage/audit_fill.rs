@@ -17,7 +17,7 @@ use grant_proto::audit::merkle;
 
 use super::audit_store::{read_base, unsplit, AuditFiles, AuditStore};
 use super::keyspace as ks;
-use crate::ledger::Chain;
+use crate::ledger::{Chain, ChainStart};
 
 /// Where the store a snapshot replaced waits, in the new store's
 /// directory, to seed its fetch; its head beside its files.
@@ -63,7 +63,7 @@ impl Fill {
     /// fresh, empty store. What an earlier fetch left is removed, and a
     /// seed serves one fetch only: one that fails begins the next from
     /// nothing.
-    pub fn begin(files: &AuditFiles) -> io::Result<Option<Fill>> {
+    pub fn begin(files: &AuditFiles, start: &ChainStart) -> io::Result<Option<Fill>> {
         let base = files.base();
         if !base.lacking() {
             return Ok(None);
@@ -78,7 +78,18 @@ impl Fill {
                 .and_then(|b| serde_json::from_slice::<Chain>(&b).map_err(io::Error::other));
             let _ = std::fs::remove_file(&seed_head);
             std::fs::rename(&seed, &dir)?;
-            match head.and_then(|h| AuditStore::open(&dir, &h)) {
+            // A seed from before a prune is pruned the same way; one that
+            // ends before the start has nothing to give.
+            let opened = head
+                .and_then(|h| AuditStore::open(&dir, &h))
+                .and_then(|mut s| {
+                    if s.size() < start.seq {
+                        return Err(io::Error::other("it ends before the chain's start"));
+                    }
+                    s.prune(start)?;
+                    Ok(s)
+                });
+            match opened {
                 Ok(store) => {
                     tracing::info!(
                         entries = store.size(),
@@ -97,11 +108,17 @@ impl Fill {
                 }
             }
         }
+        // From the chain's start: entry 0, or where a prune left it.
+        let store = if start.seq == 0 {
+            AuditStore::open(&dir, &Chain::default())?
+        } else {
+            AuditStore::create_started(&dir, start)?
+        };
         Ok(Some(Fill {
             target: files.dir().to_path_buf(),
-            store: AuditStore::open(&dir, &Chain::default())?,
+            seeded: store.size(),
+            store,
             seam: base.seam,
-            seeded: 0,
         }))
     }
 
@@ -110,7 +127,8 @@ impl Fill {
         self.store.size()
     }
 
-    /// Entries the replaced store held when the fetch began (`seed`).
+    /// Where the fetch began: the end of the replaced store (`seed`), or
+    /// the chain's start.
     pub fn seeded(&self) -> u64 {
         self.seeded
     }

@@ -56,13 +56,13 @@ use grant_proto::audit::{merkle, Hash};
 use sha2::{Digest, Sha256};
 
 use super::sync_dir;
-use crate::ledger::Chain;
+use crate::ledger::{Chain, ChainStart, RosterProof, StartTiles};
 use crate::limits::{AUDIT_SEGMENT_ENTRIES, CHECKPOINT_LAG_MAX};
 
 /// Hashes in a full tile (tlog-tiles).
 pub const TILE_WIDTH: u64 = 256;
 /// Tree heights per tile level.
-const TILE_HEIGHT: u32 = 8;
+pub const TILE_HEIGHT: u32 = 8;
 const HASH_BYTES: u64 = 32;
 
 const _: () = assert!(AUDIT_SEGMENT_ENTRIES.is_multiple_of(TILE_WIDTH));
@@ -94,8 +94,13 @@ pub struct Base {
     /// The first entry held (0 once the part below the seam is fetched).
     pub entries_from: u64,
     /// Tile hashes are held for every subtree that ends past this leaf
-    /// (see `level_floor`); 0 once fetched.
+    /// (see `level_floor`); `start` once fetched.
     pub hashes_from: u64,
+    /// The chain's first entry kept: those before it were pruned, on
+    /// every replica alike (`AuditStore::prune`), and are never fetched.
+    /// Tile levels 0 and 1 hold no hash below `level_floor(start, L)`.
+    #[serde(default)]
+    pub start: u64,
 }
 
 fn aligned(seq: u64) -> u64 {
@@ -105,19 +110,26 @@ fn aligned(seq: u64) -> u64 {
 impl Base {
     /// The base of a store begun from a snapshot whose chain head is
     /// `head`: it holds the hashes a snapshot carries (`tail`).
-    pub fn at(head: &Chain) -> Base {
+    pub fn at(head: &Chain, start: u64) -> Base {
         Base {
             seam: head.size(),
             seam_root: head.root(),
             seam_hash: head.prev_hash,
             entries_from: head.size(),
-            hashes_from: hashes_floor(head.size()),
+            hashes_from: hashes_floor(head.size()).max(start),
+            start,
         }
     }
 
-    /// Whether part of the chain below the seam is still to be fetched.
+    /// Whether part of the chain below the seam (and from its start) is
+    /// still to be fetched.
     pub fn lacking(&self) -> bool {
-        self.entries_from > 0 || self.hashes_from > 0
+        self.entries_from > self.start || self.hashes_from > self.start
+    }
+
+    /// Entries still to be fetched.
+    pub fn missing_entries(&self) -> u64 {
+        self.entries_from - self.start
     }
 
     fn split(&self) -> bool {
@@ -144,10 +156,15 @@ impl Base {
 }
 
 /// The first leaf whose subtrees' hashes a snapshot at chain size `seam`
-/// carries.
+/// carries (or the chain's start, if later).
 fn hashes_floor(seam: u64) -> u64 {
     seam.saturating_sub(CHECKPOINT_LAG_MAX)
 }
+
+/// Tile levels a prune empties below the start: level 0 (the leaves) and
+/// level 1 hold 32 bytes an entry and an eighth of a byte. The levels
+/// above, one hash per 65,536 entries or fewer, are kept.
+const PRUNED_LEVELS: u32 = 2;
 
 /// The first index of tile level `level` held by a store whose hashes
 /// start at leaf `hashes_from`: the first hash of the tile of level `level`
@@ -183,6 +200,36 @@ impl std::error::Error for Missing {}
 
 fn missing(from: u64) -> io::Error {
     io::Error::other(Missing { from })
+}
+
+/// A read of part of the chain that was pruned (archived by an operator,
+/// then removed on every replica): no node serves it any more.
+#[derive(Debug)]
+pub struct Pruned {
+    pub start: u64,
+}
+
+impl std::fmt::Display for Pruned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the audit chain starts at entry {}: the entries before it were pruned \
+             (docs/operations.md, \"Retention\"); they are in the export archived \
+             before the prune",
+            self.start
+        )
+    }
+}
+
+impl std::error::Error for Pruned {}
+
+fn pruned(start: u64) -> io::Error {
+    io::Error::other(Pruned { start })
+}
+
+/// Whether `e` is a read of part of the chain that was pruned.
+pub fn is_pruned(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<Pruned>())
 }
 
 /// Whether `e` is a read of part of the chain this node lacks.
@@ -294,9 +341,9 @@ impl AuditFiles {
     /// Ok if the store holds every entry from the first: an export or a
     /// backup is whole or refused (`Missing`).
     pub fn require_whole(&self) -> io::Result<()> {
-        match self.base().entries_from {
-            0 => Ok(()),
-            from => Err(missing(from)),
+        match self.base() {
+            b if b.lacking() => Err(missing(b.entries_from)),
+            _ => Ok(()),
         }
     }
 
@@ -347,8 +394,8 @@ impl AuditFiles {
     ) -> io::Result<Vec<T>> {
         let end = size.min(from.saturating_add(limit as u64));
         let base = self.base();
-        if from < end && from < base.entries_from {
-            return Err(missing(base.entries_from));
+        if from < end {
+            self.held(&base, from)?;
         }
         let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
         let mut seq = from;
@@ -385,20 +432,46 @@ impl AuditFiles {
             }
             seq = upto;
         }
+        if from < end {
+            // A prune that began while these were read removed files
+            // after it moved the start (`AuditStore::prune`).
+            self.held(&self.base(), from)?;
+        }
         Ok(out)
+    }
+
+    /// Ok if entry `seq` is held: neither pruned nor still to be fetched.
+    fn held(&self, base: &Base, seq: u64) -> io::Result<()> {
+        if seq < base.start {
+            Err(pruned(base.start))
+        } else if seq < base.entries_from {
+            Err(missing(base.entries_from))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ok if hash `from` of tile level `level` is held.
+    fn hash_held(&self, base: &Base, level: u32, from: u64) -> io::Result<()> {
+        if from < level_floor(base.start, level) {
+            Err(pruned(base.start))
+        } else if from < level_floor(base.hashes_from, level) {
+            Err(missing(base.entries_from))
+        } else {
+            Ok(())
+        }
     }
 
     /// `n` stored hashes of tile level `level` from index `from`.
     fn hashes(&self, level: u32, from: u64, n: u64) -> io::Result<Vec<Hash>> {
-        let base = self.base();
-        if from < level_floor(base.hashes_from, level) {
-            return Err(missing(base.entries_from));
-        }
+        self.hash_held(&self.base(), level, from)?;
         let b = self.read_exact_at(
             &self.level_path(level),
             from * HASH_BYTES,
             (n * HASH_BYTES) as usize,
         )?;
+        // A prune that began meanwhile may have emptied what was read.
+        self.hash_held(&self.base(), level, from)?;
         Ok(b.chunks_exact(32)
             .map(|h| h.try_into().expect("32 bytes"))
             .collect())
@@ -464,9 +537,9 @@ impl AuditFiles {
         limit: usize,
     ) -> io::Result<Vec<u64>> {
         let base = self.base();
-        if after.map_or(0, |a| a + 1) < base.entries_from {
-            return Err(missing(base.entries_from));
-        }
+        // From the start: from the first entry kept.
+        let after = after.or(base.start.checked_sub(1));
+        self.held(&base, after.map_or(0, |a| a + 1))?;
         let path = self.watch_path();
         let f = match File::open(&path) {
             Ok(f) => f,
@@ -507,11 +580,12 @@ impl AuditFiles {
         Ok(out)
     }
 
-    /// The tile hashes a snapshot at chain size `size` carries, per level:
-    /// (level, first index, hashes), from `level_floor` of the base that
-    /// snapshot gives (`Base::at`) to the level's last hash at `size`.
-    pub fn tail(&self, size: u64) -> io::Result<Vec<(u32, u64, Vec<Hash>)>> {
-        let hashes_from = hashes_floor(size);
+    /// The tile hashes a snapshot at chain size `size`, of a chain that
+    /// starts at `start`, carries, per level: (level, first index, hashes),
+    /// from `level_floor` of the base that snapshot gives (`Base::at`) to
+    /// the level's last hash at `size`.
+    pub fn tail(&self, size: u64, start: u64) -> io::Result<Vec<(u32, u64, Vec<Hash>)>> {
+        let hashes_from = hashes_floor(size).max(start);
         let mut out = Vec::new();
         let mut level = 0;
         loop {
@@ -525,13 +599,96 @@ impl AuditFiles {
         }
     }
 
+    /// The Merkle frontier of the first `size` entries: the roots of its
+    /// perfect subtrees, tallest first.
+    pub fn frontier(&self, size: u64) -> io::Result<merkle::Frontier> {
+        let mut f = merkle::Frontier {
+            size,
+            subtrees: Vec::new(),
+        };
+        let mut at = 0;
+        for height in (0..64u32).rev() {
+            if size & (1 << height) != 0 {
+                f.subtrees
+                    .push((height as u8, self.subtree(height, at >> height)?));
+                at += 1 << height;
+            }
+        }
+        Ok(f)
+    }
+
+    /// The start of a chain pruned before `seq` (a segment boundary), read
+    /// from this store, which holds the chain from `old.seq` (the start in
+    /// force) whole: the hash of entry `seq - 1`, the tile hashes below
+    /// `seq` that roots and proofs from it are made of, and every
+    /// `key_roster` entry before it (the old start's, whose paths are
+    /// extended, and those at `roster_seqs` from the old start on) with its
+    /// audit path in the tree of `seq` entries.
+    pub fn start_at(
+        &self,
+        seq: u64,
+        old: &ChainStart,
+        roster_seqs: &[u64],
+    ) -> io::Result<ChainStart> {
+        let prev_hash = match seq.checked_sub(1) {
+            None => [0; 32],
+            Some(last) => self
+                .entries(last, 1, seq, |b| Ok(<[u8; 32]>::from(Sha256::digest(b))))?
+                .pop()
+                .expect("one entry"),
+        };
+        let mut tiles = Vec::new();
+        let mut level = 0;
+        while seq.checked_shr(TILE_HEIGHT * level).unwrap_or(0) > 0 {
+            let (from, to) = (level_floor(seq, level), seq >> (TILE_HEIGHT * level));
+            if from < to {
+                tiles.push(StartTiles {
+                    level,
+                    from,
+                    hashes: hex::encode(self.hashes(level, from, to - from)?.concat()),
+                });
+            }
+            level += 1;
+        }
+        let mut roster = Vec::new();
+        for p in &old.roster {
+            let path =
+                merkle::extend_inclusion(p.seq, old.seq, &ChainStart::path(p)?, seq, |a, b| {
+                    self.mth(a, b)
+                })?;
+            roster.push(RosterProof {
+                path: path.iter().map(hex::encode).collect(),
+                ..p.clone()
+            });
+        }
+        for &at in roster_seqs.iter().filter(|s| (old.seq..seq).contains(*s)) {
+            let entry = self
+                .entries(at, 1, seq, |b| Ok(hex::encode(b)))?
+                .pop()
+                .expect("one entry");
+            let path = self.inclusion_proof(at, seq)?;
+            roster.push(RosterProof {
+                seq: at,
+                entry,
+                path: path.iter().map(hex::encode).collect(),
+            });
+        }
+        roster.sort_by_key(|p| p.seq);
+        Ok(ChainStart {
+            seq,
+            prev_hash,
+            tiles,
+            roster,
+        })
+    }
+
     /// Bytes the store's files hold (for metrics; no file system walk).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes the store holds on disk, walked.
-    fn disk_bytes(&self) -> u64 {
+    pub(crate) fn disk_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
             let Ok(rd) = std::fs::read_dir(p) else {
                 return 0;
@@ -620,6 +777,61 @@ fn append_file(path: &Path) -> io::Result<File> {
         .append(true)
         .read(true)
         .open(path)
+}
+
+/// Make the directories of a new store in `dir`, its tile levels with the
+/// hashes `tiles` in their places (level L's file as long as `wanted(L)`'s
+/// count, its hashes from `wanted(L)`'s first index on; nothing below),
+/// and its base file, last.
+fn create_with(
+    dir: &Path,
+    base: Base,
+    tiles: &[(u32, u64, Vec<Hash>)],
+    wanted: impl Fn(u32) -> (u64, u64),
+    source: &str,
+) -> io::Result<()> {
+    std::fs::create_dir_all(dir.join("entries"))?;
+    std::fs::create_dir_all(dir.join("tile"))?;
+    let files = AuditFiles::new(dir.to_path_buf(), 0, base);
+    let mut level = 0;
+    loop {
+        let (from, count) = wanted(level);
+        if count == 0 {
+            break;
+        }
+        let hashes: &[Hash] = if from == count {
+            &[]
+        } else {
+            match tiles
+                .iter()
+                .find(|(l, f, h)| *l == level && *f == from && *f + h.len() as u64 == count)
+            {
+                Some((_, _, h)) => h,
+                None => {
+                    return Err(damaged(
+                        dir,
+                        format!("{source} lacks tile level {level}'s hashes {from}..{count}"),
+                    ))
+                }
+            }
+        };
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(files.level_path(level))?;
+        f.set_len(count * HASH_BYTES)?;
+        f.write_all_at(hashes.concat().as_slice(), from * HASH_BYTES)?;
+        f.sync_data()?;
+        level += 1;
+    }
+    sync_dir(&dir.join("tile"))?;
+    sync_dir(&dir.join("entries"))?;
+    write_base(dir, &base)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 impl AuditStore {
@@ -796,45 +1008,139 @@ impl AuditStore {
     pub fn create_based(
         dir: &Path,
         head: &Chain,
+        start: u64,
         tail: &[(u32, u64, Vec<Hash>)],
     ) -> io::Result<()> {
-        let base = Base::at(head);
-        let seam = base.seam;
-        std::fs::create_dir_all(dir.join("entries"))?;
-        std::fs::create_dir_all(dir.join("tile"))?;
-        let files = AuditFiles::new(dir.to_path_buf(), seam, base);
-        let mut level = 0;
-        loop {
-            let count = seam.checked_shr(TILE_HEIGHT * level).unwrap_or(0);
-            if count == 0 {
-                break;
+        let base = Base::at(head, start);
+        let wanted = |level: u32| {
+            let count = base.seam.checked_shr(TILE_HEIGHT * level).unwrap_or(0);
+            (level_floor(base.hashes_from, level), count)
+        };
+        create_with(dir, base, tail, wanted, "the snapshot")
+    }
+
+    /// Begin an empty store in `dir` at the chain's `start` (a fetch of a
+    /// pruned chain starts there): the start's tile hashes in their places,
+    /// and a base saying the chain starts there, then open it.
+    pub fn create_started(dir: &Path, start: &ChainStart) -> io::Result<AuditStore> {
+        let base = Base {
+            start: start.seq,
+            entries_from: start.seq,
+            hashes_from: start.seq,
+            ..Base::default()
+        };
+        let tiles = start.tiles()?;
+        let wanted = |level: u32| {
+            let count = start.seq.checked_shr(TILE_HEIGHT * level).unwrap_or(0);
+            (level_floor(start.seq, level), count)
+        };
+        create_with(dir, base, &tiles, wanted, "the chain's start")?;
+        let files = AuditFiles::new(dir.to_path_buf(), start.seq, base);
+        let head = Chain {
+            prev_hash: start.prev_hash,
+            frontier: files.frontier(start.seq)?,
+            last_time_ms: 0,
+        };
+        AuditStore::open(dir, &head)
+    }
+
+    /// Move the chain's start to `start.seq` (a segment boundary, at most
+    /// the head): the base says so first, durably, so readers refuse what
+    /// lies below from then on; then the segments below go, the low tile
+    /// levels are emptied below it (holes punched), and the watch index
+    /// drops its records below it. A store still fetching the part below
+    /// its seam takes the start's hashes, and fetches from the start only.
+    /// A start at or below the store's own changes nothing but finishes the
+    /// removal, should a crash have cut it short (it runs at every open).
+    pub fn prune(&mut self, start: &ChainStart) -> io::Result<()> {
+        let base = self.files.base();
+        let seq = start.seq;
+        if seq < base.start || seq == 0 {
+            return Ok(());
+        }
+        let dir = self.files.dir.clone();
+        if seq > base.start {
+            if !seq.is_multiple_of(AUDIT_SEGMENT_ENTRIES) || seq > self.size {
+                return Err(io::Error::other(format!(
+                    "cannot start the chain at {seq}: not a segment boundary, or past the head at {}",
+                    self.size
+                )));
             }
-            let from = level_floor(base.hashes_from, level);
-            let Some((_, _, hashes)) = tail
-                .iter()
-                .find(|(l, f, h)| *l == level && *f == from && *f + h.len() as u64 == count)
-            else {
-                return Err(damaged(
-                    dir,
-                    format!("the snapshot lacks tile level {level}'s hashes {from}..{count}"),
-                ));
+            // The start's hashes, where this store lacks them.
+            for (level, from, hashes) in start.tiles()? {
+                let held = level_floor(base.hashes_from, level);
+                let upto = (from + hashes.len() as u64).min(held);
+                if from >= upto {
+                    continue;
+                }
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(self.files.level_path(level))?;
+                f.write_all_at(
+                    hashes[..(upto - from) as usize].concat().as_slice(),
+                    from * HASH_BYTES,
+                )?;
+                f.sync_data()?;
+            }
+            let moved = Base {
+                start: seq,
+                entries_from: base.entries_from.max(seq),
+                hashes_from: base.hashes_from.max(seq),
+                ..base
             };
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(files.level_path(level))?;
-            f.set_len(count * HASH_BYTES)?;
-            f.write_all_at(hashes.concat().as_slice(), from * HASH_BYTES)?;
-            f.sync_data()?;
-            level += 1;
+            write_base(&dir, &moved)?;
+            *self.files.base.write().expect("audit base lock") = moved;
         }
-        sync_dir(&dir.join("tile"))?;
+        // What lies below the start: segments, then low tile hashes.
+        for e in std::fs::read_dir(dir.join("entries"))? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(".idx") {
+                if n.parse::<u64>().is_ok_and(|first| first < seq) {
+                    remove_segment(&self.files, n.parse().expect("parsed"))?;
+                }
+            }
+        }
         sync_dir(&dir.join("entries"))?;
-        write_base(dir, &base)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+        for level in 0..PRUNED_LEVELS {
+            let below = level_floor(seq, level) * HASH_BYTES;
+            match OpenOptions::new()
+                .write(true)
+                .open(self.files.level_path(level))
+            {
+                Ok(f) if below > 0 => {
+                    use rustix::fs::{fallocate, FallocateFlags};
+                    fallocate(
+                        &f,
+                        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                        0,
+                        below,
+                    )
+                    .map_err(io::Error::from)?;
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        // The watch index, if it still holds records below the start.
+        let mut first = [0u8; 8];
+        if self.watch.read_exact_at(&mut first, 0).is_ok() && u64::from_be_bytes(first) < seq {
+            let kept: Vec<u8> = std::fs::read(self.files.watch_path())?
+                .chunks_exact(8)
+                .filter(|c| u64::from_be_bytes((*c).try_into().expect("8 bytes")) >= seq)
+                .flatten()
+                .copied()
+                .collect();
+            let tmp = dir.join("watch.new");
+            std::fs::write(&tmp, &kept)?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, self.files.watch_path())?;
+            sync_dir(&dir)?;
+            self.watch = append_file(&self.files.watch_path())?;
+        }
+        self.files
+            .bytes
+            .store(self.files.disk_bytes(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -846,10 +1152,13 @@ impl AuditStore {
     pub fn absorb(&mut self, fill: &AuditStore) -> io::Result<()> {
         let base = self.files.base();
         let dir = self.files.dir.clone();
-        if fill.size != base.seam || !base.lacking() {
+        if fill.size != base.seam || !base.lacking() || fill.files.base().start != base.start {
             return Err(io::Error::other(format!(
-                "a fetch of {} entries does not fit a store whose seam is {} ({:?})",
-                fill.size, base.seam, base
+                "a fetch of {} entries from {} does not fit a store whose seam is {} ({:?})",
+                fill.size,
+                fill.files.base().start,
+                base.seam,
+                base
             )));
         }
         if fill.files.root(fill.size)? != base.seam_root {
@@ -859,8 +1168,8 @@ impl AuditStore {
         }
         fill.files.sync(fill.size)?;
         // Segments: every one the fetch wrote lies below the seam.
-        let mut first = 0;
-        while first < base.seam {
+        let mut first = base.start;
+        while first < base.entries_from {
             std::fs::rename(fill.files.seg_path(first), self.files.seg_path(first))?;
             std::fs::rename(fill.files.idx_path(first), self.files.idx_path(first))?;
             first = base.segment_end(first);
@@ -873,12 +1182,15 @@ impl AuditStore {
             if below == 0 {
                 break;
             }
-            let hashes = fill.files.hashes(level, 0, below)?;
-            let f = OpenOptions::new()
-                .write(true)
-                .open(self.files.level_path(level))?;
-            f.write_all_at(hashes.concat().as_slice(), 0)?;
-            f.sync_data()?;
+            let from = level_floor(base.start, level);
+            if from < below {
+                let hashes = fill.files.hashes(level, from, below - from)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(self.files.level_path(level))?;
+                f.write_all_at(hashes.concat().as_slice(), from * HASH_BYTES)?;
+                f.sync_data()?;
+            }
             level += 1;
         }
         // The watch index: the fetched part's, then this store's.
@@ -890,8 +1202,8 @@ impl AuditStore {
         std::fs::rename(&tmp, self.files.watch_path())?;
         self.watch = append_file(&self.files.watch_path())?;
         let whole = Base {
-            entries_from: 0,
-            hashes_from: 0,
+            entries_from: base.start,
+            hashes_from: base.start,
             ..base
         };
         write_base(&dir, &whole)?;

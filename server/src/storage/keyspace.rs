@@ -53,7 +53,9 @@ use crate::raft::typ::LogId;
 /// 10: snapshots carry the chain's head and the tile hashes near it
 ///    (AUDIT_TILES), not its entries; a store begun from one has a base
 ///    file and fetches the rest from a peer (`audit_fill`).
-pub const FORMAT_VERSION: u32 = 10;
+/// 11: the chain may start past entry 0 (META_AUDIT_START, written by a
+///    prune); a roster key's value is the seq of the entry that recorded it.
+pub const FORMAT_VERSION: u32 = 11;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -128,6 +130,9 @@ pub const META_ROLES: &[u8] = b"\x09roles";
 /// The replicated policy set: (log index, ledger::PolicyRecord). Absent
 /// until the first `SetPolicy`; grants alone decide until then.
 pub const META_POLICY: &[u8] = b"\x09policy";
+/// Where the audit chain starts (ledger::ChainStart). Absent until the
+/// first prune: the chain starts at entry 0.
+pub const META_AUDIT_START: &[u8] = b"\x09audit_start";
 
 /// The value of META_APPLIED.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -363,11 +368,16 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         }
         // The audit store takes it (`audit_store`), not the state.
         Write::Audit(_) => {}
-        Write::RosterKey { name, verifier_key } => {
+        Write::RosterKey {
+            name,
+            verifier_key,
+            seq,
+        } => {
             let mut k = roster_prefix(name);
             k.extend_from_slice(verifier_key.as_bytes());
-            batch.insert(k, &[][..]);
+            batch.insert(k, &seq.to_be_bytes()[..]);
         }
+        Write::StartChain(start) => batch.insert(META_AUDIT_START, codec::encode(start)),
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());
         }

@@ -37,8 +37,8 @@ use super::snapshot_file::{SnapshotFile, SnapshotWriter};
 use grant_proto::audit::Hash;
 
 use crate::ledger::{
-    self, AuditEntry, Chain, CommandResult, DedupeRecord, GrantRecord, LedgerState, StateError,
-    TaskRecord,
+    self, AuditEntry, Chain, ChainStart, CommandResult, DedupeRecord, GrantRecord, LedgerState,
+    StateError, TaskRecord,
 };
 use crate::raft::codec;
 use crate::raft::typ::*;
@@ -389,6 +389,30 @@ impl StateReader {
     pub fn chain(&self) -> io::Result<Chain> {
         Ok(self.applied()?.chain)
     }
+
+    /// Where the chain starts (seq 0 until a prune).
+    pub fn chain_start(&self) -> io::Result<ChainStart> {
+        Ok(read_meta(&self.tree(), ks::META_AUDIT_START)?.unwrap_or_default())
+    }
+
+    /// The seqs of the entries that recorded the roster's keys.
+    pub fn roster_seqs(&self) -> io::Result<Vec<u64>> {
+        let mut out = self
+            .tree()
+            .scan_prefix([ks::ROSTER])
+            .values()
+            .map(|v| {
+                let v = v.map_err(io_err)?;
+                let b: [u8; 8] = v[..].try_into().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a roster key without its seq")
+                })?;
+                Ok(u64::from_be_bytes(b))
+            })
+            .collect::<io::Result<Vec<u64>>>()?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> io::Result<Option<T>> {
@@ -503,6 +527,11 @@ impl LedgerState for SledState<'_> {
             None => Ok(None),
         }
     }
+    fn chain_start(&self) -> Result<ChainStart, StateError> {
+        Ok(read_meta(self.0, ks::META_AUDIT_START)
+            .map_err(se)?
+            .unwrap_or_default())
+    }
     fn policy(&self) -> Result<Option<Arc<grant_policy::Compiled>>, StateError> {
         Ok(self.1.clone())
     }
@@ -564,8 +593,11 @@ impl StateMachine {
         db.flush().map_err(io_err)?;
         let applied: ks::Applied = read_meta(&tree, ks::META_APPLIED)?.unwrap_or_default();
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
-        // Cut back to the head the state records (see `audit_store`).
-        let audit = AuditStore::open(&generation::audit_dir(dir, &name), &applied.chain)?;
+        // Cut back to the head the state records (see `audit_store`), and
+        // finish a prune a crash cut short.
+        let mut audit = AuditStore::open(&generation::audit_dir(dir, &name), &applied.chain)?;
+        let start: ChainStart = read_meta(&tree, ks::META_AUDIT_START)?.unwrap_or_default();
+        audit.prune(&start)?;
         let files = audit.files();
         let sm = StateMachine {
             db,
@@ -697,6 +729,7 @@ impl StateMachine {
         let mut active_delta = 0;
         let mut roles_version = None;
         let mut policy_changed = false;
+        let mut start = None;
         let result = match applied {
             None => CommandResult::Nothing,
             Some(a) => {
@@ -706,6 +739,7 @@ impl StateMachine {
                         ledger::Write::Retire(_) => active_delta -= 1,
                         ledger::Write::PutRoles { index, .. } => roles_version = Some(*index),
                         ledger::Write::PutPolicy { .. } => policy_changed = true,
+                        ledger::Write::StartChain(s) => start = Some(s.clone()),
                         _ => {}
                     }
                     if let Some(id) = ks::grant_written(w) {
@@ -751,6 +785,12 @@ impl StateMachine {
         }
         self.journal.write(&tree, batch)?;
         crash_point(CrashPoint::StateWritten);
+        // The store prunes once the state says the chain starts later: a
+        // crash before this finishes it at the next open; one before the
+        // state write leaves a log entry that is applied again.
+        if let Some(start) = start {
+            self.audit.lock().expect("audit store lock").prune(&start)?;
+        }
         self.reader
             .active_grants
             .fetch_add(active_delta, Ordering::Relaxed);
@@ -784,6 +824,7 @@ impl StateMachine {
             // A snapshot carries tile hashes (AUDIT_TILES); a backup adds
             // the chain's entries (AUDIT) after them (`AuditPairs`).
             let mut audit: Option<AuditStore> = None;
+            let mut start = ChainStart::default();
             let mut tail = Vec::new();
             let mut entries: Vec<(Vec<u8>, Hash, bool)> = Vec::new();
             let mut entry_bytes = 0;
@@ -794,11 +835,14 @@ impl StateMachine {
                     continue;
                 }
                 if k.first() == Some(&ks::AUDIT) {
+                    // The chain from its start (the state's pairs came
+                    // first).
                     let audit = match audit.as_mut() {
                         Some(a) => a,
-                        None => {
+                        None if start.seq == 0 => {
                             audit.insert(AuditStore::open(&audit_dir, &ledger::Chain::default())?)
                         }
+                        None => audit.insert(AuditStore::create_started(&audit_dir, &start)?),
                     };
                     let seq = audit.size() + entries.len() as u64;
                     if k[..] != ks::audit(seq)[..] {
@@ -817,6 +861,9 @@ impl StateMachine {
                         entry_bytes = 0;
                     }
                     continue;
+                }
+                if k[..] == *ks::META_AUDIT_START {
+                    start = codec::decode(&v)?;
                 }
                 bytes += k.len() + v.len();
                 batch.insert(k, v);
@@ -849,7 +896,7 @@ impl StateMachine {
                         .unwrap_or_default()
                         .chain;
                     if head.size() > 0 {
-                        AuditStore::create_based(&audit_dir, &head, &tail)?;
+                        AuditStore::create_based(&audit_dir, &head, start.seq, &tail)?;
                     }
                 }
             }
@@ -910,8 +957,9 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     tree: sled::Tree,
     capture: Arc<Capture>,
-    /// The audit store, and the chain's size at the snapshot's index.
-    audit: (AuditFiles, u64),
+    /// The audit store, and the chain's size and start at the snapshot's
+    /// index.
+    audit: (AuditFiles, u64, u64),
     _building: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -937,14 +985,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (tree, capture) = (self.tree.clone(), self.capture.clone());
-        let (files, size) = self.audit.clone();
+        let (files, size, start) = self.audit.clone();
         let mut out = self.sm.snapshot_writer(&self.meta)?;
         let written = tokio::task::spawn_blocking(move || {
             capture.dump(&tree, &mut out)?;
             // Then the tile hashes near the chain's head at the snapshot
             // (`AuditFiles::tail`), not its entries: a node that loads it
             // fetches those from a peer (`audit_fill`).
-            for (level, from, hashes) in files.tail(size)? {
+            for (level, from, hashes) in files.tail(size, start)? {
                 snapshot_data::put(&mut out, &ks::audit_tiles(level, from), &hashes.concat())?;
             }
             // Before the state is flushed below, and the log behind the
@@ -1008,7 +1056,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             tree: self.reader.tree(),
             capture,
-            audit: (self.reader.audit_files(), self.applied.chain.size()),
+            audit: (
+                self.reader.audit_files(),
+                self.applied.chain.size(),
+                self.reader.chain_start().unwrap_or_default().seq,
+            ),
             _building: building,
         }
     }
@@ -1483,7 +1535,7 @@ mod tests {
             Some(all[size as usize - 1].1)
         );
         assert!(installed.reader.audit_entry_hash(size - 2).is_err());
-        let mut fill = Fill::begin(&installed.reader.audit_files())
+        let mut fill = Fill::begin(&installed.reader.audit_files(), &ChainStart::default())
             .unwrap()
             .unwrap();
         let page = sm

@@ -22,9 +22,13 @@ struct Mem {
     roles: Option<String>,
     policy: Option<std::sync::Arc<grant_policy::Compiled>>,
     index: u64,
+    start: ChainStart,
 }
 
 impl LedgerState for Mem {
+    fn chain_start(&self) -> Result<ChainStart, StateError> {
+        Ok(self.start.clone())
+    }
     fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError> {
         Ok(self.policy.clone())
     }
@@ -162,9 +166,12 @@ impl Mem {
                     self.tasks.insert(t.task_id.clone(), t);
                 }
                 Write::Audit(c) => self.audit.push(c.entry),
-                Write::RosterKey { name, verifier_key } => {
+                Write::RosterKey {
+                    name, verifier_key, ..
+                } => {
                     self.roster.entry(name).or_default().push(verifier_key);
                 }
+                Write::StartChain(s) => self.start = s,
                 Write::PutCheckpoint { size, note } => {
                     self.checkpoints.insert(size, note);
                 }
@@ -847,6 +854,72 @@ mod audit_chain {
         }
         assert_eq!(m.chain.size(), 3);
         assert_eq!(m.audit[1].decision, Decision::Allow);
+    }
+
+    fn prune(m: &mut Mem, start: ChainStart) -> CommandResult {
+        m.run(Command::PruneAudit(PruneAuditCmd {
+            start,
+            actor: "spiffe://example.org/sre".into(),
+            reason: "archived to cold storage".into(),
+            now_ms: 50,
+        }))
+    }
+
+    /// The start of a chain pruned at `seq`, shaped as a store makes it.
+    fn start_at(seq: u64) -> ChainStart {
+        ChainStart {
+            seq,
+            prev_hash: [3; 32],
+            tiles: vec![StartTiles {
+                level: 2,
+                from: 0,
+                hashes: hex::encode([4u8; 32].repeat((seq >> 16) as usize)),
+            }],
+            roster: vec![],
+        }
+    }
+
+    #[test]
+    fn a_prune_moves_the_start_to_a_checkpointed_segment_boundary_and_is_recorded() {
+        let seg = crate::limits::AUDIT_SEGMENT_ENTRIES;
+        let mut m = Mem::default();
+        m.run(issue_cmd("r1", "g1", "t1", 1000, 60_000));
+        let rejected = |r: CommandResult, why: &str| match r {
+            CommandResult::Rejected(Rejection::FailedPrecondition(m)) => {
+                assert!(m.contains(why), "{m}")
+            }
+            other => panic!("{other:?}"),
+        };
+        // No checkpoint signs what would be pruned.
+        rejected(prune(&mut m, start_at(seg)), "no signed checkpoint covers");
+        m.checkpoints.insert(seg + 5, "note".into());
+        // Not a segment boundary; a start of the wrong shape.
+        let mut off = start_at(seg);
+        off.seq = seg + 256;
+        rejected(prune(&mut m, off), "not a multiple");
+        let mut bad = start_at(seg);
+        bad.tiles.clear();
+        rejected(prune(&mut m, bad), "malformed");
+        assert_eq!(m.audit.len(), 1);
+        assert_eq!(m.start, ChainStart::default());
+        // Then it moves, with an entry saying who and why.
+        match prune(&mut m, start_at(seg)) {
+            CommandResult::Pruned {
+                start, previous, ..
+            } => assert_eq!((start, previous), (seg, 0)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.start, start_at(seg));
+        let e = m.audit.last().unwrap();
+        assert_eq!(e.kind, Kind::Prune);
+        assert_eq!(e.actor, "spiffe://example.org/sre");
+        assert_eq!(e.reason, "archived to cold storage");
+        assert_eq!(e.detail, r#"{"start":65536,"previous_start":0}"#);
+        // Never back, nor to where it is.
+        rejected(
+            prune(&mut m, start_at(seg)),
+            "already starts at entry 65536",
+        );
     }
 
     #[test]

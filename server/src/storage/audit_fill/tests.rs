@@ -1,16 +1,21 @@
 use super::*;
 use crate::ledger::{AuditEntry, Kind};
 use crate::limits::{AUDIT_SEGMENT_ENTRIES, CHECKPOINT_LAG_MAX};
-use crate::storage::audit_store::is_missing;
+use crate::storage::audit_store::{is_missing, is_pruned};
 use grant_proto::audit::Hash;
 
-/// A chain of `n` real entries: every sixth a revoke (watched), and each
-/// entry's canonical bytes.
+/// A key roster entry at 5, and every `ROSTER_EVERY` entries after.
+const ROSTER_EVERY: u64 = 50_000;
+
+/// A chain of `n` real entries: every sixth a revoke (watched), a few key
+/// roster entries, and each entry's canonical bytes.
 fn chain(n: u64) -> (Chain, Vec<Vec<u8>>, Vec<bool>) {
     let mut c = Chain::default();
     let (mut bytes, mut watched) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let kind = if i % 6 == 0 {
+        let kind = if i % ROSTER_EVERY == 5 {
+            Kind::KeyRoster
+        } else if i % 6 == 0 {
             Kind::Revoke
         } else {
             Kind::Check
@@ -55,9 +60,9 @@ fn case(seam: u64, size: u64) -> Case {
     let (at_seam, at_size) = (&heads[0], heads.last().unwrap());
     let mut whole = AuditStore::open(&dir.path().join("whole"), &Chain::default()).unwrap();
     append(&mut whole, &bytes, &watched, seam);
-    let tail = whole.files().tail(seam).unwrap();
+    let tail = whole.files().tail(seam, 0).unwrap();
     let based_dir = dir.path().join("based");
-    AuditStore::create_based(&based_dir, at_seam, &tail).unwrap();
+    AuditStore::create_based(&based_dir, at_seam, 0, &tail).unwrap();
     let mut based = AuditStore::open(&based_dir, at_seam).unwrap();
     append(&mut whole, &bytes, &watched, size);
     append(&mut based, &bytes, &watched, size);
@@ -142,7 +147,9 @@ fn a_fetched_prefix_is_checked_then_absorbed_whole() {
     let files = store.lock().unwrap().files();
     // A peer that changes one entry (its seq kept) is found out, and the
     // store stays as it was.
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     assert_eq!((fill.next(), fill.seam()), (0, seam));
     let (mut forged, _, _) = chain(0);
     let mut forged_bytes = Vec::new();
@@ -163,12 +170,16 @@ fn a_fetched_prefix_is_checked_then_absorbed_whole() {
     ));
 
     // Pages that skip or run past are refused as they come.
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     assert!(fill.add(&c.bytes[1..3]).is_err());
     assert!(fill.add(&c.bytes[..]).is_err());
 
     // The true prefix: taken in, and the store then answers as the whole one.
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     for page in c.bytes[..seam as usize].chunks(4096) {
         fill.add(page).unwrap();
     }
@@ -211,7 +222,9 @@ fn an_absorb_cut_short_is_undone_at_the_next_start() {
     let files = c.based.files();
     // What a crash between moving the segments in and the base file's
     // change leaves: segments below the seam, the base still lacking.
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     fill.add(&c.bytes[..seam as usize]).unwrap();
     let from = fill.store.files().dir().join("entries");
     for e in std::fs::read_dir(&from).unwrap() {
@@ -244,7 +257,9 @@ fn the_store_a_snapshot_replaced_seeds_the_fetch_and_is_checked_with_it() {
     let files = store.lock().unwrap().files();
     seed(&old, &old_head, &files).unwrap();
     assert!(!old.exists());
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(fill.next(), 300, "the fetch goes on from the seed");
     fill.add(&c.bytes[300..seam as usize]).unwrap();
     assert!(fill.finish(&store).unwrap());
@@ -266,11 +281,15 @@ fn the_store_a_snapshot_replaced_seeds_the_fetch_and_is_checked_with_it() {
     let store = Mutex::new(c.based);
     let files = store.lock().unwrap().files();
     seed(&old, &other, &files).unwrap();
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(fill.next(), 300);
     fill.add(&c.bytes[300..seam as usize]).unwrap();
     assert!(fill.finish(&store).is_err());
-    let fill = Fill::begin(&files).unwrap().unwrap();
+    let fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(fill.next(), 0);
 
     // A store longer than the seam, or one begun from a snapshot itself,
@@ -283,7 +302,13 @@ fn the_store_a_snapshot_replaced_seeds_the_fetch_and_is_checked_with_it() {
     drop(o);
     seed(&long, &long_head, &c.based.files()).unwrap();
     assert!(long.exists());
-    assert_eq!(Fill::begin(&c.based.files()).unwrap().unwrap().next(), 0);
+    assert_eq!(
+        Fill::begin(&c.based.files(), &ChainStart::default())
+            .unwrap()
+            .unwrap()
+            .next(),
+        0
+    );
 }
 
 #[test]
@@ -292,7 +317,9 @@ fn a_store_once_begun_from_a_snapshot_seeds_a_later_fetch() {
     let first = case(700, 900);
     let store = Mutex::new(first.based);
     let files = store.lock().unwrap().files();
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     fill.add(&first.bytes[..700]).unwrap();
     assert!(fill.finish(&store).unwrap());
     drop(store);
@@ -306,7 +333,9 @@ fn a_store_once_begun_from_a_snapshot_seeds_a_later_fetch() {
     .unwrap();
     let store = Mutex::new(later.based);
     let files = store.lock().unwrap().files();
-    let mut fill = Fill::begin(&files).unwrap().unwrap();
+    let mut fill = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(fill.next(), 900);
     fill.add(&later.bytes[900..1500]).unwrap();
     assert!(fill.finish(&store).unwrap());
@@ -316,4 +345,151 @@ fn a_store_once_begun_from_a_snapshot_seeds_a_later_fetch() {
         reopened.files().root(later.size).unwrap(),
         later.whole.files().root(later.size).unwrap()
     );
+}
+
+#[test]
+fn a_pruned_chain_answers_from_its_start_proves_its_roster_and_is_fetched_from_there() {
+    let seg = AUDIT_SEGMENT_ENTRIES;
+    let size = 3 * seg + 500;
+    let (head, bytes, watched) = chain(size);
+    let roster: Vec<u64> = (0..size).filter(|i| i % ROSTER_EVERY == 5).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut full = AuditStore::open(&dir.path().join("full"), &Chain::default()).unwrap();
+    append(&mut full, &bytes, &watched, size);
+    let mut pruned = AuditStore::open(&dir.path().join("pruned"), &Chain::default()).unwrap();
+    append(&mut pruned, &bytes, &watched, size);
+    let (f, p) = (full.files(), pruned.files());
+
+    // A start off a segment boundary, or past the head, is refused.
+    let bad = p
+        .start_at(seg + 256, &ChainStart::default(), &roster)
+        .unwrap();
+    assert!(pruned.prune(&bad).is_err());
+    assert_eq!(p.base().start, 0);
+
+    let first = p.start_at(seg, &ChainStart::default(), &roster).unwrap();
+    first.well_formed().unwrap();
+    pruned.prune(&first).unwrap();
+    let second = p.start_at(2 * seg, &first, &roster).unwrap();
+    second.well_formed().unwrap();
+    pruned.prune(&second).unwrap();
+    let start = 2 * seg;
+    assert_eq!(second.prev_hash, first_hash(&bytes[start as usize - 1]));
+    // The roster before the start, each entry proven in the tree at the
+    // start: those kept by the first prune had their paths extended.
+    let kept: Vec<u64> = second.roster.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        kept,
+        roster
+            .iter()
+            .copied()
+            .filter(|s| *s < start)
+            .collect::<Vec<_>>()
+    );
+    let root_at_start = f.root(start).unwrap();
+    for r in &second.roster {
+        let entry = hex::decode(&r.entry).unwrap();
+        assert_eq!(entry, bytes[r.seq as usize]);
+        assert!(merkle::verify_inclusion(
+            r.seq,
+            start,
+            &merkle::leaf_hash(&entry),
+            &ChainStart::path(r).unwrap(),
+            &root_at_start
+        ));
+    }
+
+    // From the start on, the pruned store answers as the whole one; below,
+    // it says the entries were pruned.
+    for n in [start, start + 1, start + 300, size] {
+        assert_eq!(p.root(n).unwrap(), f.root(n).unwrap(), "root {n}");
+    }
+    for (seq, n) in [(start, start + 1), (start + 7, size), (size - 1, size)] {
+        assert_eq!(
+            p.inclusion_proof(seq, n).unwrap(),
+            f.inclusion_proof(seq, n).unwrap()
+        );
+    }
+    assert_eq!(
+        p.consistency_proof(start + 3, size).unwrap(),
+        f.consistency_proof(start + 3, size).unwrap()
+    );
+    assert_eq!(
+        p.entries(start, 1000, size, |b| Ok(b.to_vec())).unwrap(),
+        bytes[start as usize..start as usize + 1000].to_vec()
+    );
+    assert_eq!(
+        p.watched_after(None, size, 100_000).unwrap(),
+        f.watched_after(Some(start - 1), size, 100_000).unwrap()
+    );
+    for r in [
+        p.entries(start - 1, 1, size, |_| Ok(())).map(|_| ()),
+        p.inclusion_proof(3, size).map(|_| ()),
+        p.root(start - 1).map(|_| ()),
+        p.consistency_proof(10, size).map(|_| ()),
+        p.watched_after(Some(3), size, 10).map(|_| ()),
+    ] {
+        assert!(is_pruned(&r.unwrap_err()));
+    }
+    // The segments and the low tile hashes below are gone from the disk.
+    assert!(p.bytes() * 2 < f.bytes(), "{} of {}", p.bytes(), f.bytes());
+    assert_eq!(p.bytes(), p.disk_bytes());
+    // Open again (a prune runs at every open: nothing left to do).
+    drop(pruned);
+    let mut pruned = AuditStore::open(p.dir(), &head).unwrap();
+    pruned.prune(&second).unwrap();
+    assert_eq!(pruned.files().root(size).unwrap(), f.root(size).unwrap());
+
+    // A node begun from a snapshot of the pruned chain fetches from the
+    // start only, and then answers as the whole one.
+    let seam = start + CHECKPOINT_LAG_MAX + 100;
+    let at_seam = chain(seam).0;
+    let based_dir = dir.path().join("based");
+    AuditStore::create_based(&based_dir, &at_seam, start, &p.tail(seam, start).unwrap()).unwrap();
+    let mut based = AuditStore::open(&based_dir, &at_seam).unwrap();
+    append(&mut based, &bytes, &watched, size);
+    let store = Mutex::new(based);
+    let files = store.lock().unwrap().files();
+    assert_eq!(files.base().missing_entries(), seam - start);
+    // A fetch from entry 0 does not fit a chain that starts later.
+    let mut wrong = Fill::begin(&files, &ChainStart::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(wrong.next(), 0);
+    wrong.add(&bytes[..seam as usize]).unwrap();
+    assert!(wrong.finish(&store).is_err());
+    let mut fill = Fill::begin(&files, &second).unwrap().unwrap();
+    assert_eq!((fill.next(), fill.seeded()), (start, start));
+    for page in bytes[start as usize..seam as usize].chunks(4096) {
+        fill.add(page).unwrap();
+    }
+    assert!(fill.finish(&store).unwrap());
+    assert!(!files.base().lacking());
+    assert_eq!(files.base().start, start);
+    for n in [start, seam, size] {
+        assert_eq!(files.root(n).unwrap(), f.root(n).unwrap(), "root {n}");
+    }
+    assert_eq!(
+        files.inclusion_proof(start + 1, size).unwrap(),
+        f.inclusion_proof(start + 1, size).unwrap()
+    );
+    assert_eq!(
+        files
+            .entries(start, (size - start) as usize, size, |b| Ok(b.to_vec()))
+            .unwrap(),
+        bytes[start as usize..].to_vec()
+    );
+    assert_eq!(
+        files.watched_after(None, size, 100_000).unwrap(),
+        f.watched_after(Some(start - 1), size, 100_000).unwrap()
+    );
+    assert!(is_pruned(
+        &files.entries(start - 1, 1, size, |_| Ok(())).unwrap_err()
+    ));
+}
+
+/// An entry's hash (its successor's prev_hash).
+fn first_hash(b: &[u8]) -> Hash {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
 }

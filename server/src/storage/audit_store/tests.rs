@@ -218,3 +218,50 @@ fn a_crash_between_a_new_segments_index_and_its_file_does_not_stop_a_start() {
         head(AUDIT_SEGMENT_ENTRIES + 10).root()
     );
 }
+
+#[test]
+fn a_prune_cut_short_after_its_base_is_finished_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.audit");
+    let mut store = AuditStore::open(&path, &Chain::default()).unwrap();
+    let size = 2 * AUDIT_SEGMENT_ENTRIES + 10;
+    append(&mut store, size);
+    let files = store.files();
+    let start = files
+        .start_at(AUDIT_SEGMENT_ENTRIES, &ChainStart::default(), &[])
+        .unwrap();
+    drop(store);
+    // What a crash right after the base file's change leaves: the base
+    // says the chain starts later, every file below is still there.
+    let moved = Base {
+        start: start.seq,
+        entries_from: start.seq,
+        hashes_from: start.seq,
+        ..Base::default()
+    };
+    write_base(&path, &moved).unwrap();
+    assert!(files.seg_path(0).exists());
+    let before = files.disk_bytes();
+    // The state's start is the same: the open finishes the removal.
+    let mut store = AuditStore::open(&path, &head(size)).unwrap();
+    store.prune(&start).unwrap();
+    let files = store.files();
+    assert!(!files.seg_path(0).exists() && !files.idx_path(0).exists());
+    // Half the entries and their leaf hashes are gone.
+    assert!(
+        files.disk_bytes() < before * 3 / 4,
+        "{} of {before}",
+        files.disk_bytes()
+    );
+    assert!(files
+        .watched_after(None, size, 100_000)
+        .unwrap()
+        .iter()
+        .all(|s| *s >= start.seq));
+    assert!(is_pruned(
+        &files.entries(5, 1, size, |_| Ok(())).unwrap_err()
+    ));
+    assert_eq!(files.root(size).unwrap(), head(size).root());
+    append(&mut store, size + 300);
+    assert_eq!(files.root(size + 300).unwrap(), head(size + 300).root());
+}
