@@ -47,6 +47,37 @@ pub enum Line {
     Checkpoint {
         note: String,
     },
+    /// Where an export of a pruned chain begins (after the header).
+    Start(Start),
+}
+
+/// What an export of a chain pruned before entry `seq` begins from: the
+/// hash of the entry before, the Merkle frontier of the first `seq`
+/// entries (the roots of its perfect subtrees, tallest first), and the
+/// `key_roster` entries before `seq`, each with its audit path in that
+/// tree. The frontier is checked by every checkpoint's root, which is
+/// rebuilt from it; the roster entries by their paths to its root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub seq: u64,
+    pub prev_hash: Hash,
+    pub frontier: Vec<Hash>,
+    pub roster: Vec<StartRoster>,
+}
+
+/// A `key_roster` entry before the start, its hash, and its audit path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRoster {
+    pub entry: Entry,
+    pub hash: Hash,
+    pub path: Vec<Hash>,
+}
+
+#[derive(Serialize)]
+struct RawRoster {
+    entry: Entry,
+    hash: String,
+    path: Vec<String>,
 }
 
 /// A line as written: the fields of its type (module doc).
@@ -70,6 +101,14 @@ struct RawLine {
     hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frontier: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    roster: Option<Vec<RawRoster>>,
 }
 
 impl Line {
@@ -116,6 +155,23 @@ impl Line {
                 note: Some(note),
                 ..Default::default()
             },
+            Line::Start(st) => RawLine {
+                ty: "start".into(),
+                seq: Some(st.seq),
+                prev_hash: Some(hex::encode(st.prev_hash)),
+                frontier: Some(st.frontier.iter().map(hex::encode).collect()),
+                roster: Some(
+                    st.roster
+                        .into_iter()
+                        .map(|r| RawRoster {
+                            entry: r.entry,
+                            hash: hex::encode(r.hash),
+                            path: r.path.iter().map(hex::encode).collect(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            },
         };
         serde_json::to_string(&raw).expect("export lines serialize")
     }
@@ -142,6 +198,26 @@ impl Line {
             LineRef::Checkpoint { note } => Line::Checkpoint {
                 note: note.into_owned(),
             },
+            LineRef::Start {
+                seq,
+                prev_hash,
+                frontier,
+                roster,
+            } => Line::Start(Start {
+                seq,
+                prev_hash,
+                frontier,
+                roster: roster
+                    .into_iter()
+                    .map(|(entry, hash, path)| {
+                        Ok(StartRoster {
+                            entry: entry.to_entry()?,
+                            hash,
+                            path,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+            }),
         })
     }
 }
@@ -170,6 +246,23 @@ pub enum LineRef<'a> {
     Checkpoint {
         note: Cow<'a, str>,
     },
+    Start {
+        seq: u64,
+        prev_hash: Hash,
+        frontier: Vec<Hash>,
+        /// Each roster entry, the hash stated with it, and its path.
+        roster: Vec<(EntryRef<'a>, Hash, Vec<Hash>)>,
+    },
+}
+
+/// A roster entry of a start line, as read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterRef<'a> {
+    #[serde(borrow)]
+    entry: EntryRef<'a>,
+    hash: String,
+    path: Vec<String>,
 }
 
 /// Every field of every line type, borrowed: which ones a line may hold is
@@ -195,6 +288,14 @@ struct RawRef<'a> {
     hash: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     note: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    prev_hash: Option<String>,
+    #[serde(default)]
+    frontier: Option<Vec<String>>,
+    #[serde(default, borrow)]
+    roster: Option<Vec<RosterRef<'a>>>,
 }
 
 impl<'a> LineRef<'a> {
@@ -213,11 +314,16 @@ impl<'a> LineRef<'a> {
             ("entry", raw.entry.is_some()),
             ("hash", raw.hash.is_some()),
             ("note", raw.note.is_some()),
+            ("seq", raw.seq.is_some()),
+            ("prev_hash", raw.prev_hash.is_some()),
+            ("frontier", raw.frontier.is_some()),
+            ("roster", raw.roster.is_some()),
         ];
         let own: &[&str] = match ty {
             "header" => &["format", "version", "origin", "entries", "checkpoints"],
             "entry" => &["entry", "hash"],
             "checkpoint" => &["note"],
+            "start" => &["seq", "prev_hash", "frontier", "roster"],
             other => return Err(format!("unknown line type {other:?}")),
         };
         if let Some((field, _)) = present.iter().find(|(f, is)| *is && !own.contains(f)) {
@@ -239,6 +345,40 @@ impl<'a> LineRef<'a> {
                     hash,
                 })
             }
+            "start" => {
+                let hash = |what: &str, h: &str| {
+                    super::parse_hash_hex(h).map_err(|e| format!("{what}: {e}"))
+                };
+                let prev_hash = hash(
+                    "prev_hash",
+                    &raw.prev_hash.ok_or_else(|| missing("prev_hash"))?,
+                )?;
+                let frontier = raw
+                    .frontier
+                    .ok_or_else(|| missing("frontier"))?
+                    .iter()
+                    .map(|h| hash("frontier", h))
+                    .collect::<Result<_, _>>()?;
+                let roster = raw
+                    .roster
+                    .ok_or_else(|| missing("roster"))?
+                    .into_iter()
+                    .map(|r| {
+                        let path = r
+                            .path
+                            .iter()
+                            .map(|h| hash("roster path", h))
+                            .collect::<Result<_, _>>()?;
+                        Ok((r.entry, hash("roster hash", &r.hash)?, path))
+                    })
+                    .collect::<Result<_, String>>()?;
+                Ok(LineRef::Start {
+                    seq: raw.seq.ok_or_else(|| missing("seq"))?,
+                    prev_hash,
+                    frontier,
+                    roster,
+                })
+            }
             _ => Ok(LineRef::Checkpoint {
                 note: raw.note.ok_or_else(|| missing("note"))?,
             }),
@@ -258,6 +398,8 @@ pub enum Position {
     Checkpoint(u64),
     /// The checkpoint the auditor pinned (`--since`), of this tree size.
     Since(u64),
+    /// The start line of an export of a pruned chain.
+    Start,
     Export,
 }
 
@@ -269,6 +411,7 @@ impl std::fmt::Display for Position {
             Position::Seq(s) => write!(f, "seq {s}"),
             Position::Checkpoint(s) => write!(f, "checkpoint at size {s}"),
             Position::Since(s) => write!(f, "pinned checkpoint at size {s}"),
+            Position::Start => write!(f, "start"),
             Position::Export => write!(f, "export"),
         }
     }
@@ -299,6 +442,9 @@ fn fail<T>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub origin: String,
+    /// The first entry's seq: 0, or where a prune left the chain's start.
+    pub start: u64,
+    /// Entries the export holds (from `start`).
     pub entries: u64,
     pub checkpoints: u64,
     /// Entries covered by the largest verified checkpoint (or the pinned
@@ -351,12 +497,86 @@ pub fn verify(text: &str, trusted: &[VerifierKey]) -> Result<Summary, VerifyErro
     verify_observed(text, trusted, &Options::default(), &mut |_| {})
 }
 
+/// Check a start line: its frontier, and each roster entry before it
+/// against the frontier's root, which the checkpoints later bind (every root
+/// rebuilt from this frontier must be a signed one). The keys go into
+/// `roster`; the frontier is returned.
+fn read_start(st: &Start, roster: &mut Vec<(VerifierKey, u64)>) -> Result<Frontier, VerifyError> {
+    let at = || Position::Start;
+    if st.frontier.len() != st.seq.count_ones() as usize {
+        return fail(
+            at(),
+            format!(
+                "a frontier of {} hashes, where a tree of {} entries has {}",
+                st.frontier.len(),
+                st.seq,
+                st.seq.count_ones()
+            ),
+            vec![],
+        );
+    }
+    let heights = (0..64u8).rev().filter(|h| st.seq & (1 << h) != 0);
+    let frontier = Frontier {
+        size: st.seq,
+        subtrees: heights.zip(st.frontier.iter().copied()).collect(),
+    };
+    let root = frontier.root();
+    let mut buf = Vec::new();
+    for r in &st.roster {
+        let e = &r.entry;
+        let here = || format!("roster entry at seq {}", e.seq);
+        buf.clear();
+        buf.extend_from_slice(&e.canonical_bytes());
+        if e.kind != Kind::KeyRoster || e.seq >= st.seq {
+            return fail(
+                at(),
+                format!("{} is not a key_roster entry before the start", here()),
+                vec![],
+            );
+        }
+        let hash: Hash = Sha256::digest(&buf).into();
+        if hash != r.hash {
+            return fail(
+                at(),
+                format!(
+                    "{}: its content does not hash to the hash recorded with it",
+                    here()
+                ),
+                vec![],
+            );
+        }
+        if !merkle::verify_inclusion(e.seq, st.seq, &merkle::leaf_hash(&buf), &r.path, &root) {
+            return fail(
+                at(),
+                format!(
+                    "{}: its audit path does not lead to the root of the first {} entries",
+                    here(),
+                    st.seq
+                ),
+                vec![],
+            );
+        }
+        match VerifierKey::parse(&e.detail) {
+            Ok(k) => roster.push((k, e.seq)),
+            Err(err) => {
+                return fail(
+                    at(),
+                    format!("{} holds a bad key: {err}", here()),
+                    vec![e.detail.clone()],
+                )
+            }
+        }
+    }
+    Ok(frontier)
+}
+
 /// Threads that read lines at once (at most; fewer on fewer cores).
 pub const VERIFY_THREADS_MAX: usize = 16;
 
 /// What one line holds, found without looking at any other line.
 enum Read {
     Header,
+    Start,
     Checkpoint(String),
     Entry(ReadEntry),
 }
@@ -376,6 +596,7 @@ struct ReadEntry {
 fn read_line(l: &str, buf: &mut Vec<u8>) -> Result<Read, String> {
     Ok(match LineRef::parse(l)? {
         LineRef::Header { .. } => Read::Header,
+        LineRef::Start { .. } => Read::Start,
         LineRef::Checkpoint { note } => Read::Checkpoint(note.into_owned()),
         LineRef::Entry { entry, hash } => {
             let prev_hash = entry.canonical_into(buf)?;
@@ -489,13 +710,31 @@ pub fn verify_observed(
     let mut prev: Hash = [0; 32];
     let mut roster: Vec<(VerifierKey, u64)> = Vec::new();
     let (mut first_time, mut last_time) = (None, None);
+    // An export of a pruned chain: a start line follows the header.
+    let mut body = &lines[1..];
+    let (start, start_frontier) = match body.first() {
+        Some(&(i, l)) if matches!(LineRef::parse(l), Ok(LineRef::Start { .. })) => {
+            body = &body[1..];
+            let Ok(Line::Start(st)) = Line::parse(l) else {
+                return fail(
+                    Position::Line(i + 1),
+                    "unreadable start line",
+                    vec![l.to_string()],
+                );
+            };
+            let frontier = read_start(&st, &mut roster)?;
+            prev = st.prev_hash;
+            (st.seq, frontier)
+        }
+        _ => (0, Frontier::default()),
+    };
     // Lines are read and hashed in parallel, a block at a time; the chain,
     // which needs them in order, is checked after each block in one pass.
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(VERIFY_THREADS_MAX);
-    for block in lines[1..].chunks(VERIFY_PROGRESS_LINES) {
+    for block in body.chunks(VERIFY_PROGRESS_LINES) {
         seen(block[0].1.as_ptr() as u64 - text.as_ptr() as u64);
         let reads = read_block(block, workers).into_iter().flatten();
         for (&(i, l), read) in block.iter().zip(reads) {
@@ -509,6 +748,13 @@ pub fn verify_observed(
                     continue;
                 }
                 Ok(Read::Header) => return fail(Position::Line(i + 1), "a second header", vec![]),
+                Ok(Read::Start) => {
+                    return fail(
+                        Position::Line(i + 1),
+                        "a start line anywhere but right after the header",
+                        vec![],
+                    )
+                }
                 Err(e) => {
                     return fail(
                         Position::Line(i + 1),
@@ -517,7 +763,7 @@ pub fn verify_observed(
                     )
                 }
             };
-            let seq = leaves.len() as u64;
+            let seq = start + leaves.len() as u64;
             if e.seq != seq {
                 return fail(
                     Position::Seq(seq),
@@ -563,7 +809,7 @@ pub fn verify_observed(
             }
         }
     }
-    let n = leaves.len() as u64;
+    let n = start + leaves.len() as u64;
 
     let mut parsed = Vec::new();
     for text in &notes {
@@ -580,18 +826,22 @@ pub fn verify_observed(
     }
     parsed.sort_by_key(|(c, _)| c.size);
     // Rebuild the root at every checkpoint size in one replay of the leaves.
+    // From the start's frontier, when the chain was pruned.
     let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
-    let mut frontier = Frontier::default();
+    let mut frontier = start_frontier;
     let mut sizes: Vec<u64> = parsed.iter().map(|(c, _)| c.size).collect();
     sizes.extend(since.as_ref().map(|(c, _)| c.size));
     sizes.sort_unstable();
-    let mut wanted = sizes.into_iter().filter(|s| *s <= n).peekable();
+    let mut wanted = sizes
+        .into_iter()
+        .filter(|s| (start..=n).contains(s))
+        .peekable();
     while let Some(&size) = wanted.peek() {
         if frontier.size == size {
             roots.insert(size, frontier.root());
             wanted.next();
         } else {
-            frontier.push(leaves[frontier.size as usize]);
+            frontier.push(leaves[(frontier.size - start) as usize]);
         }
     }
 
@@ -647,9 +897,16 @@ pub fn verify_observed(
                 vec![(*text).clone()],
             );
         }
+        if cp.size < start {
+            return fail(
+                at,
+                format!("the checkpoint signs the first {} entries, and the export starts at entry {start}: check it against the archive that holds them", cp.size),
+                vec![(*text).clone()],
+            );
+        }
         let rebuilt = roots[&cp.size];
         if rebuilt != cp.root {
-            let from = last.map(|l| l.0).unwrap_or(0);
+            let from = last.map(|l| l.0).unwrap_or(start);
             return fail(
                 at,
                 format!("entries in [{from}, {}) do not rebuild the signed root: they were changed after signing", cp.size),
@@ -690,6 +947,13 @@ pub fn verify_observed(
                 vec![(*text).clone()],
             );
         }
+        if cp.size < start {
+            return fail(
+                at,
+                format!("the export starts at entry {start}, after the {} entries the pinned checkpoint signs: pin a checkpoint of this export, or verify the archive that holds them", cp.size),
+                vec![(*text).clone()],
+            );
+        }
         let rebuilt = roots[&cp.size];
         if rebuilt != cp.root {
             return fail(
@@ -713,13 +977,14 @@ pub fn verify_observed(
     }
     // The header is not signed, but a file cut short after its last
     // checkpoint (or padded) is caught here rather than passing quietly.
-    if announced != (n, parsed.len() as u64) {
+    if announced != (n - start, parsed.len() as u64) {
         return fail(
             Position::Export,
             format!(
-                "the header announces {} entries and {} checkpoints, the export holds {n} and {}: lines were lost or added",
+                "the header announces {} entries and {} checkpoints, the export holds {} and {}: lines were lost or added",
                 announced.0,
                 announced.1,
+                n - start,
                 parsed.len()
             ),
             vec![first.to_string()],
@@ -728,7 +993,8 @@ pub fn verify_observed(
     let latest_checkpoint = last.map(|(_, _, text)| text.clone()).unwrap_or_default();
     Ok(Summary {
         origin,
-        entries: n,
+        start,
+        entries: n - start,
         checkpoints: parsed.len() as u64,
         covered,
         uncovered: n - covered,
@@ -814,6 +1080,111 @@ mod tests {
             s.signers.into_iter().collect::<Vec<_>>(),
             vec!["node-1".to_string()]
         );
+    }
+
+    /// An export of the chain of `e` pruned before `start`, with the
+    /// checkpoints of `n` at or past it.
+    fn render_pruned(e: &[Entry], n: &[String], start: u64) -> String {
+        let leaves: Vec<Hash> = e.iter().map(|x| x.leaf_hash()).collect();
+        let mut f = Frontier::default();
+        for l in &leaves[..start as usize] {
+            f.push(*l);
+        }
+        let roster = e[..start as usize]
+            .iter()
+            .filter(|x| x.kind == Kind::KeyRoster)
+            .map(|x| StartRoster {
+                entry: x.clone(),
+                hash: x.hash(),
+                path: merkle::inclusion_proof(x.seq as usize, &leaves[..start as usize]),
+            })
+            .collect();
+        let st = Start {
+            seq: start,
+            prev_hash: e[start as usize - 1].hash(),
+            frontier: f.subtrees.iter().map(|(_, h)| *h).collect(),
+            roster,
+        };
+        let notes: Vec<&String> = n
+            .iter()
+            .filter(|t| note::parse(t).unwrap().checkpoint.size >= start)
+            .collect();
+        let rest = &e[start as usize..];
+        let mut out = vec![
+            Line::header(ORIGIN, rest.len() as u64, notes.len() as u64).to_json(),
+            Line::Start(st).to_json(),
+        ];
+        out.extend(rest.iter().cloned().map(|x| Line::entry(x).to_json()));
+        out.extend(
+            notes
+                .iter()
+                .map(|t| Line::Checkpoint { note: (*t).clone() }.to_json()),
+        );
+        out.join("\n") + "\n"
+    }
+
+    #[test]
+    fn an_export_of_a_pruned_chain_verifies_from_its_start_and_its_start_is_checked() {
+        let k = SigningKey::from_bytes(&[7; 32]);
+        let (e, n) = build(20, &k, "node-1", &[5, 12, 20]);
+        let trusted = vec![VerifierKey::new("node-1", k.verifying_key())];
+        let text = render_pruned(&e, &n, 8);
+        let s = verify(&text, &trusted).unwrap();
+        assert_eq!(
+            (s.start, s.entries, s.checkpoints, s.covered),
+            (8, 12, 2, 20)
+        );
+        // The line round-trips, and a field it does not define is refused.
+        let line = text.lines().nth(1).unwrap();
+        assert_eq!(Line::parse(line).unwrap().to_json(), line);
+        assert!(Line::parse(&line.replacen("{", "{\"note\":\"x\",", 1)).is_err());
+        let fails = |t: String| verify(&t, &trusted).unwrap_err();
+        // A frontier that is not the chain's: the roster's paths do not
+        // lead to its root (nor would any signed root be rebuilt from it).
+        let start = Line::parse(line).unwrap();
+        let Line::Start(st) = start else { panic!() };
+        let mut forged = st.clone();
+        forged.frontier[0][0] ^= 1;
+        let err = fails(text.replacen(line, &Line::Start(forged).to_json(), 1));
+        assert_eq!(err.at, Position::Start, "{err}");
+        // A prev_hash that is not entry 7's hash.
+        let mut forged = st.clone();
+        forged.prev_hash[0] ^= 1;
+        let err = fails(text.replacen(line, &Line::Start(forged).to_json(), 1));
+        assert_eq!(err.at, Position::Seq(8), "{err}");
+        // A roster entry whose path does not lead to that root.
+        let mut forged = st.clone();
+        forged.roster[0].path[0][0] ^= 1;
+        let err = fails(text.replacen(line, &Line::Start(forged).to_json(), 1));
+        assert_eq!(err.at, Position::Start, "{err}");
+        // Without the roster entry, the signing key is in no roster.
+        let mut forged = st.clone();
+        forged.roster.clear();
+        let err = fails(text.replacen(line, &Line::Start(forged).to_json(), 1));
+        assert!(err.problem.contains("not in the log's key roster"), "{err}");
+        // A frontier of the wrong length, or no start line at all.
+        let mut forged = st.clone();
+        forged.frontier.pop();
+        assert_eq!(
+            fails(text.replacen(line, &Line::Start(forged).to_json(), 1)).at,
+            Position::Start
+        );
+        assert_eq!(
+            fails(text.replacen(&format!("{line}\n"), "", 1)).at,
+            Position::Seq(0)
+        );
+        // A checkpoint of fewer entries than the start cannot be checked.
+        let before = Line::Checkpoint { note: n[0].clone() }.to_json();
+        let err =
+            fails(text.replacen("\"checkpoints\":2", "\"checkpoints\":3", 1) + &before + "\n");
+        assert_eq!(err.at, Position::Checkpoint(5), "{err}");
+        // A pin from before the start.
+        let opts = Options {
+            since: Some(n[0].clone()),
+            ..Options::default()
+        };
+        let err = verify_observed(&text, &trusted, &opts, &mut |_| {}).unwrap_err();
+        assert_eq!(err.at, Position::Since(5), "{err}");
     }
 
     #[test]
