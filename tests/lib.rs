@@ -687,6 +687,35 @@ impl Cluster {
         since.len()
     }
 
+    /// Issue and check, tasks named `tag-<n>`, until the leader's snapshot is
+    /// past `index` by more than openraft's purge batch (256 entries): its log
+    /// is then purged behind it, and a node whose log ends at `index` can only
+    /// come back through a snapshot.
+    pub async fn snapshot_past(&self, client: &Client, index: u64, tag: &str) {
+        let mut i = 0;
+        wait_for(
+            &format!("the leader to snapshot past index {index}"),
+            || {
+                i += 1;
+                let task = format!("{tag}-{i}");
+                async move {
+                    let r = client.issue_in(issue_req(&task, 600)).await.unwrap();
+                    client.check(check_req(&r.token)).await.unwrap();
+                    let leader = self.wait_leader().await;
+                    self.status(leader)
+                        .await
+                        .is_some_and(|s| s.snapshot_index > index + 300)
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Node `id`'s log file.
+    pub fn log_path(&self, id: u64) -> std::path::PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
     /// Export every running node's audit chain, check that they agree on
     /// every entry they all hold and that the chain verifies offline with
     /// the roster's keys; returns how many entries they all hold. `ctx` goes
@@ -750,6 +779,22 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("node {id}'s export: {e} ({ctx})"));
         }
         common
+    }
+}
+
+/// Wait until the log at `path` satisfies `done`; on timeout, fail with it.
+pub async fn wait_log(path: &std::path::Path, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

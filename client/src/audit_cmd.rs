@@ -123,6 +123,18 @@ pub enum AuditCmd {
         #[arg(long)]
         witness_keys: std::path::PathBuf,
     },
+    /// Remove the entries before BEFORE (down to a multiple of 16,384) from
+    /// every node, after archiving them with `grantctl audit export`: what
+    /// remains still verifies (docs/operations.md, "Retention"). Only what
+    /// a signed checkpoint covers may go. Needs the admin role.
+    Prune {
+        /// The first entry to keep (rounded down to a segment boundary).
+        #[arg(long)]
+        before: u64,
+        /// Why, for the record (the prune entry holds it).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Replace the signing key of one node; prints the new and the retired key.
     RotateKey {
         /// The node whose key to rotate (host:port of its API).
@@ -277,6 +289,7 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
                 Ok(s) if out.json() => out.show(
                     &json!({
                         "ok": true,
+                        "start": s.start,
                         "entries": s.entries,
                         "checkpoints": s.checkpoints,
                         "covered": s.covered,
@@ -294,6 +307,12 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
                         "ok: {} entries, {} checkpoints, {} entries covered by a signed checkpoint",
                         s.entries, s.checkpoints, s.covered
                     );
+                    if s.start > 0 {
+                        println!(
+                            "start: the chain was pruned before seq {}; the export begins there",
+                            s.start
+                        );
+                    }
                     println!("origin: {}", s.origin);
                     if let (Some(a), Some(b)) = (s.first_time_ms, s.last_time_ms) {
                         println!("time span (ms since epoch): {a} .. {b}");
@@ -315,6 +334,29 @@ pub async fn run(client: &Client, out: Out, cmd: AuditCmd) -> Result<ExitCode, S
                     return Ok(ExitCode::from(1));
                 }
             }
+        }
+        AuditCmd::Prune { before, reason } => {
+            let r = client.prune_audit(before, &reason).await.map_err(e)?;
+            let seq = r.receipt.as_ref().map(|r| r.audit_seq);
+            out.show(
+                &json!({
+                    "start": r.start,
+                    "previous_start": r.previous_start,
+                    "pruned_entries": r.start - r.previous_start,
+                    "audit_seq": seq,
+                }),
+                || {
+                    println!(
+                        "the audit chain starts at entry {} now (it started at {}): {} entries pruned",
+                        r.start,
+                        r.previous_start,
+                        r.start - r.previous_start
+                    );
+                    if let Some(seq) = seq {
+                        println!("recorded as audit entry {seq}");
+                    }
+                },
+            );
         }
         AuditCmd::VerifyProof { file, trusted_keys } => {
             let trusted = trusted_keys_in(&trusted_keys)?;

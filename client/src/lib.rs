@@ -576,6 +576,25 @@ impl Client {
         .await
     }
 
+    /// Remove the audit chain's entries before `before` (down to a segment
+    /// boundary) on every node: archive them first (`audit_export_to`).
+    pub async fn prune_audit(
+        &self,
+        before: u64,
+        reason: &str,
+    ) -> Result<pb::PruneAuditResponse, ClientError> {
+        self.call(|ch| async move {
+            ClusterClient::new(ch)
+                .prune_audit(pb::PruneAuditRequest {
+                    before,
+                    reason: reason.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     /// The role mapping in force on the node that answers.
     pub async fn get_roles(&self) -> Result<pb::GetRolesResponse, ClientError> {
         self.call(|ch| async move {

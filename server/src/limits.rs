@@ -45,6 +45,8 @@ pub const DELEGATION_DEPTH_CEILING: u32 = 16;
 pub const TASK_DECLARED_TOOLS_MAX: usize = 64;
 /// Bytes in the reason given to complete or abort a task.
 pub const TASK_CLOSE_REASON_BYTES_MAX: usize = 512;
+/// The reason given for a prune of the audit chain (recorded in its entry).
+pub const PRUNE_REASON_BYTES_MAX: usize = 512;
 /// Upper bound any task deadline configuration may take (90 days).
 pub const TASK_DEADLINE_SECONDS_CEILING: u64 = 90 * 24 * 60 * 60;
 /// Tasks past their deadline the sweep closes in one log entry (their
@@ -225,9 +227,10 @@ pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// 256 KiB down the load stays near twice the data (143 MB) and no slower.
 pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
 /// Audit entries per segment file of the audit store
-/// (`storage::audit_store`): a segment is the unit a prune removes. A
-/// multiple of the tile width (256), so segment and tile boundaries meet.
-pub const AUDIT_SEGMENT_ENTRIES: u64 = 65_536;
+/// (`storage::audit_store`): a segment is the unit a prune removes (about
+/// 6 MB of entries of 400 bytes). A multiple of the tile width (256), so
+/// segment and tile boundaries meet.
+pub const AUDIT_SEGMENT_ENTRIES: u64 = 16_384;
 /// sled's page cache for the state (`cache_capacity`; sled's default is 1
 /// GiB): most of a loaded node's resident memory at a million grants
 /// (bench/README.md, "At size").

@@ -47,46 +47,6 @@ fn put_back(file: &Path, (at, bytes): &(u64, Vec<u8>)) {
     f.write_all_at(bytes, *at).unwrap();
 }
 
-/// Issue and check, tasks named `tag-<n>`, until the leader's snapshot is
-/// past `index` by more than openraft's purge batch (256 entries): its log
-/// is then purged behind it, and a node whose log ends at `index` can only
-/// come back through a snapshot.
-async fn snapshot_past(c: &Cluster, client: &grant_client::Client, index: u64, tag: &str) {
-    let mut i = 0;
-    wait_for(
-        &format!("the leader to snapshot past index {index}"),
-        || {
-            i += 1;
-            let task = format!("{tag}-{i}");
-            async move {
-                let r = client.issue_in(issue_req(&task, 600)).await.unwrap();
-                client.check(check_req(&r.token)).await.unwrap();
-                let leader = c.wait_leader().await;
-                c.status(leader)
-                    .await
-                    .is_some_and(|s| s.snapshot_index > index + 300)
-            }
-        },
-    )
-    .await;
-}
-
-/// Wait until the log at `path` satisfies `done`; on timeout, fail with it.
-async fn wait_log(path: &Path, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = std::time::Instant::now() + WAIT_MAX;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if done(&text) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}:\n{text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_serves_at_once_and_fetches_the_chain_only_from_an_honest_peer() {
     let mut c = Cluster::start_with(
@@ -118,7 +78,7 @@ async fn a_wiped_node_serves_at_once_and_fetches_the_chain_only_from_an_honest_p
     // a snapshot (openraft purges 256 entries at a time): the wiped node
     // can only come back through one.
     let at_wipe = c.status(leader).await.unwrap().last_log_index;
-    snapshot_past(&c, &client, at_wipe, "after-wipe").await;
+    c.snapshot_past(&client, at_wipe, "after-wipe").await;
     for g in grants.iter().take(5) {
         client.revoke(revoke_req(g, "fill test")).await.unwrap();
     }
@@ -248,7 +208,7 @@ async fn a_wiped_node_serves_at_once_and_fetches_the_chain_only_from_an_honest_p
         .await
         .unwrap()
         .last_log_index;
-    snapshot_past(&c, &client, at_stop, "after-stop").await;
+    c.snapshot_past(&client, at_stop, "after-stop").await;
     let before = std::fs::read_to_string(&log).unwrap();
     c.spawn(victim);
     wait_log(&log, "the stopped node to fetch again, seeded", |text| {

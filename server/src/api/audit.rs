@@ -8,7 +8,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use grant_proto::audit::export::Line;
+use grant_proto::audit::export::{Line, Start, StartRoster};
 use grant_proto::audit::merkle;
 use grant_proto::convert::entry_to_pb;
 use grant_proto::v1 as pb;
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use super::errors::ApiError;
 use super::NodeContext;
 use crate::audit::keys::{self, SharedKey};
+use crate::ledger::ChainStart;
 use crate::limits::*;
 
 pub struct AuditService {
@@ -196,6 +197,8 @@ impl Audit for AuditService {
         // Fix the export at the current size: entries are append-only, so
         // everything below it stays as read.
         let state = self.ctx.state.clone();
+        // The start first: the size read after it is at least the start.
+        let start = state.chain_start().map_err(ApiError::from)?;
         let size = state.chain().map_err(ApiError::from)?.size();
         // Whole or not at all: a node still fetching the start of the
         // chain says so before the first line.
@@ -203,20 +206,30 @@ impl Audit for AuditService {
             .audit_files()
             .require_whole()
             .map_err(ApiError::from)?;
+        // From the chain's start: past entry 0 once pruned, with the start
+        // line a verifier begins from.
+        let start_line = match start.seq {
+            0 => None,
+            _ => Some(start_line(&state, &start).map_err(ApiError::from)?),
+        };
         let checkpoints: Vec<_> = state
             .checkpoints()
             .map_err(ApiError::from)?
             .into_iter()
-            .filter(|(s, _)| *s <= size)
+            .filter(|(s, _)| (start.seq..=size).contains(s))
             .collect();
         let origin = self.ctx.config.audit_origin.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ExportChunk, Status>>(4);
         tokio::spawn(async move {
-            let mut buf = Line::header(&origin, size, checkpoints.len() as u64)
+            let mut buf = Line::header(&origin, size - start.seq, checkpoints.len() as u64)
                 .to_json()
                 .into_bytes();
             buf.push(b'\n');
-            let mut next = 0u64;
+            if let Some(line) = start_line {
+                buf.extend_from_slice(line.to_json().as_bytes());
+                buf.push(b'\n');
+            }
+            let mut next = start.seq;
             let send = |buf: &mut Vec<u8>| pb::ExportChunk {
                 data: std::mem::take(buf),
             };
@@ -289,6 +302,33 @@ impl Audit for AuditService {
             retired_verifier_key: old.verifier().encode(),
         }))
     }
+}
+
+/// The start line of an export of a chain pruned at `start.seq`: the
+/// frontier there, from the store's tile hashes, and the roster entries the
+/// start kept with their paths.
+fn start_line(state: &crate::storage::StateReader, start: &ChainStart) -> std::io::Result<Line> {
+    let frontier = state.audit_files().frontier(start.seq)?;
+    let roster = start
+        .roster
+        .iter()
+        .map(|r| {
+            let bytes = hex::decode(&r.entry).map_err(std::io::Error::other)?;
+            let entry = grant_proto::audit::Entry::from_canonical_bytes(&bytes)
+                .map_err(std::io::Error::other)?;
+            Ok(StartRoster {
+                hash: entry.hash(),
+                entry,
+                path: ChainStart::path(r)?,
+            })
+        })
+        .collect::<std::io::Result<_>>()?;
+    Ok(Line::Start(Start {
+        seq: start.seq,
+        prev_hash: start.prev_hash,
+        frontier: frontier.subtrees.iter().map(|(_, h)| *h).collect(),
+        roster,
+    }))
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::errors::ApiError;
 use super::NodeContext;
 use crate::auth::layer::Caller;
+use crate::ledger::ChainStart;
 use crate::ledger::{Command, MembershipRequestCmd};
 use crate::limits;
 use crate::raft::codec;
@@ -197,16 +198,28 @@ impl Cluster for ClusterService {
         // the snapshot, then the chain's entries up to its head (a
         // snapshot carries only the head), then the data streamed.
         let (data, summary) = tokio::task::spawn_blocking(move || {
-            let chain = match snapshot_data::summarize(file.data(), ks::META_APPLIED)?.2 {
-                Some(v) => codec::decode::<ks::Applied>(&v)?.chain,
+            let found = snapshot_data::summarize_keys(
+                file.data(),
+                &[ks::META_APPLIED, ks::META_AUDIT_START],
+            )?
+            .2;
+            let chain = match &found[0] {
+                Some(v) => codec::decode::<ks::Applied>(v)?.chain,
                 None => Default::default(),
+            };
+            // From the chain's start as the snapshot has it (a prune since
+            // then makes the read below fail, and the backup with it).
+            let start = match &found[1] {
+                Some(v) => codec::decode::<ChainStart>(v)?.seq,
+                None => 0,
             };
             let size = chain.size();
             // Whole or not at all: a node still fetching the start of the
             // chain says so.
             files.require_whole()?;
-            let data =
-                move || std::io::Read::chain(file.data(), AuditPairs::new(files.clone(), size));
+            let data = move || {
+                std::io::Read::chain(file.data(), AuditPairs::new(files.clone(), start, size))
+            };
             let (bytes, sha, _) = snapshot_data::summarize(data(), &[])?;
             std::io::Result::Ok((data, (bytes, sha, chain)))
         })
@@ -412,6 +425,13 @@ impl Cluster for ClusterService {
         req: Request<pb::SetRolesRequest>,
     ) -> Result<Response<pb::SetRolesResponse>, Status> {
         super::roles::set(&self.ctx, req).await
+    }
+
+    async fn prune_audit(
+        &self,
+        req: Request<pb::PruneAuditRequest>,
+    ) -> Result<Response<pb::PruneAuditResponse>, Status> {
+        super::prune::prune(&self.ctx, req).await
     }
 
     async fn get_roles(

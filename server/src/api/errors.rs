@@ -43,6 +43,10 @@ pub enum ApiError {
     /// A watch cannot resume where it asked: the watcher must start over.
     #[error("{0}")]
     WatchResync(String),
+    /// Part of the audit chain that was pruned: no node serves it any more
+    /// (the operator's archive holds it).
+    #[error("{0}")]
+    Pruned(String),
     /// This node is not the leader; retry on the leader (safe: nothing was proposed).
     #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::WatchResync(_) => "watch_resync",
+            ApiError::Pruned(_) => "pruned",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Unavailable(_) => "unavailable",
@@ -96,6 +101,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) | ApiError::WatchResync(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::Pruned(_) => Code::OutOfRange,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::PermissionDenied(_) | ApiError::PolicyDenied(_) => Code::PermissionDenied,
@@ -193,6 +199,9 @@ impl From<std::io::Error> for ApiError {
         // another node, or this one later, answers.
         if crate::storage::audit_store::is_missing(&e) {
             return ApiError::FailedPrecondition(e.to_string());
+        }
+        if crate::storage::audit_store::is_pruned(&e) {
+            return ApiError::Pruned(e.to_string());
         }
         ApiError::Internal(e.to_string())
     }

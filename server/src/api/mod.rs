@@ -9,6 +9,7 @@ pub mod forward;
 pub mod grants;
 pub mod health;
 pub mod policy;
+pub mod prune;
 pub mod rate;
 pub mod refusals;
 pub mod roles;
@@ -121,6 +122,21 @@ impl NodeContext {
                 }
             }
         }
+    }
+
+    /// Not the leader: `NotLeader`, naming the leader if one is known
+    /// (api::forward sends the call there).
+    pub fn require_leader(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader == Some(m.id) {
+            return self.refuse_without_quorum();
+        }
+        Err(ApiError::NotLeader {
+            leader_id: m.current_leader,
+            leader_addr: m
+                .current_leader
+                .and_then(|l| m.membership_config.get_node(&l).map(|n| n.api_addr.clone())),
+        })
     }
 
     /// CheckQuorum: a leader that no quorum has acknowledged for the leader

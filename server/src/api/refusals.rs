@@ -50,6 +50,7 @@ pub const WRITES: &[&str] = &[
     "/grantledger.v1.Cluster/Remove",
     "/grantledger.v1.Cluster/TransferLeader",
     "/grantledger.v1.Cluster/SetRoles",
+    "/grantledger.v1.Cluster/PruneAudit",
     "/grantledger.v1.Audit/RotateKey",
 ];
 

@@ -85,6 +85,21 @@ impl Watchers {
 /// search over seq finds it.
 fn first_seq_at(ctx: &NodeContext, index: u64, size: u64) -> Result<Option<u64>, ApiError> {
     let (mut lo, mut hi) = (0u64, size);
+    // A chain pruned before `start`: the events of `index` may lie in the
+    // part that is gone (a log entry's entries may straddle the start), so
+    // only a later index is served.
+    let start = ctx.state.audit_files().base().start;
+    if start > 0 && start < size {
+        if let Some((e, _)) = ctx.state.audit_entries(start, 1)?.first() {
+            if e.log_index >= index {
+                return Err(ApiError::Pruned(format!(
+                    "the audit chain starts at entry {start}, of log index {}: the events from                      log index {index} before it were pruned. Watch from log index {} or later",
+                    e.log_index,
+                    e.log_index + 1
+                )));
+            }
+        }
+    }
     // A node begun from a snapshot holds entries from its seam on: the
     // answer lies past it if the first held entry is older than `index`,
     // and is unknown here otherwise (Missing, below).

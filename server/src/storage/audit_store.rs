@@ -9,7 +9,8 @@
 //!   entries/<first seq, 20 digits>.idx   u64 BE end offset of each entry in .seg
 //!   tile/<L>                             the hashes of tile level L, 32 bytes each
 //!   watch                                u64 BE seqs of the entries Watch serves
-//!   base                                 what a store begun from a snapshot lacks
+//!   base                                 what a store begun from a snapshot lacks,
+//!                                        and where the chain starts
 //!   fill/                                a fetch of that part, under way
 //!   seed/, seed.head                     the store a snapshot replaced, and its
 //!                                        head: where that fetch starts
@@ -37,6 +38,12 @@
 //! below the seam from a peer, checks it against the seam's root, and
 //! [`AuditStore::absorb`]s it. The segment that holds the seam is split
 //! there for good: the part below and the part above are two files.
+//!
+//! A chain pruned before `start` (`AuditStore::prune`, docs/storage.md,
+//! "Retention") keeps no segment below it and no hash of tile levels 0 and
+//! 1 below their floors; reads below it answer [`Pruned`]. The start's
+//! record in the state (`ChainStart`) carries what a store begun there
+//! needs (`create_started`).
 //!
 //! Durability and crashes (docs/storage.md, "The audit chain"): apply
 //! appends an entry's audit entries here before it writes the state that

@@ -54,7 +54,8 @@ use crate::raft::typ::LogId;
 ///    (AUDIT_TILES), not its entries; a store begun from one has a base
 ///    file and fetches the rest from a peer (`audit_fill`).
 /// 11: the chain may start past entry 0 (META_AUDIT_START, written by a
-///    prune); a roster key's value is the seq of the entry that recorded it.
+///    prune); a roster key's value is the seq of the entry that recorded it;
+///    audit segments hold 16,384 entries, not 65,536.
 pub const FORMAT_VERSION: u32 = 11;
 
 pub const GRANT: u8 = 0x01;

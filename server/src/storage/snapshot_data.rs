@@ -100,9 +100,10 @@ impl<R: Read> Iterator for Pairs<R> {
     }
 }
 
-/// The chain's first `size` entries as pairs (seq under the AUDIT tag ->
-/// canonical bytes), read from the store a page at a time: what a backup
-/// adds after the snapshot, which carries only the chain's head.
+/// The chain's entries from `start` (its first kept) to `size` as pairs
+/// (seq under the AUDIT tag -> canonical bytes), read from the store a page
+/// at a time: what a backup adds after the snapshot, which carries only the
+/// chain's head.
 pub struct AuditPairs {
     files: AuditFiles,
     next: u64,
@@ -112,10 +113,10 @@ pub struct AuditPairs {
 }
 
 impl AuditPairs {
-    pub fn new(files: AuditFiles, size: u64) -> Self {
+    pub fn new(files: AuditFiles, start: u64, size: u64) -> Self {
         AuditPairs {
             files,
-            next: 0,
+            next: start,
             size,
             buf: Vec::new(),
             pos: 0,
@@ -176,12 +177,21 @@ pub fn copy_replacing(
 /// One pass over the data read from `r`: its length, its hex SHA-256, and
 /// the value of `key` if present.
 pub fn summarize(r: impl Read, key: &[u8]) -> io::Result<(u64, String, Option<Vec<u8>>)> {
+    let (n, sha, mut found) = summarize_keys(r, &[key])?;
+    Ok((n, sha, found.pop().flatten()))
+}
+
+/// As [`summarize`], with the values of several keys, in one pass.
+pub fn summarize_keys(
+    r: impl Read,
+    keys: &[&[u8]],
+) -> io::Result<(u64, String, Vec<Option<Vec<u8>>>)> {
     let mut r = grant_proto::backup::Hashing::new(r);
-    let mut found = None;
+    let mut found = vec![None; keys.len()];
     for kv in pairs(&mut r) {
         let (k, v) = kv?;
-        if k == key {
-            found = Some(v);
+        if let Some(i) = keys.iter().position(|key| k == *key) {
+            found[i] = Some(v);
         }
     }
     let (n, sha) = r.finish();

@@ -1400,6 +1400,146 @@ mod tests {
         assert!(!sm.reader.has_task_past_deadline(5999).unwrap());
     }
 
+    /// A chain pruned before its second segment, through a real apply: its
+    /// start travels in a snapshot (the node fetches from there), a backup
+    /// restores it, and a reopen finds it.
+    #[tokio::test]
+    async fn a_pruned_chain_travels_in_snapshots_and_backups_from_its_start() {
+        use crate::limits::AUDIT_SEGMENT_ENTRIES as SEG;
+        use ed25519_dalek::SigningKey;
+        use grant_proto::audit::note::{sign, Checkpoint, VerifierKey};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = with_grants_through(dir.path(), 4);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let name = "grant-ledger-node-1";
+        let register = Command::RegisterKey(crate::ledger::RegisterKeyCmd {
+            node_id: 1,
+            verifier_key: VerifierKey::new(name, key.verifying_key()).encode(),
+            token_kid: String::new(),
+            token_x: String::new(),
+            now_ms: 1010,
+        });
+        sm.apply_one(entry(5, register)).unwrap();
+        let Command::Checks { checks, .. } = check(4, 1020) else {
+            unreachable!()
+        };
+        let many = Command::Checks {
+            now_ms: 1020,
+            checks: checks
+                .iter()
+                .cycle()
+                .take(SEG as usize + 300)
+                .cloned()
+                .collect(),
+        };
+        sm.apply_one(entry(6, many)).unwrap();
+        let size = sm.applied.chain.size();
+        let note = sign(
+            &Checkpoint {
+                origin: "o".into(),
+                size,
+                root: sm.applied.chain.root(),
+                time_ms: 1030,
+            },
+            name,
+            &key,
+        );
+        let r = sm
+            .apply_one(entry(
+                7,
+                Command::Checkpoint(crate::ledger::CheckpointCmd { note }),
+            ))
+            .unwrap();
+        assert_eq!(r, CommandResult::Checkpointed { size });
+        let start = sm
+            .reader
+            .audit_files()
+            .start_at(
+                SEG,
+                &ChainStart::default(),
+                &sm.reader.roster_seqs().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(start.roster.len(), 1);
+        let prune = Command::PruneAudit(crate::ledger::PruneAuditCmd {
+            start,
+            actor: "admin".into(),
+            reason: "archived".into(),
+            now_ms: 1040,
+        });
+        let r = sm.apply_one(entry(8, prune)).unwrap();
+        assert!(
+            matches!(
+                r,
+                CommandResult::Pruned {
+                    start: SEG,
+                    previous: 0,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let size = sm.applied.chain.size();
+        let kept = sm.reader.audit_entries(SEG, 1000).unwrap();
+        let is_pruned = super::super::audit_store::is_pruned;
+        assert!(is_pruned(&sm.reader.audit_entries(3, 1).unwrap_err()));
+        assert!(!dir
+            .path()
+            .join("state.audit/entries/00000000000000000000.seg")
+            .exists());
+
+        // A snapshot: the node that installs it fetches from the start.
+        let snap = snapshot_of(&mut sm).await;
+        let backup = {
+            use std::io::Read;
+            let mut d = Vec::new();
+            snap.snapshot
+                .data()
+                .chain(snapshot_data::AuditPairs::new(
+                    sm.reader.audit_files(),
+                    SEG,
+                    size,
+                ))
+                .read_to_end(&mut d)
+                .unwrap();
+            d
+        };
+        let other = tempfile::tempdir().unwrap();
+        let installed = installed_in(other.path(), snap).await;
+        assert_eq!(installed.digest().unwrap(), sm.digest().unwrap());
+        let files = installed.reader.audit_files();
+        assert_eq!(files.base().start, SEG);
+        assert_eq!(files.base().missing_entries(), size - SEG);
+        let chain_start = installed.reader.chain_start().unwrap();
+        let mut fill = Fill::begin(&files, &chain_start).unwrap().unwrap();
+        assert_eq!(fill.next(), SEG);
+        let page = sm
+            .reader
+            .audit_files()
+            .entries(SEG, size as usize, size, |b| Ok(b.to_vec()))
+            .unwrap();
+        fill.add(&page).unwrap();
+        assert!(fill.finish(&installed.audit).unwrap());
+        assert_eq!(installed.reader.audit_entries(SEG, 1000).unwrap(), kept);
+        assert!(is_pruned(
+            &installed.reader.audit_entries(3, 1).unwrap_err()
+        ));
+
+        // A backup restores the chain from its start.
+        let third = tempfile::tempdir().unwrap();
+        let mut restored = StateMachine::open(third.path()).unwrap();
+        restored.load(&backup[..]).unwrap();
+        assert!(!restored.reader.audit_files().base().lacking());
+        assert_eq!(restored.reader.audit_entries(SEG, 1000).unwrap(), kept);
+        assert_eq!(restored.digest().unwrap(), sm.digest().unwrap());
+
+        // Reopened, the store and the state agree where the chain starts.
+        drop(sm);
+        let sm = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(sm.reader.audit_files().base().start, SEG);
+        assert_eq!(sm.reader.audit_entries(SEG, 1000).unwrap(), kept);
+    }
+
     fn check(grant: u64, now_ms: i64) -> Command {
         Command::Checks {
             now_ms,
@@ -1513,6 +1653,7 @@ mod tests {
                 .data()
                 .chain(snapshot_data::AuditPairs::new(
                     sm.reader.audit_files(),
+                    0,
                     size,
                 ))
                 .read_to_end(&mut d)

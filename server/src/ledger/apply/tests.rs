@@ -867,14 +867,24 @@ mod audit_chain {
 
     /// The start of a chain pruned at `seq`, shaped as a store makes it.
     fn start_at(seq: u64) -> ChainStart {
+        use crate::storage::audit_store::{level_floor, TILE_HEIGHT};
+        let mut tiles = Vec::new();
+        let mut level = 0;
+        while seq >> (TILE_HEIGHT * level) > 0 {
+            let (from, to) = (level_floor(seq, level), seq >> (TILE_HEIGHT * level));
+            if from < to {
+                tiles.push(StartTiles {
+                    level,
+                    from,
+                    hashes: hex::encode([4u8; 32].repeat((to - from) as usize)),
+                });
+            }
+            level += 1;
+        }
         ChainStart {
             seq,
             prev_hash: [3; 32],
-            tiles: vec![StartTiles {
-                level: 2,
-                from: 0,
-                hashes: hex::encode([4u8; 32].repeat((seq >> 16) as usize)),
-            }],
+            tiles,
             roster: vec![],
         }
     }
@@ -914,11 +924,11 @@ mod audit_chain {
         assert_eq!(e.kind, Kind::Prune);
         assert_eq!(e.actor, "spiffe://example.org/sre");
         assert_eq!(e.reason, "archived to cold storage");
-        assert_eq!(e.detail, r#"{"start":65536,"previous_start":0}"#);
+        assert_eq!(e.detail, format!(r#"{{"start":{seg},"previous_start":0}}"#));
         // Never back, nor to where it is.
         rejected(
             prune(&mut m, start_at(seg)),
-            "already starts at entry 65536",
+            &format!("already starts at entry {seg}"),
         );
     }
 

@@ -52,7 +52,8 @@ fn roots_proofs_entries_and_watch_read_back_from_segments_and_tiles() {
     let path = dir.path().join("state.audit");
     let mut store = AuditStore::open(&path, &Chain::default()).unwrap();
     // Batches of odd sizes, across tile and segment boundaries.
-    let total = AUDIT_SEGMENT_ENTRIES + 700;
+    // Past tile level 2's first hash (65,536 leaves) and several segments.
+    let total = 4 * AUDIT_SEGMENT_ENTRIES + 700;
     let mut at = 0;
     for step in [1, 255, 1, 300, 65_000, 1, 1000].iter().cycle() {
         at = (at + step).min(total);
