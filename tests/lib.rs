@@ -798,6 +798,21 @@ pub async fn wait_log(path: &std::path::Path, what: &str, done: impl Fn(&str) ->
     }
 }
 
+/// The number logged as `name=N` in a log line.
+pub fn log_field(line: &str, name: &str) -> u64 {
+    let at = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 1;
+    line[at..]
+        .split(|ch: char| !ch.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} in {line} is not a number"))
+}
+
 /// Every line of an export validates against the JSON Schema published in
 /// docs/schema/, which an outside verifier may be written from.
 pub fn export_matches_schema(text: &str) -> Result<(), String> {

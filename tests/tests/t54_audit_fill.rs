@@ -222,19 +222,7 @@ async fn a_wiped_node_serves_at_once_and_fetches_the_chain_only_from_an_honest_p
         .find(|l| l.contains("fetched the audit chain below"))
         .unwrap()
         .to_string();
-    let field = |name: &str| -> u64 {
-        let at = line
-            .find(&format!("{name}="))
-            .unwrap_or_else(|| panic!("{line}"))
-            + name.len()
-            + 1;
-        line[at..]
-            .split(|ch: char| !ch.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |name: &str| log_field(&line, name);
     assert!(
         field("fetched") < field("entries") && field("fetched") > 0,
         "the seed did not shorten the fetch: {line}"

@@ -225,19 +225,7 @@ async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and
         .lines()
         .find(|l| l.contains("fetched the audit chain below"))
         .unwrap();
-    let field = |name: &str| -> u64 {
-        let at = line
-            .find(&format!("{name}="))
-            .unwrap_or_else(|| panic!("{line}"))
-            + name.len()
-            + 1;
-        line[at..]
-            .split(|ch: char| !ch.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |name: &str| log_field(&line, name);
     assert_eq!(field("fetched"), field("entries") - SEGMENT, "{line}");
 
     // Another replica restarted at once (faster than an election timeout)

@@ -1241,6 +1241,22 @@ mod tests {
             .unwrap()
     }
 
+    /// A backup's data: `snap`, then `sm`'s chain from `start` to `size`.
+    fn backup_of(snap: &Snapshot, sm: &StateMachine, start: u64, size: u64) -> Vec<u8> {
+        use std::io::Read;
+        let mut d = Vec::new();
+        snap.snapshot
+            .data()
+            .chain(snapshot_data::AuditPairs::new(
+                sm.reader.audit_files(),
+                start,
+                size,
+            ))
+            .read_to_end(&mut d)
+            .unwrap();
+        d
+    }
+
     /// A new state machine in `dir` with `snap` installed.
     async fn installed_in(dir: &Path, snap: Snapshot) -> StateMachine {
         let mut sm = StateMachine::open(dir).unwrap();
@@ -1490,20 +1506,7 @@ mod tests {
 
         // A snapshot: the node that installs it fetches from the start.
         let snap = snapshot_of(&mut sm).await;
-        let backup = {
-            use std::io::Read;
-            let mut d = Vec::new();
-            snap.snapshot
-                .data()
-                .chain(snapshot_data::AuditPairs::new(
-                    sm.reader.audit_files(),
-                    SEG,
-                    size,
-                ))
-                .read_to_end(&mut d)
-                .unwrap();
-            d
-        };
+        let backup = backup_of(&snap, &sm, SEG, size);
         let other = tempfile::tempdir().unwrap();
         let installed = installed_in(other.path(), snap).await;
         assert_eq!(installed.digest().unwrap(), sm.digest().unwrap());
@@ -1646,20 +1649,7 @@ mod tests {
         // Installed elsewhere, the snapshot brings the chain's head and the
         // hashes near it, not its entries: those are missing until fetched.
         let snap = snapshot_of(&mut sm).await;
-        let backup = {
-            use std::io::Read;
-            let mut d = Vec::new();
-            snap.snapshot
-                .data()
-                .chain(snapshot_data::AuditPairs::new(
-                    sm.reader.audit_files(),
-                    0,
-                    size,
-                ))
-                .read_to_end(&mut d)
-                .unwrap();
-            d
-        };
+        let backup = backup_of(&snap, &sm, 0, size);
         let other = tempfile::tempdir().unwrap();
         let installed = installed_in(other.path(), snap).await;
         assert_eq!(installed.digest().unwrap(), sm.digest().unwrap());
