@@ -70,6 +70,12 @@ impl LedgerState for Mem {
     fn retired_before(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
         Ok(Vec::new())
     }
+    fn tasks_closed_before(&self, _: i64, _: usize) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
+    fn checkpoints_below(&self, _: u64, _: usize) -> Result<Vec<u64>, StateError> {
+        Ok(Vec::new())
+    }
     fn dedupe_older_than(&self, _: i64, _: usize) -> Result<Vec<(i64, String)>, StateError> {
         Ok(Vec::new())
     }

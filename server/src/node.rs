@@ -382,7 +382,9 @@ async fn wait(mut rx: watch::Receiver<bool>) {
 /// and back to back while each one retires a full batch.
 /// Expired grants already deny at check time; the sweep retires them from
 /// the active indexes and records their expiry, and removes retired grants
-/// from the state once past their expiry and `clock_skew_margin_ms`.
+/// from the state once past their expiry and `clock_skew_margin_ms` (closed
+/// tasks once past their deadline and it), and the checkpoints that sign
+/// fewer entries than the audit chain's start.
 async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.sweep_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -402,6 +404,15 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
             || ctx
                 .state
                 .has_old_dedupe(now - limits::DEDUPE_WINDOW_MS)
+                .unwrap_or(false)
+            || ctx
+                .state
+                .has_closed_task_before(purge_before_ms)
+                .unwrap_or(false)
+            || ctx
+                .state
+                .chain_start()
+                .and_then(|s| ctx.state.has_checkpoint_below(s.seq))
                 .unwrap_or(false);
         if !due {
             continue;
@@ -417,12 +428,16 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
                     tasks_expired,
                     dedupe_dropped,
                     purged,
+                    tasks_purged,
+                    checkpoints_dropped,
                 },
                 index,
             )) if expired as usize == limits::SWEEP_GRANTS_MAX
                 || tasks_expired as usize == limits::SWEEP_TASKS_MAX
                 || dedupe_dropped as usize == limits::SWEEP_DEDUPE_MAX
-                || purged as usize == limits::SWEEP_PURGE_MAX =>
+                || purged as usize == limits::SWEEP_PURGE_MAX
+                || tasks_purged as usize == limits::SWEEP_PURGE_MAX
+                || checkpoints_dropped as usize == limits::SWEEP_PURGE_MAX =>
             {
                 // A full batch: more is due. Sweep again soon rather than
                 // retire SWEEP_GRANTS_MAX a tick (a million grants expiring
@@ -433,6 +448,8 @@ async fn sweep_loop(ctx: NodeContext, shutdown: watch::Receiver<bool>) {
                     tasks_expired,
                     dedupe_dropped,
                     purged,
+                    tasks_purged,
+                    checkpoints_dropped,
                     index,
                     "full sweep applied"
                 );

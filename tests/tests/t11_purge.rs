@@ -101,3 +101,69 @@ async fn a_grant_past_its_expiry_and_the_margin_leaves_every_replica() {
     assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ: {d:?}");
     c.chains_agree("after the purge").await;
 }
+
+/// A closed task leaves the state too, once its deadline is past the margin
+/// and its grants have left: GetTask no longer finds it on any replica, and
+/// its id may be begun again, as a new task. Its history stays in the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_task_past_its_deadline_and_the_margin_leaves_every_replica() {
+    let c = Cluster::start_with(
+        3,
+        &[
+            "--sweep-interval-ms",
+            "100",
+            "--clock-skew-margin-ms",
+            "1500",
+        ],
+    )
+    .await;
+    let client = c.client();
+    let begun = client
+        .begin_task(pb::BeginTaskRequest {
+            deadline_seconds: 2,
+            ..begin_req("brief")
+        })
+        .await
+        .unwrap();
+    let g = client.issue(issue_req("brief", 1)).await.unwrap();
+    close_task(&client, "brief", None).await.unwrap();
+    let get_task = |allow_stale| pb::GetTaskRequest {
+        task_id: "brief".into(),
+        allow_stale,
+    };
+    // Closed, and still there until its deadline and the margin pass.
+    let t = client
+        .get_task(get_task(false))
+        .await
+        .unwrap()
+        .task
+        .unwrap();
+    assert_eq!(t.state, pb::TaskState::Completed as i32);
+    for n in &c.nodes {
+        let node = c.node_client(n.id);
+        wait_for("the closed task to leave the node's state", || async {
+            node.get_task(get_task(true))
+                .await
+                .is_err_and(|e| e.grpc_code() == Some(Code::NotFound))
+        })
+        .await;
+    }
+    // Its grant left before it; its token now answers EXPIRED.
+    let r = client.check(check_req(&g.token)).await.unwrap();
+    assert_eq!(reason(&r), pb::Reason::Expired);
+    // The id is free: a new task, begun later.
+    let again = client.begin_task(begin_req("brief")).await.unwrap();
+    assert!(!again.replayed);
+    assert!(
+        again.task.unwrap().begun_at_ms > begun.task.unwrap().begun_at_ms,
+        "a new task"
+    );
+    let entries = c.audit_entries_from(0).await;
+    let begins = entries
+        .iter()
+        .filter(|e| e.task_id == "brief" && e.kind == grant_proto::audit::Kind::BeginTask)
+        .count();
+    assert_eq!(begins, 2, "both tasks are on the record");
+    let d = c.converged_digests().await;
+    assert!(d.iter().all(|x| x.1 == d[0].1), "replicas differ: {d:?}");
+}

@@ -354,6 +354,12 @@ impl<S: LedgerState> LedgerState for Earlier<'_, S> {
     fn chain_start(&self) -> Result<ChainStart, StateError> {
         self.state.chain_start()
     }
+    fn tasks_closed_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        self.state.tasks_closed_before(before_ms, limit)
+    }
+    fn checkpoints_below(&self, size: u64, limit: usize) -> Result<Vec<u64>, StateError> {
+        self.state.checkpoints_below(size, limit)
+    }
     fn policy(&self) -> Result<Option<std::sync::Arc<grant_policy::Compiled>>, StateError> {
         self.state.policy()
     }
@@ -1285,11 +1291,39 @@ fn sweep(
             purged += 1;
         }
     }
+    // Closed tasks past their deadline and the margin, once none of their
+    // grants is left (each leaves at its expiry plus the margin, no later
+    // than the task's deadline plus it); no audit entry (their close entry
+    // ended their history).
+    let mut tasks_purged = 0u32;
+    if c.purge_before_ms > 0 {
+        for id in state.tasks_closed_before(c.purge_before_ms, limits::SWEEP_PURGE_MAX)? {
+            if !state.task_grant_ids(&id, 1)?.is_empty() {
+                continue;
+            }
+            let t = state.task(&id)?.ok_or_else(|| {
+                StateError(format!("closed-task index points at missing task {id}"))
+            })?;
+            out.writes.push(Write::PurgeTask(t));
+            tasks_purged += 1;
+        }
+    }
+    // Checkpoints below the chain's start: what they sign was pruned.
+    let mut checkpoints_dropped = 0u32;
+    let start = state.chain_start()?.seq;
+    if start > 0 {
+        for size in state.checkpoints_below(start, limits::SWEEP_PURGE_MAX)? {
+            out.writes.push(Write::DropCheckpoint { size });
+            checkpoints_dropped += 1;
+        }
+    }
     Ok(CommandResult::Swept {
         expired,
         tasks_expired,
         dedupe_dropped,
         purged,
+        tasks_purged,
+        checkpoints_dropped,
     })
 }
 

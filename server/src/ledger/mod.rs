@@ -49,6 +49,11 @@ pub trait LedgerState {
     fn tree_root(&self, size: u64) -> Result<Option<grant_proto::audit::Hash>, StateError>;
     /// Size of the newest checkpoint kept.
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError>;
+    /// The sizes of the checkpoints that sign fewer than `size` entries,
+    /// smallest first.
+    fn checkpoints_below(&self, size: u64, limit: usize) -> Result<Vec<u64>, StateError>;
+    /// Closed tasks whose deadline is before `before_ms`, oldest first.
+    fn tasks_closed_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;
     /// Where the audit chain starts (`Write::StartChain`; seq 0 until a
     /// prune).
     fn chain_start(&self) -> Result<ChainStart, StateError>;

@@ -576,6 +576,10 @@ pub enum CommandResult {
         dedupe_dropped: u32,
         /// Retired grants removed from the state.
         purged: u32,
+        /// Closed tasks removed from the state.
+        tasks_purged: u32,
+        /// Checkpoints below the chain's start removed from the state.
+        checkpoints_dropped: u32,
     },
     KeyRegistered {
         audit: Option<AuditRef>,
@@ -655,6 +659,10 @@ pub enum Write {
     /// Rewrite an open task's record (a grant counted): its deadline, and
     /// so its index key, stay as they are.
     UpdateTask(TaskRecord),
+    /// A closed task past its deadline and the clock-skew margin, with no
+    /// grant left, leaves the state: its record and its closed-index key.
+    /// Its history stays in the audit chain; its id may be begun again.
+    PurgeTask(TaskRecord),
     /// One audit entry, already chained (sequence, prev hash, hashes).
     Audit(Chained),
     /// Record a node's signing key in the roster (verifier key text), and
@@ -671,6 +679,9 @@ pub enum Write {
     TokenKey { kid: String, x: String },
     /// Keep a signed checkpoint of this tree size.
     PutCheckpoint { size: u64, note: String },
+    /// A checkpoint of fewer entries than the chain's start: nothing it
+    /// signs is served any more (a prune removed it), so it leaves.
+    DropCheckpoint { size: u64 },
     /// The replicated role mapping, as of log index `index`.
     PutRoles { index: u64, roles_json: String },
     /// The policy set in force, as of log index `index`.

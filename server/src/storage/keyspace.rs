@@ -55,7 +55,8 @@ use crate::raft::typ::LogId;
 ///    file and fetches the rest from a peer (`audit_fill`).
 /// 11: the chain may start past entry 0 (META_AUDIT_START, written by a
 ///    prune); a roster key's value is the seq of the entry that recorded it;
-///    audit segments hold 16,384 entries, not 65,536.
+///    audit segments hold 16,384 entries, not 65,536; closed tasks are
+///    indexed by deadline (TASK_CLOSED) and leave the state.
 pub const FORMAT_VERSION: u32 = 11;
 
 pub const GRANT: u8 = 0x01;
@@ -93,6 +94,10 @@ pub const RETIRED: u8 = 0x15;
 /// data, level (u8) + first index (u64 BE) -> the hashes, 32 bytes each
 /// (`AuditFiles::tail`). A snapshot carries these in place of the chain.
 pub const AUDIT_TILES: u8 = 0x16;
+/// Closed tasks by deadline: deadline (ms BE) + task id -> empty. The sweep
+/// removes a closed task from the state once its deadline is past the
+/// clock-skew margin and no grant of it is left.
+pub const TASK_CLOSED: u8 = 0x17;
 
 /// The snapshot-data key of tile level `level`'s hashes from `from`.
 pub fn audit_tiles(level: u32, from: u64) -> Vec<u8> {
@@ -215,6 +220,13 @@ pub fn task_deadline(at_ms: i64, task: &str) -> Vec<u8> {
 }
 pub fn task_deadline_upto(at_ms: i64) -> Vec<u8> {
     key(TASK_DEADLINE, &[&ms(at_ms.saturating_add(1))])
+}
+pub fn task_closed(deadline_ms: i64, task: &str) -> Vec<u8> {
+    key(TASK_CLOSED, &[&ms(deadline_ms), task.as_bytes()])
+}
+/// Every closed-task key with a deadline before `at_ms` sorts below this.
+pub fn task_closed_before(at_ms: i64) -> Vec<u8> {
+    key(TASK_CLOSED, &[&ms(at_ms)])
 }
 pub fn audit(seq: u64) -> Vec<u8> {
     key(AUDIT, &[&seq.to_be_bytes()])
@@ -361,7 +373,12 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
                 batch.insert(deadline, &[][..]);
             } else {
                 batch.remove(deadline);
+                batch.insert(task_closed(t.deadline_ms, &t.task_id), &[][..]);
             }
+        }
+        Write::PurgeTask(t) => {
+            batch.remove(task(&t.task_id));
+            batch.remove(task_closed(t.deadline_ms, &t.task_id));
         }
         Write::UpdateTask(t) => {
             debug_assert_eq!(t.state, TaskState::Open, "only open tasks are updated");
@@ -379,6 +396,7 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             batch.insert(k, &seq.to_be_bytes()[..]);
         }
         Write::StartChain(start) => batch.insert(META_AUDIT_START, codec::encode(start)),
+        Write::DropCheckpoint { size } => batch.remove(checkpoint(*size)),
         Write::PutCheckpoint { size, note } => {
             batch.insert(checkpoint(*size), note.as_bytes());
         }

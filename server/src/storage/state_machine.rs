@@ -502,6 +502,21 @@ impl LedgerState for SledState<'_> {
         let ids = self.time_keys(ks::RETIRED, ks::retired_before(before_ms), limit)?;
         Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
+    fn tasks_closed_before(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        let ids = self.time_keys(ks::TASK_CLOSED, ks::task_closed_before(before_ms), limit)?;
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
+    }
+    fn checkpoints_below(&self, size: u64, limit: usize) -> Result<Vec<u64>, StateError> {
+        self.0
+            .range(vec![ks::CHECKPOINT]..ks::checkpoint(size))
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(se)?;
+                Ok(u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")))
+            })
+            .collect()
+    }
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
         let p = ks::roster_prefix(name);
         self.0
@@ -1101,6 +1116,16 @@ impl StateReader {
         self.any_below(ks::RETIRED, ks::retired_before(before_ms))
     }
 
+    /// Whether any closed task's deadline is before `before_ms`.
+    pub fn has_closed_task_before(&self, before_ms: i64) -> io::Result<bool> {
+        self.any_below(ks::TASK_CLOSED, ks::task_closed_before(before_ms))
+    }
+
+    /// Whether any checkpoint signs fewer entries than `size`.
+    pub fn has_checkpoint_below(&self, size: u64) -> io::Result<bool> {
+        self.any_below(ks::CHECKPOINT, ks::checkpoint(size))
+    }
+
     /// Whether any open task's deadline has passed by `now_ms`.
     pub fn has_task_past_deadline(&self, now_ms: i64) -> io::Result<bool> {
         self.any_below(ks::TASK_DEADLINE, ks::task_deadline_upto(now_ms))
@@ -1436,6 +1461,28 @@ mod tests {
             now_ms: 1010,
         });
         sm.apply_one(entry(5, register)).unwrap();
+        // A signed checkpoint of `sm`'s chain as it stands, applied at
+        // `index`.
+        let checkpoint = |sm: &mut StateMachine, index: u64| {
+            let size = sm.applied.chain.size();
+            let note = sign(
+                &Checkpoint {
+                    origin: "o".into(),
+                    size,
+                    root: sm.applied.chain.root(),
+                    time_ms: 1030,
+                },
+                name,
+                &key,
+            );
+            let cmd = Command::Checkpoint(crate::ledger::CheckpointCmd { note });
+            assert_eq!(
+                sm.apply_one(entry(index, cmd)).unwrap(),
+                CommandResult::Checkpointed { size }
+            );
+        };
+        // One the prune will leave behind, then the entries.
+        checkpoint(&mut sm, 6);
         let Command::Checks { checks, .. } = check(4, 1020) else {
             unreachable!()
         };
@@ -1448,25 +1495,8 @@ mod tests {
                 .cloned()
                 .collect(),
         };
-        sm.apply_one(entry(6, many)).unwrap();
-        let size = sm.applied.chain.size();
-        let note = sign(
-            &Checkpoint {
-                origin: "o".into(),
-                size,
-                root: sm.applied.chain.root(),
-                time_ms: 1030,
-            },
-            name,
-            &key,
-        );
-        let r = sm
-            .apply_one(entry(
-                7,
-                Command::Checkpoint(crate::ledger::CheckpointCmd { note }),
-            ))
-            .unwrap();
-        assert_eq!(r, CommandResult::Checkpointed { size });
+        sm.apply_one(entry(7, many)).unwrap();
+        checkpoint(&mut sm, 8);
         let start = sm
             .reader
             .audit_files()
@@ -1483,7 +1513,7 @@ mod tests {
             reason: "archived".into(),
             now_ms: 1040,
         });
-        let r = sm.apply_one(entry(8, prune)).unwrap();
+        let r = sm.apply_one(entry(9, prune)).unwrap();
         assert!(
             matches!(
                 r,
@@ -1495,6 +1525,30 @@ mod tests {
             ),
             "{r:?}"
         );
+        // The sweep drops the checkpoint below the start; the one past stays.
+        let sweep = Command::Sweep(crate::ledger::SweepCmd {
+            now_ms: 1050,
+            purge_before_ms: 0,
+        });
+        let r = sm.apply_one(entry(10, sweep)).unwrap();
+        assert!(
+            matches!(
+                r,
+                CommandResult::Swept {
+                    checkpoints_dropped: 1,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let sizes: Vec<u64> = sm
+            .reader
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert!(sizes.len() == 1 && sizes[0] > SEG, "{sizes:?}");
         let size = sm.applied.chain.size();
         let kept = sm.reader.audit_entries(SEG, 1000).unwrap();
         let is_pruned = super::super::audit_store::is_pruned;

@@ -74,6 +74,24 @@ impl LedgerState for Mem {
     fn task(&self, task: &str) -> Result<Option<TaskRecord>, StateError> {
         Ok(self.tasks.get(task).cloned())
     }
+    fn checkpoints_below(&self, size: u64, limit: usize) -> Result<Vec<u64>, StateError> {
+        Ok(self
+            .checkpoints
+            .range(..size)
+            .map(|(s, _)| *s)
+            .take(limit)
+            .collect())
+    }
+    fn tasks_closed_before(&self, before: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut v: Vec<_> = self
+            .tasks
+            .values()
+            .filter(|t| t.state != TaskState::Open && t.deadline_ms < before)
+            .map(|t| (t.deadline_ms, t.task_id.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
     fn tasks_past_deadline(&self, now: i64, limit: usize) -> Result<Vec<String>, StateError> {
         let mut v: Vec<_> = self
             .tasks
@@ -162,6 +180,9 @@ impl Mem {
                 Write::ActiveCount { of, count } => {
                     self.active.insert(of, count);
                 }
+                Write::PurgeTask(t) => {
+                    self.tasks.remove(&t.task_id);
+                }
                 Write::PutTask(t) | Write::UpdateTask(t) => {
                     self.tasks.insert(t.task_id.clone(), t);
                 }
@@ -174,6 +195,9 @@ impl Mem {
                 Write::StartChain(s) => self.start = s,
                 Write::PutCheckpoint { size, note } => {
                     self.checkpoints.insert(size, note);
+                }
+                Write::DropCheckpoint { size } => {
+                    self.checkpoints.remove(&size);
                 }
                 Write::TokenKey { kid, .. } => {
                     self.token_keys.insert(kid);
@@ -598,7 +622,9 @@ fn the_sweep_closes_a_task_at_its_deadline_once_its_grants_have_expired() {
             expired: 1,
             tasks_expired: 0,
             dedupe_dropped: 0,
-            purged: 0
+            purged: 0,
+            tasks_purged: 0,
+            checkpoints_dropped: 0
         }
     );
     assert_eq!(
@@ -610,7 +636,9 @@ fn the_sweep_closes_a_task_at_its_deadline_once_its_grants_have_expired() {
             expired: 0,
             tasks_expired: 1,
             dedupe_dropped: 0,
-            purged: 0
+            purged: 0,
+            tasks_purged: 0,
+            checkpoints_dropped: 0
         }
     );
     assert_eq!(m.tasks["t1"].state, TaskState::Expired);
@@ -667,7 +695,9 @@ fn sweep_retires_expired_and_old_dedupe() {
             expired: 1,
             tasks_expired: 0,
             dedupe_dropped: 0,
-            purged: 0
+            purged: 0,
+            tasks_purged: 0,
+            checkpoints_dropped: 0
         }
     );
     assert_eq!(m.grants["g1"].state, GrantState::Expired);
@@ -682,7 +712,9 @@ fn sweep_retires_expired_and_old_dedupe() {
             expired: 1,
             tasks_expired: 0,
             dedupe_dropped: 2,
-            purged: 0
+            purged: 0,
+            tasks_purged: 0,
+            checkpoints_dropped: 0
         }
     );
 }
@@ -767,6 +799,67 @@ fn the_sweep_purges_retired_grants_past_the_margin_and_nothing_else() {
         other => panic!("{other:?}"),
     }
     assert_eq!(m.grants.len(), grants);
+}
+
+/// A closed task leaves the state once its deadline is past the margin
+/// and none of its grants is left; an open one, or one with a grant left,
+/// stays. Its id may then be begun again, as a new task.
+#[test]
+fn the_sweep_purges_closed_tasks_past_the_margin_once_their_grants_left() {
+    let mut m = Mem {
+        explicit_tasks: true,
+        ..Mem::default()
+    };
+    m.run(begin_cmd("t1", 5000, 0));
+    m.run(begin_cmd("t2", 5000, 0));
+    m.run(issue_cmd("r1", "g1", "t1", 1000, 2000)); // expires at 3000
+    m.run(close_cmd("t1", TaskState::Completed, 1500));
+    let sweep = |now_ms, purge_before_ms| {
+        Command::Sweep(SweepCmd {
+            now_ms,
+            purge_before_ms,
+        })
+    };
+    let tasks_purged = |r: CommandResult| match r {
+        CommandResult::Swept { tasks_purged, .. } => tasks_purged,
+        other => panic!("{other:?}"),
+    };
+    // Before its deadline and the margin: it stays, and its grant too.
+    assert_eq!(tasks_purged(m.run(sweep(4000, 2000))), 0);
+    assert!(m.tasks.contains_key("t1") && m.grants.contains_key("g1"));
+    // Past both: its grant goes in this sweep, and t2 is closed at its
+    // deadline; t1 waits for the next, when no grant of it is left.
+    let chain_before = m.audit.len();
+    let r = m.run(sweep(9000, 5001));
+    assert!(
+        matches!(
+            r,
+            CommandResult::Swept {
+                purged: 1,
+                tasks_expired: 1,
+                tasks_purged: 0,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(m.tasks.contains_key("t1") && !m.grants.contains_key("g1"));
+    assert_eq!(m.tasks["t2"].state, TaskState::Expired);
+    // Then both go, and neither leaves an entry in the chain.
+    assert_eq!(tasks_purged(m.run(sweep(9001, 5001))), 2);
+    assert!(m.tasks.is_empty());
+    assert!(m.audit[chain_before..]
+        .iter()
+        .all(|e| e.kind == Kind::ExpireTask && e.task_id == "t2"));
+    // The id may be begun again: a new task.
+    assert!(matches!(
+        m.run(begin_cmd("t1", 20_000, 10_000)),
+        CommandResult::TaskBegun {
+            replayed: false,
+            ..
+        }
+    ));
+    assert_eq!(m.tasks["t1"].state, TaskState::Open);
 }
 
 #[test]
@@ -929,6 +1022,28 @@ mod audit_chain {
         rejected(
             prune(&mut m, start_at(seg)),
             &format!("already starts at entry {seg}"),
+        );
+        // The sweep then drops the checkpoints that sign less than the
+        // start: what they sign is gone. The one past it stays.
+        m.checkpoints.insert(7, "old".into());
+        m.checkpoints.insert(seg - 1, "old".into());
+        let r = m.run(Command::Sweep(SweepCmd {
+            now_ms: 60,
+            purge_before_ms: 0,
+        }));
+        assert!(
+            matches!(
+                r,
+                CommandResult::Swept {
+                    checkpoints_dropped: 2,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            m.checkpoints.keys().copied().collect::<Vec<_>>(),
+            vec![seg + 5]
         );
     }
 
