@@ -238,6 +238,10 @@ async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and
         .unwrap();
     c.kill(other);
     c.spawn(other);
+    // It may have led: writes go on once a leader is known, through a new
+    // client (the old one's connection to the killed process is dead).
+    c.wait_leader().await;
+    let client = c.client();
     checks(&client, &r.token, 200).await;
     let d = c.converged_digests().await;
     assert!(d.iter().all(|x| x.1 == d[0].1), "{d:?}");

@@ -404,6 +404,23 @@ impl AuditFiles {
         if from < end {
             self.held(&base, from)?;
         }
+        let read = self.read_entries(&base, from, end, &mut each);
+        if from < end {
+            // A prune that began while these were read removed files
+            // after it moved the start (`AuditStore::prune`): what was
+            // read, or the error, is not the answer.
+            self.held(&self.base(), from)?;
+        }
+        read
+    }
+
+    fn read_entries<T>(
+        &self,
+        base: &Base,
+        from: u64,
+        end: u64,
+        each: &mut impl FnMut(&[u8]) -> io::Result<T>,
+    ) -> io::Result<Vec<T>> {
         let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
         let mut seq = from;
         while seq < end {
@@ -439,11 +456,6 @@ impl AuditFiles {
             }
             seq = upto;
         }
-        if from < end {
-            // A prune that began while these were read removed files
-            // after it moved the start (`AuditStore::prune`).
-            self.held(&self.base(), from)?;
-        }
         Ok(out)
     }
 
@@ -476,10 +488,11 @@ impl AuditFiles {
             &self.level_path(level),
             from * HASH_BYTES,
             (n * HASH_BYTES) as usize,
-        )?;
+        );
         // A prune that began meanwhile may have emptied what was read.
         self.hash_held(&self.base(), level, from)?;
-        Ok(b.chunks_exact(32)
+        Ok(b?
+            .chunks_exact(32)
             .map(|h| h.try_into().expect("32 bytes"))
             .collect())
     }

@@ -972,9 +972,10 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     tree: sled::Tree,
     capture: Arc<Capture>,
-    /// The audit store, and the chain's size and start at the snapshot's
-    /// index.
-    audit: (AuditFiles, u64, u64),
+    /// The audit store, and the tile hashes near the chain's head at the
+    /// snapshot's index (`AuditFiles::tail`), read when the builder was
+    /// made: between two entries, so no prune can empty them meanwhile.
+    audit: (AuditFiles, io::Result<Vec<(u32, u64, Vec<Hash>)>>),
     _building: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -1000,14 +1001,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (tree, capture) = (self.tree.clone(), self.capture.clone());
-        let (files, size, start) = self.audit.clone();
+        let files = self.audit.0.clone();
+        let tail = std::mem::replace(&mut self.audit.1, Ok(Vec::new()))?;
         let mut out = self.sm.snapshot_writer(&self.meta)?;
         let written = tokio::task::spawn_blocking(move || {
             capture.dump(&tree, &mut out)?;
             // Then the tile hashes near the chain's head at the snapshot
             // (`AuditFiles::tail`), not its entries: a node that loads it
             // fetches those from a peer (`audit_fill`).
-            for (level, from, hashes) in files.tail(size, start)? {
+            for (level, from, hashes) in tail {
                 snapshot_data::put(&mut out, &ks::audit_tiles(level, from), &hashes.concat())?;
             }
             // Before the state is flushed below, and the log behind the
@@ -1071,11 +1073,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             tree: self.reader.tree(),
             capture,
-            audit: (
-                self.reader.audit_files(),
-                self.applied.chain.size(),
-                self.reader.chain_start().unwrap_or_default().seq,
-            ),
+            audit: {
+                // A few thousand hashes (`CHECKPOINT_LAG_MAX`), whatever
+                // the history.
+                let files = self.reader.audit_files();
+                let start = self.reader.chain_start().map(|s| s.seq);
+                let tail = start.and_then(|s| files.tail(self.applied.chain.size(), s));
+                (files, tail)
+            },
             _building: building,
         }
     }
