@@ -81,8 +81,9 @@ impl Watcher {
     }
 
     /// The next update. Fails only when the stream cannot resume: told to
-    /// resync (`watch_resync`: another history), refused (no role), or no
-    /// node answered in `attempts_max` tries.
+    /// resync (`watch_resync`: another history), asked to start before the
+    /// audit chain's start (`pruned`: so on every node), refused (no role),
+    /// or no node answered in `attempts_max` tries.
     pub async fn next(&mut self) -> Result<Update, ClientError> {
         let mut failures = 0;
         let mut backoff = self.client.options.backoff_initial;
@@ -152,7 +153,7 @@ impl Watcher {
 /// Whether a watch that failed with `s` may resume elsewhere.
 fn resumable(s: &tonic::Status) -> bool {
     use tonic::Code;
-    error_code(s) != Some("watch_resync")
+    !matches!(error_code(s), Some("watch_resync" | "pruned"))
         && !matches!(
             s.code(),
             Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument

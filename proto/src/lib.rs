@@ -47,6 +47,9 @@ pub const ERROR_CODE_KEY: &str = "x-grant-error";
 pub const LEADER_ID_KEY: &str = "x-grant-leader-id";
 /// Metadata key carrying the public API address of the current leader.
 pub const LEADER_ADDR_KEY: &str = "x-grant-leader-addr";
+/// Metadata key carrying the audit chain's first entry on a `pruned` error:
+/// where a reader of the chain can start instead.
+pub const CHAIN_START_KEY: &str = "x-grant-chain-start";
 /// Metadata key by which a follower forwarding a request to its leader
 /// names the caller it authenticated; believed only from a node's
 /// certificate (docs/security.md).

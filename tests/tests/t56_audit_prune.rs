@@ -139,6 +139,27 @@ async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and
     let e = client.audit_entries(5, 10).await.unwrap_err();
     assert_eq!(e.code(), Some("pruned"), "{e}");
     assert!(e.to_string().contains("were pruned"), "{e}");
+    let grant_client::ClientError::Status(s) = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(
+        s.metadata()
+            .get(grant_proto::CHAIN_START_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(SEGMENT.to_string().as_str()),
+        "where to read from instead"
+    );
+    // So does a Watch from a log index whose events were pruned, at once
+    // (every node would say the same).
+    let mut w = grant_client::watch::Watcher::new(
+        std::sync::Arc::new(c.client()),
+        grant_client::watch::Start::LogIndex(1),
+    );
+    let e = tokio::time::timeout(WAIT_MAX, w.next())
+        .await
+        .expect("a watch from before the start answers at once")
+        .unwrap_err();
+    assert_eq!(e.code(), Some("pruned"), "{e}");
 
     // What remains is the same on every replica and verifies from its
     // start line (chains_agree also checks the schema).

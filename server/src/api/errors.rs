@@ -2,7 +2,7 @@
 //! carries a stable machine-readable code in the `x-grant-error` metadata;
 //! clients match on that, never on the message.
 
-use grant_proto::{ERROR_CODE_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
+use grant_proto::{CHAIN_START_KEY, ERROR_CODE_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -44,9 +44,10 @@ pub enum ApiError {
     #[error("{0}")]
     WatchResync(String),
     /// Part of the audit chain that was pruned: no node serves it any more
-    /// (the operator's archive holds it).
-    #[error("{0}")]
-    Pruned(String),
+    /// (the operator's archive holds it). `start` is the chain's first
+    /// entry, sent in `x-grant-chain-start`.
+    #[error("{message}")]
+    Pruned { start: u64, message: String },
     /// This node is not the leader; retry on the leader (safe: nothing was proposed).
     #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -86,7 +87,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::WatchResync(_) => "watch_resync",
-            ApiError::Pruned(_) => "pruned",
+            ApiError::Pruned { .. } => "pruned",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Unavailable(_) => "unavailable",
@@ -101,7 +102,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) | ApiError::WatchResync(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
-            ApiError::Pruned(_) => Code::OutOfRange,
+            ApiError::Pruned { .. } => Code::OutOfRange,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::PermissionDenied(_) | ApiError::PolicyDenied(_) => Code::PermissionDenied,
@@ -143,6 +144,9 @@ impl From<ApiError> for Status {
             {
                 md.insert(LEADER_ADDR_KEY, v);
             }
+        }
+        if let ApiError::Pruned { start, .. } = &e {
+            md.insert(CHAIN_START_KEY, MetadataValue::from(*start));
         }
         s
     }
@@ -200,8 +204,14 @@ impl From<std::io::Error> for ApiError {
         if crate::storage::audit_store::is_missing(&e) {
             return ApiError::FailedPrecondition(e.to_string());
         }
-        if crate::storage::audit_store::is_pruned(&e) {
-            return ApiError::Pruned(e.to_string());
+        if let Some(p) = e
+            .get_ref()
+            .and_then(|r| r.downcast_ref::<crate::storage::audit_store::Pruned>())
+        {
+            return ApiError::Pruned {
+                start: p.start,
+                message: e.to_string(),
+            };
         }
         ApiError::Internal(e.to_string())
     }

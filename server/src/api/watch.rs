@@ -92,11 +92,16 @@ fn first_seq_at(ctx: &NodeContext, index: u64, size: u64) -> Result<Option<u64>,
     if start > 0 && start < size {
         if let Some((e, _)) = ctx.state.audit_entries(start, 1)?.first() {
             if e.log_index >= index {
-                return Err(ApiError::Pruned(format!(
-                    "the audit chain starts at entry {start}, of log index {}: the events from                      log index {index} before it were pruned. Watch from log index {} or later",
-                    e.log_index,
-                    e.log_index + 1
-                )));
+                return Err(ApiError::Pruned {
+                    start,
+                    message: format!(
+                        "the audit chain starts at entry {start}, of log index {}: the events \
+                         from log index {index} before it were pruned. Watch from log index {} \
+                         or later",
+                        e.log_index,
+                        e.log_index + 1
+                    ),
+                });
             }
         }
     }
