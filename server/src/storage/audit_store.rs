@@ -98,7 +98,8 @@ pub struct Base {
     pub seam_root: Hash,
     /// The hash of entry `seam - 1` (a Watch resumes after it).
     pub seam_hash: Hash,
-    /// The first entry held (0 once the part below the seam is fetched).
+    /// The first entry held (`start` once the part below the seam is
+    /// fetched).
     pub entries_from: u64,
     /// Tile hashes are held for every subtree that ends past this leaf
     /// (see `level_floor`); `start` once fetched.
