@@ -11,7 +11,7 @@ use super::errors::ApiError;
 use super::grants::{receipt, unexpected};
 use super::{now_ms, validate, NodeContext};
 use crate::auth::layer::Caller;
-use crate::ledger::{Command, CommandResult, PruneAuditCmd};
+use crate::ledger::{prune_refused, Command, CommandResult, PruneAuditCmd};
 use crate::limits::{AUDIT_SEGMENT_ENTRIES, PRUNE_REASON_BYTES_MAX};
 
 pub async fn prune(
@@ -37,25 +37,13 @@ pub async fn prune(
     ctx.require_leader()?;
     let state = ctx.state.clone();
     let old = state.chain_start().map_err(ApiError::from)?;
-    if seq <= old.seq {
-        return Err(ApiError::FailedPrecondition(format!(
-            "the audit chain already starts at entry {}: nothing before {seq} (the segment \
-             boundary at or below {}) is left to prune",
-            old.seq, r.before
-        ))
-        .into());
-    }
     let covered = state
         .latest_checkpoint()
         .map_err(ApiError::from)?
         .map_or(0, |c| c.0);
-    if seq > covered {
-        return Err(ApiError::FailedPrecondition(format!(
-            "no signed checkpoint covers entry {}: the newest covers {covered} entries. Prune \
-             only what a checkpoint signs, so that the archive verifies",
-            seq - 1
-        ))
-        .into());
+    // Apply's own rule, asked first: reading the start needs it to hold.
+    if let Some(why) = prune_refused(seq, old.seq, covered) {
+        return Err(ApiError::FailedPrecondition(why).into());
     }
     let roster = state.roster_seqs().map_err(ApiError::from)?;
     let files = state.audit_files();

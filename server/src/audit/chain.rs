@@ -132,20 +132,11 @@ impl ChainStart {
     /// tile level below the start, exactly the hashes `level_floor` asks
     /// for, and roster entries before it, in order, that decode.
     pub fn well_formed(&self) -> Result<(), String> {
-        use crate::storage::audit_store::{level_floor, TILE_HEIGHT};
         let tiles = self.tiles().map_err(|e| e.to_string())?;
-        let mut want = Vec::new();
-        let mut level = 0;
-        while self.seq.checked_shr(TILE_HEIGHT * level).unwrap_or(0) > 0 {
-            let (from, to) = (
-                level_floor(self.seq, level),
-                self.seq >> (TILE_HEIGHT * level),
-            );
-            if from < to {
-                want.push((level, from, to - from));
-            }
-            level += 1;
-        }
+        let want: Vec<_> = crate::storage::audit_store::start_tile_ranges(self.seq)
+            .into_iter()
+            .map(|(level, from, to)| (level, from, to - from))
+            .collect();
         let got: Vec<_> = tiles
             .iter()
             .map(|(l, f, h)| (*l, *f, h.len() as u64))

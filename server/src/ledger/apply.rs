@@ -1374,6 +1374,32 @@ fn set_policy(c: &SetPolicyCmd, log_index: u64, out: &mut Out) -> CommandResult 
     }
 }
 
+/// Why the chain's start may not move to `seq` from `current`, with
+/// checkpoints signed up to `covered` entries; None if it may. The leader
+/// asks before it reads the start from its store, and apply again.
+pub fn prune_refused(seq: u64, current: u64, covered: u64) -> Option<String> {
+    if seq <= current {
+        return Some(format!(
+            "the audit chain already starts at entry {current}: nothing before {seq} is left \
+             to prune"
+        ));
+    }
+    if !seq.is_multiple_of(limits::AUDIT_SEGMENT_ENTRIES) {
+        return Some(format!(
+            "a prune removes whole segments: {seq} is not a multiple of {} (audit_segment_entries)",
+            limits::AUDIT_SEGMENT_ENTRIES
+        ));
+    }
+    if seq > covered {
+        return Some(format!(
+            "no signed checkpoint covers entry {}: the newest covers {covered} entries; prune \
+             only what a checkpoint signs, so that the archive verifies",
+            seq - 1
+        ));
+    }
+    None
+}
+
 /// Move the chain's start forward, to a segment boundary that a signed
 /// checkpoint covers: what an operator archived before the prune (an
 /// export) verifies against that checkpoint. The leader read the start
@@ -1387,25 +1413,9 @@ fn prune_audit(
     let reject = |m: String| Ok(CommandResult::Rejected(Rejection::FailedPrecondition(m)));
     let previous = state.chain_start()?;
     let seq = c.start.seq;
-    if seq <= previous.seq {
-        return reject(format!(
-            "the audit chain already starts at entry {}: nothing before {seq} is left to prune",
-            previous.seq
-        ));
-    }
-    if !seq.is_multiple_of(limits::AUDIT_SEGMENT_ENTRIES) {
-        return reject(format!(
-            "a prune removes whole segments: {seq} is not a multiple of {} (audit_segment_entries)",
-            limits::AUDIT_SEGMENT_ENTRIES
-        ));
-    }
     let covered = state.latest_checkpoint_size()?.unwrap_or(0);
-    if seq > covered {
-        return reject(format!(
-            "no signed checkpoint covers entry {}: the newest covers {covered} entries; \
-             prune only what a checkpoint signs, so that the archive verifies",
-            seq - 1
-        ));
+    if let Some(why) = prune_refused(seq, previous.seq, covered) {
+        return reject(why);
     }
     if let Err(e) = c.start.well_formed() {
         return reject(format!("the chain's start at {seq} is malformed: {e}"));

@@ -9,7 +9,7 @@
 mod apply;
 mod types;
 
-pub use apply::{apply, apply_membership, ApplyCtx};
+pub use apply::{apply, apply_membership, prune_refused, ApplyCtx};
 pub use types::*;
 
 /// Read access to the state the ledger decides on. The storage layer

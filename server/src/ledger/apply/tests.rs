@@ -960,20 +960,14 @@ mod audit_chain {
 
     /// The start of a chain pruned at `seq`, shaped as a store makes it.
     fn start_at(seq: u64) -> ChainStart {
-        use crate::storage::audit_store::{level_floor, TILE_HEIGHT};
-        let mut tiles = Vec::new();
-        let mut level = 0;
-        while seq >> (TILE_HEIGHT * level) > 0 {
-            let (from, to) = (level_floor(seq, level), seq >> (TILE_HEIGHT * level));
-            if from < to {
-                tiles.push(StartTiles {
-                    level,
-                    from,
-                    hashes: hex::encode([4u8; 32].repeat((to - from) as usize)),
-                });
-            }
-            level += 1;
-        }
+        let tiles = crate::storage::audit_store::start_tile_ranges(seq)
+            .into_iter()
+            .map(|(level, from, to)| StartTiles {
+                level,
+                from,
+                hashes: hex::encode([4u8; 32].repeat((to - from) as usize)),
+            })
+            .collect();
         ChainStart {
             seq,
             prev_hash: [3; 32],
