@@ -69,7 +69,7 @@ use crate::limits::{AUDIT_SEGMENT_ENTRIES, CHECKPOINT_LAG_MAX};
 /// Hashes in a full tile (tlog-tiles).
 pub const TILE_WIDTH: u64 = 256;
 /// Tree heights per tile level.
-pub const TILE_HEIGHT: u32 = 8;
+const TILE_HEIGHT: u32 = 8;
 const HASH_BYTES: u64 = 32;
 
 const _: () = assert!(AUDIT_SEGMENT_ENTRIES.is_multiple_of(TILE_WIDTH));
@@ -183,6 +183,23 @@ pub fn level_floor(hashes_from: u64, level: u32) -> u64 {
         .checked_shr(TILE_HEIGHT * (level + 1))
         .unwrap_or(0)
         * TILE_WIDTH
+}
+
+/// The tile hashes below `seq` that a chain starting at `seq` keeps (a
+/// `ChainStart`'s tiles): per tile level, (level, first index, one past
+/// the last), the part below `seq` of the tile `level_floor` names. Levels
+/// with none are left out.
+pub fn start_tile_ranges(seq: u64) -> Vec<(u32, u64, u64)> {
+    let mut out = Vec::new();
+    let mut level = 0;
+    while seq.checked_shr(TILE_HEIGHT * level).unwrap_or(0) > 0 {
+        let (from, to) = (level_floor(seq, level), seq >> (TILE_HEIGHT * level));
+        if from < to {
+            out.push((level, from, to));
+        }
+        level += 1;
+    }
+    out
 }
 
 /// A read of part of the chain this node does not hold (yet): it began
@@ -620,6 +637,17 @@ impl AuditFiles {
         }
     }
 
+    /// Write `hashes` into tile level `level` from index `from`, durably:
+    /// hashes this store lacked (a fetch's, a start's), where apply never
+    /// writes.
+    fn write_hashes(&self, level: u32, from: u64, hashes: &[Hash]) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.level_path(level))?;
+        f.write_all_at(hashes.concat().as_slice(), from * HASH_BYTES)?;
+        f.sync_data()
+    }
+
     /// The Merkle frontier of the first `size` entries: the roots of its
     /// perfect subtrees, tallest first.
     pub fn frontier(&self, size: u64) -> io::Result<merkle::Frontier> {
@@ -658,19 +686,16 @@ impl AuditFiles {
                 .pop()
                 .expect("one entry"),
         };
-        let mut tiles = Vec::new();
-        let mut level = 0;
-        while seq.checked_shr(TILE_HEIGHT * level).unwrap_or(0) > 0 {
-            let (from, to) = (level_floor(seq, level), seq >> (TILE_HEIGHT * level));
-            if from < to {
-                tiles.push(StartTiles {
+        let tiles = start_tile_ranges(seq)
+            .into_iter()
+            .map(|(level, from, to)| {
+                Ok(StartTiles {
                     level,
                     from,
                     hashes: hex::encode(self.hashes(level, from, to - from)?.concat()),
-                });
-            }
-            level += 1;
-        }
+                })
+            })
+            .collect::<io::Result<_>>()?;
         let mut roster = Vec::new();
         for p in &old.roster {
             let path =
@@ -1091,17 +1116,10 @@ impl AuditStore {
             for (level, from, hashes) in start.tiles()? {
                 let held = level_floor(base.hashes_from, level);
                 let upto = (from + hashes.len() as u64).min(held);
-                if from >= upto {
-                    continue;
+                if from < upto {
+                    self.files
+                        .write_hashes(level, from, &hashes[..(upto - from) as usize])?;
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(self.files.level_path(level))?;
-                f.write_all_at(
-                    hashes[..(upto - from) as usize].concat().as_slice(),
-                    from * HASH_BYTES,
-                )?;
-                f.sync_data()?;
             }
             let moved = Base {
                 start: seq,
@@ -1116,10 +1134,9 @@ impl AuditStore {
         for e in std::fs::read_dir(dir.join("entries"))? {
             let name = e?.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name.strip_suffix(".idx") {
-                if n.parse::<u64>().is_ok_and(|first| first < seq) {
-                    remove_segment(&self.files, n.parse().expect("parsed"))?;
-                }
+            match name.strip_suffix(".idx").map(str::parse::<u64>) {
+                Some(Ok(first)) if first < seq => remove_segment(&self.files, first)?,
+                _ => {}
             }
         }
         sync_dir(&dir.join("entries"))?;
@@ -1152,12 +1169,7 @@ impl AuditStore {
                 .flatten()
                 .copied()
                 .collect();
-            let tmp = dir.join("watch.new");
-            std::fs::write(&tmp, &kept)?;
-            File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, self.files.watch_path())?;
-            sync_dir(&dir)?;
-            self.watch = append_file(&self.files.watch_path())?;
+            self.replace_watch(&kept)?;
         }
         self.files
             .bytes
@@ -1206,22 +1218,14 @@ impl AuditStore {
             let from = level_floor(base.start, level);
             if from < below {
                 let hashes = fill.files.hashes(level, from, below - from)?;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(self.files.level_path(level))?;
-                f.write_all_at(hashes.concat().as_slice(), from * HASH_BYTES)?;
-                f.sync_data()?;
+                self.files.write_hashes(level, from, &hashes)?;
             }
             level += 1;
         }
         // The watch index: the fetched part's, then this store's.
         let mut watch = std::fs::read(fill.files.watch_path())?;
         watch.extend_from_slice(&std::fs::read(self.files.watch_path())?);
-        let tmp = dir.join("watch.new");
-        std::fs::write(&tmp, &watch)?;
-        File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.files.watch_path())?;
-        self.watch = append_file(&self.files.watch_path())?;
+        self.replace_watch(&watch)?;
         let whole = Base {
             entries_from: base.start,
             hashes_from: base.start,
@@ -1232,6 +1236,18 @@ impl AuditStore {
         self.files
             .bytes
             .store(self.files.disk_bytes(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Replace the watch index with `records` (a new file, synced, renamed
+    /// over it), and append to the new one from then on.
+    fn replace_watch(&mut self, records: &[u8]) -> io::Result<()> {
+        let tmp = self.files.dir.join("watch.new");
+        std::fs::write(&tmp, records)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.files.watch_path())?;
+        sync_dir(&self.files.dir)?;
+        self.watch = append_file(&self.files.watch_path())?;
         Ok(())
     }
 
