@@ -15,9 +15,9 @@ fn get(id: &str) -> pb::GetRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grant_past_its_expiry_and_the_margin_leaves_every_replica() {
-    let c = Cluster::start_with(
+/// Three nodes that sweep every 100 ms with a 1.5 s clock-skew margin.
+async fn purging_cluster() -> Cluster {
+    Cluster::start_with(
         3,
         &[
             "--sweep-interval-ms",
@@ -26,7 +26,12 @@ async fn a_grant_past_its_expiry_and_the_margin_leaves_every_replica() {
             "1500",
         ],
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_past_its_expiry_and_the_margin_leaves_every_replica() {
+    let c = purging_cluster().await;
     let client = c.client();
     let mut first = issue_req("purge", 1);
     first.request_id = "purge-0001".into();
@@ -107,16 +112,7 @@ async fn a_grant_past_its_expiry_and_the_margin_leaves_every_replica() {
 /// its id may be begun again, as a new task. Its history stays in the chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_task_past_its_deadline_and_the_margin_leaves_every_replica() {
-    let c = Cluster::start_with(
-        3,
-        &[
-            "--sweep-interval-ms",
-            "100",
-            "--clock-skew-margin-ms",
-            "1500",
-        ],
-    )
-    .await;
+    let c = purging_cluster().await;
     let client = c.client();
     let begun = client
         .begin_task(pb::BeginTaskRequest {

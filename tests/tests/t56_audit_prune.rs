@@ -49,6 +49,20 @@ fn grantctl(c: &Cluster, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `grantctl audit verify FILE --trusted-keys KEYS`; its status and output.
+fn verify(c: &Cluster, file: &Path, keys: &Path) -> (bool, String) {
+    grantctl(
+        c,
+        &[
+            "audit",
+            "verify",
+            file.to_str().unwrap(),
+            "--trusted-keys",
+            keys.to_str().unwrap(),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and_fits_its_archive()
 {
@@ -78,16 +92,7 @@ async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and
     let archive = dir.join("archive.jsonl");
     let (ok, out) = grantctl(&c, &["audit", "export", "--out", archive.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let (ok, out) = grantctl(
-        &c,
-        &[
-            "audit",
-            "verify",
-            archive.to_str().unwrap(),
-            "--trusted-keys",
-            keys.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = verify(&c, &archive, &keys);
     assert!(ok, "{out}");
 
     // Bad requests change nothing: less than a segment, or more than a
@@ -167,16 +172,7 @@ async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and
     let rest = String::from_utf8(client.audit_export(None).await.unwrap()).unwrap();
     let rest_file = dir.join("rest.jsonl");
     std::fs::write(&rest_file, &rest).unwrap();
-    let (ok, out) = grantctl(
-        &c,
-        &[
-            "audit",
-            "verify",
-            rest_file.to_str().unwrap(),
-            "--trusted-keys",
-            keys.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = verify(&c, &rest_file, &keys);
     assert!(ok, "{out}");
     assert!(out.contains("pruned before seq 16384"), "{out}");
 
