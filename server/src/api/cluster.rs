@@ -204,7 +204,7 @@ impl Cluster for ClusterService {
             )?
             .2;
             let chain = match &found[0] {
-                Some(v) => codec::decode::<ks::Applied>(v)?.chain,
+                Some(v) => ks::decode_applied(v)?.chain,
                 None => Default::default(),
             };
             // From the chain's start as the snapshot has it (a prune since

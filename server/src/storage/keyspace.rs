@@ -7,15 +7,19 @@
 //! variable-length parts inside a key are length-prefixed so no prefix of one
 //! key is mistaken for another's.
 //!
-//! Values are JSON of the ledger's records. The audit chain is not here:
-//! it is in the audit store (`audit_store`), and the state keeps its head.
+//! Grants, tasks and dedupe records, the state's bulk, and where the state
+//! stands (META_APPLIED, rewritten by every entry) are stored as protobuf
+//! (`records`); the other meta values (membership, roles, policy, the
+//! chain's start), written once in a while, are JSON. The audit chain is not
+//! here: it is in the audit store (`audit_store`), and the state keeps its
+//! head.
 
 use grant_proto::audit::export::Line;
 use grant_proto::audit::Hash;
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::ledger::{Chain, Counted, DedupeRecord, GrantRecord, TaskRecord, TaskState, Write};
+use super::records;
+use crate::ledger::{Chain, Counted, GrantRecord, TaskState, Write};
 use crate::raft::codec;
 use crate::raft::typ::LogId;
 
@@ -57,7 +61,9 @@ use crate::raft::typ::LogId;
 ///    prune); a roster key's value is the seq of the entry that recorded it;
 ///    audit segments hold 16,384 entries, not 65,536; closed tasks are
 ///    indexed by deadline (TASK_CLOSED) and leave the state.
-pub const FORMAT_VERSION: u32 = 11;
+/// 12: grants, tasks, dedupe records and META_APPLIED are protobuf
+///    (`records`), not JSON.
+pub const FORMAT_VERSION: u32 = 12;
 
 pub const GRANT: u8 = 0x01;
 pub const BY_TASK: u8 = 0x02;
@@ -141,7 +147,7 @@ pub const META_POLICY: &[u8] = b"\x09policy";
 pub const META_AUDIT_START: &[u8] = b"\x09audit_start";
 
 /// The value of META_APPLIED.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub last_applied: Option<LogId>,
     /// The audit chain's head as of `last_applied`.
@@ -326,14 +332,14 @@ pub fn grant_written(w: &Write) -> Option<&str> {
 pub fn encode_write(w: &Write, batch: &mut WriteSet) {
     match w {
         Write::InsertGrant(g) => {
-            batch.insert(grant(&g.grant_id), codec::encode(g));
+            batch.insert(grant(&g.grant_id), records::encode_grant(g));
             for k in grant_index_keys(g) {
                 batch.insert(k, &[][..]);
             }
             batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
         }
         Write::Retire(g) => {
-            batch.insert(grant(&g.grant_id), codec::encode(g));
+            batch.insert(grant(&g.grant_id), records::encode_grant(g));
             batch.remove(expiry(g.expires_at_ms, &g.grant_id));
             batch.insert(retired(g.expires_at_ms, &g.grant_id), &[][..]);
         }
@@ -349,12 +355,12 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
             grant: g,
             previous_expires_at_ms,
         } => {
-            batch.insert(grant(&g.grant_id), codec::encode(g));
+            batch.insert(grant(&g.grant_id), records::encode_grant(g));
             batch.remove(expiry(*previous_expires_at_ms, &g.grant_id));
             batch.insert(expiry(g.expires_at_ms, &g.grant_id), &[][..]);
         }
         Write::PutDedupe { request_id, record } => {
-            batch.insert(dedupe(request_id), codec::encode(record));
+            batch.insert(dedupe(request_id), records::encode_dedupe(record));
             batch.insert(dedupe_by_time(record.applied_at_ms, request_id), &[][..]);
         }
         Write::DeleteDedupe {
@@ -367,7 +373,7 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         Write::ActiveCount { of, count: 0 } => batch.remove(active(of)),
         Write::ActiveCount { of, count } => batch.insert(active(of), &count.to_be_bytes()[..]),
         Write::PutTask(t) => {
-            batch.insert(task(&t.task_id), codec::encode(t));
+            batch.insert(task(&t.task_id), records::encode_task(t));
             let deadline = task_deadline(t.deadline_ms, &t.task_id);
             if t.state == TaskState::Open {
                 batch.insert(deadline, &[][..]);
@@ -382,7 +388,7 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
         }
         Write::UpdateTask(t) => {
             debug_assert_eq!(t.state, TaskState::Open, "only open tasks are updated");
-            batch.insert(task(&t.task_id), codec::encode(t));
+            batch.insert(task(&t.task_id), records::encode_task(t));
         }
         // The audit store takes it (`audit_store`), not the state.
         Write::Audit(_) => {}
@@ -412,15 +418,9 @@ pub fn encode_write(w: &Write, batch: &mut WriteSet) {
     }
 }
 
-pub fn decode_grant(v: &[u8]) -> std::io::Result<GrantRecord> {
-    codec::decode(v)
-}
-pub fn decode_task(v: &[u8]) -> std::io::Result<TaskRecord> {
-    codec::decode(v)
-}
-pub fn decode_dedupe(v: &[u8]) -> std::io::Result<DedupeRecord> {
-    codec::decode(v)
-}
+pub use super::records::{
+    decode_applied, decode_dedupe, decode_grant, decode_task, encode_applied,
+};
 /// A stored audit entry (its canonical bytes) and its hash.
 pub fn decode_audit(v: &[u8]) -> std::io::Result<(grant_proto::audit::Entry, Hash)> {
     let entry = grant_proto::audit::Entry::from_canonical_bytes(v)

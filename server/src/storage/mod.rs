@@ -11,6 +11,7 @@ pub mod grant_cache;
 pub mod journal;
 pub mod keyspace;
 pub mod log_store;
+pub mod records;
 pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod state_machine;

@@ -212,7 +212,7 @@ impl StateReader {
 
     /// Where the state stands: last applied log id, chain head, leader time.
     fn applied(&self) -> io::Result<ks::Applied> {
-        Ok(read_meta(&self.tree(), ks::META_APPLIED)?.unwrap_or_default())
+        read_applied(&self.tree())
     }
 
     pub fn last_applied_index(&self) -> io::Result<u64> {
@@ -422,6 +422,14 @@ fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, k: &[u8]) -> io:
     }
 }
 
+/// Where the state stands: nothing applied in a new database.
+fn read_applied(tree: &sled::Tree) -> io::Result<ks::Applied> {
+    match tree.get(ks::META_APPLIED).map_err(io_err)? {
+        Some(v) => ks::decode_applied(&v),
+        None => Ok(Default::default()),
+    }
+}
+
 /// The ledger's view of a sled tree, with the policy set compiled from it
 /// and, for apply, the grant records it has read and the audit store with
 /// the size the chain had before the entry.
@@ -606,7 +614,7 @@ impl StateMachine {
         let replayed = journal.replay(&tree)?;
         tracing::debug!(keys = replayed, "state journal replayed");
         db.flush().map_err(io_err)?;
-        let applied: ks::Applied = read_meta(&tree, ks::META_APPLIED)?.unwrap_or_default();
+        let applied = read_applied(&tree)?;
         let membership = read_meta(&tree, ks::META_MEMBERSHIP)?.unwrap_or_default();
         // Cut back to the head the state records (see `audit_store`), and
         // finish a prune a crash cut short.
@@ -793,7 +801,7 @@ impl StateMachine {
         // Last: the keys land one by one (`journal`), and readers that
         // need an entry whole bound themselves by this one.
         self.applied.last_applied = Some(log_id);
-        batch.insert(ks::META_APPLIED, codec::encode(&self.applied));
+        batch.insert(ks::META_APPLIED, ks::encode_applied(&self.applied));
         let capture = self.capture.lock().expect("capture lock").clone();
         if let Some(c) = capture {
             c.record(&tree, batch.keys())?;
@@ -907,9 +915,7 @@ impl StateMachine {
                 None => {
                     // Begun from the snapshot's head: what lies below it is
                     // fetched from a peer.
-                    let head = read_meta::<ks::Applied>(&fresh, ks::META_APPLIED)?
-                        .unwrap_or_default()
-                        .chain;
+                    let head = read_applied(&fresh)?.chain;
                     if head.size() > 0 {
                         AuditStore::create_based(&audit_dir, &head, start.seq, &tail)?;
                     }
@@ -925,7 +931,7 @@ impl StateMachine {
             return Err(e);
         }
         let (db, fresh) = generation::open(&self.dir, &name)?;
-        let applied: ks::Applied = read_meta(&fresh, ks::META_APPLIED)?.unwrap_or_default();
+        let applied = read_applied(&fresh)?;
         // The chain loaded must be the one the loaded head names.
         let audit = AuditStore::open(&generation::audit_dir(&self.dir, &name), &applied.chain)?;
         generation::switch_to(&self.dir, &name)?;
