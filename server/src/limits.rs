@@ -221,10 +221,9 @@ const _: () = assert!(2 * (POLICY_TEXT_BYTES_MAX + SCHEMA_TEXT_BYTES_MAX) < MESS
 
 /// A JWT bearer token presented instead of a client certificate.
 pub const BEARER_TOKEN_BYTES_MAX: usize = 16 * 1024;
-/// Bytes of state written per batch while a snapshot is loaded into a
-/// fresh tree. sled 0.34 holds about nine times a large batch's bytes in
-/// memory (8 MiB batches: 690 MB resident for 76 MB of small pairs); from
-/// 256 KiB down the load stays near twice the data (143 MB) and no slower.
+/// Bytes of audit entries appended to the audit store at a time while a
+/// backup (which carries the chain's entries) is loaded. The state's
+/// pairs are inserted key by key (`StateMachine::load`).
 pub const SNAPSHOT_LOAD_BATCH_BYTES: usize = 256 * 1024;
 /// Audit entries per segment file of the audit store
 /// (`storage::audit_store`): a segment is the unit a prune removes (about
