@@ -262,18 +262,51 @@ pub fn roster_prefix(name: &str) -> Vec<u8> {
     key(ROSTER, &[&lp(name)])
 }
 
+/// (key name, verifier key) of a ROSTER key.
+pub fn decode_roster_key(k: &[u8]) -> std::io::Result<(String, String)> {
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("state key {k:02x?}: not a roster key"),
+        )
+    };
+    let len = u16::from_be_bytes(k.get(1..3).ok_or_else(bad)?.try_into().expect("2")) as usize;
+    let name = k.get(3..3 + len).ok_or_else(bad)?;
+    Ok((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(&k[3 + len..]).into_owned(),
+    ))
+}
+
 /// The id that ends an index key after `prefix`.
 pub fn suffix_id(k: &[u8], prefix_len: usize) -> String {
     String::from_utf8_lossy(&k[prefix_len..]).into_owned()
 }
 
-pub fn decode_time_key(k: &[u8]) -> (i64, String) {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[1..9]);
-    (
-        u64::from_be_bytes(b) as i64,
+/// The big-endian u64 after a key's one-byte prefix (a time or a chain
+/// size). A key too short to hold it is damage, reported, not a panic.
+fn prefixed_u64(k: &[u8]) -> std::io::Result<u64> {
+    match k.get(1..9) {
+        Some(b) => Ok(u64::from_be_bytes(b.try_into().expect("a slice of 8"))),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("state key {k:02x?}: too short for its space's number"),
+        )),
+    }
+}
+
+/// (time, id) of a key of a time-ordered space (EXPIRY, RETIRED,
+/// TASK_DEADLINE, TASK_CLOSED, DEDUPE_BY_TIME).
+pub fn decode_time_key(k: &[u8]) -> std::io::Result<(i64, String)> {
+    Ok((
+        prefixed_u64(k)? as i64,
         String::from_utf8_lossy(&k[9..]).into_owned(),
-    )
+    ))
+}
+
+/// The chain size a CHECKPOINT key names.
+pub fn decode_checkpoint_key(k: &[u8]) -> std::io::Result<u64> {
+    prefixed_u64(k)
 }
 
 /// The writes of one applied entry, as keys and values, so that a snapshot
@@ -453,8 +486,27 @@ mod tests {
         assert!(expiry(1000, "zzzz") < expiry_upto(1000));
         assert!(expiry(1001, "a") > expiry_upto(1000));
         assert_eq!(
-            decode_time_key(&expiry(1234, "gid")),
+            decode_time_key(&expiry(1234, "gid")).unwrap(),
             (1234, "gid".to_string())
         );
+    }
+
+    #[test]
+    fn a_damaged_key_is_an_error_not_a_panic() {
+        for k in [&[EXPIRY][..], &[EXPIRY, 0, 0, 0][..]] {
+            let e = decode_time_key(k).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains("too short"), "{e}");
+        }
+        assert!(decode_checkpoint_key(&[CHECKPOINT, 1]).is_err());
+        assert_eq!(decode_checkpoint_key(&checkpoint(77)).unwrap(), 77);
+        let mut k = roster_prefix("node-1");
+        k.extend_from_slice(b"vkey");
+        assert_eq!(
+            decode_roster_key(&k).unwrap(),
+            ("node-1".into(), "vkey".into())
+        );
+        assert!(decode_roster_key(&k[..2]).is_err());
+        assert!(decode_roster_key(&k[..5]).is_err());
     }
 }

@@ -340,7 +340,7 @@ impl StateReader {
             .map(|kv| {
                 let (k, v) = kv.map_err(io_err)?;
                 Ok((
-                    u64::from_be_bytes(k[1..9].try_into().unwrap()),
+                    ks::decode_checkpoint_key(&k)?,
                     String::from_utf8_lossy(&v).into_owned(),
                 ))
             })
@@ -352,7 +352,7 @@ impl StateReader {
             Some(kv) => {
                 let (k, v) = kv.map_err(io_err)?;
                 Ok(Some((
-                    u64::from_be_bytes(k[1..9].try_into().unwrap()),
+                    ks::decode_checkpoint_key(&k)?,
                     String::from_utf8_lossy(&v).into_owned(),
                 )))
             }
@@ -374,14 +374,7 @@ impl StateReader {
         self.tree()
             .scan_prefix([ks::ROSTER])
             .keys()
-            .map(|k| {
-                let k = k.map_err(io_err)?;
-                let len = u16::from_be_bytes([k[1], k[2]]) as usize;
-                Ok((
-                    String::from_utf8_lossy(&k[3..3 + len]).into_owned(),
-                    String::from_utf8_lossy(&k[3 + len..]).into_owned(),
-                ))
-            })
+            .map(|k| ks::decode_roster_key(&k.map_err(io_err)?))
             .collect()
     }
 
@@ -519,10 +512,7 @@ impl LedgerState for SledState<'_> {
             .range(vec![ks::CHECKPOINT]..ks::checkpoint(size))
             .keys()
             .take(limit)
-            .map(|k| {
-                let k = k.map_err(se)?;
-                Ok(u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")))
-            })
+            .map(|k| ks::decode_checkpoint_key(&k.map_err(se)?).map_err(se))
             .collect()
     }
     fn roster_keys(&self, name: &str) -> Result<Vec<String>, StateError> {
@@ -544,9 +534,9 @@ impl LedgerState for SledState<'_> {
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StateError> {
         match self.0.scan_prefix([ks::CHECKPOINT]).keys().next_back() {
-            Some(k) => Ok(Some(u64::from_be_bytes(
-                k.map_err(se)?[1..9].try_into().unwrap(),
-            ))),
+            Some(k) => Ok(Some(
+                ks::decode_checkpoint_key(&k.map_err(se)?).map_err(se)?,
+            )),
             None => Ok(None),
         }
     }
@@ -580,7 +570,7 @@ impl SledState<'_> {
             .range(vec![prefix]..end)
             .keys()
             .take(limit)
-            .map(|k| k.map(|k| ks::decode_time_key(&k)).map_err(se))
+            .map(|k| ks::decode_time_key(&k.map_err(se)?).map_err(se))
             .collect()
     }
 }
