@@ -12,7 +12,6 @@ use tonic::{Request, Response, Status};
 use super::errors::ApiError;
 use super::NodeContext;
 use crate::auth::layer::Caller;
-use crate::ledger::ChainStart;
 use crate::ledger::{Command, MembershipRequestCmd};
 use crate::limits;
 use crate::raft::codec;
@@ -20,7 +19,7 @@ use crate::raft::leadership::{hand_over, HandoverError};
 use crate::raft::typ::*;
 use crate::raft::NodeInfo;
 use crate::storage::keyspace as ks;
-use crate::storage::snapshot_data::{self, AuditPairs};
+use crate::storage::snapshot_data::{self, BackupData};
 use crate::storage::snapshot_file::read_chunks;
 use grant_proto::backup;
 use openraft::ChangeMembers;
@@ -192,35 +191,14 @@ impl Cluster for ClusterService {
         let snap = self
             .snapshot_for_backup(req.into_inner().allow_stale)
             .await?;
-        let file = snap.snapshot;
         let files = self.ctx.state.audit_files();
-        // One pass for the chain head, one for the checksum of the data:
-        // the snapshot, then the chain's entries up to its head (a
-        // snapshot carries only the head), then the data streamed.
+        // One pass for the chain head, one for the checksum of the data,
+        // then the data streamed.
+        let file = snap.snapshot;
         let (data, summary) = tokio::task::spawn_blocking(move || {
-            let found = snapshot_data::summarize_keys(
-                file.data(),
-                &[ks::META_APPLIED, ks::META_AUDIT_START],
-            )?
-            .2;
-            let chain = match &found[0] {
-                Some(v) => ks::decode_applied(v)?.chain,
-                None => Default::default(),
-            };
-            // From the chain's start as the snapshot has it (a prune since
-            // then makes the read below fail, and the backup with it).
-            let start = match &found[1] {
-                Some(v) => codec::decode::<ChainStart>(v)?.seq,
-                None => 0,
-            };
-            let size = chain.size();
-            // Whole or not at all: a node still fetching the start of the
-            // chain says so.
-            files.require_whole()?;
-            let data = move || {
-                std::io::Read::chain(file.data(), AuditPairs::new(files.clone(), start, size))
-            };
-            let (bytes, sha, _) = snapshot_data::summarize(data(), &[])?;
+            let data = BackupData::new(file, files)?;
+            let (bytes, sha, _) = snapshot_data::summarize(data.reader(), &[])?;
+            let chain = data.chain.clone();
             std::io::Result::Ok((data, (bytes, sha, chain)))
         })
         .await
@@ -246,7 +224,7 @@ impl Cluster for ClusterService {
         let first = futures::stream::once(futures::future::ready(Ok(pb::BackupChunk {
             data: backup::header_bytes(&header),
         })));
-        let rest = read_chunks(data(), limits::EXPORT_CHUNK_BYTES).map(|c| {
+        let rest = read_chunks(data.reader(), limits::EXPORT_CHUNK_BYTES).map(|c| {
             c.map(|data| pb::BackupChunk { data })
                 .map_err(|e| Status::from(ApiError::Internal(format!("reading the snapshot: {e}"))))
         });

@@ -1,7 +1,7 @@
 //! The encoding of snapshot data: the state tree's pairs in key order,
 //! each as (u32 key length, key, u32 value length, value), big-endian.
 //! Raft ships it between nodes; a backup file carries it with the audit
-//! chain's entries after it (`AuditPairs`).
+//! chain's entries after it (`BackupData`, `AuditPairs`).
 //!
 //! Snapshots are as large as the state (gigabytes at a million grants), so
 //! everything here reads and writes a stream, one pair at a time.
@@ -10,7 +10,10 @@ use std::io::{self, Read, Write};
 
 use super::audit_store::AuditFiles;
 use super::keyspace as ks;
+use super::snapshot_file::SnapshotFile;
+use crate::ledger::{Chain, ChainStart};
 use crate::limits::SNAPSHOT_VALUE_BYTES_MAX;
+use crate::raft::codec;
 
 pub fn put(out: &mut impl Write, k: &[u8], v: &[u8]) -> io::Result<()> {
     out.write_all(&(k.len() as u32).to_be_bytes())?;
@@ -97,6 +100,53 @@ impl<R: Read> Iterator for Pairs<R> {
         let p = self.pair().transpose();
         self.failed = matches!(p, Some(Err(_)));
         p
+    }
+}
+
+/// What a backup of a snapshot serves: the snapshot's pairs, then the
+/// chain's entries from its start, as the snapshot has it, to the head the
+/// snapshot holds. The API asks this, not the state's key layout.
+pub struct BackupData {
+    snapshot: SnapshotFile,
+    files: AuditFiles,
+    start: u64,
+    /// The chain's head as of the snapshot: what the backup's entries reach.
+    pub chain: Chain,
+}
+
+impl BackupData {
+    /// Reads the snapshot once for the head and the chain's start. A node
+    /// still fetching the start of its chain refuses (`Missing`): a backup
+    /// is whole or not made.
+    pub fn new(snapshot: SnapshotFile, files: AuditFiles) -> io::Result<Self> {
+        let found = summarize_keys(snapshot.data(), &[ks::META_APPLIED, ks::META_AUDIT_START])?.2;
+        let chain = match &found[0] {
+            Some(v) => ks::decode_applied(v)?.chain,
+            None => Chain::default(),
+        };
+        // A prune since the snapshot makes the entries' read fail, and
+        // the backup with it.
+        let start = match &found[1] {
+            Some(v) => codec::decode::<ChainStart>(v)?.seq,
+            None => 0,
+        };
+        files.require_whole()?;
+        Ok(BackupData {
+            snapshot,
+            files,
+            start,
+            chain,
+        })
+    }
+
+    /// The data, from its beginning: read it once for its checksum and
+    /// once to send it.
+    pub fn reader(&self) -> impl Read {
+        self.snapshot.data().chain(AuditPairs::new(
+            self.files.clone(),
+            self.start,
+            self.chain.size(),
+        ))
     }
 }
 
