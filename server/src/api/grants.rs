@@ -17,7 +17,7 @@ use crate::ledger::{
     self, AuditRef, CheckCmd, Command, CommandResult, GrantRecord, GrantState, Reason, TaskState,
 };
 use crate::limits::*;
-use crate::storage::keyspace;
+use crate::storage::state_machine::ListOf;
 
 pub struct GrantsService {
     ctx: NodeContext,
@@ -414,14 +414,14 @@ impl Grants for GrantsService {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.into_inner();
-        let prefix = match &r.by {
+        let of = match &r.by {
             Some(pb::list_request::By::TaskId(t)) => {
                 validate::name("task_id", t, TASK_ID_BYTES_MAX)?;
-                keyspace::by_task_prefix(t)
+                ListOf::Task(t)
             }
             Some(pb::list_request::By::Subject(s)) => {
                 validate::spiffe_id("subject", s)?;
-                keyspace::by_subject_prefix(s)
+                ListOf::Subject(s)
             }
             None => return Err(ApiError::invalid("by", "name a task_id or a subject").into()),
         };
@@ -446,7 +446,7 @@ impl Grants for GrantsService {
         let (grants, more) = self
             .ctx
             .state
-            .list(&prefix, after, page_size as usize)
+            .list(of, after, page_size as usize)
             .map_err(ApiError::from)?;
         let now = now_ms();
         Ok(Response::new(pb::ListResponse {

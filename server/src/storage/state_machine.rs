@@ -44,6 +44,13 @@ use crate::raft::codec;
 use crate::raft::typ::*;
 use crate::raft::TypeConfig;
 
+/// Whose grants a `StateReader::list` pages through.
+#[derive(Clone, Copy, Debug)]
+pub enum ListOf<'a> {
+    Task(&'a str),
+    Subject(&'a str),
+}
+
 /// Read-side handle to the state, shared with the API layer.
 #[derive(Clone)]
 pub struct StateReader {
@@ -233,13 +240,18 @@ impl StateReader {
         }
     }
 
-    /// One page of grants under an index prefix, after the grant id `after`.
+    /// One page of the grants of a task or a subject, in grant id order,
+    /// after the grant id `after`; and whether more follow.
     pub fn list(
         &self,
-        prefix: &[u8],
+        of: ListOf<'_>,
         after: Option<&str>,
         limit: usize,
     ) -> io::Result<(Vec<GrantRecord>, bool)> {
+        let prefix = &match of {
+            ListOf::Task(t) => ks::by_task_prefix(t),
+            ListOf::Subject(s) => ks::by_subject_prefix(s),
+        }[..];
         let tree = self.tree();
         let start = match after {
             Some(a) => {
