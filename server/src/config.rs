@@ -10,12 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::bearer::JwtAuthConfig;
 use crate::auth::roles::{RoleMap, RolesConfig};
-use crate::limits;
+use crate::limits::{self, CHECK_BATCH_MAX_CEILING};
 use grant_proto::tls::TlsFiles;
-
-/// Highest `check_batch_max` a configuration may set (the log entry size
-/// limit is checked against it at compile time).
-pub const CHECK_BATCH_MAX_CEILING: usize = 1024;
 
 #[derive(Parser, Debug, Default)]
 #[command(

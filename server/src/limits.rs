@@ -158,7 +158,7 @@ const _: () = assert!(ISSUE_ENCODED_BYTES_MAX * 2 < MESSAGE_BYTES_MAX);
 const _: () = assert!(
     // Validation refuses control characters, so JSON escapes at most
     // doubles a field ('"' and '\\' take two bytes).
-    2 * CHECK_ENCODED_BYTES_MAX * crate::config::CHECK_BATCH_MAX_CEILING < LOG_ENTRY_BYTES_MAX
+    2 * CHECK_ENCODED_BYTES_MAX * CHECK_BATCH_MAX_CEILING < LOG_ENTRY_BYTES_MAX
 );
 const _: () = assert!(2 * ISSUE_ENCODED_BYTES_MAX * WRITES_PER_ENTRY_MAX < LOG_ENTRY_BYTES_MAX);
 // A revoke command is smaller than an issue's (id, reason, actor, time).
@@ -284,3 +284,19 @@ pub const REFUSAL_FLUSH_MS: u64 = 250;
 pub const REFUSAL_FIELD_BYTES_MAX: usize = 256;
 /// How long a refused request's body is waited for, to read its target.
 pub const REFUSAL_BODY_WAIT_MS: u64 = 1000;
+
+/// Most members a cluster may name at once (Initialize, ChangeMembership,
+/// a restore's members), and most voters.
+pub const MEMBERS_MAX: usize = 9;
+/// Highest `check_batch_max` a configuration may set (the log entry size
+/// limit is checked against it at compile time, above).
+pub const CHECK_BATCH_MAX_CEILING: usize = 1024;
+/// Most token verification keys a node keeps decoded; beyond it the cache
+/// starts over.
+pub const KEY_CACHE_MAX: usize = 1024;
+/// Longest snapshot metadata (last log id and membership) a reader of a
+/// snapshot file accepts.
+pub const SNAPSHOT_META_BYTES_MAX: usize = 1024 * 1024;
+/// How often a node re-evaluates the status the gRPC health service
+/// reports.
+pub const HEALTH_POLL_MS: u64 = 200;

@@ -21,7 +21,8 @@ use grant_proto::v1 as pb;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::Membership;
 
-use crate::api::cluster::{node_info, MEMBERS_MAX};
+use crate::api::cluster::node_info;
+use crate::limits::MEMBERS_MAX;
 use crate::raft::typ::*;
 use crate::raft::{codec, NodeInfo};
 use crate::storage::{keyspace as ks, snapshot_data, LogStore, StateMachine};

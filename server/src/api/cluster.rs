@@ -13,7 +13,7 @@ use super::errors::ApiError;
 use super::NodeContext;
 use crate::auth::layer::Caller;
 use crate::ledger::{Command, MembershipRequestCmd};
-use crate::limits;
+use crate::limits::{self, MEMBERS_MAX};
 use crate::raft::codec;
 use crate::raft::leadership::{hand_over, HandoverError};
 use crate::raft::typ::*;
@@ -33,9 +33,6 @@ impl ClusterService {
         ClusterService { ctx }
     }
 }
-
-/// Most members a cluster may name at once.
-pub(crate) const MEMBERS_MAX: usize = 9;
 
 pub(crate) fn node_info(n: &pb::Node) -> Result<(u64, NodeInfo), ApiError> {
     if n.id == 0 {

@@ -21,9 +21,6 @@ use tonic_health::ServingStatus;
 use crate::raft::typ::RaftMetrics;
 use crate::raft::Raft;
 
-/// How often the status is re-evaluated.
-const HEALTH_POLL_MS: u64 = 200;
-
 /// `leader_heard` is how long ago a follower or learner last heard from its
 /// leader (the last time its vote was renewed).
 pub fn serving(
@@ -83,7 +80,7 @@ pub async fn run(
             .await;
     }
     let mut last = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(HEALTH_POLL_MS));
+    let mut tick = tokio::time::interval(Duration::from_millis(crate::limits::HEALTH_POLL_MS));
     loop {
         tick.tick().await;
         let metrics = raft.metrics().borrow_watched().clone();

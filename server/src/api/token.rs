@@ -131,9 +131,6 @@ pub struct Verifier {
     verified: Arc<VerifiedTokens>,
 }
 
-/// Most cached verification keys; beyond it the cache starts over.
-const KEY_CACHE_MAX: usize = 1024;
-
 impl Verifier {
     pub fn new(state: StateReader) -> Verifier {
         Verifier {
@@ -150,7 +147,7 @@ impl Verifier {
         let x = self.state.token_key(kid).ok()??;
         let k = Arc::new(DecodingKey::from_ed_components(&x).ok()?);
         let mut c = self.cache.write().expect("key cache");
-        if c.len() >= KEY_CACHE_MAX {
+        if c.len() >= crate::limits::KEY_CACHE_MAX {
             c.clear();
         }
         c.insert(kid.to_string(), k.clone());

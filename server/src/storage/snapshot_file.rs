@@ -26,9 +26,6 @@ pub const CURRENT: &str = "current.snap";
 /// Files being written or received end in this; a start removes leftovers.
 const PARTIAL_SUFFIX: &str = ".partial";
 
-/// Longest snapshot metadata (last log id and membership) a reader accepts.
-const META_BYTES_MAX: usize = 1024 * 1024;
-
 /// What `r` reads, in chunks of `chunk` bytes (the last one shorter),
 /// read off the async runtime.
 pub fn read_chunks<R: Read + Send + 'static>(
@@ -98,7 +95,7 @@ impl SnapshotFile {
         let mut len = [0u8; 4];
         f.read_exact_at(&mut len, 0).map_err(|_| bad("cut short"))?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > META_BYTES_MAX || 4 + len as u64 > total {
+        if len > crate::limits::SNAPSHOT_META_BYTES_MAX || 4 + len as u64 > total {
             return Err(bad("metadata length out of range"));
         }
         let mut m = vec![0; len];
