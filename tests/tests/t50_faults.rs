@@ -42,7 +42,7 @@ async fn writers(
                         token: r.token,
                         revoked: false,
                     };
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         let rv = client.revoke(revoke_req(&grant_id, "fault test")).await;
                         a.revoked = rv.is_ok();
                     }
@@ -169,7 +169,7 @@ async fn wiped_follower_rejoins_through_a_snapshot() {
     c.wipe(victim);
     // Writes go on while it is away, and the log is purged behind a snapshot.
     for (id, _) in tokens.iter().take(30) {
-        client.revoke(revoke_req(&id, "")).await.unwrap();
+        client.revoke(revoke_req(id, "")).await.unwrap();
     }
     for i in 150..260 {
         client

@@ -242,7 +242,7 @@ async fn a_pruned_chain_is_the_same_on_every_replica_verifies_from_its_start_and
         .lines()
         .find(|l| l.contains("fetched the audit chain below"))
         .unwrap();
-    let field = |name: &str| log_field(&line, name);
+    let field = |name: &str| log_field(line, name);
     assert_eq!(field("fetched"), field("entries") - SEGMENT, "{line}");
 
     // Another replica restarted at once (faster than an election timeout)

@@ -136,7 +136,7 @@ async fn worker(w: usize, seed: u64, clients: Callers, stop: Instant, h: Arc<His
         } else if roll < 40 || mine.is_empty() {
             op.kind = "issue";
             // Sometimes retry an earlier request id on purpose.
-            op.request_id = if n > 1 && roll % 10 == 0 {
+            op.request_id = if n > 1 && roll.is_multiple_of(10) {
                 format!("w{w}-r{}", n - 1)
             } else {
                 format!("w{w}-r{n}")
@@ -442,7 +442,7 @@ async fn invariants_hold_under_a_seeded_nemesis() {
     let mut revoked_at: HashMap<&str, Instant> = HashMap::new();
     let mut maybe_revoked: BTreeSet<&str> = BTreeSet::new();
     for o in &ops {
-        match (&o.kind[..], &o.outcome) {
+        match (o.kind, &o.outcome) {
             ("revoke", Outcome::Revoked { .. }) => {
                 let t = revoked_at.entry(&o.grant).or_insert(o.end);
                 *t = (*t).min(o.end);
@@ -516,7 +516,7 @@ async fn invariants_hold_under_a_seeded_nemesis() {
 
     // Nothing acknowledged was lost.
     let client = c.client();
-    for (g, _) in &issued_end {
+    for g in issued_end.keys() {
         let r = client
             .get(pb::GetRequest {
                 grant_id: g.to_string(),

@@ -277,7 +277,7 @@ mod tests {
         let vk = VerifierKey::new("node-1", k.verifying_key());
         let note = sign(&c, "node-1", &k);
         assert_eq!(VerifierKey::parse(&vk.encode()).unwrap(), vk);
-        let (got, signers) = verify(&note, &[vk.clone()]).unwrap();
+        let (got, signers) = verify(&note, std::slice::from_ref(&vk)).unwrap();
         assert_eq!(got, c);
         assert_eq!(signers, vec![vk.clone()]);
         // Another key, even under the same name, is not trusted.

@@ -334,6 +334,9 @@ pub fn unsplit(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// A run of one tile level's hashes: (level, index of the first, hashes).
+pub type TileRun = (u32, u64, Vec<Hash>);
+
 /// Read side of the store: paths, and reads by position. Readers bound
 /// themselves by the head size the state published (`StateReader::chain`),
 /// so they never read an entry apply has not finished.
@@ -622,7 +625,7 @@ impl AuditFiles {
     /// starts at `start`, carries, per level: (level, first index, hashes),
     /// from `level_floor` of the base that snapshot gives (`Base::at`) to
     /// the level's last hash at `size`.
-    pub fn tail(&self, size: u64, start: u64) -> io::Result<Vec<(u32, u64, Vec<Hash>)>> {
+    pub fn tail(&self, size: u64, start: u64) -> io::Result<Vec<TileRun>> {
         let hashes_from = hashes_floor(size).max(start);
         let mut out = Vec::new();
         let mut level = 0;

@@ -231,11 +231,12 @@ pub fn summarize(r: impl Read, key: &[u8]) -> io::Result<(u64, String, Option<Ve
     Ok((n, sha, found.pop().flatten()))
 }
 
+/// What `summarize_keys` found: the data's length, its hex SHA-256, and
+/// the value of each key asked for (None where absent).
+pub type KeysSummary = (u64, String, Vec<Option<Vec<u8>>>);
+
 /// As [`summarize`], with the values of several keys, in one pass.
-pub fn summarize_keys(
-    r: impl Read,
-    keys: &[&[u8]],
-) -> io::Result<(u64, String, Vec<Option<Vec<u8>>>)> {
+pub fn summarize_keys(r: impl Read, keys: &[&[u8]]) -> io::Result<KeysSummary> {
     let mut r = grant_proto::backup::Hashing::new(r);
     let mut found = vec![None; keys.len()];
     for kv in pairs(&mut r) {

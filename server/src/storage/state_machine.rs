@@ -24,7 +24,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use super::audit_fill;
-use super::audit_store::{AuditFiles, AuditStore};
+use super::audit_store::{AuditFiles, AuditStore, TileRun};
 use super::capture::Capture;
 use super::crash_point::{crash_point, CrashPoint};
 use super::generation;
@@ -51,6 +51,9 @@ pub enum ListOf<'a> {
     Subject(&'a str),
 }
 
+/// The policy set in force: the log index that set it, and the set compiled.
+type PolicyInForce = (u64, Arc<grant_policy::Compiled>);
+
 /// Read-side handle to the state, shared with the API layer.
 #[derive(Clone)]
 pub struct StateReader {
@@ -62,7 +65,7 @@ pub struct StateReader {
     /// that readers notice a change with one atomic load.
     roles_version: Arc<AtomicU64>,
     /// The policy set in force, compiled once per change: (log index, set).
-    policy: Arc<RwLock<Option<(u64, Arc<grant_policy::Compiled>)>>>,
+    policy: Arc<RwLock<Option<PolicyInForce>>>,
     /// The audit chain's size after the last applied entry, for watchers
     /// waiting for new events.
     audit_size: Arc<tokio::sync::watch::Sender<u64>>,
@@ -737,7 +740,7 @@ impl StateMachine {
             EntryPayload::Membership(m) => {
                 let voters: Vec<String> = m.voter_ids().map(|id| id.to_string()).collect();
                 let learners: Vec<String> = m.learner_ids().map(|id| id.to_string()).collect();
-                self.membership = StoredMembership::new(Some(log_id.clone()), m);
+                self.membership = StoredMembership::new(Some(log_id), m);
                 // The leader that appended the configuration (the caller
                 // who asked for it has a `requested` entry before it).
                 let actor = format!("node/{}", log_id.committed_leader_id().node_id);
@@ -975,7 +978,7 @@ pub struct SnapshotBuilder {
     /// The audit store, and the tile hashes near the chain's head at the
     /// snapshot's index (`AuditFiles::tail`), read when the builder was
     /// made: between two entries, so no prune can empty them meanwhile.
-    audit: (AuditFiles, io::Result<Vec<(u32, u64, Vec<Hash>)>>),
+    audit: (AuditFiles, io::Result<Vec<TileRun>>),
     _building: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -1041,7 +1044,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.last_applied.clone(), self.membership.clone()))
+        Ok((self.applied.last_applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -1065,7 +1068,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let capture = Arc::new(Capture::default());
         *self.capture.lock().expect("capture lock") = Some(capture.clone());
         let meta = SnapshotMeta {
-            last_log_id: self.applied.last_applied.clone(),
+            last_log_id: self.applied.last_applied,
             last_membership: self.membership.clone(),
         };
         SnapshotBuilder {

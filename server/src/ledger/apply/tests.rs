@@ -1231,7 +1231,7 @@ fn policy_decides_issue_and_records_the_denial() {
     }
     let e = m.audit.last().unwrap();
     assert_eq!((e.kind, e.decision), (Kind::Issue, Decision::Deny));
-    assert!(m.grants.get("g2").is_none() && m.dedupe.get("r2").is_none());
+    assert!(!m.grants.contains_key("g2") && !m.dedupe.contains_key("r2"));
     // A production tool forbidden by name at issue (no request attributes there).
     let mut cmd = issue_cmd("r3", "g3", "t1", 3000, 60_000);
     if let Command::Issue(c) = &mut cmd {
