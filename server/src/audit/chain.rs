@@ -109,7 +109,7 @@ pub struct RosterProof {
 
 impl ChainStart {
     /// The tile hashes as (level, first index, hashes).
-    pub fn tiles(&self) -> std::io::Result<Vec<(u32, u64, Vec<Hash>)>> {
+    pub fn tiles(&self) -> std::io::Result<Vec<crate::storage::audit_store::TileRun>> {
         self.tiles
             .iter()
             .map(|t| {

@@ -835,7 +835,7 @@ fn append_file(path: &Path) -> io::Result<File> {
 fn create_with(
     dir: &Path,
     base: Base,
-    tiles: &[(u32, u64, Vec<Hash>)],
+    tiles: &[TileRun],
     wanted: impl Fn(u32) -> (u64, u64),
     source: &str,
 ) -> io::Result<()> {
@@ -1054,12 +1054,7 @@ impl AuditStore {
     /// Begin an empty store in `dir` from a snapshot whose chain head is
     /// `head`: the snapshot's tile hashes (`tail`) in their places, and
     /// the base file. `open` then checks them against the head.
-    pub fn create_based(
-        dir: &Path,
-        head: &Chain,
-        start: u64,
-        tail: &[(u32, u64, Vec<Hash>)],
-    ) -> io::Result<()> {
+    pub fn create_based(dir: &Path, head: &Chain, start: u64, tail: &[TileRun]) -> io::Result<()> {
         let base = Base::at(head, start);
         let wanted = |level: u32| {
             let count = base.seam.checked_shr(TILE_HEIGHT * level).unwrap_or(0);

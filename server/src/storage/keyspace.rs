@@ -113,7 +113,7 @@ pub fn audit_tiles(level: u32, from: u64) -> Vec<u8> {
 }
 
 /// The (level, first index, hashes) of an `audit_tiles` pair.
-pub fn decode_audit_tiles(k: &[u8], v: &[u8]) -> std::io::Result<(u32, u64, Vec<Hash>)> {
+pub fn decode_audit_tiles(k: &[u8], v: &[u8]) -> std::io::Result<super::audit_store::TileRun> {
     let bad = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
